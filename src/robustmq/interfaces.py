@@ -1,0 +1,176 @@
+"""The zope interfaces where RobustMQ's layers meet.
+
+Protocols, storage adapters and authentication sources are plugins: the core
+names none of them and finds them through ``twisted.plugin.getPlugins`` over
+the ``robustmq.plugins`` package (see :mod:`robustmq.plugins`).
+"""
+
+from __future__ import annotations
+
+from zope.interface import Attribute, Interface
+
+
+class IProtocolPlugin(Interface):
+    """A wire protocol that the broker can serve on listeners.
+
+    The built-in MQTT plugin and third-party ones register the same way: an
+    object providing this interface (and ``twisted.plugin.IPlugin``) in a
+    module of the ``robustmq.plugins`` package.
+    """
+
+    name = Attribute("Short protocol name used in ``[[listeners]] protocol = ...`` (str).")
+    defaultPort = Attribute("The standard TCP port of the protocol (int).")
+    transports = Attribute("Names of the transports this protocol can run over (tuple of str).")
+
+    def buildFactory(broker, listener, reactor):  # type: ignore[no-untyped-def]
+        """
+        Build the protocol factory for one listener.
+
+        @param broker: the node's L{robustmq.core.broker.Broker}.
+        @param listener: the L{robustmq.config.ListenerSettings} being started.
+        @param reactor: the reactor to schedule timers on.
+        @return: an L{twisted.internet.interfaces.IProtocolFactory}.
+        """
+
+
+class IShardStore(Interface):
+    """An ordered, append-only log store divided into named shards.
+
+    A *shard* is an ordered log of records, each record a mapping with keys
+    ``offset`` (int), ``timestamp`` (int, milliseconds since the epoch),
+    ``key`` (bytes or None), ``value`` (bytes or None) and ``headers``
+    (list of ``(str, bytes)`` pairs).  MQTT offline queues and retained sets,
+    Kafka partitions and durable AMQP queues are all shards.
+
+    Every operation returns a Deferred.  A Deferred from ``append`` fires
+    once the records are durable according to the store's sync policy.
+    Operations on a shard that does not exist fail with L{KeyError}.
+    """
+
+    name = Attribute("The adapter's name as used in ``[storage] backend = ...`` (str).")
+
+    def open():  # type: ignore[no-untyped-def]
+        """Open the store (recover on-disk state); fires with None when ready."""
+
+    def close():  # type: ignore[no-untyped-def]
+        """Flush everything and release resources; fires with None when done."""
+
+    def createShard(shard, config=None):  # type: ignore[no-untyped-def]
+        """
+        Create a shard.
+
+        @param shard: the shard name (str).
+        @param config: per-shard settings (dict), e.g. ``{"compacted": True,
+            "retention_ms": ..., "retention_bytes": ...}``.
+        @return: Deferred firing True if created, False if it already existed.
+        """
+
+    def deleteShard(shard):  # type: ignore[no-untyped-def]
+        """Delete a shard and its records; fires True if it existed."""
+
+    def listShards():  # type: ignore[no-untyped-def]
+        """Fire with a dict mapping shard name to its config dict."""
+
+    def append(shard, records):  # type: ignore[no-untyped-def]
+        """
+        Append a batch of records.
+
+        @param records: a sequence of dicts with optional keys ``timestamp``,
+            ``key``, ``value``, ``headers``; offsets are assigned by the store.
+        @return: Deferred firing with the list of assigned offsets, once the
+            batch is durable per the sync policy.
+        """
+
+    def read(shard, offset, maxRecords=1000, maxBytes=1048576):  # type: ignore[no-untyped-def]
+        """
+        Read records starting at C{offset}.
+
+        At least one record is returned if any exists at or after C{offset},
+        even when it alone exceeds C{maxBytes}.
+
+        @return: Deferred firing with a list of record dicts.
+        """
+
+    def offsetForTimestamp(shard, timestamp):  # type: ignore[no-untyped-def]
+        """Fire with the first offset whose timestamp is >= C{timestamp}, or None."""
+
+    def offsets(shard):  # type: ignore[no-untyped-def]
+        """Fire with C{(startOffset, nextOffset)}: first readable and next to assign."""
+
+    def deleteBefore(shard, offset):  # type: ignore[no-untyped-def]
+        """Make records before C{offset} unreadable; fires with the new start offset."""
+
+    def upsert(shard, key, value, headers=()):  # type: ignore[no-untyped-def]
+        """Keyed write in a compacted shard; fires with the record's offset."""
+
+    def lookup(shard, key):  # type: ignore[no-untyped-def]
+        """Fire with the latest record dict for C{key}, or None."""
+
+    def deleteKey(shard, key):  # type: ignore[no-untyped-def]
+        """Delete C{key} from a compacted shard (a tombstone); fires True if it existed."""
+
+    def keys(shard):  # type: ignore[no-untyped-def]
+        """Fire with the list of live keys of a compacted shard."""
+
+    def commitOffset(group, shard, offset, metadata=b""):  # type: ignore[no-untyped-def]
+        """Record a consumer group's committed offset for C{shard}; fires with None."""
+
+    def fetchOffset(group, shard):  # type: ignore[no-untyped-def]
+        """Fire with C{(offset, metadata)} committed by C{group}, or None."""
+
+
+class IAuthenticator(Interface):
+    """A source that decides whether a client may connect.
+
+    Authenticators are tried in configured order; each answers with one of
+    L{robustmq.core.auth.ALLOW}, L{robustmq.core.auth.DENY} or
+    L{robustmq.core.auth.IGNORE} (let the next one decide).
+    """
+
+    name = Attribute("The source's name as used in ``[auth] chain = [...]`` (str).")
+
+    def authenticate(credentials):  # type: ignore[no-untyped-def]
+        """
+        Decide on one connection attempt.
+
+        @param credentials: a L{robustmq.core.auth.Credentials}.
+        @return: Deferred (or plain value) with ALLOW, DENY or IGNORE.
+        """
+
+
+class IAuthenticatorPlugin(Interface):
+    """A named factory of L{IAuthenticator}s, discovered as a plugin."""
+
+    name = Attribute("The name used in ``[auth] chain``.")
+
+    def build(settings):  # type: ignore[no-untyped-def]
+        """Return an L{IAuthenticator} configured from the node settings."""
+
+
+class IShardStorePlugin(Interface):
+    """A named factory of L{IShardStore}s, discovered as a plugin."""
+
+    name = Attribute("The name used in ``[storage] backend``.")
+
+    def build(settings, reactor):  # type: ignore[no-untyped-def]
+        """Return an L{IShardStore} configured from the node settings."""
+
+
+class ISessionConnection(Interface):
+    """The live connection a broker session delivers through.
+
+    Implemented by each protocol's connection object; the core's session
+    calls it without knowing the wire format.
+    """
+
+    def deliver(message, qos, packetId, dup):  # type: ignore[no-untyped-def]
+        """Write one message to the client at C{qos} (packetId None for QoS 0)."""
+
+    def deliverRelease(packetId):  # type: ignore[no-untyped-def]
+        """Resend a QoS 2 release (PUBREL) for C{packetId} after a reconnect."""
+
+    def canDeliver():  # type: ignore[no-untyped-def]
+        """True when the transport can take more data now (not paused)."""
+
+    def takeOver():  # type: ignore[no-untyped-def]
+        """Another connection took the session: close this one."""
