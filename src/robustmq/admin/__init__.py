@@ -1,0 +1,1 @@
+"""Operations: HTTP admin API, Prometheus metrics and dashboard (not built yet)."""

@@ -1,0 +1,59 @@
+"""The `robustmq` command: start a node, run benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from robustmq import __version__
+
+
+def _start(args: argparse.Namespace) -> int:
+    """Run the node in the foreground under twistd (logs to stdout by default)."""
+    from twisted.scripts.twistd import ServerOptions, runApp
+
+    from robustmq.config import ConfigError, loadSettings
+
+    try:
+        loadSettings(args.config)
+    except ConfigError as e:
+        print(f"robustmq: configuration error: {e}", file=sys.stderr)
+        return 2
+    argv = ["--nodaemon", "--pidfile=", "--logger=robustmq.logs.observer"]
+    if args.reactor:
+        argv.append(f"--reactor={args.reactor}")
+    argv.append("robustmq")
+    if args.config:
+        argv += ["--config", args.config]
+    config = ServerOptions()
+    config.parseOptions(argv)
+    runApp(config)
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    from robustmq.bench import main as benchMain
+
+    return benchMain(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `robustmq` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":
+        return _bench(argv[1:])
+    parser = argparse.ArgumentParser(prog="robustmq", description="RobustMQ message broker")
+    parser.add_argument("--version", action="version", version=f"robustmq {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    start = sub.add_parser("start", help="run a node in the foreground")
+    start.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
+    start.add_argument("--reactor", help="twisted reactor name (default: the platform's best)")
+    sub.add_parser("bench", help="load generator: robustmq bench --help")
+    args = parser.parse_args(argv)
+    if args.command == "start":
+        return _start(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""Node configuration: one TOML file validated into typed, frozen settings.
+
+Every key has a default that makes a working single node, so an empty file
+is a valid configuration.  Problems stop start-up with a
+L{ConfigError} whose message names the key (``mqtt.max_packet_size``) and
+what is wrong with it.
+
+Environment variables override the file: ``ROBUSTMQ_<SECTION>__<KEY>``
+(double underscore between section and key), e.g.
+``ROBUSTMQ_MQTT__MAX_INFLIGHT=64`` or ``ROBUSTMQ_NODE__DATA_DIR=/var/lib/robustmq``.
+Listener entries are addressed by index: ``ROBUSTMQ_LISTENERS__0__PORT=11883``.
+Values are parsed as TOML values when they parse (``64``, ``true``,
+``["a","b"]``) and taken as plain strings otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "ROBUSTMQ_"
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+def _choice(*allowed: str) -> dict[str, Any]:
+    return {"choices": allowed}
+
+
+def _range(low: int | float | None = None, high: int | float | None = None) -> dict[str, Any]:
+    return {"min": low, "max": high}
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Identity and roles of this process."""
+
+    id: str = "robustmq-1"
+    roles: tuple[str, ...] = field(
+        default=("placement", "broker"),
+        metadata={"items": ("placement", "broker")},
+    )
+    data_dir: str = "./data"
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """Where and how much the node logs."""
+
+    level: str = field(default="info", metadata=_choice("debug", "info", "warn", "error"))
+    file: str = field(default="-", metadata={"doc": "'-' for standard output"})
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """The shard store backing durable data (see docs/storage.md)."""
+
+    backend: str = "memory"
+    data_dir: str = "./data"
+    sync: str = field(default="interval", metadata=_choice("always", "interval", "os"))
+    sync_interval_ms: int = field(default=200, metadata=_range(1, 3_600_000))
+    segment_bytes: int = field(default=64 * MiB, metadata=_range(4096, None))
+    index_interval_bytes: int = field(default=4096, metadata=_range(64, None))
+    max_open_files: int = field(default=256, metadata=_range(4, 100_000))
+    retention_ms: int = field(default=0, metadata=_range(0, None))
+    retention_bytes: int = field(default=0, metadata=_range(0, None))
+    max_shards: int = field(default=1_000_000, metadata=_range(1, None))
+
+
+@dataclass(frozen=True)
+class PlacementSettings:
+    """Where cluster metadata lives (single node: embedded in this process)."""
+
+    backend: str = field(default="embedded", metadata=_choice("embedded", "etcd"))
+    port: int = field(default=1228, metadata=_range(0, 65535))
+
+
+@dataclass(frozen=True)
+class MQTTSettings:
+    """MQTT protocol behaviour and per-session bounds."""
+
+    max_packet_size: int = field(default=1 * MiB, metadata=_range(16, 268_435_455))
+    max_client_id_length: int = field(default=65535, metadata=_range(23, 65535))
+    allow_empty_client_id: bool = True
+    max_inflight: int = field(default=32, metadata=_range(1, 65535))
+    max_queued_messages: int = field(default=1000, metadata=_range(0, None))
+    max_queued_bytes: int = field(default=16 * MiB, metadata=_range(0, None))
+    queue_overflow: str = field(default="drop_new", metadata=_choice("drop_new", "drop_oldest"))
+    queue_qos0_offline: bool = False
+    max_awaiting_rel: int = field(default=100, metadata=_range(1, 65535))
+    max_subscriptions: int = field(default=0, metadata=_range(0, None))
+    max_topic_levels: int = field(default=128, metadata=_range(1, 65535))
+    max_write_buffer_bytes: int = field(default=4 * MiB, metadata=_range(65536, None))
+    connect_timeout: float = field(default=30.0, metadata=_range(0.1, 3600))
+    max_retained_messages: int = field(default=1_000_000, metadata=_range(0, None))
+    max_retained_payload: int = field(default=1 * MiB, metadata=_range(0, None))
+    route_cache_size: int = field(default=10_000, metadata=_range(0, None))
+    sys_interval: float = field(default=10.0, metadata=_range(0, 86400))
+
+
+@dataclass(frozen=True)
+class LimitsSettings:
+    """Node-wide limits."""
+
+    max_connections: int = field(default=100_000, metadata=_range(1, None))
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    """One listening socket: protocol over transport at address:port."""
+
+    protocol: str = "mqtt"
+    transport: str = field(default="tcp", metadata=_choice("tcp", "tls", "ws", "wss", "quic"))
+    bind: str = "0.0.0.0"
+    port: int = field(default=1883, metadata=_range(0, 65535))
+    name: str = ""
+    max_connections: int = field(default=100_000, metadata=_range(1, None))
+    backlog: int = field(default=1024, metadata=_range(1, 65535))
+
+    @property
+    def label(self) -> str:
+        """A human name for logs: the configured name or protocol/transport:port."""
+        return self.name or f"{self.protocol}/{self.transport}:{self.port}"
+
+
+def _defaultListeners() -> tuple[ListenerSettings, ...]:
+    return (ListenerSettings(),)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a node needs, validated."""
+
+    node: NodeSettings = field(default_factory=NodeSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    placement: PlacementSettings = field(default_factory=PlacementSettings)
+    mqtt: MQTTSettings = field(default_factory=MQTTSettings)
+    limits: LimitsSettings = field(default_factory=LimitsSettings)
+    listeners: tuple[ListenerSettings, ...] = field(default_factory=_defaultListeners)
+
+
+_SECTIONS: dict[str, type] = {
+    f.name: typing.get_type_hints(Settings)[f.name]
+    for f in dataclasses.fields(Settings)
+    if f.name != "listeners"
+}
+
+
+def _typeName(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        return "array"
+    return {bool: "boolean", int: "integer", float: "number", str: "string"}.get(tp, str(tp))
+
+
+def _coerce(key: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
+    """Check C{value} against the field type C{tp} and its metadata bounds."""
+    if typing.get_origin(tp) is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected an array, got {type(value).__name__} {value!r}")
+        itemType = typing.get_args(tp)[0]
+        items = tuple(_coerce(f"{key}[{i}]", itemType, v, {}) for i, v in enumerate(value))
+        allowed = meta.get("items")
+        for item in items:
+            if allowed and item not in allowed:
+                raise ConfigError(f"{key}: unknown value {item!r}; expected any of {list(allowed)}")
+        return items
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a boolean (true/false), got {value!r}")
+    elif tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    elif tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        value = float(value)
+    elif tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
+    low, high = meta.get("min"), meta.get("max")
+    if low is not None and value < low:
+        raise ConfigError(f"{key}: {value!r} is below the minimum {low}")
+    if high is not None and value > high:
+        raise ConfigError(f"{key}: {value!r} is above the maximum {high}")
+    return value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    """Validate the table C{raw} into the dataclass C{cls}."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix}: expected a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in fields:
+            raise ConfigError(
+                f"{prefix}.{key}: unknown key; known keys of [{prefix}] are {sorted(fields)}"
+            )
+    values = {
+        name: _coerce(f"{prefix}.{name}", hints[name], raw[name], fields[name].metadata)
+        for name in raw
+    }
+    return cls(**values)
+
+
+def _parseEnvValue(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """Overlay C{ROBUSTMQ_SECTION__KEY} variables on the parsed TOML C{data}."""
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) < 2 or not all(path):
+            raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
+        value = _parseEnvValue(text)
+        if path[0] == "listeners":
+            if len(path) != 3 or not path[1].isdigit():
+                raise ConfigError(
+                    f"environment variable {name}: expected {ENV_PREFIX}LISTENERS__<INDEX>__<KEY>"
+                )
+            listeners = data.setdefault("listeners", [{}])
+            index = int(path[1])
+            while len(listeners) <= index:
+                listeners.append({})
+            listeners[index][path[2]] = value
+        else:
+            if len(path) != 2:
+                raise ConfigError(f"environment variable {name}: too many '__' parts")
+            section = data.setdefault(path[0], {})
+            if not isinstance(section, dict):
+                raise ConfigError(f"{path[0]}: expected a table")
+            section[path[1]] = value
+
+
+def settingsFromMapping(data: Mapping[str, Any]) -> Settings:
+    """Validate already-parsed TOML data into L{Settings}."""
+    sections: dict[str, Any] = {}
+    for key, raw in data.items():
+        if key == "listeners":
+            continue
+        if key not in _SECTIONS:
+            raise ConfigError(
+                f"{key}: unknown section; known sections are {sorted([*_SECTIONS, 'listeners'])}"
+            )
+        sections[key] = _build(_SECTIONS[key], raw, key)
+    listeners: tuple[ListenerSettings, ...] = _defaultListeners()
+    if "listeners" in data:
+        rawListeners = data["listeners"]
+        if not isinstance(rawListeners, list):
+            raise ConfigError("listeners: expected an array of tables ([[listeners]])")
+        listeners = tuple(
+            _build(ListenerSettings, raw, f"listeners[{i}]") for i, raw in enumerate(rawListeners)
+        )
+    settings = Settings(listeners=listeners, **sections)
+    _crossCheck(settings)
+    return settings
+
+
+def _crossCheck(settings: Settings) -> None:
+    """Checks that involve more than one key."""
+    seen: dict[tuple[str, int, str], int] = {}
+    for i, listener in enumerate(settings.listeners):
+        try:
+            ipaddress.ip_address(listener.bind)
+        except ValueError:
+            raise ConfigError(
+                f"listeners[{i}].bind: {listener.bind!r} is not an IP address"
+            ) from None
+        udp = "udp" if listener.transport == "quic" else "tcp"
+        slot = (listener.bind, listener.port, udp)
+        if listener.port and slot in seen:
+            raise ConfigError(
+                f"listeners[{i}].port: {listener.bind}:{listener.port} is already used by listeners[{seen[slot]}]"
+            )
+        seen[slot] = i
+    if settings.mqtt.max_inflight > 65535:
+        raise ConfigError("mqtt.max_inflight: at most 65535 packet identifiers exist")
+
+
+def loadSettings(path: str | None, environ: Mapping[str, str] | None = None) -> Settings:
+    """
+    Read, override from the environment and validate a config file.
+
+    @param path: a TOML file, or None for defaults plus environment only.
+    @param environ: the environment to read overrides from (default os.environ).
+    @raise ConfigError: naming the file, key and problem.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    _applyEnvironment(data, os.environ if environ is None else environ)
+    try:
+        return settingsFromMapping(data)
+    except ConfigError as e:
+        where = f"{path}: " if path else ""
+        raise ConfigError(f"{where}{e}") from None
+
+
+def describeDefaults() -> dict[str, Any]:
+    """Every section, key and default value, for documentation and the admin API."""
+    out: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        out[name] = {f.name: _defaultOf(f) for f in dataclasses.fields(cls)}
+    out["listeners"] = [dataclasses.asdict(ListenerSettings())]
+    return out
+
+
+def _defaultOf(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+__all__ = [
+    "ConfigError",
+    "ENV_PREFIX",
+    "ListenerSettings",
+    "LimitsSettings",
+    "LogSettings",
+    "MQTTSettings",
+    "NodeSettings",
+    "PlacementSettings",
+    "Settings",
+    "StorageSettings",
+    "describeDefaults",
+    "loadSettings",
+    "settingsFromMapping",
+]

@@ -1,0 +1,1 @@
+"""The protocol-neutral broker: messages, topic trie, router, sessions, retained."""

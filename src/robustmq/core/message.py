@@ -1,0 +1,67 @@
+"""The broker's protocol-neutral message."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+class Message:
+    """One published application message as the router carries it.
+
+    C{encodings} is a small cache that protocols use to encode a message once
+    and write the same bytes to every subscriber (keyed by a protocol-chosen
+    key); the core never looks inside it.
+    """
+
+    __slots__ = (
+        "topic",
+        "payload",
+        "qos",
+        "retain",
+        "timestamp",
+        "properties",
+        "origin",
+        "encodings",
+    )
+
+    def __init__(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        timestamp: float | None = None,
+        properties: dict[str, Any] | None = None,
+        origin: str | None = None,
+    ) -> None:
+        self.topic = topic
+        self.payload = payload
+        self.qos = qos
+        self.retain = retain
+        self.timestamp = time.time() if timestamp is None else timestamp
+        self.properties = properties
+        #: client id of the publisher, when there is one
+        self.origin = origin
+        self.encodings: dict[Any, bytes] | None = None
+
+    def copy(self, **changes: Any) -> Message:
+        """A copy with some fields changed (the encoding cache is not carried over)."""
+        m = Message(
+            self.topic,
+            self.payload,
+            self.qos,
+            self.retain,
+            self.timestamp,
+            self.properties,
+            self.origin,
+        )
+        for k, v in changes.items():
+            setattr(m, k, v)
+        return m
+
+    def __repr__(self) -> str:
+        return (
+            f"Message(topic={self.topic!r}, payload={self.payload[:32]!r}, "
+            f"qos={self.qos}, retain={self.retain})"
+        )

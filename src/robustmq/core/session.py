@@ -1,0 +1,205 @@
+"""A client session: subscriptions, in-flight window and bounded queue.
+
+The session outlives its connection when the client asked for a persistent
+session.  It is protocol-neutral: it numbers deliveries with 16-bit packet
+identifiers and talks to the live connection only through
+L{robustmq.interfaces.ISessionConnection}.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from robustmq.config import MQTTSettings
+    from robustmq.core.message import Message
+    from robustmq.core.stats import Stats
+
+# In-flight states of an outgoing QoS 1/2 delivery.
+AWAITING_ACK = 0  # PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
+AWAITING_COMP = 1  # PUBREL sent; waiting for PUBCOMP (QoS 2)
+
+
+class Session:
+    """State the broker keeps for one client id.
+
+    Bounds (from C{[mqtt]} settings):
+      - C{max_inflight}: unacknowledged QoS 1/2 deliveries; beyond it, messages wait in the queue.
+      - C{max_queued_messages} / C{max_queued_bytes}: the queue of messages waiting for the
+        window, for a paused (slow) connection, or for an offline persistent session.  At the
+        bound the C{queue_overflow} policy drops the new message (C{drop_new}) or the oldest
+        queued one (C{drop_oldest}); every drop is counted in C{messages_dropped}.
+      - C{max_awaiting_rel}: incoming QoS 2 messages waiting for PUBREL.
+    QoS 0 messages for an offline session are queued only if C{queue_qos0_offline} is set.
+    """
+
+    __slots__ = (
+        "clientId",
+        "clean",
+        "subscriptions",
+        "connection",
+        "queue",
+        "queuedBytes",
+        "inflight",
+        "awaitingRel",
+        "maxInflight",
+        "_nextPacketId",
+        "_settings",
+        "_stats",
+        "createdAt",
+        "disconnectedAt",
+        "__weakref__",
+    )
+
+    log = Logger()
+
+    def __init__(
+        self, clientId: str, clean: bool, settings: MQTTSettings, stats: Stats, now: float = 0.0
+    ) -> None:
+        self.clientId = clientId
+        self.clean = clean
+        self.subscriptions: dict[str, int] = {}
+        self.connection: Any = None
+        self.queue: deque[tuple[Message, int]] = deque()
+        self.queuedBytes = 0
+        self.inflight: dict[int, list[Any]] = {}
+        self.awaitingRel: set[int] = set()
+        self.maxInflight = settings.max_inflight
+        self._nextPacketId = 1
+        self._settings = settings
+        self._stats = stats
+        self.createdAt = now
+        self.disconnectedAt: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"<Session {self.clientId!r} clean={self.clean} online={self.connection is not None}>"
+        )
+
+    # Outgoing messages
+
+    def deliver(self, message: Message, qos: int) -> None:
+        """Send C{message} at C{qos} now if the connection and window allow, else queue it."""
+        conn = self.connection
+        if conn is not None and not self.queue and conn.canDeliver():
+            if qos == 0:
+                conn.deliver(message, 0, None, False)
+                return
+            if len(self.inflight) < self.maxInflight:
+                self._sendTracked(conn, message, qos)
+                return
+        elif conn is None and qos == 0 and not self._settings.queue_qos0_offline:
+            self._stats.messagesDropped += 1
+            return
+        self._enqueue(message, qos)
+
+    def _sendTracked(self, conn: Any, message: Message, qos: int) -> None:
+        pid = self._allocatePacketId()
+        self.inflight[pid] = [message, qos, AWAITING_ACK]
+        conn.deliver(message, qos, pid, False)
+
+    def _allocatePacketId(self) -> int:
+        pid = self._nextPacketId
+        inflight = self.inflight
+        while pid in inflight:
+            pid = pid + 1 if pid < 65535 else 1
+        self._nextPacketId = pid + 1 if pid < 65535 else 1
+        return pid
+
+    def _enqueue(self, message: Message, qos: int) -> None:
+        s = self._settings
+        size = len(message.payload)
+        queue = self.queue
+        while len(queue) >= s.max_queued_messages or (
+            queue and self.queuedBytes + size > s.max_queued_bytes
+        ):
+            if s.queue_overflow == "drop_oldest" and queue:
+                old, _ = queue.popleft()
+                self.queuedBytes -= len(old.payload)
+                self._stats.messagesDropped += 1
+            else:
+                self._stats.messagesDropped += 1
+                return
+        if size > s.max_queued_bytes:
+            self._stats.messagesDropped += 1
+            return
+        queue.append((message, qos))
+        self.queuedBytes += size
+
+    def pump(self) -> None:
+        """Move queued messages to the connection while it and the window have room."""
+        conn = self.connection
+        queue = self.queue
+        while queue and conn is not None and conn.canDeliver():
+            message, qos = queue[0]
+            if qos:
+                if len(self.inflight) >= self.maxInflight:
+                    return
+                queue.popleft()
+                self.queuedBytes -= len(message.payload)
+                self._sendTracked(conn, message, qos)
+            else:
+                queue.popleft()
+                self.queuedBytes -= len(message.payload)
+                conn.deliver(message, 0, None, False)
+            conn = self.connection
+
+    def acknowledge(self, packetId: int) -> bool:
+        """PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived: the delivery is complete."""
+        entry = self.inflight.get(packetId)
+        if entry is None:
+            return False
+        if entry[1] == 1 or entry[2] == AWAITING_COMP:
+            del self.inflight[packetId]
+            if self.queue:
+                self.pump()
+            return True
+        return False
+
+    def received(self, packetId: int) -> bool:
+        """PUBREC arrived for a QoS 2 delivery: it now waits for PUBCOMP."""
+        entry = self.inflight.get(packetId)
+        if entry is None or entry[1] != 2:
+            return False
+        entry[2] = AWAITING_COMP
+        return True
+
+    # Incoming QoS 2
+
+    def startIncomingQos2(self, packetId: int) -> bool:
+        """Record an incoming QoS 2 PUBLISH; False if it is a resend already routed."""
+        if packetId in self.awaitingRel:
+            return False
+        self.awaitingRel.add(packetId)
+        return True
+
+    def releaseIncomingQos2(self, packetId: int) -> bool:
+        """PUBREL arrived; True if the id was awaiting it."""
+        try:
+            self.awaitingRel.remove(packetId)
+        except KeyError:
+            return False
+        return True
+
+    # Connection lifecycle
+
+    def attach(self, connection: Any) -> None:
+        """A connection took this session: resend what is in flight, then drain the queue."""
+        self.connection = connection
+        self.disconnectedAt = None
+        for pid, (message, qos, state) in list(self.inflight.items()):
+            if self.connection is not connection:
+                return
+            if state == AWAITING_ACK:
+                connection.deliver(message, qos, pid, True)
+            else:
+                connection.deliverRelease(pid)
+        self.pump()
+
+    def detach(self, now: float = 0.0) -> None:
+        """The connection is gone; keep state for a persistent session."""
+        self.connection = None
+        self.disconnectedAt = now

@@ -1,0 +1,5 @@
+"""Registers the built-in authentication plugins."""
+
+from robustmq.core.auth import allowAllPlugin
+
+__all__ = ["allowAllPlugin"]

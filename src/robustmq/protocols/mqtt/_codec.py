@@ -1,0 +1,548 @@
+"""Sans-IO MQTT 3.1 / 3.1.1 codec: bytes in, packets out; packets in, bytes out.
+
+The parser never touches a transport, so it is tested alone and fed one
+byte at a time.  Errors are raised as L{MalformedPacket} (bad encoding) or
+L{ProtocolViolation} (well-formed but forbidden), each carrying a reason
+for the log line, and the normative statement id where there is one.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+
+from robustmq.protocols.mqtt._exceptions import MalformedPacket, PacketTooLarge, ProtocolViolation
+from robustmq.protocols.mqtt._packets import (
+    CONNACK,
+    CONNECT,
+    DISCONNECT,
+    MQTT5,
+    MQTT31,
+    MQTT311,
+    PINGREQ,
+    PINGRESP,
+    PUBACK,
+    PUBCOMP,
+    PUBLISH,
+    PUBREC,
+    PUBREL,
+    SUBACK,
+    SUBSCRIBE,
+    UNSUBACK,
+    UNSUBSCRIBE,
+    Connack,
+    Connect,
+    Disconnect,
+    Packet,
+    Pingreq,
+    Pingresp,
+    Puback,
+    Pubcomp,
+    Publish,
+    Pubrec,
+    Pubrel,
+    Suback,
+    Subscribe,
+    Unsuback,
+    Unsubscribe,
+)
+
+_U16 = struct.Struct("!H")
+_unpackU16 = _U16.unpack_from
+
+MAX_REMAINING_LENGTH = 268_435_455
+
+
+# Encoding
+
+
+def encodeRemainingLength(n: int) -> bytes:
+    """The variable-length 'remaining length' field (MQTT 3.1.1 section 2.2.3)."""
+    if n < 128:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        digit = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(digit | 0x80)
+        else:
+            out.append(digit)
+            return bytes(out)
+
+
+def _str(s: str) -> bytes:
+    b = s.encode("utf-8")
+    return _U16.pack(len(b)) + b
+
+
+def _bin(b: bytes) -> bytes:
+    return _U16.pack(len(b)) + b
+
+
+def _frame(first: int, body: bytes) -> bytes:
+    return bytes((first,)) + encodeRemainingLength(len(body)) + body
+
+
+def encodePublish(
+    topic: bytes,
+    payload: bytes,
+    qos: int = 0,
+    retain: bool = False,
+    dup: bool = False,
+    packetId: int | None = None,
+) -> bytes:
+    """A PUBLISH packet; C{topic} is already UTF-8 encoded."""
+    first = 0x30 | (qos << 1) | (1 if retain else 0) | (8 if dup else 0)
+    tlen = len(topic)
+    if qos:
+        length = 4 + tlen + len(payload)
+        return b"".join(
+            (
+                bytes((first,)),
+                encodeRemainingLength(length),
+                _U16.pack(tlen),
+                topic,
+                _U16.pack(packetId or 0),
+                payload,
+            )
+        )
+    length = 2 + tlen + len(payload)
+    return b"".join(
+        (bytes((first,)), encodeRemainingLength(length), _U16.pack(tlen), topic, payload)
+    )
+
+
+_ACK_FIRST = {PUBACK: 0x40, PUBREC: 0x50, PUBREL: 0x62, PUBCOMP: 0x70, UNSUBACK: 0xB0}
+_ACK = struct.Struct("!BBH")
+
+
+def encodeAck(packetType: int, packetId: int) -> bytes:
+    """PUBACK, PUBREC, PUBREL, PUBCOMP or UNSUBACK for C{packetId}."""
+    return _ACK.pack(_ACK_FIRST[packetType], 2, packetId)
+
+
+def encodeConnack(sessionPresent: bool, returnCode: int) -> bytes:
+    """A 3.1/3.1.1 CONNACK."""
+    return bytes((0x20, 2, 1 if sessionPresent else 0, returnCode))
+
+
+def encodeSuback(packetId: int, returnCodes: Sequence[int]) -> bytes:
+    """A SUBACK with one return code per requested filter."""
+    return _frame(0x90, _U16.pack(packetId) + bytes(returnCodes))
+
+
+PINGREQ_BYTES = b"\xc0\x00"
+PINGRESP_BYTES = b"\xd0\x00"
+DISCONNECT_BYTES = b"\xe0\x00"
+
+
+def encodeConnect(packet: Connect) -> bytes:
+    """A CONNECT packet (client side: tests, bench and bridges use it)."""
+    flags = 0
+    if packet.cleanSession:
+        flags |= 0x02
+    payload = _str(packet.clientId)
+    if packet.willTopic is not None:
+        flags |= 0x04 | (packet.willQos << 3) | (0x20 if packet.willRetain else 0)
+        payload += _str(packet.willTopic) + _bin(packet.willPayload or b"")
+    if packet.username is not None:
+        flags |= 0x80
+        payload += _str(packet.username)
+    if packet.password is not None:
+        flags |= 0x40
+        payload += _bin(packet.password)
+    header = (
+        _str(packet.protocolName)
+        + bytes((packet.protocolLevel, flags))
+        + _U16.pack(packet.keepAlive)
+    )
+    return _frame(0x10, header + payload)
+
+
+def encodeSubscribe(packetId: int, topics: Sequence[tuple[str, int]]) -> bytes:
+    """A SUBSCRIBE packet (client side)."""
+    body = _U16.pack(packetId) + b"".join(_str(t) + bytes((q,)) for t, q in topics)
+    return _frame(0x82, body)
+
+
+def encodeUnsubscribe(packetId: int, topics: Sequence[str]) -> bytes:
+    """An UNSUBSCRIBE packet (client side)."""
+    return _frame(0xA2, _U16.pack(packetId) + b"".join(_str(t) for t in topics))
+
+
+def encode(packet: Packet) -> bytes:
+    """Encode any packet object (convenience for tests and clients; the broker's
+    hot paths call the specific encoders)."""
+    t = packet.type
+    if t == PUBLISH:
+        assert isinstance(packet, Publish)
+        return encodePublish(
+            packet.topic.encode(),
+            packet.payload,
+            packet.qos,
+            packet.retain,
+            packet.dup,
+            packet.packetId,
+        )
+    if t in _ACK_FIRST:
+        return encodeAck(t, packet.packetId)  # type: ignore[attr-defined]
+    if t == CONNECT:
+        assert isinstance(packet, Connect)
+        return encodeConnect(packet)
+    if t == CONNACK:
+        assert isinstance(packet, Connack)
+        return encodeConnack(packet.sessionPresent, packet.returnCode)
+    if t == SUBSCRIBE:
+        assert isinstance(packet, Subscribe)
+        return encodeSubscribe(packet.packetId, packet.topics)
+    if t == SUBACK:
+        assert isinstance(packet, Suback)
+        return encodeSuback(packet.packetId, packet.returnCodes)
+    if t == UNSUBSCRIBE:
+        assert isinstance(packet, Unsubscribe)
+        return encodeUnsubscribe(packet.packetId, packet.topics)
+    if t == PINGREQ:
+        return PINGREQ_BYTES
+    if t == PINGRESP:
+        return PINGRESP_BYTES
+    if t == DISCONNECT:
+        return DISCONNECT_BYTES
+    raise ValueError(f"cannot encode {packet!r}")
+
+
+# Decoding
+
+
+def _readStr(data: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
+    """A UTF-8 string field at C{pos}; MQTT-1.5.3-1/-2: well-formed, no U+0000."""
+    if pos + 2 > end:
+        raise MalformedPacket(f"{what}: truncated length")
+    n = _unpackU16(data, pos)[0]
+    pos += 2
+    if pos + n > end:
+        raise MalformedPacket(f"{what}: string runs past the packet end")
+    try:
+        s = data[pos : pos + n].decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedPacket(f"{what}: not valid UTF-8", "MQTT-1.5.3-1") from None
+    if "\x00" in s:
+        raise MalformedPacket(f"{what}: contains U+0000", "MQTT-1.5.3-2")
+    return s, pos + n
+
+
+def _readBin(data: bytes, pos: int, end: int, what: str) -> tuple[bytes, int]:
+    if pos + 2 > end:
+        raise MalformedPacket(f"{what}: truncated length")
+    n = _unpackU16(data, pos)[0]
+    pos += 2
+    if pos + n > end:
+        raise MalformedPacket(f"{what}: runs past the packet end")
+    return data[pos : pos + n], pos + n
+
+
+def _readId(data: bytes, pos: int, end: int, what: str) -> int:
+    if pos + 2 > end:
+        raise MalformedPacket(f"{what}: missing packet identifier")
+    pid = _unpackU16(data, pos)[0]
+    if pid == 0:
+        raise ProtocolViolation(f"{what}: packet identifier 0", "MQTT-2.3.1-1")
+    return pid
+
+
+def _checkFlags(first: int, expected: int, what: str) -> None:
+    if first & 0x0F != expected:
+        raise MalformedPacket(
+            f"{what}: reserved fixed-header flags are {first & 0x0F:#x}", "MQTT-2.2.2-2"
+        )
+
+
+def _parseConnect(first: int, data: bytes, pos: int, end: int) -> Connect:
+    _checkFlags(first, 0, "CONNECT")
+    name, pos = _readStr(data, pos, end, "CONNECT protocol name")
+    if pos + 4 > end:
+        raise MalformedPacket("CONNECT: truncated variable header")
+    level = data[pos]
+    flags = data[pos + 1]
+    keepAlive = _unpackU16(data, pos + 2)[0]
+    pos += 4
+    if (name, level) not in (("MQTT", MQTT311), ("MQIsdp", MQTT31), ("MQTT", MQTT5)):
+        if name not in ("MQTT", "MQIsdp"):
+            raise ProtocolViolation(f"CONNECT: unknown protocol name {name!r}", "MQTT-3.1.2-1")
+        # A known name with a level we do not speak gets CONNACK 0x01 (MQTT-3.1.2-2).
+        return Connect("", protocolLevel=level, protocolName=name)
+    if flags & 0x01:
+        raise MalformedPacket("CONNECT: reserved flag set", "MQTT-3.1.2-3")
+    will = bool(flags & 0x04)
+    willQos = (flags >> 3) & 0x03
+    willRetain = bool(flags & 0x20)
+    if willQos == 3:
+        raise MalformedPacket("CONNECT: will QoS 3", "MQTT-3.1.2-14")
+    if not will and (willQos or willRetain):
+        raise MalformedPacket("CONNECT: will QoS/retain set without will flag", "MQTT-3.1.2-11")
+    hasUser = bool(flags & 0x80)
+    hasPassword = bool(flags & 0x40)
+    if hasPassword and not hasUser and level != MQTT5:
+        raise MalformedPacket("CONNECT: password without user name", "MQTT-3.1.2-22")
+    clientId, pos = _readStr(data, pos, end, "CONNECT client identifier")
+    willTopic = willPayload = username = None
+    password = None
+    if will:
+        willTopic, pos = _readStr(data, pos, end, "CONNECT will topic")
+        willPayload, pos = _readBin(data, pos, end, "CONNECT will message")
+    if hasUser:
+        username, pos = _readStr(data, pos, end, "CONNECT user name")
+    if hasPassword:
+        password, pos = _readBin(data, pos, end, "CONNECT password")
+    if pos != end:
+        raise MalformedPacket("CONNECT: trailing bytes after the payload")
+    return Connect(
+        clientId,
+        protocolLevel=level,
+        cleanSession=bool(flags & 0x02),
+        keepAlive=keepAlive,
+        willTopic=willTopic,
+        willPayload=willPayload,
+        willQos=willQos,
+        willRetain=willRetain,
+        username=username,
+        password=password,
+        protocolName=name,
+    )
+
+
+def _parseConnack(first: int, data: bytes, pos: int, end: int) -> Connack:
+    _checkFlags(first, 0, "CONNACK")
+    if end - pos != 2:
+        raise MalformedPacket("CONNACK: remaining length must be 2")
+    return Connack(bool(data[pos] & 1), data[pos + 1])
+
+
+class MQTTParser:
+    """Turns a byte stream into MQTT packets.
+
+    @ivar maxPacketSize: packets whose total size would exceed this raise
+        L{PacketTooLarge} as soon as their length is known, so an oversize
+        packet is never buffered.
+    @ivar server: True to accept only client-to-server packets.
+    """
+
+    def __init__(self, maxPacketSize: int = MAX_REMAINING_LENGTH + 5, server: bool = True) -> None:
+        self.maxPacketSize = maxPacketSize
+        self.server = server
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0
+        # Topic bytes → validated str, bounded; saves decode+checks per PUBLISH.
+        self._topicCache: dict[bytes, str] = {}
+        allowed = (
+            {
+                CONNECT,
+                PUBLISH,
+                PUBACK,
+                PUBREC,
+                PUBREL,
+                PUBCOMP,
+                SUBSCRIBE,
+                UNSUBSCRIBE,
+                PINGREQ,
+                DISCONNECT,
+            }
+            if server
+            else {CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, PINGRESP}
+        )
+        self._handlers: list[Callable[[int, bytes, int, int], Packet] | None] = [None] * 16
+        table: dict[int, Callable[[int, bytes, int, int], Packet]] = {
+            CONNECT: _parseConnect,
+            CONNACK: _parseConnack,
+            PUBACK: self._parseAck,
+            PUBREC: self._parseAck,
+            PUBREL: self._parseAck,
+            PUBCOMP: self._parseAck,
+            UNSUBACK: self._parseAck,
+            SUBSCRIBE: self._parseSubscribe,
+            SUBACK: self._parseSuback,
+            UNSUBSCRIBE: self._parseUnsubscribe,
+            PINGREQ: self._parseEmpty,
+            PINGRESP: self._parseEmpty,
+            DISCONNECT: self._parseEmpty,
+        }
+        for t in allowed:
+            if t != PUBLISH:
+                self._handlers[t] = table[t]
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held waiting for the rest of a packet."""
+        return self._have
+
+    def feed(self, data: bytes) -> list[Packet]:
+        """Add received bytes; return every packet now complete, in order."""
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return []
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._have = 0
+        packets: list[Packet] = []
+        append = packets.append
+        pos = 0
+        n = len(data)
+        maxSize = self.maxPacketSize
+        handlers = self._handlers
+        parsePublish = self._parsePublish
+        while pos < n:
+            # Fixed header: type/flags byte, then 1-4 bytes of remaining length.
+            i = pos + 1
+            if i >= n:
+                self._keep(data, pos, pos + 2)
+                break
+            b = data[i]
+            if b < 128:
+                length = b
+                i += 1
+            else:
+                length = b & 127
+                shift = 7
+                i += 1
+                while True:
+                    if i >= n:
+                        length = -1
+                        break
+                    b = data[i]
+                    i += 1
+                    length |= (b & 127) << shift
+                    if b < 128:
+                        break
+                    shift += 7
+                    if shift > 21:
+                        raise MalformedPacket("remaining length longer than 4 bytes")
+                if length < 0:
+                    self._keep(data, pos, i + 1)
+                    break
+            end = i + length
+            if end - pos > maxSize:
+                raise PacketTooLarge(f"packet of {end - pos} bytes exceeds the maximum {maxSize}")
+            if end > n:
+                self._keep(data, pos, end)
+                break
+            first = data[pos]
+            t = first >> 4
+            if t == PUBLISH:
+                append(parsePublish(first, data, i, end, pos))
+            else:
+                handler = handlers[t]
+                if handler is None:
+                    raise ProtocolViolation(f"unexpected packet type {t}")
+                append(handler(first, data, i, end))
+            pos = end
+        return packets
+
+    def _keep(self, data: bytes, pos: int, needEnd: int) -> None:
+        rest = data[pos:]
+        self._chunks = [rest]
+        self._have = len(rest)
+        self._need = needEnd - pos
+
+    def _parsePublish(self, first: int, data: bytes, pos: int, end: int, start: int) -> Publish:
+        qos = (first >> 1) & 3
+        if qos == 3:
+            raise MalformedPacket("PUBLISH: QoS 3", "MQTT-3.3.1-4")
+        dup = bool(first & 8)
+        if dup and not qos:
+            raise MalformedPacket("PUBLISH: DUP set on QoS 0", "MQTT-3.3.1-2")
+        if pos + 2 > end:
+            raise MalformedPacket("PUBLISH: truncated topic length")
+        tlen = (data[pos] << 8) | data[pos + 1]
+        tend = pos + 2 + tlen
+        if tend > end:
+            raise MalformedPacket("PUBLISH: topic runs past the packet end")
+        tb = data[pos + 2 : tend]
+        topic = self._topicCache.get(tb)
+        if topic is None:
+            topic = self._validTopic(tb)
+        if qos:
+            if tend + 2 > end:
+                raise MalformedPacket("PUBLISH: missing packet identifier")
+            pid = (data[tend] << 8) | data[tend + 1]
+            if pid == 0:
+                raise ProtocolViolation("PUBLISH: packet identifier 0", "MQTT-2.3.1-1")
+            return Publish(topic, data[tend + 2 : end], qos, bool(first & 1), dup, pid)
+        return Publish(topic, data[tend:end], 0, bool(first & 1), False, None, data[start:end])
+
+    def _validTopic(self, tb: bytes) -> str:
+        try:
+            topic = tb.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedPacket("PUBLISH: topic is not valid UTF-8", "MQTT-1.5.3-1") from None
+        if not topic:
+            raise ProtocolViolation("PUBLISH: empty topic name", "MQTT-4.7.3-1")
+        if "\x00" in topic:
+            raise MalformedPacket("PUBLISH: topic contains U+0000", "MQTT-1.5.3-2")
+        if "+" in topic or "#" in topic:
+            raise ProtocolViolation("PUBLISH: wildcard in topic name", "MQTT-3.3.2-2")
+        cache = self._topicCache
+        if len(cache) >= 1024:
+            cache.clear()
+        cache[tb] = topic
+        return topic
+
+    def _parseAck(self, first: int, data: bytes, pos: int, end: int) -> Packet:
+        t = first >> 4
+        _checkFlags(first, 2 if t == PUBREL else 0, "acknowledgement")
+        if end - pos != 2:
+            raise MalformedPacket(f"packet type {t}: remaining length must be 2")
+        pid = _unpackU16(data, pos)[0]
+        cls = {
+            PUBACK: Puback,
+            PUBREC: Pubrec,
+            PUBREL: Pubrel,
+            PUBCOMP: Pubcomp,
+            UNSUBACK: Unsuback,
+        }[t]
+        return cls(pid)
+
+    def _parseSubscribe(self, first: int, data: bytes, pos: int, end: int) -> Subscribe:
+        _checkFlags(first, 2, "SUBSCRIBE")
+        pid = _readId(data, pos, end, "SUBSCRIBE")
+        pos += 2
+        topics: list[tuple[str, int]] = []
+        while pos < end:
+            topicFilter, pos = _readStr(data, pos, end, "SUBSCRIBE topic filter")
+            if pos >= end:
+                raise MalformedPacket("SUBSCRIBE: missing requested QoS")
+            options = data[pos]
+            pos += 1
+            if options & 0xFC:
+                raise MalformedPacket("SUBSCRIBE: reserved option bits set", "MQTT-3.8.3-4")
+            if options == 3:
+                raise MalformedPacket("SUBSCRIBE: requested QoS 3", "MQTT-3.8.3-4")
+            topics.append((topicFilter, options))
+        if not topics:
+            raise ProtocolViolation("SUBSCRIBE: no topic filters", "MQTT-3.8.3-3")
+        return Subscribe(pid, topics)
+
+    def _parseSuback(self, first: int, data: bytes, pos: int, end: int) -> Suback:
+        pid = _unpackU16(data, pos)[0]
+        return Suback(pid, list(data[pos + 2 : end]))
+
+    def _parseUnsubscribe(self, first: int, data: bytes, pos: int, end: int) -> Unsubscribe:
+        _checkFlags(first, 2, "UNSUBSCRIBE")
+        pid = _readId(data, pos, end, "UNSUBSCRIBE")
+        pos += 2
+        topics: list[str] = []
+        while pos < end:
+            topicFilter, pos = _readStr(data, pos, end, "UNSUBSCRIBE topic filter")
+            topics.append(topicFilter)
+        if not topics:
+            raise ProtocolViolation("UNSUBSCRIBE: no topic filters", "MQTT-3.10.3-2")
+        return Unsubscribe(pid, topics)
+
+    def _parseEmpty(self, first: int, data: bytes, pos: int, end: int) -> Packet:
+        t = first >> 4
+        _checkFlags(first, 0, "packet")
+        if end != pos:
+            raise MalformedPacket(f"packet type {t}: remaining length must be 0")
+        return {PINGREQ: Pingreq, PINGRESP: Pingresp, DISCONNECT: Disconnect}[t]()

@@ -1,0 +1,122 @@
+"""Builds the node's MultiService from settings: storage, broker, listeners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import defer
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+
+from robustmq.config import ConfigError, ListenerSettings, Settings
+from robustmq.core.auth import AuthChain
+from robustmq.core.broker import Broker
+from robustmq.core.systopics import SysTopicsService
+from robustmq.interfaces import (
+    IAuthenticatorPlugin,
+    IProtocolPlugin,
+    IShardStore,
+    IShardStorePlugin,
+)
+from robustmq.registry import findPlugin
+from robustmq.transports import serverEndpoint
+
+
+class ListenerService(Service):
+    """Listens on one endpoint with one protocol factory.
+
+    Binding happens in C{privilegedStartService} and a failure (port in use,
+    bad address) is raised there, so a node that cannot listen does not start.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self, listener: ListenerSettings, endpoint: IStreamServerEndpoint, factory: Any
+    ) -> None:
+        self.listener = listener
+        self.endpoint = endpoint
+        self.factory = factory
+        self.port: IListeningPort | None = None
+        self.setName(f"listener:{listener.label}")
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        failures: list[Any] = []
+        d = self.endpoint.listen(self.factory)
+        d.addCallbacks(self._listening, failures.append)
+        if failures:
+            error = failures[0].value
+            raise CannotListenError(self.listener.bind, self.listener.port, error)
+
+    def _listening(self, port: IListeningPort) -> None:
+        self.port = port
+        address = port.getHost()
+        self.log.info(
+            "listening for {protocol} over {transport} on {host}:{port}",
+            protocol=self.listener.protocol,
+            transport=self.listener.transport,
+            host=getattr(address, "host", "?"),
+            port=getattr(address, "port", "?"),
+        )
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+
+    def stopService(self) -> defer.Deferred[None] | None:
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return defer.maybeDeferred(port.stopListening)
+        return None
+
+
+class StoreService(Service):
+    """Opens the shard store at start; the broker closes it after its clients."""
+
+    def __init__(self, store: IShardStore) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        d = defer.maybeDeferred(self.store.open)
+        failures: list[Any] = []
+        d.addErrback(failures.append)
+        if failures:
+            failures[0].raiseException()
+
+
+def makeService(settings: Settings, reactor: Any = None) -> IService:
+    """The whole node: shard store, broker, $SYS publisher and one service per listener.
+
+    Services stop in reverse order: listeners first (no new clients), then
+    the broker (closes clients, then flushes and closes the store).
+    """
+    if reactor is None:
+        from twisted.internet import reactor as _reactor
+
+        reactor = _reactor
+    top = MultiService()
+    storePlugin = findPlugin(IShardStorePlugin, settings.storage.backend, "storage.backend")
+    store = storePlugin.build(settings, reactor)
+    StoreService(store).setServiceParent(top)
+    auth = AuthChain([findPlugin(IAuthenticatorPlugin, "allow_all", "auth.chain").build(settings)])
+    broker = Broker(settings, reactor, store=store, auth=auth)
+    broker.setName("broker")
+    broker.setServiceParent(top)
+    if settings.mqtt.sys_interval > 0:
+        SysTopicsService(broker, settings.mqtt.sys_interval).setServiceParent(top)
+    for i, listener in enumerate(settings.listeners):
+        plugin = findPlugin(IProtocolPlugin, listener.protocol, f"listeners[{i}].protocol")
+        if listener.transport not in plugin.transports:
+            raise ConfigError(
+                f"listeners[{i}].transport: protocol {listener.protocol!r} does not support "
+                f"{listener.transport!r} (supported: {list(plugin.transports)})"
+            )
+        factory = plugin.buildFactory(broker, listener, reactor)
+        ListenerService(listener, serverEndpoint(reactor, listener), factory).setServiceParent(top)
+    return top

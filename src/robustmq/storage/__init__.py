@@ -1,0 +1,1 @@
+"""Shard stores: the IShardStore adapters (memory, segment)."""
