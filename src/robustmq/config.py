@@ -95,12 +95,12 @@ class MQTTSettings:
     max_inflight: int = field(default=32, metadata=_range(1, 65535))
     max_queued_messages: int = field(default=1000, metadata=_range(0, None))
     max_queued_bytes: int = field(default=16 * MiB, metadata=_range(0, None))
+    congestion_timeout: float = field(default=10.0, metadata=_range(0, 3600))
     queue_overflow: str = field(default="drop_new", metadata=_choice("drop_new", "drop_oldest"))
     queue_qos0_offline: bool = False
     max_awaiting_rel: int = field(default=100, metadata=_range(1, 65535))
     max_subscriptions: int = field(default=0, metadata=_range(0, None))
     max_topic_levels: int = field(default=128, metadata=_range(1, 65535))
-    max_write_buffer_bytes: int = field(default=4 * MiB, metadata=_range(65536, None))
     connect_timeout: float = field(default=30.0, metadata=_range(0.1, 3600))
     max_retained_messages: int = field(default=1_000_000, metadata=_range(0, None))
     max_retained_payload: int = field(default=1 * MiB, metadata=_range(0, None))

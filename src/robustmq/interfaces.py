@@ -174,3 +174,9 @@ class ISessionConnection(Interface):
 
     def takeOver():  # type: ignore[no-untyped-def]
         """Another connection took the session: close this one."""
+
+    def sessionCongested():  # type: ignore[no-untyped-def]
+        """This connection's session queue is full: keep reading from it (never pause it)."""
+
+    def congestionCleared(session):  # type: ignore[no-untyped-def]
+        """A session this connection published to has drained: reading may resume."""

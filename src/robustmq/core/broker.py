@@ -48,17 +48,29 @@ class Broker(Service):
         self.retained = RetainedMessages(
             settings.mqtt.max_retained_messages, settings.mqtt.max_retained_payload
         )
+        #: sessions found congested while routing the current message (see Session)
+        self.congestion: list[Session] = []
+        self.congestionTimeout = settings.mqtt.congestion_timeout
         self.sessions = SessionRegistry(
-            self.router, settings.mqtt, self.stats, lambda: reactor.seconds()
+            self.router, settings.mqtt, self.stats, lambda: reactor.seconds(), self
         )
         self.connections: set[Any] = set()
         #: accepted sockets on every listener, counted against [limits] max_connections
         self.openSockets = 0
 
+    def callLater(self, delay: float, f: Any, *args: Any) -> Any:
+        """Schedule C{f} on the broker's reactor (used by sessions)."""
+        return self.reactor.callLater(delay, f, *args)  # type: ignore[attr-defined]
+
     # Publishing
 
     def publish(self, message: Message) -> int:
-        """Retain (if flagged) and route C{message}; returns how many sessions it reached."""
+        """Retain (if flagged) and route C{message}; returns how many sessions it reached.
+
+        Afterwards C{congestion} lists the sessions whose full queues the
+        caller should wait for (a publishing connection pauses reading);
+        callers with nothing to pause clear it.
+        """
         self.stats.messagesReceived += 1
         if message.retain:
             self.retained.update(message)
@@ -81,6 +93,8 @@ class Broker(Service):
             self.retained.update(message)
             message = message.copy(retain=False)
         self.route(message)
+        # No connection to pause for a broker-originated message.
+        self.congestion.clear()
 
     # Subscriptions
 

@@ -9,7 +9,7 @@ L{robustmq.interfaces.ISessionConnection}.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 
@@ -29,10 +29,19 @@ class Session:
     Bounds (from C{[mqtt]} settings):
       - C{max_inflight}: unacknowledged QoS 1/2 deliveries; beyond it, messages wait in the queue.
       - C{max_queued_messages} / C{max_queued_bytes}: the queue of messages waiting for the
-        window, for a paused (slow) connection, or for an offline persistent session.  At the
-        bound the C{queue_overflow} policy drops the new message (C{drop_new}) or the oldest
-        queued one (C{drop_oldest}); every drop is counted in C{messages_dropped}.
+        window, for a paused (slow) connection, or for an offline persistent session.
       - C{max_awaiting_rel}: incoming QoS 2 messages waiting for PUBREL.
+
+    At the queue bound an I{online} session becomes I{congested}: the publishers
+    whose messages reach it are paused (they stop being read from their sockets)
+    until the queue drains to half the bound, so nothing a publisher was
+    acknowledged for is dropped.  Messages already read in the same network read
+    may take the queue past the bound, up to twice the bound.  A session that
+    stays congested for C{congestion_timeout} seconds (its client reads nothing)
+    releases its publishers and from then on overflows like an offline one.
+    An I{offline} session (or one past twice the bound) applies C{queue_overflow}:
+    drop the new message (C{drop_new}) or the oldest queued one (C{drop_oldest});
+    every drop is counted in C{messages_dropped}.
     QoS 0 messages for an offline session are queued only if C{queue_qos0_offline} is set.
     """
 
@@ -51,13 +60,24 @@ class Session:
         "_stats",
         "createdAt",
         "disconnectedAt",
+        "congested",
+        "overflowing",
+        "waiters",
+        "_congestionTimer",
+        "_hub",
         "__weakref__",
     )
 
     log = Logger()
 
     def __init__(
-        self, clientId: str, clean: bool, settings: MQTTSettings, stats: Stats, now: float = 0.0
+        self,
+        clientId: str,
+        clean: bool,
+        settings: MQTTSettings,
+        stats: Stats,
+        now: float = 0.0,
+        hub: CongestionHub | None = None,
     ) -> None:
         self.clientId = clientId
         self.clean = clean
@@ -73,6 +93,14 @@ class Session:
         self._stats = stats
         self.createdAt = now
         self.disconnectedAt: float | None = None
+        #: publishers are paused because this online session's queue is full
+        self.congested = False
+        #: congestion timed out: overflow drops instead of pausing publishers
+        self.overflowing = False
+        #: publisher connections paused on this session (see L{CongestionHub})
+        self.waiters: set[Any] = set()
+        self._congestionTimer: Any = None
+        self._hub = hub
 
     def __repr__(self) -> str:
         return (
@@ -113,9 +141,15 @@ class Session:
         s = self._settings
         size = len(message.payload)
         queue = self.queue
-        while len(queue) >= s.max_queued_messages or (
-            queue and self.queuedBytes + size > s.max_queued_bytes
-        ):
+        limit = s.max_queued_messages
+        byteLimit = s.max_queued_bytes
+        online = self.connection is not None and not self.overflowing
+        if online:
+            # Already-read messages may overshoot the bound, up to twice it.
+            hardLimit, hardBytes = 2 * limit, 2 * byteLimit
+        else:
+            hardLimit, hardBytes = limit, byteLimit
+        while len(queue) >= hardLimit or (queue and self.queuedBytes + size > hardBytes):
             if s.queue_overflow == "drop_oldest" and queue:
                 old, _ = queue.popleft()
                 self.queuedBytes -= len(old.payload)
@@ -123,11 +157,63 @@ class Session:
             else:
                 self._stats.messagesDropped += 1
                 return
-        if size > s.max_queued_bytes:
+        if size > hardBytes:
             self._stats.messagesDropped += 1
             return
         queue.append((message, qos))
         self.queuedBytes += size
+        if online and (len(queue) >= limit or self.queuedBytes >= byteLimit):
+            if not self.congested:
+                self._startCongestion()
+            if self._hub is not None:
+                self._hub.congestion.append(self)
+
+    def _startCongestion(self) -> None:
+        self.congested = True
+        conn = self.connection
+        if conn is not None:
+            # A congested client must keep being read (its acks drain the queue),
+            # even if it is itself a paused publisher.
+            conn.sessionCongested()
+        hub = self._hub
+        if hub is not None and hub.congestionTimeout > 0:
+            self._congestionTimer = hub.callLater(hub.congestionTimeout, self._congestionTimedOut)
+
+    def _congestionTimedOut(self) -> None:
+        self._congestionTimer = None
+        if self.congested:
+            self.log.warn(
+                "client {clientId} read nothing for {t}s while its queue was full: "
+                "releasing publishers, dropping on overflow until it drains",
+                clientId=self.clientId,
+                t=self._hub.congestionTimeout if self._hub else 0,
+            )
+            self.overflowing = True
+            self._endCongestion()
+
+    def _endCongestion(self) -> None:
+        self.congested = False
+        timer = self._congestionTimer
+        if timer is not None:
+            self._congestionTimer = None
+            if timer.active():
+                timer.cancel()
+        waiters = self.waiters
+        if waiters:
+            self.waiters = set()
+            for publisher in waiters:
+                publisher.congestionCleared(self)
+
+    def _drained(self) -> None:
+        """The queue shrank: end congestion or overflow once it is at half the bound."""
+        s = self._settings
+        if (
+            len(self.queue) <= s.max_queued_messages // 2
+            and self.queuedBytes <= s.max_queued_bytes // 2
+        ):
+            self.overflowing = False
+            if self.congested:
+                self._endCongestion()
 
     def pump(self) -> None:
         """Move queued messages to the connection while it and the window have room."""
@@ -137,7 +223,7 @@ class Session:
             message, qos = queue[0]
             if qos:
                 if len(self.inflight) >= self.maxInflight:
-                    return
+                    break
                 queue.popleft()
                 self.queuedBytes -= len(message.payload)
                 self._sendTracked(conn, message, qos)
@@ -146,6 +232,8 @@ class Session:
                 self.queuedBytes -= len(message.payload)
                 conn.deliver(message, 0, None, False)
             conn = self.connection
+        if self.congested or self.overflowing:
+            self._drained()
 
     def acknowledge(self, packetId: int) -> bool:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived: the delivery is complete."""
@@ -203,3 +291,19 @@ class Session:
         """The connection is gone; keep state for a persistent session."""
         self.connection = None
         self.disconnectedAt = now
+        self.overflowing = False
+        if self.congested:
+            self._endCongestion()
+
+
+class CongestionHub(Protocol):
+    """What a session needs from the broker to apply back-pressure.
+
+    C{congestion} collects the sessions found congested while one message was
+    routed; the publishing connection reads and clears it after each publish.
+    """
+
+    congestion: list[Session]
+    congestionTimeout: float
+
+    def callLater(self, delay: float, f: Any, *args: Any) -> Any: ...

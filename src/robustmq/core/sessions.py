@@ -9,7 +9,7 @@ from twisted.logger import Logger
 
 from robustmq.config import MQTTSettings
 from robustmq.core.router import Router
-from robustmq.core.session import Session
+from robustmq.core.session import CongestionHub, Session
 from robustmq.core.stats import Stats
 
 
@@ -28,11 +28,13 @@ class SessionRegistry:
         settings: MQTTSettings,
         stats: Stats,
         clock: Callable[[], float],
+        hub: CongestionHub | None = None,
     ) -> None:
         self._router = router
         self._settings = settings
         self._stats = stats
         self._clock = clock
+        self._hub = hub
         self._sessions: dict[str, Session] = {}
 
     def __len__(self) -> int:
@@ -69,7 +71,7 @@ class SessionRegistry:
         if existing is not None:
             existing.clean = clean
             return existing, True
-        session = Session(clientId, clean, self._settings, self._stats, self._clock())
+        session = Session(clientId, clean, self._settings, self._stats, self._clock(), self._hub)
         self._sessions[clientId] = session
         return session, False
 

@@ -218,10 +218,10 @@ class TopicStore(Generic[V]):
             level = levels[i]
             if level == "#":
                 # '#' matches this level (the parent) and everything below.
-                sub = [node] if i > 0 else []
-                sub += [
-                    c for name, c in node.children.items() if not (i == 0 and name.startswith("$"))
-                ]
+                if i > 0:
+                    sub = [node]
+                else:
+                    sub = [c for name, c in node.children.items() if not name.startswith("$")]
                 while sub:
                     cur = sub.pop()
                     for topic in cur.values:

@@ -77,7 +77,9 @@ class MQTTServerProtocol(Protocol):
     Packets are dispatched by type to C{handle_<name>} methods.  Bad input
     closes this connection only, with a log line naming the client and the
     reason.  Delivery pauses (messages wait in the bounded session queue)
-    while the transport's write buffer is above C{[mqtt] max_write_buffer_bytes}.
+    while the transport says its write buffer is full (64 KiB in Twisted's TCP
+    transport); reading pauses while a session this client published to is
+    congested (see L{robustmq.core.session.Session}).
     """
 
     log = Logger()
@@ -98,11 +100,14 @@ class MQTTServerProtocol(Protocol):
         self.connectedAt: float | None = None
         self.peer = "?"
         self._paused = False
-        self._pending: list[Packet] | None = None
+        #: parsed packets held back while authenticating or while publishers are paused
+        self._held: list[Packet] | None = None
         self._lastActivity = 0.0
         self._timer: Any = None
         self._closeReason: str | None = None
         self.factory: Any = None
+        #: congested sessions this connection published to; reading is paused until empty
+        self._blockedOn: set[Any] = set()
 
     # Connection lifecycle
 
@@ -113,8 +118,6 @@ class MQTTServerProtocol(Protocol):
         self.peer = f"{getattr(peer, 'host', peer)}:{getattr(peer, 'port', '')}"
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
-        if hasattr(transport, "bufferSize"):
-            transport.bufferSize = self.settings.max_write_buffer_bytes
         transport.registerProducer(self, True)
         self._lastActivity = self.reactor.seconds()
         self._timer = self.reactor.callLater(self.settings.connect_timeout, self._connectTimeout)
@@ -127,6 +130,9 @@ class MQTTServerProtocol(Protocol):
         self._timer = None
         if self.factory is not None:
             self.factory.connectionEnded(self)
+        for session in self._blockedOn:
+            session.waiters.discard(self)
+        self._blockedOn.clear()
         if not wasConnected:
             return
         broker = self.broker
@@ -142,6 +148,7 @@ class MQTTServerProtocol(Protocol):
                 "publishing will of {clientId} on {topic}", clientId=self.clientId, topic=will.topic
             )
             broker.publish(will)
+            broker.congestion.clear()
 
     def _close(self, why: str) -> None:
         if self._closeReason is None:
@@ -197,33 +204,47 @@ class MQTTServerProtocol(Protocol):
         except MQTTError as e:
             self._protocolError(e)
             return
+        if self._held is not None:
+            self._held.extend(packets)
+            return
+        self._run(packets, 0)
+
+    def _run(self, packets: list[Packet], i: int) -> None:
+        """Handle C{packets[i:]}, holding the rest back if handling must pause."""
+        n = len(packets)
+        handlers = _HANDLERS
         try:
-            if self.state == CONNECTED and self._pending is None:
-                handlers = _HANDLERS
-                for packet in packets:
+            while i < n:
+                state = self.state
+                packet = packets[i]
+                if state == CONNECTED:
                     handlers[packet.type](self, packet)
-                    if self.state != CONNECTED:
-                        break
-            else:
-                self._dispatchSlow(packets)
+                elif state == AWAIT_CONNECT:
+                    if packet.type != CONNECT:
+                        raise ProtocolViolation(
+                            f"first packet is {packet.name.upper()}, not CONNECT", "MQTT-3.1.0-1"
+                        )
+                    self.handle_connect(packet)  # type: ignore[arg-type]
+                elif state == AUTHENTICATING:
+                    self._held = packets[i:]
+                    return
+                else:
+                    return
+                i += 1
+                if self._blockedOn and i < n:
+                    self._held = packets[i:]
+                    return
         except MQTTError as e:
             self._protocolError(e)
 
-    def _dispatchSlow(self, packets: list[Packet]) -> None:
-        for i, packet in enumerate(packets):
-            if self.state == CLOSING:
-                return
-            if self._pending is not None:
-                self._pending.extend(packets[i:])
-                return
-            if self.state == AWAIT_CONNECT:
-                if packet.type != CONNECT:
-                    raise ProtocolViolation(
-                        f"first packet is {packet.name.upper()}, not CONNECT", "MQTT-3.1.0-1"
-                    )
-                self.handle_connect(packet)  # type: ignore[arg-type]
-            else:
-                _HANDLERS[packet.type](self, packet)
+    def _resumeReading(self) -> None:
+        """Handle held packets, then read from the socket again unless blocked anew."""
+        held, self._held = self._held, None
+        if held:
+            self._run(held, 0)
+        if self._held is None and not self._blockedOn and self.state != CLOSING:
+            if self.transport is not None:
+                self.transport.resumeProducing()
 
     # CONNECT
 
@@ -285,7 +306,6 @@ class MQTTServerProtocol(Protocol):
         self.clientId = clientId
         self.username = packet.username
         self.state = AUTHENTICATING
-        self._pending = []
         if self.transport is not None:
             self.transport.pauseProducing()
         credentials = Credentials(
@@ -344,14 +364,7 @@ class MQTTServerProtocol(Protocol):
             present=present,
         )
         session.attach(self)
-        pending, self._pending = self._pending, None
-        if self.transport is not None:
-            self.transport.resumeProducing()
-        if pending:
-            try:
-                self._dispatchSlow(pending)
-            except MQTTError as e:
-                self._protocolError(e)
+        self._resumeReading()
 
     def _checkKeepAlive(self) -> None:
         # MQTT-3.1.2-24: one and a half times the keep alive without a packet.
@@ -402,6 +415,8 @@ class MQTTServerProtocol(Protocol):
                 session.startIncomingQos2(pid)
                 broker.publish(message)
             self.transport.write(encodeAck(PUBREC, pid))  # type: ignore[union-attr]
+        if broker.congestion:
+            self._waitFor(broker.congestion)
 
     def handle_puback(self, packet: Any) -> None:
         if not self.session.acknowledge(packet.packetId):  # type: ignore[union-attr]
@@ -478,6 +493,32 @@ class MQTTServerProtocol(Protocol):
         # MQTT-3.14.4-3: a clean DISCONNECT discards the will.
         self.will = None
         self._close("client sent DISCONNECT")
+
+    # Back-pressure towards publishers (see Session)
+
+    def _waitFor(self, congested: list[Any]) -> None:
+        """Stop reading from this client until the sessions it filled drain."""
+        for session in congested:
+            if session.congested and session.connection is not self and self not in session.waiters:
+                session.waiters.add(self)
+                self._blockedOn.add(session)
+        congested.clear()
+        if self._blockedOn and self.transport is not None:
+            self.transport.pauseProducing()
+
+    def congestionCleared(self, session: Any) -> None:
+        self._blockedOn.discard(session)
+        if not self._blockedOn and self.state == CONNECTED:
+            self._resumeReading()
+
+    def sessionCongested(self) -> None:
+        if self._blockedOn:
+            for session in self._blockedOn:
+                session.waiters.discard(self)
+            self._blockedOn.clear()
+            if self.state == CONNECTED:
+                # Later, from the reactor: we may be inside this client's own publish.
+                self.reactor.callLater(0, self._resumeReading)
 
     # ISessionConnection: outgoing deliveries
 

@@ -1,0 +1,44 @@
+# RobustMQ developer commands.  Both `make run` and `make test` build their
+# own virtualenv (.venv) on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONFIG ?= etc/robustmq.toml
+
+.PHONY: venv run test lint unit e2e system-deps bench compare clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+## run: start a single node with every role in this process (MQTT on 1883)
+run: venv
+	$(BIN)/robustmq start --config $(CONFIG)
+
+## system-deps: Debian packages the tests and benchmarks drive (mosquitto clients, ...)
+system-deps:
+	sh scripts/install-system-deps.sh
+
+## lint: ruff and the layer contracts of docs/architecture.md
+lint: venv
+	$(BIN)/ruff check src tests bench
+	$(BIN)/lint-imports
+
+## test: lint, then the whole suite (unit + end-to-end with real clients)
+test: venv system-deps lint
+	$(BIN)/pytest -p no:cacheprovider
+
+unit: venv
+	$(BIN)/pytest -p no:cacheprovider tests/unit
+
+## compare: RobustMQ vs mosquitto side by side (see docs/performance.md)
+compare: venv system-deps
+	bash bench/compare.sh
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info _trial_temp* .pytest_cache
