@@ -66,7 +66,7 @@ class StorageSettings:
     """The shard store backing durable data (see docs/storage.md)."""
 
     backend: str = "memory"
-    data_dir: str = "./data"
+    data_dir: str = field(default="", metadata={"doc": "empty: <node.data_dir>/storage"})
     sync: str = field(default="interval", metadata=_choice("always", "interval", "os"))
     sync_interval_ms: int = field(default=200, metadata=_range(1, 3_600_000))
     segment_bytes: int = field(default=64 * MiB, metadata=_range(4096, None))
@@ -273,7 +273,7 @@ def settingsFromMapping(data: Mapping[str, Any]) -> Settings:
         )
     settings = Settings(listeners=listeners, **sections)
     _crossCheck(settings)
-    return settings
+    return _resolveDefaults(settings)
 
 
 def _crossCheck(settings: Settings) -> None:
@@ -295,6 +295,16 @@ def _crossCheck(settings: Settings) -> None:
         seen[slot] = i
     if settings.mqtt.max_inflight > 65535:
         raise ConfigError("mqtt.max_inflight: at most 65535 packet identifiers exist")
+
+
+def _resolveDefaults(settings: Settings) -> Settings:
+    """Fill values whose default depends on other keys."""
+    if not settings.storage.data_dir:
+        storage = dataclasses.replace(
+            settings.storage, data_dir=os.path.join(settings.node.data_dir, "storage")
+        )
+        settings = dataclasses.replace(settings, storage=storage)
+    return settings
 
 
 def loadSettings(path: str | None, environ: Mapping[str, str] | None = None) -> Settings:
