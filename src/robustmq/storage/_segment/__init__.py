@@ -1,0 +1,1 @@
+"""Private building blocks of the C{segment} shard store (one concept per module)."""
