@@ -83,10 +83,12 @@ class Session:
         self.clean = clean
         self.subscriptions: dict[str, int] = {}
         self.connection: Any = None
-        self.queue: deque[tuple[Message, int]] = deque()
+        # Empty tuples until first needed: most sessions never queue, and an
+        # empty deque or set costs more than half a kilobyte per client.
+        self.queue: deque[tuple[Message, int]] | tuple[()] = ()
         self.queuedBytes = 0
         self.inflight: dict[int, list[Any]] = {}
-        self.awaitingRel: set[int] = set()
+        self.awaitingRel: set[int] | tuple[()] = ()
         self.maxInflight = settings.max_inflight
         self._nextPacketId = 1
         self._settings = settings
@@ -98,7 +100,7 @@ class Session:
         #: congestion timed out: overflow drops instead of pausing publishers
         self.overflowing = False
         #: publisher connections paused on this session (see L{CongestionHub})
-        self.waiters: set[Any] = set()
+        self.waiters: set[Any] | tuple[()] = ()
         self._congestionTimer: Any = None
         self._hub = hub
 
@@ -141,6 +143,8 @@ class Session:
         s = self._settings
         size = len(message.payload)
         queue = self.queue
+        if queue.__class__ is tuple:
+            queue = self.queue = deque()
         limit = s.max_queued_messages
         byteLimit = s.max_queued_bytes
         online = self.connection is not None and not self.overflowing
@@ -200,7 +204,7 @@ class Session:
                 timer.cancel()
         waiters = self.waiters
         if waiters:
-            self.waiters = set()
+            self.waiters = ()
             for publisher in waiters:
                 publisher.congestionCleared(self)
 
@@ -259,18 +263,36 @@ class Session:
 
     def startIncomingQos2(self, packetId: int) -> bool:
         """Record an incoming QoS 2 PUBLISH; False if it is a resend already routed."""
-        if packetId in self.awaitingRel:
+        awaiting = self.awaitingRel
+        if packetId in awaiting:
             return False
-        self.awaitingRel.add(packetId)
+        if awaiting.__class__ is tuple:
+            awaiting = self.awaitingRel = set()
+        awaiting.add(packetId)  # type: ignore[union-attr]
         return True
 
     def releaseIncomingQos2(self, packetId: int) -> bool:
         """PUBREL arrived; True if the id was awaiting it."""
-        try:
-            self.awaitingRel.remove(packetId)
-        except KeyError:
+        if packetId not in self.awaitingRel:
             return False
+        self.awaitingRel.remove(packetId)  # type: ignore[union-attr]
         return True
+
+    def addWaiter(self, publisher: Any) -> None:
+        """C{publisher} paused reading because this session is congested."""
+        if self.waiters.__class__ is tuple:
+            self.waiters = set()
+        self.waiters.add(publisher)  # type: ignore[union-attr]
+
+    def removeWaiter(self, publisher: Any) -> None:
+        """C{publisher} went away, or stopped waiting."""
+        if publisher in self.waiters:
+            self.waiters.remove(publisher)  # type: ignore[union-attr]
+
+    def clearQueue(self) -> None:
+        """Forget every queued message."""
+        self.queue = ()
+        self.queuedBytes = 0
 
     # Connection lifecycle
 

@@ -88,8 +88,7 @@ class SessionRegistry:
         for topicFilter in list(session.subscriptions):
             self._router.unsubscribe(topicFilter, session)
         session.subscriptions.clear()
-        session.queue.clear()
-        session.queuedBytes = 0
+        session.clearQueue()
         session.inflight.clear()
         if self._sessions.get(session.clientId) is session:
             del self._sessions[session.clientId]

@@ -327,6 +327,8 @@ class MQTTParser:
     @ivar server: True to accept only client-to-server packets.
     """
 
+    __slots__ = ("maxPacketSize", "server", "_chunks", "_have", "_need", "_topicCache", "_handlers")
+
     def __init__(self, maxPacketSize: int = MAX_REMAINING_LENGTH + 5, server: bool = True) -> None:
         self.maxPacketSize = maxPacketSize
         self.server = server
@@ -335,41 +337,8 @@ class MQTTParser:
         self._need = 0
         # Topic bytes → validated str, bounded; saves decode+checks per PUBLISH.
         self._topicCache: dict[bytes, str] = {}
-        allowed = (
-            {
-                CONNECT,
-                PUBLISH,
-                PUBACK,
-                PUBREC,
-                PUBREL,
-                PUBCOMP,
-                SUBSCRIBE,
-                UNSUBSCRIBE,
-                PINGREQ,
-                DISCONNECT,
-            }
-            if server
-            else {CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, PINGRESP}
-        )
-        self._handlers: list[Callable[[int, bytes, int, int], Packet] | None] = [None] * 16
-        table: dict[int, Callable[[int, bytes, int, int], Packet]] = {
-            CONNECT: _parseConnect,
-            CONNACK: _parseConnack,
-            PUBACK: self._parseAck,
-            PUBREC: self._parseAck,
-            PUBREL: self._parseAck,
-            PUBCOMP: self._parseAck,
-            UNSUBACK: self._parseAck,
-            SUBSCRIBE: self._parseSubscribe,
-            SUBACK: self._parseSuback,
-            UNSUBSCRIBE: self._parseUnsubscribe,
-            PINGREQ: self._parseEmpty,
-            PINGRESP: self._parseEmpty,
-            DISCONNECT: self._parseEmpty,
-        }
-        for t in allowed:
-            if t != PUBLISH:
-                self._handlers[t] = table[t]
+        # Shared tables: no per-connection bound methods (memory per idle client).
+        self._handlers = _SERVER_HANDLERS if server else _CLIENT_HANDLERS
 
     @property
     def buffered(self) -> int:
@@ -436,7 +405,7 @@ class MQTTParser:
                 handler = handlers[t]
                 if handler is None:
                     raise ProtocolViolation(f"unexpected packet type {t}")
-                append(handler(first, data, i, end))
+                append(handler(self, first, data, i, end))
             pos = end
         return packets
 
@@ -546,3 +515,40 @@ class MQTTParser:
         if end != pos:
             raise MalformedPacket(f"packet type {t}: remaining length must be 0")
         return {PINGREQ: Pingreq, PINGRESP: Pingresp, DISCONNECT: Disconnect}[t]()
+
+
+def _asMethod(f: Callable[[int, bytes, int, int], Packet]) -> _Handler:
+    return lambda parser, first, data, pos, end: f(first, data, pos, end)
+
+
+_Handler = Callable[[MQTTParser, int, bytes, int, int], Packet]
+
+_ALL_HANDLERS: dict[int, _Handler] = {
+    CONNECT: _asMethod(_parseConnect),
+    CONNACK: _asMethod(_parseConnack),
+    PUBACK: MQTTParser._parseAck,
+    PUBREC: MQTTParser._parseAck,
+    PUBREL: MQTTParser._parseAck,
+    PUBCOMP: MQTTParser._parseAck,
+    UNSUBACK: MQTTParser._parseAck,
+    SUBSCRIBE: MQTTParser._parseSubscribe,
+    SUBACK: MQTTParser._parseSuback,
+    UNSUBSCRIBE: MQTTParser._parseUnsubscribe,
+    PINGREQ: MQTTParser._parseEmpty,
+    PINGRESP: MQTTParser._parseEmpty,
+    DISCONNECT: MQTTParser._parseEmpty,
+}
+
+
+def _table(types: set[int]) -> list[_Handler | None]:
+    table: list[_Handler | None] = [None] * 16
+    for t in types:
+        table[t] = _ALL_HANDLERS[t]
+    return table
+
+
+# PUBLISH is parsed inline by feed(); it is allowed both ways.
+_SERVER_HANDLERS = _table(
+    {CONNECT, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT}
+)
+_CLIENT_HANDLERS = _table({CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, PINGRESP})

@@ -107,7 +107,7 @@ class MQTTServerProtocol(Protocol):
         self._closeReason: str | None = None
         self.factory: Any = None
         #: congested sessions this connection published to; reading is paused until empty
-        self._blockedOn: set[Any] = set()
+        self._blockedOn: set[Any] | tuple[()] = ()
 
     # Connection lifecycle
 
@@ -131,8 +131,8 @@ class MQTTServerProtocol(Protocol):
         if self.factory is not None:
             self.factory.connectionEnded(self)
         for session in self._blockedOn:
-            session.waiters.discard(self)
-        self._blockedOn.clear()
+            session.removeWaiter(self)
+        self._blockedOn = ()
         if not wasConnected:
             return
         broker = self.broker
@@ -500,22 +500,25 @@ class MQTTServerProtocol(Protocol):
         """Stop reading from this client until the sessions it filled drain."""
         for session in congested:
             if session.congested and session.connection is not self and self not in session.waiters:
-                session.waiters.add(self)
-                self._blockedOn.add(session)
+                session.addWaiter(self)
+                if not self._blockedOn:
+                    self._blockedOn = set()
+                self._blockedOn.add(session)  # type: ignore[union-attr]
         congested.clear()
         if self._blockedOn and self.transport is not None:
             self.transport.pauseProducing()
 
     def congestionCleared(self, session: Any) -> None:
-        self._blockedOn.discard(session)
+        if session in self._blockedOn:
+            self._blockedOn.remove(session)  # type: ignore[union-attr]
         if not self._blockedOn and self.state == CONNECTED:
             self._resumeReading()
 
     def sessionCongested(self) -> None:
         if self._blockedOn:
             for session in self._blockedOn:
-                session.waiters.discard(self)
-            self._blockedOn.clear()
+                session.removeWaiter(self)
+            self._blockedOn = ()
             if self.state == CONNECTED:
                 # Later, from the reactor: we may be inside this client's own publish.
                 self.reactor.callLater(0, self._resumeReading)
