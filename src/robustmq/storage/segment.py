@@ -779,8 +779,9 @@ class SegmentShardStore:
 
     def compact(self, shard: str) -> defer.Deferred[int]:
         """
-        Rewrite the sealed segments of a compacted shard, keeping the latest
-        value of each live key; fires with the number of records dropped.
+        Seal the active segment and rewrite all sealed segments of a compacted
+        shard, keeping the latest value of each live key; fires with the
+        number of records dropped.
         """
         return defer.ensureDeferred(self._compact(shard))
 
@@ -789,10 +790,10 @@ class SegmentShardStore:
         self._check()
         if log.compacting:
             return 0
-        if len(log.segments) == 1:
-            if not log.active.size:
-                return 0
-            self._roll(log)
+        if log.active.size:
+            self._roll(log)  # so that everything written so far is compacted
+        elif len(log.segments) == 1:
+            return 0
         log.compacting = True
         try:
             await self._barrier()

@@ -99,7 +99,10 @@ def decodeRecords(
     """
     Decode frames of C{buf[start:end]} into record dicts appended to C{out}.
 
-    Frames with an offset below C{fromOffset} are verified and skipped.  Stops
+    Frames with an offset below C{fromOffset} are skipped.  A frame that fails
+    its CRC ends the read: the records before it are returned, or, if there
+    are none, L{CorruptRecordError} is raised (so a consumer gets everything
+    up to the damage, then an error naming it).  Stops
     after C{maxRecords} records in C{out}, before a record that would push the
     returned bytes past C{maxBytes} (unless C{out} is empty: one record is
     always returned), or at a frame that is not wholly inside C{buf[:end]}.
@@ -122,6 +125,11 @@ def decodeRecords(
             if stop > end:
                 break
             if crc32c(mv[pos + 8 : stop]) != crc:
+                if offset < fromOffset:
+                    pos = stop  # damaged, but not asked for: step over it
+                    continue
+                if out:
+                    return pos, used, True  # hand back what precedes the damage
                 raise CorruptRecordError(
                     f"{where}: CRC mismatch in record at byte {pos} (offset field {offset})"
                 )
