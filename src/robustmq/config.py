@@ -116,6 +116,22 @@ class LimitsSettings:
 
 
 @dataclass(frozen=True)
+class HTTPSettings:
+    """The admin HTTP service: JSON API, Prometheus metrics and dashboard (docs/operations.md)."""
+
+    enabled: bool = True
+    bind: str = "127.0.0.1"
+    port: int = field(default=8080, metadata=_range(0, 65535))
+    auth: str = field(default="none", metadata=_choice("none", "token", "basic"))
+    token: str = field(default="", metadata={"doc": "bearer token for auth = token"})
+    username: str = "admin"
+    password: str = field(default="", metadata={"doc": "password for auth = basic"})
+    loopback_exempt: bool = False
+    max_page_size: int = field(default=1000, metadata=_range(1, 100_000))
+    max_body_bytes: int = field(default=1 * MiB, metadata=_range(1024, 256 * MiB))
+
+
+@dataclass(frozen=True)
 class ListenerSettings:
     """One listening socket: protocol over transport at address:port."""
 
@@ -147,6 +163,7 @@ class Settings:
     placement: PlacementSettings = field(default_factory=PlacementSettings)
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
     listeners: tuple[ListenerSettings, ...] = field(default_factory=_defaultListeners)
 
 
@@ -293,8 +310,22 @@ def _crossCheck(settings: Settings) -> None:
                 f"listeners[{i}].port: {listener.bind}:{listener.port} is already used by listeners[{seen[slot]}]"
             )
         seen[slot] = i
+    _checkHTTP(settings.http)
     if settings.mqtt.max_inflight > 65535:
         raise ConfigError("mqtt.max_inflight: at most 65535 packet identifiers exist")
+
+
+def _checkHTTP(http: HTTPSettings) -> None:
+    try:
+        ipaddress.ip_address(http.bind)
+    except ValueError:
+        raise ConfigError(f"http.bind: {http.bind!r} is not an IP address") from None
+    if http.auth == "token" and not http.token:
+        raise ConfigError('http.token: must be set when http.auth = "token"')
+    if http.auth == "basic" and not (http.username and http.password):
+        raise ConfigError(
+            'http.password: username and password must be set when http.auth = "basic"'
+        )
 
 
 def _resolveDefaults(settings: Settings) -> Settings:
@@ -352,6 +383,7 @@ def _defaultOf(f: dataclasses.Field[Any]) -> Any:
 __all__ = [
     "ConfigError",
     "ENV_PREFIX",
+    "HTTPSettings",
     "ListenerSettings",
     "LimitsSettings",
     "LogSettings",
