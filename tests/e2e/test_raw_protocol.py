@@ -86,6 +86,34 @@ def test_unsupported_protocol_level_gets_connack_1(
     waitForLog(broker, "unsupported protocol level 6", "CONNACK 1")
 
 
+@pytest.mark.parametrize(
+    "name, level",
+    [("MQIsdp", 6), ("MQTT", 3), ("MQIsdp", 4)],
+    ids=["MQIsdp-6", "MQTT-3", "MQIsdp-4"],
+)
+def test_mismatched_protocol_name_and_level_not_accepted(
+    rawFactory: Raw, uniq: str, name: str, level: int
+) -> None:
+    """3.1 is 'MQIsdp' level 3 and 3.1.1 is 'MQTT' level 4; any other pair is refused.
+
+    MQTT-3.1.2-1/-2: CONNACK 1 then close (or, for a wrong name, just a close).
+    Never accepted, nor refused for a reason that is not the protocol
+    (the client id here is valid).
+    """
+    c = rawFactory()
+    c.send(encodeConnect(Connect(f"{uniq}-x", protocolLevel=level, protocolName=name)))
+    try:
+        packets = c.waitClosed()
+    except TimeoutError:
+        raise AssertionError(
+            f"CONNECT with {name!r} level {level} not closed; got {list(c.received)}"
+        ) from None
+    assert [(type(p).__name__, getattr(p, "returnCode", None)) for p in packets] in (
+        [],
+        [("Connack", 1)],
+    )
+
+
 def test_connect_fed_one_byte_at_a_time(rawFactory: Raw, uniq: str) -> None:
     c = rawFactory()
     data = encodeConnect(Connect(f"{uniq}-slow", keepAlive=30)) + encodeSubscribe(
@@ -135,13 +163,20 @@ def test_session_takeover(broker: BrokerProcess, rawFactory: Raw, uniq: str) -> 
     first = rawFactory()
     first.connect(cid, cleanSession=False)
     first.subscribe([(topic, 1)])
+    pub = rawFactory()
+    pub.connect(f"{uniq}-pub")
+    pub.publish(topic, b"in-flight", 1)
+    unacked = first.expectPublish()
+    assert (unacked.payload, unacked.dup) == (b"in-flight", False)
     second = rawFactory()
     ack = second.connect(cid, cleanSession=False)
     assert (ack.returnCode, ack.sessionPresent) == (0, True)
     assert first.waitClosed() == []
     waitForLog(broker, f"client {cid} taken over by a new connection")
-    pub = rawFactory()
-    pub.connect(f"{uniq}-pub")
+    # The session continues: its unacknowledged delivery is resent, then live traffic flows.
+    resent = second.expectPublish()
+    assert (resent.payload, resent.dup, resent.packetId) == (b"in-flight", True, unacked.packetId)
+    second.ack(resent)
     pub.publish(topic, b"after-takeover", 1)
     packet = second.expectPublish()
     assert (packet.topic, packet.payload, packet.qos) == (topic, b"after-takeover", 1)
