@@ -282,6 +282,17 @@ class IndexRebuildTests(_Base):
             [rec] = await store.read("s", offset, maxRecords=1)
             self.assertEqual(rec["offset"], offset)
 
+    async def test_loadedIndexesBounded(self) -> None:
+        """At most max_open_files sealed segments keep their index in memory."""
+        store = await self.openStore(max_open_files=4)
+        await store.createShard("s")
+        await self.fill(store, "s", 1000)
+        await self.assertIntact(store, "s", range(1000))
+        segments = store._shards["s"].segments
+        self.assertGreater(len(segments), 20)
+        loaded = [s for s in segments[:-1] if s.index is not None]
+        self.assertLessEqual(len(loaded), 4)
+
 
 class RetentionTests(_Base):
     """Whole old segments are deleted by size and by age."""

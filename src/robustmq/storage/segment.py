@@ -130,7 +130,7 @@ class SegmentShardStore:
         self._openAppend: dict[str, list[bytes]] = {}
         self._waiters: list[tuple[defer.Deferred[Any], Any]] = []
         self._visible: list[tuple[ShardLog, list[Segment], list[int], int]] = []
-        self._sealed: list[Segment] = []
+        self._sealed: list[tuple[Segment, bool]] = []
         self._dirtyGroups: set[str] = set()
         self._flushCall: Any = None
         self._inflight = False
@@ -303,7 +303,7 @@ class SegmentShardStore:
         index, timeindex = seg.serializeIndex()
         self._ops.append(("put", indexPath, index))
         self._ops.append(("put", timePath, timeindex))
-        self._sealed.append(seg)
+        self._sealed.append((seg, not final))
         self._schedule()
 
     def _forget(self, path: str) -> None:
@@ -371,8 +371,10 @@ class SegmentShardStore:
                     seg.visibleSize = size
             if nextOffset > shard.visibleNext:
                 shard.visibleNext = nextOffset
-        for seg in sealed:
+        for seg, isSealed in sealed:
             seg.indexPersisted = True
+            if isSealed and seg.index is not None:
+                self._cacheIndex(seg)
         for d, result in waiters:
             d.callback(result)
 
@@ -538,7 +540,14 @@ class SegmentShardStore:
             return index
         index = self._loadIndex(seg)
         seg.index = index
+        self._cacheIndex(seg)
+        return index
+
+    def _cacheIndex(self, seg: Segment) -> None:
+        """Count C{seg}'s loaded index against the bound; unload the least recently used."""
+        cache = self._indexCache
         cache[seg] = None
+        cache.move_to_end(seg)
         limit = max(1, self._settings.max_open_files)
         while len(cache) > limit:
             for old in cache:
@@ -548,7 +557,6 @@ class SegmentShardStore:
                     break
             else:
                 break
-        return index
 
     def _loadIndex(self, seg: Segment) -> SegmentIndex:
         indexPath, timePath = seg.indexFiles()
@@ -827,6 +835,7 @@ class SegmentShardStore:
             seg.recordCount = result.recordCount
             seg.index = result.index
             seg.indexPersisted = True
+            self._cacheIndex(seg)
             log.setSegments([seg, *log.segments[len(sealed) :]])
             log.startOffset = max(log.startOffset, seg.base)
             total = sum(s.recordCount for s in log.segments)
