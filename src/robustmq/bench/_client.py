@@ -1,0 +1,99 @@
+"""Opening one benchmark MQTT session over a blocking loopback socket.
+
+Handshakes (CONNECT/CONNACK, SUBSCRIBE/SUBACK) are read with exact-size
+reads so that nothing after them is consumed: the first PUBLISH a
+subscriber gets stays in the kernel for the fast receive loop.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from . import _mqtt_wire as wire
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class BenchError(Exception):
+    """A benchmark could not run as asked (refused connection, broker said no, timeout)."""
+
+
+def check_loopback(host: str) -> None:
+    """Refuse to aim the load generator at anything but this machine."""
+    if host not in LOOPBACK and not host.startswith("127."):
+        raise BenchError(f"refusing to benchmark {host!r}: the load generator is loopback only")
+
+
+def recv_exact(sock: socket.socket, size: int, deadline: float) -> bytes:
+    """Read exactly ``size`` bytes before ``deadline`` (a ``time.monotonic()`` value)."""
+    chunks = bytearray()
+    while len(chunks) < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise BenchError("timed out waiting for the broker")
+        sock.settimeout(remaining)
+        try:
+            chunk = sock.recv(size - len(chunks))
+        except TimeoutError:
+            raise BenchError("timed out waiting for the broker") from None
+        if not chunk:
+            raise BenchError("the broker closed the connection")
+        chunks += chunk
+    return bytes(chunks)
+
+
+def open_session(
+    host: str,
+    port: int,
+    client_id: str,
+    keepalive: int = 60,
+    timeout: float = 10.0,
+) -> socket.socket:
+    """Connect, send CONNECT (clean session) and wait for a successful CONNACK."""
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise BenchError(f"cannot connect to {host}:{port}: {exc}") from exc
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(wire.connect(client_id, keepalive))
+        read_connack(sock, deadline)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def read_connack(sock: socket.socket, deadline: float) -> None:
+    """Read a CONNACK and raise unless it accepts the connection (MQTT 3.2.2.3)."""
+    ack = recv_exact(sock, 4, deadline)
+    if ack[0] != wire.CONNACK or ack[1] != 2:
+        raise BenchError(f"expected CONNACK, got {ack.hex()}")
+    if ack[3] != 0:
+        raise BenchError(f"broker refused the connection, return code {ack[3]}")
+
+
+def subscribe(sock: socket.socket, topic: str, qos: int, timeout: float = 10.0) -> None:
+    """Subscribe to one topic filter and wait for a SUBACK that grants it."""
+    deadline = time.monotonic() + timeout
+    sock.sendall(wire.subscribe(1, topic, qos))
+    ack = recv_exact(sock, 5, deadline)
+    if ack[0] != wire.SUBACK or ack[1] != 3:
+        raise BenchError(f"expected SUBACK, got {ack.hex()}")
+    if ack[4] == 0x80:
+        raise BenchError(f"broker refused the subscription to {topic!r}")
+    if ack[4] != qos:
+        raise BenchError(f"asked for QoS {qos} on {topic!r}, broker granted {ack[4]}")
+
+
+def disconnect(sock: socket.socket) -> None:
+    """Send DISCONNECT if the socket still takes it, then close it."""
+    try:
+        sock.settimeout(1.0)
+        sock.sendall(wire.DISCONNECT)
+    except OSError:
+        pass
+    finally:
+        sock.close()
