@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -86,6 +87,35 @@ class PlacementSettings:
 
 
 @dataclass(frozen=True)
+class RewriteRule:
+    """One C{[[mqtt.rewrite]]} rule (see docs/configuration.md)."""
+
+    source_topic: str = "#"
+    dest_topic: str = ""
+    re: str = "^(.*)$"
+    action: str = field(default="all", metadata=_choice("publish", "subscribe", "all"))
+
+
+@dataclass(frozen=True)
+class AutoSubscribe:
+    """One C{[[mqtt.auto_subscribe]]} entry: subscribed for every client on connect."""
+
+    topic: str = ""
+    qos: int = field(default=0, metadata=_range(0, 2))
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: int = field(default=0, metadata=_range(0, 2))
+
+
+@dataclass(frozen=True)
+class ScramUser:
+    """A user for MQTT 5 enhanced authentication (SCRAM-SHA-256)."""
+
+    username: str = ""
+    password: str = ""
+
+
+@dataclass(frozen=True)
 class MQTTSettings:
     """MQTT protocol behaviour and per-session bounds."""
 
@@ -106,6 +136,29 @@ class MQTTSettings:
     max_retained_payload: int = field(default=1 * MiB, metadata=_range(0, None))
     route_cache_size: int = field(default=10_000, metadata=_range(0, None))
     sys_interval: float = field(default=10.0, metadata=_range(0, 86400))
+    # MQTT 5.0
+    max_session_expiry: int = field(default=0xFFFFFFFF, metadata=_range(0, 0xFFFFFFFF))
+    v3_persistent_session_expiry: int = field(default=0xFFFFFFFF, metadata=_range(0, 0xFFFFFFFF))
+    max_keepalive: int = field(default=0, metadata=_range(0, 65535))
+    topic_alias_maximum: int = field(default=65535, metadata=_range(0, 65535))
+    retain_available: bool = True
+    max_qos: int = field(default=2, metadata=_range(0, 2))
+    wildcard_subscription: bool = True
+    shared_subscription: bool = True
+    subscription_identifiers: bool = True
+    shared_subscription_strategy: str = field(
+        default="round_robin",
+        metadata=_choice("round_robin", "random", "sticky", "hash_clientid", "hash_topic"),
+    )
+    response_information: str = ""
+    server_reference: str = ""
+    server_reference_mode: str = field(
+        default="none", metadata=_choice("none", "use_another_server", "server_moved")
+    )
+    max_delayed_messages: int = field(default=100_000, metadata=_range(0, None))
+    rewrite: tuple[RewriteRule, ...] = ()
+    auto_subscribe: tuple[AutoSubscribe, ...] = ()
+    scram_users: tuple[ScramUser, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +185,34 @@ class HTTPSettings:
 
 
 @dataclass(frozen=True)
+class KafkaSettings:
+    """Kafka protocol behaviour and bounds (docs/kafka.md)."""
+
+    advertised_host: str = field(
+        default="", metadata={"doc": "empty: the address the client connected to"}
+    )
+    advertised_port: int = field(default=0, metadata=_range(0, 65535))
+    broker_id: int = field(default=1, metadata=_range(0, 2**31 - 1))
+    cluster_id: str = "robustmq"
+    auto_create_topics: bool = True
+    default_partitions: int = field(default=1, metadata=_range(1, 10_000))
+    max_partitions_per_topic: int = field(default=1000, metadata=_range(1, 100_000))
+    max_request_size: int = field(default=100 * MiB, metadata=_range(1024, 2**31 - 1))
+    max_pending_requests: int = field(default=64, metadata=_range(1, 100_000))
+    max_wait_ms: int = field(default=30_000, metadata=_range(0, 3_600_000))
+    fetch_max_records: int = field(default=100_000, metadata=_range(1, 10_000_000))
+    group_min_session_timeout_ms: int = field(default=6000, metadata=_range(1, None))
+    group_max_session_timeout_ms: int = field(default=1_800_000, metadata=_range(1, None))
+    group_initial_rebalance_delay_ms: int = field(default=3000, metadata=_range(0, 3_600_000))
+    max_groups: int = field(default=10_000, metadata=_range(1, None))
+    max_group_members: int = field(default=1000, metadata=_range(1, None))
+    max_producer_states: int = field(default=100_000, metadata=_range(1, None))
+    max_aborted_transactions: int = field(default=1000, metadata=_range(1, None))
+    max_transactions: int = field(default=10_000, metadata=_range(1, None))
+    transaction_max_timeout_ms: int = field(default=900_000, metadata=_range(1, None))
+
+
+@dataclass(frozen=True)
 class ListenerSettings:
     """One listening socket: protocol over transport at address:port."""
 
@@ -142,11 +223,77 @@ class ListenerSettings:
     name: str = ""
     max_connections: int = field(default=100_000, metadata=_range(1, None))
     backlog: int = field(default=1024, metadata=_range(1, 65535))
+    # TLS (tls, wss) and QUIC; see docs/transports.md
+    certfile: str = ""
+    keyfile: str = ""
+    cacertfile: str = ""
+    verify_peer: bool = False
+    peer_cert_as_username: str = field(default="none", metadata=_choice("none", "cn", "san"))
+    ciphers: str = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:!aNULL:!eNULL:!MD5:!DSS"
+    tls_min_version: str = field(default="1.2", metadata=_choice("1.2", "1.3"))
+    alpn: tuple[str, ...] = ()
+    # WebSocket (ws, wss)
+    ws_path: str = "/mqtt"
+    ws_max_handshake_size: int = field(default=16384, metadata=_range(1024, 1 * MiB))
+    # QUIC
+    quic_idle_timeout: float = field(default=60.0, metadata=_range(1, 3600))
+    quic_send_buffer: int = field(default=1 * MiB, metadata=_range(16384, None))
+    quic_receive_buffer: int = field(default=256 * 1024, metadata=_range(16384, None))
+
+    #: The port a listener gets when its table has no C{port}: the standard one.
+    STANDARD_PORTS: typing.ClassVar[dict[tuple[str, str], int]] = {
+        ("mqtt", "tcp"): 1883,
+        ("mqtt", "tls"): 8883,
+        ("mqtt", "ws"): 8083,
+        ("mqtt", "wss"): 8084,
+        ("mqtt", "quic"): 14567,
+    }
 
     @property
     def label(self) -> str:
         """A human name for logs: the configured name or protocol/transport:port."""
         return self.name or f"{self.protocol}/{self.transport}:{self.port}"
+
+    @classmethod
+    def withStandardPort(cls, raw: Any) -> Any:
+        """The raw table C{raw}, with the protocol's standard port for its transport if it has none."""
+        if not isinstance(raw, Mapping) or "port" in raw:
+            return raw
+        standard = cls.STANDARD_PORTS.get(
+            (raw.get("protocol", cls.protocol), raw.get("transport", "tcp"))
+        )
+        return raw if standard is None else {**raw, "port": standard}
+
+    def check(self, key: str) -> None:
+        """Checks between this listener's keys; C{key} is its name in errors (C{listeners[1]})."""
+        secure = self.transport in ("tls", "wss", "quic")
+        tlsKeys = ("certfile", "keyfile", "cacertfile", "verify_peer", "alpn")
+        if not secure:
+            for name in tlsKeys:
+                if getattr(self, name):
+                    raise ConfigError(
+                        f"{key}.{name}: only used by tls, wss and quic listeners, "
+                        f"not {self.transport!r}"
+                    )
+        else:
+            for name in ("certfile", "keyfile"):
+                if not getattr(self, name):
+                    raise ConfigError(
+                        f"{key}.{name}: a {self.transport} listener needs a certificate and key"
+                    )
+        if self.verify_peer and not self.cacertfile:
+            raise ConfigError(f"{key}.cacertfile: verify_peer = true needs the CA to verify with")
+        if self.verify_peer and self.transport == "quic":
+            raise ConfigError(f"{key}.verify_peer: client certificates are not supported over quic")
+        if self.peer_cert_as_username != "none" and not self.verify_peer:
+            raise ConfigError(
+                f"{key}.peer_cert_as_username: needs verify_peer = true (a verified client certificate)"
+            )
+        if not self.ws_path.startswith("/"):
+            raise ConfigError(f"{key}.ws_path: {self.ws_path!r} must start with '/'")
+        for i, name in enumerate(self.alpn):
+            if not name or len(name.encode()) > 255:
+                raise ConfigError(f"{key}.alpn[{i}]: {name!r} must be 1 to 255 bytes")
 
 
 def _defaultListeners() -> tuple[ListenerSettings, ...]:
@@ -164,6 +311,7 @@ class Settings:
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
+    kafka: KafkaSettings = field(default_factory=KafkaSettings)
     listeners: tuple[ListenerSettings, ...] = field(default_factory=_defaultListeners)
 
 
@@ -186,6 +334,8 @@ def _coerce(key: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected an array, got {type(value).__name__} {value!r}")
         itemType = typing.get_args(tp)[0]
+        if dataclasses.is_dataclass(itemType):
+            return tuple(_build(itemType, v, f"{key}[{i}]") for i, v in enumerate(value))
         items = tuple(_coerce(f"{key}[{i}]", itemType, v, {}) for i, v in enumerate(value))
         allowed = meta.get("items")
         for item in items:
@@ -286,7 +436,8 @@ def settingsFromMapping(data: Mapping[str, Any]) -> Settings:
         if not isinstance(rawListeners, list):
             raise ConfigError("listeners: expected an array of tables ([[listeners]])")
         listeners = tuple(
-            _build(ListenerSettings, raw, f"listeners[{i}]") for i, raw in enumerate(rawListeners)
+            _build(ListenerSettings, ListenerSettings.withStandardPort(raw), f"listeners[{i}]")
+            for i, raw in enumerate(rawListeners)
         )
     settings = Settings(listeners=listeners, **sections)
     _crossCheck(settings)
@@ -303,6 +454,7 @@ def _crossCheck(settings: Settings) -> None:
             raise ConfigError(
                 f"listeners[{i}].bind: {listener.bind!r} is not an IP address"
             ) from None
+        listener.check(f"listeners[{i}]")
         udp = "udp" if listener.transport == "quic" else "tcp"
         slot = (listener.bind, listener.port, udp)
         if listener.port and slot in seen:
@@ -313,6 +465,22 @@ def _crossCheck(settings: Settings) -> None:
     _checkHTTP(settings.http)
     if settings.mqtt.max_inflight > 65535:
         raise ConfigError("mqtt.max_inflight: at most 65535 packet identifiers exist")
+    for i, rule in enumerate(settings.mqtt.rewrite):
+        try:
+            re.compile(rule.re)
+        except re.error as e:
+            raise ConfigError(
+                f"mqtt.rewrite[{i}].re: not a valid regular expression: {e}"
+            ) from None
+        if not rule.dest_topic:
+            raise ConfigError(f"mqtt.rewrite[{i}].dest_topic: must not be empty")
+    for i, auto in enumerate(settings.mqtt.auto_subscribe):
+        if not auto.topic:
+            raise ConfigError(f"mqtt.auto_subscribe[{i}].topic: must not be empty")
+    if settings.mqtt.server_reference_mode != "none" and not settings.mqtt.server_reference:
+        raise ConfigError(
+            "mqtt.server_reference: must be set when mqtt.server_reference_mode is not 'none'"
+        )
 
 
 def _checkHTTP(http: HTTPSettings) -> None:
@@ -384,6 +552,7 @@ __all__ = [
     "ConfigError",
     "ENV_PREFIX",
     "HTTPSettings",
+    "KafkaSettings",
     "ListenerSettings",
     "LimitsSettings",
     "LogSettings",

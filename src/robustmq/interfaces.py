@@ -147,6 +147,30 @@ class IAuthenticatorPlugin(Interface):
         """Return an L{IAuthenticator} configured from the node settings."""
 
 
+class IAuthMechanism(Interface):
+    """One enhanced-authentication exchange (MQTT 5 AUTH, SASL), server side."""
+
+    name = Attribute("The method name, e.g. 'SCRAM-SHA-256' (str).")
+    username = Attribute("The authenticated user name once the exchange succeeds.")
+
+    def step(data):  # type: ignore[no-untyped-def]
+        """
+        Consume the client's next message.
+
+        @return: C{(status, data)}: status C{"continue"} (send data, expect more),
+            C{"success"} (send data as the final server message) or C{"failure"}.
+        """
+
+
+class IAuthMechanismPlugin(Interface):
+    """A named factory of L{IAuthMechanism} exchanges, discovered as a plugin."""
+
+    name = Attribute("The authentication method name.")
+
+    def build(settings):  # type: ignore[no-untyped-def]
+        """Return a zero-argument callable making a fresh L{IAuthMechanism}."""
+
+
 class IShardStorePlugin(Interface):
     """A named factory of L{IShardStore}s, discovered as a plugin."""
 

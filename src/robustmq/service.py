@@ -16,12 +16,13 @@ from robustmq.core.broker import Broker
 from robustmq.core.systopics import SysTopicsService
 from robustmq.interfaces import (
     IAuthenticatorPlugin,
+    IAuthMechanismPlugin,
     IProtocolPlugin,
     IShardStore,
     IShardStorePlugin,
 )
-from robustmq.registry import findPlugin
-from robustmq.transports import serverEndpoint
+from robustmq.registry import findPlugin, findPlugins
+from robustmq.transports import CertificateReloader, serverEndpoint
 
 
 class ListenerService(Service):
@@ -105,11 +106,17 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     store = storePlugin.build(settings, reactor)
     StoreService(store).setServiceParent(top)
     auth = AuthChain([findPlugin(IAuthenticatorPlugin, "allow_all", "auth.chain").build(settings)])
-    broker = Broker(settings, reactor, store=store, auth=auth)
+    mechanisms = {
+        name: plugin.build(settings) for name, plugin in findPlugins(IAuthMechanismPlugin).items()
+    }
+    broker = Broker(settings, reactor, store=store, auth=auth, authMechanisms=mechanisms)
     broker.setName("broker")
     broker.setServiceParent(top)
     if settings.mqtt.sys_interval > 0:
         SysTopicsService(broker, settings.mqtt.sys_interval).setServiceParent(top)
+    # Re-reads the certificates of tls, wss and quic listeners on SIGHUP.
+    reloader = CertificateReloader(reactor)
+    reloader.setServiceParent(top)
     for i, listener in enumerate(settings.listeners):
         plugin = findPlugin(IProtocolPlugin, listener.protocol, f"listeners[{i}].protocol")
         if listener.transport not in plugin.transports:
@@ -118,5 +125,13 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
                 f"{listener.transport!r} (supported: {list(plugin.transports)})"
             )
         factory = plugin.buildFactory(broker, listener, reactor)
-        ListenerService(listener, serverEndpoint(reactor, listener), factory).setServiceParent(top)
+        endpoint = serverEndpoint(
+            reactor, listener, reloader, f"listeners[{i}]", settings.mqtt.connect_timeout
+        )
+        ListenerService(listener, endpoint, factory).setServiceParent(top)
+    if settings.http.enabled:
+        # Last, so it stops first: the admin API (docs/operations.md) reports the listeners.
+        from robustmq.admin import AdminService
+
+        AdminService(settings, broker, top, reactor).setServiceParent(top)
     return top

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import Service
@@ -12,13 +13,21 @@ from twisted.logger import Logger
 from robustmq import __version__
 from robustmq.config import Settings
 from robustmq.core.auth import AllowAll, AuthChain
+from robustmq.core.delayed import DelayedMessages
 from robustmq.core.message import Message
 from robustmq.core.retained import RetainedMessages
+from robustmq.core.rewrite import TopicRewriter
 from robustmq.core.router import Router
 from robustmq.core.session import Session
 from robustmq.core.sessions import SessionRegistry
+from robustmq.core.shared import SharedGroup
 from robustmq.core.stats import Stats
+from robustmq.core.subscription import SubscriptionOptions, parseFilter
 from robustmq.interfaces import IShardStore
+
+
+class ExclusiveTaken(Exception):
+    """An exclusive subscription already has a subscriber."""
 
 
 class Broker(Service):
@@ -37,11 +46,14 @@ class Broker(Service):
         reactor: IReactorTime,
         store: IShardStore | None = None,
         auth: AuthChain | None = None,
+        authMechanisms: dict[str, Callable[[], Any]] | None = None,
     ) -> None:
         self.settings = settings
         self.reactor = reactor
         self.store = store
         self.auth = auth or AuthChain([AllowAll()])
+        #: enhanced-authentication method name → factory of per-connection exchanges
+        self.authMechanisms = authMechanisms or {}
         self.version = __version__
         self.stats = Stats()
         self.router = Router(settings.mqtt.route_cache_size)
@@ -51,9 +63,13 @@ class Broker(Service):
         #: sessions found congested while routing the current message (see Session)
         self.congestion: list[Session] = []
         self.congestionTimeout = settings.mqtt.congestion_timeout
-        self.sessions = SessionRegistry(
-            self.router, settings.mqtt, self.stats, lambda: reactor.seconds(), self
-        )
+        self.sessions = SessionRegistry(self, settings.mqtt, self.stats)
+        #: shared-subscription groups by (group name, filter)
+        self.groups: dict[tuple[str, str], SharedGroup] = {}
+        #: exclusive subscriptions: filter → owning session
+        self.exclusive: dict[str, Session] = {}
+        self.delayed = DelayedMessages(self, settings.mqtt.max_delayed_messages)
+        self.rewriter = TopicRewriter(settings.mqtt.rewrite)
         self.connections: set[Any] = set()
         #: accepted sockets on every listener, counted against [limits] max_connections
         self.openSockets = 0
@@ -62,10 +78,14 @@ class Broker(Service):
         """Schedule C{f} on the broker's reactor (used by sessions)."""
         return self.reactor.callLater(delay, f, *args)  # type: ignore[attr-defined]
 
+    def now(self) -> float:
+        """The reactor's clock."""
+        return self.reactor.seconds()
+
     # Publishing
 
     def publish(self, message: Message) -> int:
-        """Retain (if flagged) and route C{message}; returns how many sessions it reached.
+        """Retain (if flagged) and route C{message}; returns how many subscribers it reached.
 
         Afterwards C{congestion} lists the sessions whose full queues the
         caller should wait for (a publishing connection pauses reading);
@@ -74,16 +94,25 @@ class Broker(Service):
         self.stats.messagesReceived += 1
         if message.retain:
             self.retained.update(message)
-            # MQTT-3.3.1-9: established subscriptions get it with RETAIN cleared.
-            message = message.copy(retain=False)
         return self.route(message)
 
     def route(self, message: Message) -> int:
-        """Deliver C{message} to every matching session at min(publish QoS, granted QoS)."""
+        """Deliver C{message} to every matching subscriber at min(publish QoS, granted QoS).
+
+        RETAIN travels as published; each connection clears it unless the
+        subscription keeps it (MQTT-3.3.1-9, Retain As Published).
+        """
         matches = self.router.match(message.topic)
         mqos = message.qos
-        for session, granted in matches:
-            session.deliver(message, mqos if mqos < granted else granted)
+        origin = message.origin
+        for subscriber, options in matches:
+            if options.noLocal and origin is not None and subscriber.clientId == origin:
+                # MQTT-3.8.3-3: not to the publishing client's own No Local subscriptions.
+                options = options.local
+                if options is None:
+                    continue
+            granted = options.qos
+            subscriber.deliver(message, mqos if mqos < granted else granted, options)
         return len(matches)
 
     def publishInternal(self, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -91,23 +120,82 @@ class Broker(Service):
         message = Message(topic, payload, 0, retain, self.reactor.seconds())
         if retain:
             self.retained.update(message)
-            message = message.copy(retain=False)
         self.route(message)
         # No connection to pause for a broker-originated message.
         self.congestion.clear()
 
+    def publishWill(self, will: Message) -> None:
+        """Publish a will message (it has no connection to pause)."""
+        will.timestamp = self.now()
+        if will.properties and will.properties.get("message_expiry_interval") is not None:
+            will.expiresAt = will.timestamp + will.properties["message_expiry_interval"]
+        self.log.info(
+            "publishing will of {clientId} on {topic}", clientId=will.origin, topic=will.topic
+        )
+        self.publish(will)
+        self.congestion.clear()
+
     # Subscriptions
 
-    def subscribe(self, session: Session, topicFilter: str, qos: int) -> list[Message]:
-        """Subscribe C{session}; returns the retained messages the filter matches."""
-        self.router.subscribe(topicFilter, session, qos)
-        session.subscriptions[topicFilter] = qos
-        return self.retained.match(topicFilter)
+    def subscribe(
+        self, session: Session, topicFilter: str, options: SubscriptionOptions
+    ) -> list[Message]:
+        """Subscribe C{session}; returns the retained messages to send for it.
+
+        C{$share/<group>/<filter>} and C{$queue/<filter>} join a shared group
+        (no retained messages, MQTT 5.0 section 4.8.2); C{$exclusive/<filter>}
+        may have one subscriber at a time.
+
+        @raise ValueError: a malformed shared or exclusive filter.
+        @raise ExclusiveTaken: another session holds the exclusive subscription.
+        """
+        group, real, exclusive = parseFilter(topicFilter)
+        existed = topicFilter in session.subscriptions
+        if exclusive:
+            owner = self.exclusive.get(real)
+            if owner is not None and owner is not session:
+                raise ExclusiveTaken(real)
+            self.exclusive[real] = session
+        if group is not None:
+            key = (group, real)
+            shared = self.groups.get(key)
+            if shared is None:
+                shared = self.groups[key] = SharedGroup(
+                    group, real, self.settings.mqtt.shared_subscription_strategy
+                )
+                self.router.subscribe(real, shared, SubscriptionOptions(qos=2))
+            shared.add(session, options)
+        else:
+            self.router.subscribe(real, session, options)
+        session.subscriptions[topicFilter] = options
+        if group is not None or options.retainHandling == 2:
+            return []
+        if options.retainHandling == 1 and existed:
+            return []
+        return self.retained.match(real)
 
     def unsubscribe(self, session: Session, topicFilter: str) -> bool:
         """Remove a subscription; True if it existed."""
-        session.subscriptions.pop(topicFilter, None)
-        return self.router.unsubscribe(topicFilter, session)
+        if session.subscriptions.pop(topicFilter, None) is None:
+            return False
+        group, real, exclusive = parseFilter(topicFilter)
+        if exclusive and self.exclusive.get(real) is session:
+            del self.exclusive[real]
+        if group is not None:
+            shared = self.groups.get((group, real))
+            if shared is not None:
+                shared.remove(session)
+                if not shared.members:
+                    del self.groups[(group, real)]
+                    self.router.unsubscribe(real, shared)
+            return True
+        return self.router.unsubscribe(real, session)
+
+    def redeliverShared(self, session: Session) -> None:
+        """A shared-group member left: its undelivered group messages go to the others."""
+        for group, messages in session.takeGroupMessages():
+            group.redeliver(messages, session)
+        self.congestion.clear()
 
     # Connections
 
@@ -129,6 +217,8 @@ class Broker(Service):
         self.log.info("broker {version} started", version=self.version)
 
     async def _stop(self) -> None:
+        self.delayed.stop()
+        self.sessions.stop()
         for connection in list(self.connections):
             connection.shutdown()
         if self.store is not None:

@@ -23,6 +23,7 @@ class Message:
         "properties",
         "origin",
         "encodings",
+        "expiresAt",
     )
 
     def __init__(
@@ -44,6 +45,12 @@ class Message:
         #: client id of the publisher, when there is one
         self.origin = origin
         self.encodings: dict[Any, bytes] | None = None
+        #: absolute time after which it is not delivered (MQTT 5 Message Expiry Interval)
+        self.expiresAt: float | None = None
+        if properties:
+            interval = properties.get("message_expiry_interval")
+            if interval is not None:
+                self.expiresAt = self.timestamp + interval
 
     def copy(self, **changes: Any) -> Message:
         """A copy with some fields changed (the encoding cache is not carried over)."""
@@ -56,6 +63,7 @@ class Message:
             self.properties,
             self.origin,
         )
+        m.expiresAt = self.expiresAt
         for k, v in changes.items():
             setattr(m, k, v)
         return m

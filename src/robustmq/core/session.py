@@ -17,10 +17,13 @@ if TYPE_CHECKING:
     from robustmq.config import MQTTSettings
     from robustmq.core.message import Message
     from robustmq.core.stats import Stats
+    from robustmq.core.subscription import SubscriptionOptions
 
 # In-flight states of an outgoing QoS 1/2 delivery.
 AWAITING_ACK = 0  # PUBLISH sent; waiting for PUBACK (QoS 1) or PUBREC (QoS 2)
 AWAITING_COMP = 1  # PUBREL sent; waiting for PUBCOMP (QoS 2)
+
+NEVER_EXPIRES = 0xFFFFFFFF
 
 
 class Session:
@@ -65,6 +68,9 @@ class Session:
         "waiters",
         "_congestionTimer",
         "_hub",
+        "expiryInterval",
+        "pendingWill",
+        "_timer",
         "__weakref__",
     )
 
@@ -81,11 +87,11 @@ class Session:
     ) -> None:
         self.clientId = clientId
         self.clean = clean
-        self.subscriptions: dict[str, int] = {}
+        self.subscriptions: dict[str, SubscriptionOptions] = {}
         self.connection: Any = None
         # Empty tuples until first needed: most sessions never queue, and an
         # empty deque or set costs more than half a kilobyte per client.
-        self.queue: deque[tuple[Message, int]] | tuple[()] = ()
+        self.queue: deque[tuple[Message, int, Any]] | tuple[()] = ()
         self.queuedBytes = 0
         self.inflight: dict[int, list[Any]] = {}
         self.awaitingRel: set[int] | tuple[()] = ()
@@ -103,6 +109,12 @@ class Session:
         self.waiters: set[Any] | tuple[()] = ()
         self._congestionTimer: Any = None
         self._hub = hub
+        #: seconds the session outlives its connection (0: ends with it; 0xFFFFFFFF: never)
+        self.expiryInterval = 0 if clean else NEVER_EXPIRES
+        #: a will waiting for its Will Delay Interval (MQTT 5), published unless resumed
+        self.pendingWill: Message | None = None
+        #: the session-expiry or will-delay timer while offline
+        self._timer: Any = None
 
     def __repr__(self) -> str:
         return (
@@ -111,25 +123,40 @@ class Session:
 
     # Outgoing messages
 
-    def deliver(self, message: Message, qos: int) -> None:
-        """Send C{message} at C{qos} now if the connection and window allow, else queue it."""
+    def deliver(self, message: Message, qos: int, sub: Any = None) -> None:
+        """Send C{message} at C{qos} now if the connection and window allow, else queue it.
+
+        C{sub} (the matching L{SubscriptionOptions}) travels with the message to
+        the connection, which uses it for RETAIN and Subscription Identifiers.
+        """
         conn = self.connection
         if conn is not None and not self.queue and conn.canDeliver():
+            if message.expiresAt and self._expired(message):
+                return
             if qos == 0:
-                conn.deliver(message, 0, None, False)
+                conn.deliver(message, 0, None, False, sub)
                 return
             if len(self.inflight) < self.maxInflight:
-                self._sendTracked(conn, message, qos)
+                self._sendTracked(conn, message, qos, sub)
                 return
         elif conn is None and qos == 0 and not self._settings.queue_qos0_offline:
             self._stats.messagesDropped += 1
             return
-        self._enqueue(message, qos)
+        self._enqueue(message, qos, sub)
 
-    def _sendTracked(self, conn: Any, message: Message, qos: int) -> None:
+    def _expired(self, message: Message) -> bool:
+        hub = self._hub
+        if hub is not None and hub.now() >= message.expiresAt:  # type: ignore[operator]
+            self._stats.messagesExpired += 1
+            return True
+        return False
+
+    def _sendTracked(self, conn: Any, message: Message, qos: int, sub: Any) -> None:
         pid = self._allocatePacketId()
-        self.inflight[pid] = [message, qos, AWAITING_ACK]
-        conn.deliver(message, qos, pid, False)
+        self.inflight[pid] = [message, qos, AWAITING_ACK, sub]
+        if conn.deliver(message, qos, pid, False, sub) is False:
+            # Not sent (larger than the client accepts): complete it (MQTT-3.1.2-25).
+            del self.inflight[pid]
 
     def _allocatePacketId(self) -> int:
         pid = self._nextPacketId
@@ -139,7 +166,7 @@ class Session:
         self._nextPacketId = pid + 1 if pid < 65535 else 1
         return pid
 
-    def _enqueue(self, message: Message, qos: int) -> None:
+    def _enqueue(self, message: Message, qos: int, sub: Any = None) -> None:
         s = self._settings
         size = len(message.payload)
         queue = self.queue
@@ -155,7 +182,7 @@ class Session:
             hardLimit, hardBytes = limit, byteLimit
         while len(queue) >= hardLimit or (queue and self.queuedBytes + size > hardBytes):
             if s.queue_overflow == "drop_oldest" and queue:
-                old, _ = queue.popleft()
+                old = queue.popleft()[0]
                 self.queuedBytes -= len(old.payload)
                 self._stats.messagesDropped += 1
             else:
@@ -164,7 +191,7 @@ class Session:
         if size > hardBytes:
             self._stats.messagesDropped += 1
             return
-        queue.append((message, qos))
+        queue.append((message, qos, sub))
         self.queuedBytes += size
         if online and (len(queue) >= limit or self.queuedBytes >= byteLimit):
             if not self.congested:
@@ -224,17 +251,21 @@ class Session:
         conn = self.connection
         queue = self.queue
         while queue and conn is not None and conn.canDeliver():
-            message, qos = queue[0]
+            message, qos, sub = queue[0]
+            if message.expiresAt and self._expired(message):
+                queue.popleft()
+                self.queuedBytes -= len(message.payload)
+                continue
             if qos:
                 if len(self.inflight) >= self.maxInflight:
                     break
                 queue.popleft()
                 self.queuedBytes -= len(message.payload)
-                self._sendTracked(conn, message, qos)
+                self._sendTracked(conn, message, qos, sub)
             else:
                 queue.popleft()
                 self.queuedBytes -= len(message.payload)
-                conn.deliver(message, 0, None, False)
+                conn.deliver(message, 0, None, False, sub)
             conn = self.connection
         if self.congested or self.overflowing:
             self._drained()
@@ -250,6 +281,11 @@ class Session:
                 self.pump()
             return True
         return False
+
+    def abandon(self, packetId: int) -> None:
+        """The client refused a delivery (5.0 PUBREC with an error code): forget it."""
+        if self.inflight.pop(packetId, None) is not None and self.queue:
+            self.pump()
 
     def received(self, packetId: int) -> bool:
         """PUBREC arrived for a QoS 2 delivery: it now waits for PUBCOMP."""
@@ -300,11 +336,15 @@ class Session:
         """A connection took this session: resend what is in flight, then drain the queue."""
         self.connection = connection
         self.disconnectedAt = None
-        for pid, (message, qos, state) in list(self.inflight.items()):
+        self.cancelTimer()
+        self.pendingWill = None
+        for pid, (message, qos, state, sub) in list(self.inflight.items()):
             if self.connection is not connection:
                 return
             if state == AWAITING_ACK:
-                connection.deliver(message, qos, pid, True)
+                # MQTT-4.4.0-1: resend unacknowledged PUBLISHes with DUP set.
+                if connection.deliver(message, qos, pid, True, sub) is False:
+                    del self.inflight[pid]
             else:
                 connection.deliverRelease(pid)
         self.pump()
@@ -317,6 +357,38 @@ class Session:
         if self.congested:
             self._endCongestion()
 
+    def cancelTimer(self) -> None:
+        """Cancel a pending session-expiry or will-delay timer."""
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def setTimer(self, timer: Any) -> None:
+        """Hold the offline timer (expiry or will delay), replacing any other."""
+        self.cancelTimer()
+        self._timer = timer
+
+    def takeGroupMessages(self) -> list[tuple[Any, list[tuple[Message, int]]]]:
+        """Remove and return undelivered messages that came through shared groups.
+
+        Used when a member departs, so the group can give them to the others.
+        """
+        byGroup: dict[Any, list[tuple[Message, int]]] = {}
+        for pid, (message, qos, state, sub) in list(self.inflight.items()):
+            if sub is not None and sub.group is not None and state == AWAITING_ACK:
+                byGroup.setdefault(sub.group, []).append((message, qos))
+                del self.inflight[pid]
+        if self.queue:
+            keep: deque[tuple[Message, int, Any]] = deque()
+            for message, qos, sub in self.queue:
+                if sub is not None and sub.group is not None:
+                    byGroup.setdefault(sub.group, []).append((message, qos))
+                    self.queuedBytes -= len(message.payload)
+                else:
+                    keep.append((message, qos, sub))
+            self.queue = keep
+        return list(byGroup.items())
+
 
 class CongestionHub(Protocol):
     """What a session needs from the broker to apply back-pressure.
@@ -327,5 +399,7 @@ class CongestionHub(Protocol):
 
     congestion: list[Session]
     congestionTimeout: float
+
+    def now(self) -> float: ...
 
     def callLater(self, delay: float, f: Any, *args: Any) -> Any: ...

@@ -1,40 +1,38 @@
-"""The session registry: one session per client id, with takeover."""
+"""The session registry: one session per client id, with takeover, expiry and wills."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
 from robustmq.config import MQTTSettings
-from robustmq.core.router import Router
-from robustmq.core.session import CongestionHub, Session
+from robustmq.core.message import Message
+from robustmq.core.session import NEVER_EXPIRES, Session
 from robustmq.core.stats import Stats
+
+if TYPE_CHECKING:
+    from robustmq.core.broker import Broker
 
 
 class SessionRegistry:
-    """Finds, creates, takes over and discards sessions.
+    """Finds, creates, takes over, expires and discards sessions.
 
-    Sessions live in memory for now; the durable-storage work backs this
-    registry with a shard store without changing its callers.
+    A session outlives its connection for its expiry interval (0: it ends
+    with the connection; 0xFFFFFFFF: never), then ends.  A will with a delay
+    is published when the delay passes or the session ends, whichever comes
+    first, unless a connection resumes the session before that.
+    Sessions live in memory; the durable-storage work backs this registry
+    with a shard store without changing its callers.
     """
 
     log = Logger()
 
-    def __init__(
-        self,
-        router: Router,
-        settings: MQTTSettings,
-        stats: Stats,
-        clock: Callable[[], float],
-        hub: CongestionHub | None = None,
-    ) -> None:
-        self._router = router
+    def __init__(self, broker: Broker, settings: MQTTSettings, stats: Stats) -> None:
+        self._broker = broker
         self._settings = settings
         self._stats = stats
-        self._clock = clock
-        self._hub = hub
         self._sessions: dict[str, Session] = {}
 
     def __len__(self) -> int:
@@ -47,14 +45,16 @@ class SessionRegistry:
         """The session of C{clientId}, if any."""
         return self._sessions.get(clientId)
 
-    def open(self, clientId: str, clean: bool, connection: Any) -> tuple[Session, bool]:
+    def open(
+        self, clientId: str, cleanStart: bool, connection: Any, expiryInterval: int
+    ) -> tuple[Session, bool]:
         """
         Find or create the session for a connecting client.
 
         An existing connection with the same client id is told to close
-        (MQTT-3.1.4-2).  With C{clean} the old session is discarded
-        (MQTT-3.1.2-6); otherwise it is resumed.  The caller attaches the
-        connection with L{Session.attach} once CONNACK has been written.
+        (MQTT-3.1.4-2).  With C{cleanStart} the old session ends
+        (MQTT-3.1.2-6 / MQTT-3.1.2-4); otherwise it is resumed.  The caller
+        attaches the connection with L{Session.attach} once CONNACK is written.
 
         @return: the session and whether a previous session was resumed.
         """
@@ -62,33 +62,93 @@ class SessionRegistry:
         if existing is not None:
             old = existing.connection
             if old is not None and old is not connection:
-                existing.detach(self._clock())
+                existing.detach(self._broker.now())
                 self.log.info("client {clientId} taken over by a new connection", clientId=clientId)
                 old.takeOver()
-            if clean or existing.clean:
+            if cleanStart:
                 self.discard(existing)
                 existing = None
         if existing is not None:
-            existing.clean = clean
+            existing.clean = cleanStart
+            existing.expiryInterval = expiryInterval
             return existing, True
-        session = Session(clientId, clean, self._settings, self._stats, self._clock(), self._hub)
+        session = Session(
+            clientId, cleanStart, self._settings, self._stats, self._broker.now(), self._broker
+        )
+        session.expiryInterval = expiryInterval
         self._sessions[clientId] = session
         return session, False
 
-    def close(self, session: Session, connection: Any) -> None:
-        """C{connection} ended: detach it; a clean session ends with it (MQTT-3.1.2-6)."""
+    def close(
+        self, session: Session, connection: Any, will: Message | None = None, willDelay: int = 0
+    ) -> None:
+        """C{connection} ended; keep, schedule the end of, or end its session; handle the will.
+
+        @param will: the will to publish (None after a normal DISCONNECT).
+        @param willDelay: MQTT 5 Will Delay Interval in seconds.
+        """
+        broker = self._broker
         if session.connection is not connection:
+            # Taken over.  A resumed session suppresses a delayed will; an ended one does not.
+            if will is not None:
+                resumed = self._sessions.get(session.clientId) is session
+                if not (resumed and willDelay > 0):
+                    broker.publishWill(will)
             return
-        session.detach(self._clock())
-        if session.clean:
+        session.detach(broker.now())
+        broker.redeliverShared(session)
+        expiry = session.expiryInterval
+        if expiry == 0:
+            self.discard(session)
+            if will is not None:
+                broker.publishWill(will)
+            return
+        if will is not None and willDelay <= 0:
+            broker.publishWill(will)
+            will = None
+        session.pendingWill = will
+        self._arm(session, willDelay if will is not None else None)
+
+    def _arm(self, session: Session, willDelay: int | None) -> None:
+        """Schedule the next offline event: the will (if sooner) or the session's end."""
+        expiry = session.expiryInterval
+        sinceOffline = self._broker.now() - (session.disconnectedAt or self._broker.now())
+        remaining = None if expiry == NEVER_EXPIRES else max(0.0, expiry - sinceOffline)
+        if willDelay is not None and (remaining is None or willDelay < remaining):
+            session.setTimer(self._broker.callLater(willDelay, self._willDue, session))
+        elif remaining is not None:
+            session.setTimer(self._broker.callLater(remaining, self._expire, session))
+        else:
+            session.cancelTimer()
+
+    def _willDue(self, session: Session) -> None:
+        will, session.pendingWill = session.pendingWill, None
+        session.setTimer(None)
+        if will is not None:
+            self._broker.publishWill(will)
+        if self._sessions.get(session.clientId) is session and session.connection is None:
+            self._arm(session, None)
+
+    def _expire(self, session: Session) -> None:
+        if self._sessions.get(session.clientId) is session and session.connection is None:
+            self.log.info("session of {clientId} expired", clientId=session.clientId)
             self.discard(session)
 
     def discard(self, session: Session) -> None:
-        """Forget C{session} and its subscriptions."""
+        """End C{session}: drop its subscriptions and queue; publish a pending will."""
+        session.cancelTimer()
         for topicFilter in list(session.subscriptions):
-            self._router.unsubscribe(topicFilter, session)
-        session.subscriptions.clear()
+            self._broker.unsubscribe(session, topicFilter)
+        self._broker.redeliverShared(session)
         session.clearQueue()
         session.inflight.clear()
         if self._sessions.get(session.clientId) is session:
             del self._sessions[session.clientId]
+        will, session.pendingWill = session.pendingWill, None
+        if will is not None:
+            self._broker.publishWill(will)
+
+    def stop(self) -> None:
+        """Cancel every offline timer (shutdown)."""
+        for session in self._sessions.values():
+            session.cancelTimer()

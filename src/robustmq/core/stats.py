@@ -21,6 +21,8 @@ class Stats:
         "bytesReceived",
         "bytesSent",
         "malformedPackets",
+        "messagesExpired",
+        "messagesDelayed",
     )
 
     def __init__(self) -> None:
@@ -36,6 +38,8 @@ class Stats:
         self.bytesReceived = 0
         self.bytesSent = 0
         self.malformedPackets = 0
+        self.messagesExpired = 0
+        self.messagesDelayed = 0
 
     def clientConnected(self) -> None:
         """Count a connection that completed its handshake."""

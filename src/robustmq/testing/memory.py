@@ -26,7 +26,13 @@ class InMemoryBroker:
     def __init__(self, config: dict[str, Any] | None = None) -> None:
         self.settings: Settings = settingsFromMapping(config or {})
         self.clock = Clock()
-        self.broker = Broker(self.settings, self.clock)
+        from robustmq.core.scram import scramSha256Plugin
+
+        self.broker = Broker(
+            self.settings,
+            self.clock,
+            authMechanisms={"SCRAM-SHA-256": scramSha256Plugin.build(self.settings)},
+        )
         self.listener = ListenerSettings(port=1883, bind="127.0.0.1")
         self.factory = MQTTServerFactory(self.broker, self.listener, self.clock)
 

@@ -1,4 +1,4 @@
-"""Sans-IO MQTT 3.1 / 3.1.1 codec: bytes in, packets out; packets in, bytes out.
+"""Sans-IO MQTT 3.1 / 3.1.1 / 5.0 codec: bytes in, packets out; packets in, bytes out.
 
 The parser never touches a transport, so it is tested alone and fed one
 byte at a time.  Errors are raised as L{MalformedPacket} (bad encoding) or
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from robustmq.protocols.mqtt._exceptions import MalformedPacket, PacketTooLarge, ProtocolViolation
 from robustmq.protocols.mqtt._packets import (
+    AUTH,
     CONNACK,
     CONNECT,
     DISCONNECT,
@@ -30,6 +32,7 @@ from robustmq.protocols.mqtt._packets import (
     SUBSCRIBE,
     UNSUBACK,
     UNSUBSCRIBE,
+    Auth,
     Connack,
     Connect,
     Disconnect,
@@ -46,6 +49,7 @@ from robustmq.protocols.mqtt._packets import (
     Unsuback,
     Unsubscribe,
 )
+from robustmq.protocols.mqtt._properties import WILL, encodeProperties, readProperties
 
 _U16 = struct.Struct("!H")
 _unpackU16 = _U16.unpack_from
@@ -91,12 +95,18 @@ def encodePublish(
     retain: bool = False,
     dup: bool = False,
     packetId: int | None = None,
+    properties: bytes | None = None,
 ) -> bytes:
-    """A PUBLISH packet; C{topic} is already UTF-8 encoded."""
+    """A PUBLISH packet; C{topic} is already UTF-8 encoded.
+
+    C{properties} is an encoded 5.0 property block (L{encodeProperties}), or
+    None for 3.1/3.1.1.
+    """
     first = 0x30 | (qos << 1) | (1 if retain else 0) | (8 if dup else 0)
     tlen = len(topic)
+    props = properties or b""
     if qos:
-        length = 4 + tlen + len(payload)
+        length = 4 + tlen + len(props) + len(payload)
         return b"".join(
             (
                 bytes((first,)),
@@ -104,12 +114,13 @@ def encodePublish(
                 _U16.pack(tlen),
                 topic,
                 _U16.pack(packetId or 0),
+                props,
                 payload,
             )
         )
-    length = 2 + tlen + len(payload)
+    length = 2 + tlen + len(props) + len(payload)
     return b"".join(
-        (bytes((first,)), encodeRemainingLength(length), _U16.pack(tlen), topic, payload)
+        (bytes((first,)), encodeRemainingLength(length), _U16.pack(tlen), topic, props, payload)
     )
 
 
@@ -122,14 +133,61 @@ def encodeAck(packetType: int, packetId: int) -> bytes:
     return _ACK.pack(_ACK_FIRST[packetType], 2, packetId)
 
 
-def encodeConnack(sessionPresent: bool, returnCode: int) -> bytes:
-    """A 3.1/3.1.1 CONNACK."""
-    return bytes((0x20, 2, 1 if sessionPresent else 0, returnCode))
+def encodeAck5(
+    packetType: int, packetId: int, reasonCode: int = 0, properties: dict[str, Any] | None = None
+) -> bytes:
+    """A 5.0 PUBACK/PUBREC/PUBREL/PUBCOMP; the short form when there is nothing to add."""
+    if not properties:
+        if reasonCode == 0:
+            return _ACK.pack(_ACK_FIRST[packetType], 2, packetId)
+        return bytes((_ACK_FIRST[packetType], 3)) + _U16.pack(packetId) + bytes((reasonCode,))
+    body = _U16.pack(packetId) + bytes((reasonCode,)) + encodeProperties(properties)
+    return _frame(_ACK_FIRST[packetType], body)
 
 
-def encodeSuback(packetId: int, returnCodes: Sequence[int]) -> bytes:
-    """A SUBACK with one return code per requested filter."""
-    return _frame(0x90, _U16.pack(packetId) + bytes(returnCodes))
+def encodeConnack(
+    sessionPresent: bool, returnCode: int, properties: dict[str, Any] | None = None
+) -> bytes:
+    """A CONNACK: 3.1/3.1.1 form when C{properties} is None, else 5.0 form."""
+    if properties is None:
+        return bytes((0x20, 2, 1 if sessionPresent else 0, returnCode))
+    body = bytes((1 if sessionPresent else 0, returnCode)) + encodeProperties(properties)
+    return _frame(0x20, body)
+
+
+def encodeSuback(
+    packetId: int, returnCodes: Sequence[int], properties: dict[str, Any] | None = None
+) -> bytes:
+    """A SUBACK with one return (reason) code per requested filter; 5.0 when C{properties} is given."""
+    props = b"" if properties is None else encodeProperties(properties)
+    return _frame(0x90, _U16.pack(packetId) + props + bytes(returnCodes))
+
+
+def encodeUnsuback(
+    packetId: int,
+    reasonCodes: Sequence[int] | None = None,
+    properties: dict[str, Any] | None = None,
+) -> bytes:
+    """An UNSUBACK: 3.x form when C{reasonCodes} is None, else 5.0 form."""
+    if reasonCodes is None:
+        return _ACK.pack(0xB0, 2, packetId)
+    return _frame(0xB0, _U16.pack(packetId) + encodeProperties(properties) + bytes(reasonCodes))
+
+
+def encodeDisconnect(reasonCode: int = 0, properties: dict[str, Any] | None = None) -> bytes:
+    """A 5.0 DISCONNECT (the 3.x one is L{DISCONNECT_BYTES})."""
+    if not properties:
+        if reasonCode == 0:
+            return DISCONNECT_BYTES
+        return bytes((0xE0, 1, reasonCode))
+    return _frame(0xE0, bytes((reasonCode,)) + encodeProperties(properties))
+
+
+def encodeAuth(reasonCode: int = 0, properties: dict[str, Any] | None = None) -> bytes:
+    """A 5.0 AUTH packet."""
+    if not properties and reasonCode == 0:
+        return b"\xf0\x00"
+    return _frame(0xF0, bytes((reasonCode,)) + encodeProperties(properties))
 
 
 PINGREQ_BYTES = b"\xc0\x00"
@@ -139,12 +197,15 @@ DISCONNECT_BYTES = b"\xe0\x00"
 
 def encodeConnect(packet: Connect) -> bytes:
     """A CONNECT packet (client side: tests, bench and bridges use it)."""
+    v5 = packet.protocolLevel == MQTT5
     flags = 0
     if packet.cleanSession:
         flags |= 0x02
     payload = _str(packet.clientId)
     if packet.willTopic is not None:
         flags |= 0x04 | (packet.willQos << 3) | (0x20 if packet.willRetain else 0)
+        if v5:
+            payload += encodeProperties(packet.willProperties)
         payload += _str(packet.willTopic) + _bin(packet.willPayload or b"")
     if packet.username is not None:
         flags |= 0x80
@@ -157,24 +218,35 @@ def encodeConnect(packet: Connect) -> bytes:
         + bytes((packet.protocolLevel, flags))
         + _U16.pack(packet.keepAlive)
     )
+    if v5:
+        header += encodeProperties(packet.properties)
     return _frame(0x10, header + payload)
 
 
-def encodeSubscribe(packetId: int, topics: Sequence[tuple[str, int]]) -> bytes:
-    """A SUBSCRIBE packet (client side)."""
-    body = _U16.pack(packetId) + b"".join(_str(t) + bytes((q,)) for t, q in topics)
+def encodeSubscribe(
+    packetId: int,
+    topics: Sequence[tuple[str, int]],
+    properties: dict[str, Any] | None = None,
+) -> bytes:
+    """A SUBSCRIBE packet (client side); 5.0 form when C{properties} is not None."""
+    props = b"" if properties is None else encodeProperties(properties)
+    body = _U16.pack(packetId) + props + b"".join(_str(t) + bytes((q,)) for t, q in topics)
     return _frame(0x82, body)
 
 
-def encodeUnsubscribe(packetId: int, topics: Sequence[str]) -> bytes:
-    """An UNSUBSCRIBE packet (client side)."""
-    return _frame(0xA2, _U16.pack(packetId) + b"".join(_str(t) for t in topics))
+def encodeUnsubscribe(
+    packetId: int, topics: Sequence[str], properties: dict[str, Any] | None = None
+) -> bytes:
+    """An UNSUBSCRIBE packet (client side); 5.0 form when C{properties} is not None."""
+    props = b"" if properties is None else encodeProperties(properties)
+    return _frame(0xA2, _U16.pack(packetId) + props + b"".join(_str(t) for t in topics))
 
 
-def encode(packet: Packet) -> bytes:
-    """Encode any packet object (convenience for tests and clients; the broker's
-    hot paths call the specific encoders)."""
+def encode(packet: Packet, version: int = MQTT311) -> bytes:
+    """Encode any packet object for protocol level C{version} (convenience for tests and
+    clients; the broker's hot paths call the specific encoders)."""
     t = packet.type
+    v5 = version == MQTT5
     if t == PUBLISH:
         assert isinstance(packet, Publish)
         return encodePublish(
@@ -184,30 +256,46 @@ def encode(packet: Packet) -> bytes:
             packet.retain,
             packet.dup,
             packet.packetId,
+            encodeProperties(packet.properties) if v5 else None,
         )
-    if t in _ACK_FIRST:
+    if t in (PUBACK, PUBREC, PUBREL, PUBCOMP):
+        if v5:
+            return encodeAck5(t, packet.packetId, packet.reasonCode, packet.properties)  # type: ignore[attr-defined]
         return encodeAck(t, packet.packetId)  # type: ignore[attr-defined]
+    if t == UNSUBACK:
+        assert isinstance(packet, Unsuback)
+        if v5:
+            return encodeUnsuback(packet.packetId, packet.reasonCodes, packet.properties)
+        return encodeUnsuback(packet.packetId)
     if t == CONNECT:
         assert isinstance(packet, Connect)
         return encodeConnect(packet)
     if t == CONNACK:
         assert isinstance(packet, Connack)
-        return encodeConnack(packet.sessionPresent, packet.returnCode)
+        return encodeConnack(
+            packet.sessionPresent, packet.returnCode, packet.properties if v5 else None
+        )
     if t == SUBSCRIBE:
         assert isinstance(packet, Subscribe)
-        return encodeSubscribe(packet.packetId, packet.topics)
+        return encodeSubscribe(packet.packetId, packet.topics, packet.properties if v5 else None)
     if t == SUBACK:
         assert isinstance(packet, Suback)
-        return encodeSuback(packet.packetId, packet.returnCodes)
+        return encodeSuback(packet.packetId, packet.returnCodes, packet.properties if v5 else None)
     if t == UNSUBSCRIBE:
         assert isinstance(packet, Unsubscribe)
-        return encodeUnsubscribe(packet.packetId, packet.topics)
+        return encodeUnsubscribe(packet.packetId, packet.topics, packet.properties if v5 else None)
     if t == PINGREQ:
         return PINGREQ_BYTES
     if t == PINGRESP:
         return PINGRESP_BYTES
     if t == DISCONNECT:
+        assert isinstance(packet, Disconnect)
+        if v5:
+            return encodeDisconnect(packet.reasonCode, packet.properties)
         return DISCONNECT_BYTES
+    if t == AUTH:
+        assert isinstance(packet, Auth)
+        return encodeAuth(packet.reasonCode, packet.properties)
     raise ValueError(f"cannot encode {packet!r}")
 
 
@@ -257,67 +345,6 @@ def _checkFlags(first: int, expected: int, what: str) -> None:
         )
 
 
-def _parseConnect(first: int, data: bytes, pos: int, end: int) -> Connect:
-    _checkFlags(first, 0, "CONNECT")
-    name, pos = _readStr(data, pos, end, "CONNECT protocol name")
-    if pos + 4 > end:
-        raise MalformedPacket("CONNECT: truncated variable header")
-    level = data[pos]
-    flags = data[pos + 1]
-    keepAlive = _unpackU16(data, pos + 2)[0]
-    pos += 4
-    if (name, level) not in (("MQTT", MQTT311), ("MQIsdp", MQTT31), ("MQTT", MQTT5)):
-        if name not in ("MQTT", "MQIsdp"):
-            raise ProtocolViolation(f"CONNECT: unknown protocol name {name!r}", "MQTT-3.1.2-1")
-        # A known name with a level we do not speak gets CONNACK 0x01 (MQTT-3.1.2-2).
-        return Connect("", protocolLevel=level, protocolName=name)
-    if flags & 0x01:
-        raise MalformedPacket("CONNECT: reserved flag set", "MQTT-3.1.2-3")
-    will = bool(flags & 0x04)
-    willQos = (flags >> 3) & 0x03
-    willRetain = bool(flags & 0x20)
-    if willQos == 3:
-        raise MalformedPacket("CONNECT: will QoS 3", "MQTT-3.1.2-14")
-    if not will and (willQos or willRetain):
-        raise MalformedPacket("CONNECT: will QoS/retain set without will flag", "MQTT-3.1.2-11")
-    hasUser = bool(flags & 0x80)
-    hasPassword = bool(flags & 0x40)
-    if hasPassword and not hasUser and level != MQTT5:
-        raise MalformedPacket("CONNECT: password without user name", "MQTT-3.1.2-22")
-    clientId, pos = _readStr(data, pos, end, "CONNECT client identifier")
-    willTopic = willPayload = username = None
-    password = None
-    if will:
-        willTopic, pos = _readStr(data, pos, end, "CONNECT will topic")
-        willPayload, pos = _readBin(data, pos, end, "CONNECT will message")
-    if hasUser:
-        username, pos = _readStr(data, pos, end, "CONNECT user name")
-    if hasPassword:
-        password, pos = _readBin(data, pos, end, "CONNECT password")
-    if pos != end:
-        raise MalformedPacket("CONNECT: trailing bytes after the payload")
-    return Connect(
-        clientId,
-        protocolLevel=level,
-        cleanSession=bool(flags & 0x02),
-        keepAlive=keepAlive,
-        willTopic=willTopic,
-        willPayload=willPayload,
-        willQos=willQos,
-        willRetain=willRetain,
-        username=username,
-        password=password,
-        protocolName=name,
-    )
-
-
-def _parseConnack(first: int, data: bytes, pos: int, end: int) -> Connack:
-    _checkFlags(first, 0, "CONNACK")
-    if end - pos != 2:
-        raise MalformedPacket("CONNACK: remaining length must be 2")
-    return Connack(bool(data[pos] & 1), data[pos + 1])
-
-
 class MQTTParser:
     """Turns a byte stream into MQTT packets.
 
@@ -325,13 +352,27 @@ class MQTTParser:
         L{PacketTooLarge} as soon as their length is known, so an oversize
         packet is never buffered.
     @ivar server: True to accept only client-to-server packets.
+    @ivar version: the protocol level: 5.0 packets carry reason codes and
+        properties.  A server parser switches on the CONNECT it parses; a
+        client sets it.
     """
 
-    __slots__ = ("maxPacketSize", "server", "_chunks", "_have", "_need", "_topicCache", "_handlers")
+    __slots__ = (
+        "maxPacketSize",
+        "server",
+        "version",
+        "_chunks",
+        "_have",
+        "_need",
+        "_topicCache",
+        "_handlers",
+    )
 
     def __init__(self, maxPacketSize: int = MAX_REMAINING_LENGTH + 5, server: bool = True) -> None:
         self.maxPacketSize = maxPacketSize
         self.server = server
+        #: protocol level in use; a server parser learns it from CONNECT
+        self.version = MQTT311
         self._chunks: list[bytes] = []
         self._have = 0
         self._need = 0
@@ -415,6 +456,82 @@ class MQTTParser:
         self._have = len(rest)
         self._need = needEnd - pos
 
+    def _parseConnect(self, first: int, data: bytes, pos: int, end: int) -> Connect:
+        _checkFlags(first, 0, "CONNECT")
+        name, pos = _readStr(data, pos, end, "CONNECT protocol name")
+        if pos + 4 > end:
+            raise MalformedPacket("CONNECT: truncated variable header")
+        level = data[pos]
+        flags = data[pos + 1]
+        keepAlive = _unpackU16(data, pos + 2)[0]
+        pos += 4
+        if (name, level) not in (("MQTT", MQTT311), ("MQIsdp", MQTT31), ("MQTT", MQTT5)):
+            if name not in ("MQTT", "MQIsdp"):
+                raise ProtocolViolation(f"CONNECT: unknown protocol name {name!r}", "MQTT-3.1.2-1")
+            # A known name with a level we do not speak gets CONNACK 0x01 (MQTT-3.1.2-2).
+            return Connect("", protocolLevel=level, protocolName=name)
+        self.version = level
+        v5 = level == MQTT5
+        if flags & 0x01:
+            raise MalformedPacket("CONNECT: reserved flag set", "MQTT-3.1.2-3")
+        will = bool(flags & 0x04)
+        willQos = (flags >> 3) & 0x03
+        willRetain = bool(flags & 0x20)
+        if willQos == 3:
+            raise MalformedPacket("CONNECT: will QoS 3", "MQTT-3.1.2-14")
+        if not will and (willQos or willRetain):
+            raise MalformedPacket("CONNECT: will QoS/retain set without will flag", "MQTT-3.1.2-11")
+        hasUser = bool(flags & 0x80)
+        hasPassword = bool(flags & 0x40)
+        if hasPassword and not hasUser and not v5:
+            raise MalformedPacket("CONNECT: password without user name", "MQTT-3.1.2-22")
+        properties: dict[str, Any] = {}
+        if v5:
+            properties, pos = readProperties(data, pos, end, CONNECT)
+        clientId, pos = _readStr(data, pos, end, "CONNECT client identifier")
+        willTopic = willPayload = username = None
+        password = None
+        willProperties: dict[str, Any] = {}
+        if will:
+            if v5:
+                willProperties, pos = readProperties(data, pos, end, WILL)
+            willTopic, pos = _readStr(data, pos, end, "CONNECT will topic")
+            willPayload, pos = _readBin(data, pos, end, "CONNECT will message")
+        if hasUser:
+            username, pos = _readStr(data, pos, end, "CONNECT user name")
+        if hasPassword:
+            password, pos = _readBin(data, pos, end, "CONNECT password")
+        if pos != end:
+            raise MalformedPacket("CONNECT: trailing bytes after the payload")
+        return Connect(
+            clientId,
+            protocolLevel=level,
+            cleanSession=bool(flags & 0x02),
+            keepAlive=keepAlive,
+            willTopic=willTopic,
+            willPayload=willPayload,
+            willQos=willQos,
+            willRetain=willRetain,
+            username=username,
+            password=password,
+            protocolName=name,
+            properties=properties,
+            willProperties=willProperties,
+        )
+
+    def _parseConnack(self, first: int, data: bytes, pos: int, end: int) -> Connack:
+        _checkFlags(first, 0, "CONNACK")
+        if self.version == MQTT5:
+            if end - pos < 2:
+                raise MalformedPacket("CONNACK: truncated")
+            props: dict[str, Any] = {}
+            if end - pos > 2:
+                props, _ = readProperties(data, pos + 2, end, CONNACK)
+            return Connack(bool(data[pos] & 1), data[pos + 1], props)
+        if end - pos != 2:
+            raise MalformedPacket("CONNACK: remaining length must be 2")
+        return Connack(bool(data[pos] & 1), data[pos + 1])
+
     def _parsePublish(self, first: int, data: bytes, pos: int, end: int, start: int) -> Publish:
         qos = (first >> 1) & 3
         if qos == 3:
@@ -428,17 +545,27 @@ class MQTTParser:
         tend = pos + 2 + tlen
         if tend > end:
             raise MalformedPacket("PUBLISH: topic runs past the packet end")
-        tb = data[pos + 2 : tend]
-        topic = self._topicCache.get(tb)
-        if topic is None:
-            topic = self._validTopic(tb)
+        v5 = self.version == MQTT5
+        if tlen == 0 and v5:
+            topic = ""  # a Topic Alias must stand in for it; the protocol checks
+        else:
+            tb = data[pos + 2 : tend]
+            topic = self._topicCache.get(tb)  # type: ignore[assignment]
+            if topic is None:
+                topic = self._validTopic(tb)
+        pid = None
         if qos:
             if tend + 2 > end:
                 raise MalformedPacket("PUBLISH: missing packet identifier")
             pid = (data[tend] << 8) | data[tend + 1]
             if pid == 0:
                 raise ProtocolViolation("PUBLISH: packet identifier 0", "MQTT-2.3.1-1")
-            return Publish(topic, data[tend + 2 : end], qos, bool(first & 1), dup, pid)
+            tend += 2
+        if v5:
+            props, tend = readProperties(data, tend, end, PUBLISH)
+            return Publish(topic, data[tend:end], qos, bool(first & 1), dup, pid, None, props)
+        if qos:
+            return Publish(topic, data[tend:end], qos, bool(first & 1), dup, pid)
         return Publish(topic, data[tend:end], 0, bool(first & 1), False, None, data[start:end])
 
     def _validTopic(self, tb: bytes) -> str:
@@ -461,82 +588,113 @@ class MQTTParser:
     def _parseAck(self, first: int, data: bytes, pos: int, end: int) -> Packet:
         t = first >> 4
         _checkFlags(first, 2 if t == PUBREL else 0, "acknowledgement")
+        cls = {PUBACK: Puback, PUBREC: Pubrec, PUBREL: Pubrel, PUBCOMP: Pubcomp}[t]
+        if self.version == MQTT5:
+            if end - pos < 2:
+                raise MalformedPacket(f"packet type {t}: missing packet identifier")
+            pid = _unpackU16(data, pos)[0]
+            reason = data[pos + 2] if end - pos > 2 else 0
+            props: dict[str, Any] = {}
+            if end - pos > 3:
+                props, _ = readProperties(data, pos + 3, end, t)
+            return cls(pid, reason, props)
         if end - pos != 2:
             raise MalformedPacket(f"packet type {t}: remaining length must be 2")
+        return cls(_unpackU16(data, pos)[0])
+
+    def _parseUnsuback(self, first: int, data: bytes, pos: int, end: int) -> Unsuback:
+        if end - pos < 2:
+            raise MalformedPacket("UNSUBACK: missing packet identifier")
         pid = _unpackU16(data, pos)[0]
-        cls = {
-            PUBACK: Puback,
-            PUBREC: Pubrec,
-            PUBREL: Pubrel,
-            PUBCOMP: Pubcomp,
-            UNSUBACK: Unsuback,
-        }[t]
-        return cls(pid)
+        if self.version == MQTT5:
+            props, pos = readProperties(data, pos + 2, end, UNSUBACK)
+            return Unsuback(pid, list(data[pos:end]), props)
+        return Unsuback(pid)
 
     def _parseSubscribe(self, first: int, data: bytes, pos: int, end: int) -> Subscribe:
         _checkFlags(first, 2, "SUBSCRIBE")
         pid = _readId(data, pos, end, "SUBSCRIBE")
         pos += 2
+        v5 = self.version == MQTT5
+        props: dict[str, Any] = {}
+        if v5:
+            props, pos = readProperties(data, pos, end, SUBSCRIBE)
         topics: list[tuple[str, int]] = []
         while pos < end:
             topicFilter, pos = _readStr(data, pos, end, "SUBSCRIBE topic filter")
             if pos >= end:
-                raise MalformedPacket("SUBSCRIBE: missing requested QoS")
+                raise MalformedPacket("SUBSCRIBE: missing subscription options")
             options = data[pos]
             pos += 1
-            if options & 0xFC:
-                raise MalformedPacket("SUBSCRIBE: reserved option bits set", "MQTT-3.8.3-4")
-            if options == 3:
-                raise MalformedPacket("SUBSCRIBE: requested QoS 3", "MQTT-3.8.3-4")
+            if options & (0xC0 if v5 else 0xFC):
+                raise MalformedPacket(
+                    "SUBSCRIBE: reserved option bits set", "MQTT-3.8.3-5" if v5 else "MQTT-3-8.3-4"
+                )
+            if options & 3 == 3:
+                raise MalformedPacket("SUBSCRIBE: requested QoS 3", "MQTT-3-8.3-4")
+            if (options >> 4) & 3 == 3:
+                raise MalformedPacket("SUBSCRIBE: retain handling 3")
             topics.append((topicFilter, options))
         if not topics:
             raise ProtocolViolation("SUBSCRIBE: no topic filters", "MQTT-3.8.3-3")
-        return Subscribe(pid, topics)
+        return Subscribe(pid, topics, props)
 
     def _parseSuback(self, first: int, data: bytes, pos: int, end: int) -> Suback:
         pid = _unpackU16(data, pos)[0]
-        return Suback(pid, list(data[pos + 2 : end]))
+        pos += 2
+        props: dict[str, Any] = {}
+        if self.version == MQTT5:
+            props, pos = readProperties(data, pos, end, SUBACK)
+        return Suback(pid, list(data[pos:end]), props)
 
     def _parseUnsubscribe(self, first: int, data: bytes, pos: int, end: int) -> Unsubscribe:
         _checkFlags(first, 2, "UNSUBSCRIBE")
         pid = _readId(data, pos, end, "UNSUBSCRIBE")
         pos += 2
+        props: dict[str, Any] = {}
+        if self.version == MQTT5:
+            props, pos = readProperties(data, pos, end, UNSUBSCRIBE)
         topics: list[str] = []
         while pos < end:
             topicFilter, pos = _readStr(data, pos, end, "UNSUBSCRIBE topic filter")
             topics.append(topicFilter)
         if not topics:
             raise ProtocolViolation("UNSUBSCRIBE: no topic filters", "MQTT-3.10.3-2")
-        return Unsubscribe(pid, topics)
+        return Unsubscribe(pid, topics, props)
 
     def _parseEmpty(self, first: int, data: bytes, pos: int, end: int) -> Packet:
         t = first >> 4
         _checkFlags(first, 0, "packet")
+        if t in (DISCONNECT, AUTH) and self.version == MQTT5:
+            reason = data[pos] if end > pos else 0
+            props: dict[str, Any] = {}
+            if end - pos > 1:
+                props, _ = readProperties(data, pos + 1, end, t)
+            return Disconnect(reason, props) if t == DISCONNECT else Auth(reason, props)
+        if t == AUTH:
+            raise ProtocolViolation("AUTH before MQTT 5.0")
         if end != pos:
             raise MalformedPacket(f"packet type {t}: remaining length must be 0")
         return {PINGREQ: Pingreq, PINGRESP: Pingresp, DISCONNECT: Disconnect}[t]()
 
 
-def _asMethod(f: Callable[[int, bytes, int, int], Packet]) -> _Handler:
-    return lambda parser, first, data, pos, end: f(first, data, pos, end)
-
-
 _Handler = Callable[[MQTTParser, int, bytes, int, int], Packet]
 
 _ALL_HANDLERS: dict[int, _Handler] = {
-    CONNECT: _asMethod(_parseConnect),
-    CONNACK: _asMethod(_parseConnack),
+    CONNECT: MQTTParser._parseConnect,
+    CONNACK: MQTTParser._parseConnack,
     PUBACK: MQTTParser._parseAck,
     PUBREC: MQTTParser._parseAck,
     PUBREL: MQTTParser._parseAck,
     PUBCOMP: MQTTParser._parseAck,
-    UNSUBACK: MQTTParser._parseAck,
+    UNSUBACK: MQTTParser._parseUnsuback,
     SUBSCRIBE: MQTTParser._parseSubscribe,
     SUBACK: MQTTParser._parseSuback,
     UNSUBSCRIBE: MQTTParser._parseUnsubscribe,
     PINGREQ: MQTTParser._parseEmpty,
     PINGRESP: MQTTParser._parseEmpty,
     DISCONNECT: MQTTParser._parseEmpty,
+    AUTH: MQTTParser._parseEmpty,
 }
 
 
@@ -549,6 +707,8 @@ def _table(types: set[int]) -> list[_Handler | None]:
 
 # PUBLISH is parsed inline by feed(); it is allowed both ways.
 _SERVER_HANDLERS = _table(
-    {CONNECT, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT}
+    {CONNECT, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBSCRIBE, UNSUBSCRIBE, PINGREQ, DISCONNECT, AUTH}
 )
-_CLIENT_HANDLERS = _table({CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, PINGRESP})
+_CLIENT_HANDLERS = _table(
+    {CONNACK, PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK, UNSUBACK, PINGRESP, DISCONNECT, AUTH}
+)

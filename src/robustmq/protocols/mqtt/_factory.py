@@ -68,7 +68,7 @@ class MQTTProtocolPlugin:
 
     name = "mqtt"
     defaultPort = 1883
-    transports = ("tcp",)
+    transports = ("tcp", "tls", "ws", "wss", "quic")
 
     def buildFactory(
         self, broker: Broker, listener: ListenerSettings, reactor: Any

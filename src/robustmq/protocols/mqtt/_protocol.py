@@ -1,7 +1,8 @@
-"""The MQTT 3.1 / 3.1.1 server protocol: one instance per client connection."""
+"""The MQTT 3.1 / 3.1.1 / 5.0 server protocol: one instance per client connection."""
 
 from __future__ import annotations
 
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -13,26 +14,32 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from robustmq.core.auth import Credentials
+from robustmq.core.broker import ExclusiveTaken
+from robustmq.core.delayed import parseDelayed
 from robustmq.core.message import Message
+from robustmq.core.rewrite import expand
+from robustmq.core.subscription import SubscriptionOptions, parseFilter
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
 from robustmq.interfaces import ISessionConnection
 from robustmq.protocols.mqtt._codec import (
     PINGRESP_BYTES,
     MQTTParser,
     encodeAck,
+    encodeAck5,
+    encodeAuth,
     encodeConnack,
+    encodeDisconnect,
     encodePublish,
     encodeSuback,
+    encodeUnsuback,
 )
 from robustmq.protocols.mqtt._exceptions import MQTTError, ProtocolViolation
 from robustmq.protocols.mqtt._packets import (
-    CONNACK_ACCEPTED,
-    CONNACK_BAD_CREDENTIALS,
-    CONNACK_IDENTIFIER_REJECTED,
-    CONNACK_NOT_AUTHORIZED,
-    CONNACK_UNACCEPTABLE_PROTOCOL,
+    AUTH,
+    CONNACK_V3_FOR_REASON,
     CONNECT,
     DISCONNECT,
+    MQTT5,
     MQTT31,
     MQTT311,
     PINGREQ,
@@ -45,12 +52,16 @@ from robustmq.protocols.mqtt._packets import (
     SUBSCRIBE,
     UNSUBACK,
     UNSUBSCRIBE,
+    Auth,
     Connect,
+    Disconnect,
     Packet,
     Publish,
+    Reason,
     Subscribe,
     Unsubscribe,
 )
+from robustmq.protocols.mqtt._properties import encodeProperties
 
 if TYPE_CHECKING:
     from robustmq.config import ListenerSettings
@@ -65,9 +76,25 @@ CLOSING = 3
 
 # Keys of Message.encodings used by this protocol (3.1 and 3.1.1 share a wire format).
 _ENC_QOS0 = "mqtt3:q0"
+_ENC_QOS0_RETAIN = "mqtt3:q0r"
 _ENC_TOPIC = "mqtt3:topic"
+_ENC5_QOS0 = "mqtt5:q0"
+_ENC5_QOS0_RETAIN = "mqtt5:q0r"
+_ENC5_PROPS = "mqtt5:props"
 
-SUPPORTED_LEVELS = (MQTT31, MQTT311)
+SUPPORTED_LEVELS = (MQTT31, MQTT311, MQTT5)
+
+# PUBLISH properties forwarded from publisher to subscribers unchanged.
+_FORWARDED = (
+    "payload_format_indicator",
+    "message_expiry_interval",
+    "content_type",
+    "response_topic",
+    "correlation_data",
+    "user_property",
+)
+
+_EMPTY_PROPS = b"\x00"
 
 
 @implementer(ISessionConnection, IPushProducer)
@@ -76,7 +103,8 @@ class MQTTServerProtocol(Protocol):
 
     Packets are dispatched by type to C{handle_<name>} methods.  Bad input
     closes this connection only, with a log line naming the client and the
-    reason.  Delivery pauses (messages wait in the bounded session queue)
+    reason (and, under MQTT 5, a DISCONNECT or CONNACK carrying the reason
+    code).  Delivery pauses (messages wait in the bounded session queue)
     while the transport says its write buffer is full (64 KiB in Twisted's TCP
     transport); reading pauses while a session this client published to is
     congested (see L{robustmq.core.session.Session}).
@@ -97,6 +125,7 @@ class MQTTServerProtocol(Protocol):
         self.version = MQTT311
         self.keepAlive = 0
         self.will: Message | None = None
+        self.willDelay = 0
         self.connectedAt: float | None = None
         self.peer = "?"
         self._paused = False
@@ -108,6 +137,8 @@ class MQTTServerProtocol(Protocol):
         self.factory: Any = None
         #: congested sessions this connection published to; reading is paused until empty
         self._blockedOn: set[Any] | tuple[()] = ()
+        # MQTT 5 state; None/defaults under 3.x.
+        self._v5: dict[str, Any] | None = None
 
     # Connection lifecycle
 
@@ -133,22 +164,15 @@ class MQTTServerProtocol(Protocol):
         for session in self._blockedOn:
             session.removeWaiter(self)
         self._blockedOn = ()
-        if not wasConnected:
+        if not wasConnected or self.connectedAt is None:
             return
         broker = self.broker
         broker.connectionClosed(self)
         assert self.session is not None
-        broker.sessions.close(self.session, self)
         why = self._closeReason or "connection lost"
         self.log.info("client {clientId} disconnected: {why}", clientId=self.clientId, why=why)
-        will = self.will
-        if will is not None:
-            self.will = None
-            self.log.info(
-                "publishing will of {clientId} on {topic}", clientId=self.clientId, topic=will.topic
-            )
-            broker.publish(will)
-            broker.congestion.clear()
+        will, self.will = self.will, None
+        broker.sessions.close(self.session, self, will, self.willDelay)
 
     def _close(self, why: str) -> None:
         if self._closeReason is None:
@@ -156,6 +180,13 @@ class MQTTServerProtocol(Protocol):
         self.state = CLOSING
         if self.transport is not None:
             self.transport.loseConnection()
+
+    def _disconnect(self, reasonCode: int, why: str) -> None:
+        """Close, telling a 5.0 client why with a DISCONNECT (MQTT-4.13.2-1)."""
+        if self.version == MQTT5 and self.transport is not None and self.state != CLOSING:
+            props = {"reason_string": why} if self._problemInfo() else None
+            self.transport.write(encodeDisconnect(reasonCode, props))
+        self._close(why)
 
     def _protocolError(self, error: MQTTError) -> None:
         self.broker.stats.malformedPackets += 1
@@ -167,16 +198,25 @@ class MQTTServerProtocol(Protocol):
             kind=type(error).__name__,
             reason=str(error),
         )
-        self._close(f"{type(error).__name__}: {error}")
+        if self.version == MQTT5 and self.state in (AWAIT_CONNECT, AUTHENTICATING):
+            if self.transport is not None and self.parser.version == MQTT5:
+                self.transport.write(encodeConnack(False, error.reasonCode, {}))
+            self._close(f"{type(error).__name__}: {error}")
+        else:
+            self._disconnect(error.reasonCode, f"{type(error).__name__}: {error}")
 
     def shutdown(self) -> None:
         """The node is stopping: close without publishing the will."""
         self.will = None
-        self._close("server shutting down")
+        self._disconnect(Reason.SERVER_SHUTTING_DOWN, "server shutting down")
 
     def takeOver(self) -> None:
         """Another connection took this client id (MQTT-3.1.4-2)."""
-        self._close("session taken over by a new connection")
+        self._disconnect(Reason.SESSION_TAKEN_OVER, "session taken over by a new connection")
+
+    def _problemInfo(self) -> bool:
+        v5 = self._v5
+        return v5 is None or v5["problemInfo"]
 
     # Back-pressure (IPushProducer, registered with our own transport)
 
@@ -202,6 +242,7 @@ class MQTTServerProtocol(Protocol):
         try:
             packets = self.parser.feed(data)
         except MQTTError as e:
+            self.version = self.parser.version if self.state == AWAIT_CONNECT else self.version
             self._protocolError(e)
             return
         if self._held is not None:
@@ -226,8 +267,15 @@ class MQTTServerProtocol(Protocol):
                         )
                     self.handle_connect(packet)  # type: ignore[arg-type]
                 elif state == AUTHENTICATING:
-                    self._held = packets[i:]
-                    return
+                    if packet.type == AUTH and self._v5 is not None and self._v5.get("mechanism"):
+                        self.handle_auth(packet)  # type: ignore[arg-type]
+                    elif self._v5 is not None and self._v5.get("mechanism"):
+                        raise ProtocolViolation(
+                            f"{packet.name.upper()} during enhanced authentication", "MQTT-4.12.0-4"
+                        )
+                    else:
+                        self._held = packets[i:]
+                        return
                 else:
                     return
                 i += 1
@@ -250,20 +298,29 @@ class MQTTServerProtocol(Protocol):
 
     def _connectTimeout(self) -> None:
         self._timer = None
-        if self.state == AWAIT_CONNECT:
+        if self.state in (AWAIT_CONNECT, AUTHENTICATING):
             self.log.info("closing {peer}: no CONNECT within the connect timeout", peer=self.peer)
             self._close("connect timeout")
 
-    def _refuse(self, code: int, why: str) -> None:
+    def _refuse(self, reason: int, why: str, props: dict[str, Any] | None = None) -> None:
+        """Refuse the CONNECT with a 5.0 reason code (mapped to a 3.x return code)."""
+        v5 = self.version == MQTT5
+        code = reason if v5 else CONNACK_V3_FOR_REASON.get(reason, reason)
         self.log.info(
-            "refusing client {clientId} from {peer}: {why} (CONNACK {code})",
+            "refusing client {clientId} from {peer}: {why} (CONNACK {code:#x})",
             clientId=self.clientId,
             peer=self.peer,
             why=why,
             code=code,
         )
         if self.transport is not None:
-            self.transport.write(encodeConnack(False, code))
+            if v5:
+                props = dict(props or {})
+                if self._problemInfo():
+                    props["reason_string"] = why
+                self.transport.write(encodeConnack(False, code, props))
+            else:
+                self.transport.write(encodeConnack(False, code))
         self._close(why)
 
     def handle_connect(self, packet: Connect) -> None:
@@ -273,41 +330,95 @@ class MQTTServerProtocol(Protocol):
             self._timer.cancel()
             self._timer = None
         self.clientId = packet.clientId
+        settings = self.settings
         if packet.protocolLevel not in SUPPORTED_LEVELS:
+            self.version = MQTT311
             self._refuse(
-                CONNACK_UNACCEPTABLE_PROTOCOL,
+                Reason.UNSUPPORTED_PROTOCOL_VERSION,
                 f"unsupported protocol level {packet.protocolLevel}",
             )
             return
         self.version = packet.protocolLevel
+        v5 = self.version == MQTT5
+        props = packet.properties
+        if v5:
+            self._v5 = {
+                "receiveMaximum": props.get("receive_maximum", 65535),
+                "maxPacketSize": props.get("maximum_packet_size", 0),
+                "topicAliasMaximum": props.get("topic_alias_maximum", 0),
+                "problemInfo": props.get("request_problem_information", 1) == 1,
+                "inAliases": {},
+                "outAliases": {},
+                "sessionExpiry": 0,
+            }
+        if settings.server_reference_mode != "none":
+            reason = (
+                Reason.SERVER_MOVED
+                if settings.server_reference_mode == "server_moved"
+                else Reason.USE_ANOTHER_SERVER
+            )
+            self._refuse(
+                reason,
+                f"redirected to {settings.server_reference}",
+                {"server_reference": settings.server_reference},
+            )
+            return
         clientId = packet.clientId
+        assigned = False
         if not clientId:
             if self.version == MQTT31:
-                self._refuse(CONNACK_IDENTIFIER_REJECTED, "empty client id (MQTT 3.1)")
+                self._refuse(Reason.CLIENT_IDENTIFIER_NOT_VALID, "empty client id (MQTT 3.1)")
                 return
-            if not packet.cleanSession:
+            if not packet.cleanSession and not v5:
                 self._refuse(
-                    CONNACK_IDENTIFIER_REJECTED,
+                    Reason.CLIENT_IDENTIFIER_NOT_VALID,
                     "empty client id with clean session 0 [MQTT-3.1.3-8]",
                 )
                 return
-            if not self.settings.allow_empty_client_id:
-                self._refuse(CONNACK_IDENTIFIER_REJECTED, "empty client id not allowed by config")
+            if not settings.allow_empty_client_id:
+                self._refuse(
+                    Reason.CLIENT_IDENTIFIER_NOT_VALID, "empty client id not allowed by config"
+                )
                 return
             clientId = f"auto-{uuid.uuid4().hex}"
-        if len(clientId) > self.settings.max_client_id_length:
-            self._refuse(CONNACK_IDENTIFIER_REJECTED, "client id too long")
+            assigned = True
+        if len(clientId) > settings.max_client_id_length:
+            self._refuse(Reason.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
             return
         if packet.willTopic is not None:
             try:
-                validateTopicName(packet.willTopic, self.settings.max_topic_levels)
+                validateTopicName(packet.willTopic, settings.max_topic_levels)
             except InvalidTopic as e:
                 raise ProtocolViolation(f"CONNECT will topic: {e}", "MQTT-3.1.3-10") from None
+            if packet.willQos > settings.max_qos:
+                self._refuse(Reason.QOS_NOT_SUPPORTED, "will QoS above the maximum QoS")
+                return
+            if packet.willRetain and not settings.retain_available:
+                self._refuse(Reason.RETAIN_NOT_SUPPORTED, "retained will but retain is off")
+                return
+            if packet.willProperties.get("payload_format_indicator") == 1:
+                try:
+                    (packet.willPayload or b"").decode("utf-8")
+                except UnicodeDecodeError:
+                    self._refuse(Reason.PAYLOAD_FORMAT_INVALID, "will payload is not UTF-8")
+                    return
         self.clientId = clientId
         self.username = packet.username
         self.state = AUTHENTICATING
         if self.transport is not None:
             self.transport.pauseProducing()
+        # The connect timeout also bounds an authentication exchange.
+        self._timer = self.reactor.callLater(settings.connect_timeout, self._connectTimeout)
+        method = props.get("authentication_method") if v5 else None
+        if method is not None:
+            factory = self.broker.authMechanisms.get(method)
+            if factory is None:
+                self._refuse(Reason.BAD_AUTHENTICATION_METHOD, f"unknown method {method!r}")
+                return
+            assert self._v5 is not None
+            self._v5.update(mechanism=factory(), method=method, connect=packet, assigned=assigned)
+            self._authStep(props.get("authentication_data", b""))
+            return
         credentials = Credentials(
             protocol="mqtt",
             clientId=clientId,
@@ -317,44 +428,120 @@ class MQTTServerProtocol(Protocol):
             listener=self.listener.label,
         )
         d = defer.ensureDeferred(self.broker.auth.authenticate(credentials))
-        d.addCallback(self._authenticated, packet, clientId)
+        d.addCallback(self._authenticated, packet, clientId, assigned)
         d.addErrback(self._authFailed)
+
+    # MQTT 5 enhanced authentication (section 4.12)
+
+    def _authStep(self, data: bytes) -> None:
+        v5 = self._v5
+        assert v5 is not None
+        status, reply = v5["mechanism"].step(data)
+        props = {"authentication_method": v5["method"], "authentication_data": reply}
+        if status == "continue":
+            self.transport.write(encodeAuth(Reason.CONTINUE_AUTHENTICATION, props))  # type: ignore[union-attr]
+            return
+        mechanism = v5.pop("mechanism")
+        if status != "success":
+            if self.state == CONNECTED:
+                self._disconnect(Reason.NOT_AUTHORIZED, "re-authentication failed")
+            else:
+                self._refuse(Reason.BAD_USER_NAME_OR_PASSWORD, "enhanced authentication failed")
+            return
+        if self.state == CONNECTED:
+            self.transport.write(encodeAuth(Reason.SUCCESS, props))  # type: ignore[union-attr]
+            return
+        if mechanism.username:
+            self.username = mechanism.username
+        v5["authReply"] = props
+        packet = v5.pop("connect")
+        self._authenticated(True, packet, self.clientId, v5.pop("assigned"))  # type: ignore[arg-type]
+
+    def handle_auth(self, packet: Auth) -> None:
+        v5 = self._v5
+        if v5 is None:
+            raise ProtocolViolation("AUTH before MQTT 5.0")
+        method = packet.properties.get("authentication_method")
+        if self.state == CONNECTED and packet.reasonCode == Reason.REAUTHENTICATE:
+            factory = self.broker.authMechanisms.get(method)  # type: ignore[arg-type]
+            if factory is None or method != v5.get("method"):
+                raise ProtocolViolation("re-authentication with another method", "MQTT-4.12.1-1")
+            v5["mechanism"] = factory()
+        elif "mechanism" not in v5 or packet.reasonCode != Reason.CONTINUE_AUTHENTICATION:
+            raise ProtocolViolation("unexpected AUTH packet")
+        if method != v5.get("method"):
+            raise ProtocolViolation("AUTH with a different authentication method", "MQTT-4.12.0-5")
+        self._authStep(packet.properties.get("authentication_data", b""))
 
     def _authFailed(self, failure: Failure) -> None:
         self.log.failure("authentication of {clientId} failed", failure, clientId=self.clientId)
         if self.state == AUTHENTICATING:
-            self._refuse(3, "authentication error")
+            self._refuse(Reason.SERVER_UNAVAILABLE, "authentication error")
 
-    def _authenticated(self, allowed: bool, packet: Connect, clientId: str) -> None:
+    def _authenticated(self, allowed: bool, packet: Connect, clientId: str, assigned: bool) -> None:
         if self.state != AUTHENTICATING or self.transport is None:
             return
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
         if not allowed:
-            code = (
-                CONNACK_BAD_CREDENTIALS if packet.password is not None else CONNACK_NOT_AUTHORIZED
+            reason = (
+                Reason.BAD_USER_NAME_OR_PASSWORD
+                if packet.password is not None
+                else Reason.NOT_AUTHORIZED
             )
-            self._refuse(code, "not authorised")
+            self._refuse(reason, "not authorised")
             return
         broker = self.broker
-        session, present = broker.sessions.open(clientId, packet.cleanSession, self)
+        settings = self.settings
+        v5 = self._v5
+        props = packet.properties
+        connack: dict[str, Any] | None = None
+        if v5 is not None:
+            requested = props.get("session_expiry_interval", 0)
+            expiry = min(requested, settings.max_session_expiry)
+            v5["sessionExpiry"] = expiry
+            connack = self._connackProperties(packet, clientId if assigned else None, expiry)
+        else:
+            expiry = 0 if packet.cleanSession else settings.v3_persistent_session_expiry
+        session, present = broker.sessions.open(clientId, packet.cleanSession, self, expiry)
         self.session = session
+        maxInflight = settings.max_inflight
+        if v5 is not None and v5["receiveMaximum"] < maxInflight:
+            maxInflight = v5["receiveMaximum"]
+        session.maxInflight = maxInflight
         if packet.willTopic is not None:
+            willProps = {
+                k: packet.willProperties[k] for k in _FORWARDED if k in packet.willProperties
+            }
             self.will = Message(
                 packet.willTopic,
                 packet.willPayload or b"",
                 packet.willQos,
                 packet.willRetain,
+                properties=willProps or None,
                 origin=clientId,
             )
+            self.willDelay = packet.willProperties.get("will_delay_interval", 0)
         self.keepAlive = packet.keepAlive
+        if (
+            v5 is not None
+            and settings.max_keepalive
+            and (self.keepAlive == 0 or self.keepAlive > settings.max_keepalive)
+        ):
+            self.keepAlive = settings.max_keepalive
+            assert connack is not None
+            connack["server_keep_alive"] = self.keepAlive
         if self.keepAlive:
             self._timer = self.reactor.callLater(self.keepAlive * 1.5, self._checkKeepAlive)
-        self.transport.write(encodeConnack(present, CONNACK_ACCEPTED))
+        self.transport.write(encodeConnack(present, Reason.SUCCESS, connack))
         self.state = CONNECTED
         self.connectedAt = self.reactor.seconds()
         broker.connectionOpened(self)
         self.log.info(
             "client {clientId} connected from {peer} on {listener} "
-            "(MQTT level {protocolLevel}, clean={clean}, keepalive={keepAlive}, session present={present})",
+            "(MQTT level {protocolLevel}, clean={clean}, keepalive={keepAlive}, "
+            "session present={present})",
             clientId=clientId,
             peer=self.peer,
             listener=self.listener.label,
@@ -364,7 +551,63 @@ class MQTTServerProtocol(Protocol):
             present=present,
         )
         session.attach(self)
+        self._autoSubscribe(session)
         self._resumeReading()
+
+    def _connackProperties(
+        self, packet: Connect, assignedId: str | None, expiry: int
+    ) -> dict[str, Any]:
+        """What the broker tells a 5.0 client about itself (section 3.2.2.3)."""
+        s = self.settings
+        v5 = self._v5
+        assert v5 is not None
+        props: dict[str, Any] = {}
+        if expiry != packet.properties.get("session_expiry_interval", 0):
+            props["session_expiry_interval"] = expiry
+        props["receive_maximum"] = s.max_awaiting_rel
+        if s.max_qos < 2:
+            props["maximum_qos"] = s.max_qos
+        if not s.retain_available:
+            props["retain_available"] = 0
+        props["maximum_packet_size"] = s.max_packet_size
+        if assignedId is not None:
+            props["assigned_client_identifier"] = assignedId
+        props["topic_alias_maximum"] = s.topic_alias_maximum
+        if not s.wildcard_subscription:
+            props["wildcard_subscription_available"] = 0
+        if not s.subscription_identifiers:
+            props["subscription_identifier_available"] = 0
+        if not s.shared_subscription:
+            props["shared_subscription_available"] = 0
+        if packet.properties.get("request_response_information") == 1 and s.response_information:
+            props["response_information"] = s.response_information + (self.clientId or "")
+        if "authReply" in v5:
+            props.update(v5.pop("authReply"))
+        return props
+
+    def _autoSubscribe(self, session: Session) -> None:
+        for auto in self.settings.auto_subscribe:
+            topicFilter = expand(auto.topic, self.clientId or "", self.username)
+            options = SubscriptionOptions(
+                qos=auto.qos,
+                noLocal=auto.no_local,
+                keepRetain=auto.retain_as_published,
+                retainHandling=auto.retain_handling,
+            )
+            try:
+                validateTopicFilter(topicFilter, self.settings.max_topic_levels)
+                retained = self.broker.subscribe(session, topicFilter, options)
+            except (InvalidTopic, ValueError, ExclusiveTaken) as e:
+                self.log.warn(
+                    "auto-subscription {topicFilter!r} for {clientId} failed: {why}",
+                    topicFilter=topicFilter,
+                    clientId=self.clientId,
+                    why=str(e),
+                )
+                continue
+            kept = options.withRetainKept()
+            for message in retained:
+                session.deliver(message, min(message.qos, options.qos), kept)
 
     def _checkKeepAlive(self) -> None:
         # MQTT-3.1.2-24: one and a half times the keep alive without a packet.
@@ -378,7 +621,7 @@ class MQTTServerProtocol(Protocol):
                 idle=idle,
                 keepAlive=self.keepAlive,
             )
-            self._close("keep-alive timeout")
+            self._disconnect(Reason.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
             if self.transport is not None:
                 self.transport.abortConnection()
         else:
@@ -388,35 +631,118 @@ class MQTTServerProtocol(Protocol):
 
     def handle_publish(self, packet: Publish) -> None:
         topic = packet.topic
-        maxLevels = self.settings.max_topic_levels
-        if topic.count("/") >= maxLevels:
-            raise ProtocolViolation(f"PUBLISH: topic has more than {maxLevels} levels")
         qos = packet.qos
+        settings = self.settings
         broker = self.broker
+        properties = None
+        if self._v5 is not None:
+            topic, properties = self._publish5(packet)
+        if qos > settings.max_qos:
+            raise _Refused(Reason.QOS_NOT_SUPPORTED, f"PUBLISH at QoS {qos} above the maximum")
+        if packet.retain and not settings.retain_available:
+            raise _Refused(Reason.RETAIN_NOT_SUPPORTED, "retained PUBLISH but retain is off")
+        if topic.count("/") >= settings.max_topic_levels:
+            raise ProtocolViolation(
+                f"PUBLISH: topic has more than {settings.max_topic_levels} levels"
+            )
+        if broker.rewriter:
+            topic = broker.rewriter.rewrite(topic, "publish", self.clientId or "", self.username)
         broker.stats.publishReceived += 1
-        message = Message(topic, packet.payload, qos, packet.retain, None, None, self.clientId)
-        if qos == 0:
+        message = Message(
+            topic, packet.payload, qos, packet.retain, None, properties, self.clientId
+        )
+        reason = 0
+        if topic[0] == "$" and topic.startswith("$delayed/"):
+            reason = self._delay(message)
+        elif qos == 0:
             raw = packet.raw
             if raw is not None and not packet.retain:
                 message.encodings = {_ENC_QOS0: raw}
             broker.publish(message)
         elif qos == 1:
-            broker.publish(message)
-            self.transport.write(encodeAck(PUBACK, packet.packetId))  # type: ignore[union-attr, arg-type]
+            if not broker.publish(message) and self._v5 is not None:
+                reason = Reason.NO_MATCHING_SUBSCRIBERS
         else:
             pid = packet.packetId
             session = self.session
             assert session is not None and pid is not None
             if pid not in session.awaitingRel:
-                if len(session.awaitingRel) >= self.settings.max_awaiting_rel:
-                    raise ProtocolViolation(
-                        f"more than {self.settings.max_awaiting_rel} QoS 2 messages awaiting PUBREL"
+                if len(session.awaitingRel) >= settings.max_awaiting_rel:
+                    raise _Refused(
+                        Reason.RECEIVE_MAXIMUM_EXCEEDED,
+                        f"more than {settings.max_awaiting_rel} QoS 2 messages awaiting PUBREL",
                     )
                 session.startIncomingQos2(pid)
-                broker.publish(message)
-            self.transport.write(encodeAck(PUBREC, pid))  # type: ignore[union-attr]
+                if not broker.publish(message) and self._v5 is not None:
+                    reason = Reason.NO_MATCHING_SUBSCRIBERS
+        if qos == 1:
+            self._ack(PUBACK, packet.packetId, reason)  # type: ignore[arg-type]
+        elif qos == 2:
+            self._ack(PUBREC, packet.packetId, reason)  # type: ignore[arg-type]
         if broker.congestion:
             self._waitFor(broker.congestion)
+
+    def _publish5(self, packet: Publish) -> tuple[str, dict[str, Any] | None]:
+        """Resolve a topic alias and pick the properties to forward (MQTT 5)."""
+        v5 = self._v5
+        assert v5 is not None
+        props = packet.properties
+        topic = packet.topic
+        if props:
+            alias = props.get("topic_alias")
+            if alias is not None:
+                if alias > self.settings.topic_alias_maximum:
+                    raise _Refused(
+                        Reason.TOPIC_ALIAS_INVALID, f"topic alias {alias} above the maximum"
+                    )  # MQTT-3.3.2-9
+                if topic:
+                    v5["inAliases"][alias] = topic
+                else:
+                    topic = v5["inAliases"].get(alias)
+                    if topic is None:
+                        raise ProtocolViolation(f"unknown topic alias {alias}")
+            if "subscription_identifier" in props:
+                raise ProtocolViolation(
+                    "PUBLISH from a client with a Subscription Identifier", "MQTT-3.3.4-6"
+                )
+            if props.get("payload_format_indicator") == 1:
+                try:
+                    packet.payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise _Refused(
+                        Reason.PAYLOAD_FORMAT_INVALID, "payload is not UTF-8 as its format says"
+                    ) from None
+            forwarded = {k: props[k] for k in _FORWARDED if k in props}
+            if not topic:
+                raise ProtocolViolation("PUBLISH with an empty topic and no alias", "MQTT-4.7.3-1")
+            return topic, forwarded or None
+        if not topic:
+            raise ProtocolViolation("PUBLISH with an empty topic and no alias", "MQTT-4.7.3-1")
+        return topic, None
+
+    def _delay(self, message: Message) -> int:
+        try:
+            parsed = parseDelayed(message.topic)
+        except ValueError as e:
+            raise ProtocolViolation(f"PUBLISH: {e}") from None
+        assert parsed is not None
+        seconds, real = parsed
+        message.topic = real
+        if not self.broker.delayed.add(message, seconds):
+            self.log.warn(
+                "{clientId}: delayed message refused: {n} delayed messages held",
+                clientId=self.clientId,
+                n=len(self.broker.delayed),
+            )
+            return Reason.QUOTA_EXCEEDED
+        return 0
+
+    def _ack(self, packetType: int, pid: int, reason: int = 0, why: str | None = None) -> None:
+        if self._v5 is None:
+            self.transport.write(encodeAck(packetType, pid))  # type: ignore[union-attr]
+            return
+        props = {"reason_string": why} if why and self._problemInfo() else None
+        self.transport.write(encodeAck5(packetType, pid, reason, props))  # type: ignore[union-attr]
 
     def handle_puback(self, packet: Any) -> None:
         if not self.session.acknowledge(packet.packetId):  # type: ignore[union-attr]
@@ -427,12 +753,22 @@ class MQTTServerProtocol(Protocol):
             )
 
     def handle_pubrec(self, packet: Any) -> None:
-        self.session.received(packet.packetId)  # type: ignore[union-attr]
-        self.transport.write(encodeAck(PUBREL, packet.packetId))  # type: ignore[union-attr]
+        session = self.session
+        assert session is not None
+        if packet.reasonCode >= 0x80:
+            # The subscriber refused it: the QoS 2 flow ends here (MQTT-4.3.3).
+            session.abandon(packet.packetId)
+            return
+        if session.received(packet.packetId):
+            self._ack(PUBREL, packet.packetId)
+        else:
+            self._ack(PUBREL, packet.packetId, Reason.PACKET_IDENTIFIER_NOT_FOUND)
 
     def handle_pubrel(self, packet: Any) -> None:
-        self.session.releaseIncomingQos2(packet.packetId)  # type: ignore[union-attr]
-        self.transport.write(encodeAck(PUBCOMP, packet.packetId))  # type: ignore[union-attr]
+        if self.session.releaseIncomingQos2(packet.packetId):  # type: ignore[union-attr]
+            self._ack(PUBCOMP, packet.packetId)
+        else:
+            self._ack(PUBCOMP, packet.packetId, Reason.PACKET_IDENTIFIER_NOT_FOUND)
 
     def handle_pubcomp(self, packet: Any) -> None:
         self.session.acknowledge(packet.packetId)  # type: ignore[union-attr]
@@ -444,55 +780,240 @@ class MQTTServerProtocol(Protocol):
         assert session is not None
         broker = self.broker
         settings = self.settings
+        v5 = self._v5 is not None
+        identifier = packet.properties.get("subscription_identifier") if v5 else None
+        if identifier is not None and not settings.subscription_identifiers:
+            raise _Refused(
+                Reason.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "subscription identifiers are not supported",
+            )
         codes: list[int] = []
-        retained: list[tuple[list[Message], int]] = []
-        for topicFilter, qos in packet.topics:
+        retained: list[tuple[list[Message], SubscriptionOptions]] = []
+        for topicFilter, optionsByte in packet.topics:
+            options = (
+                SubscriptionOptions.fromByte(optionsByte, identifier)
+                if v5
+                else SubscriptionOptions(qos=optionsByte)
+            )
+            code = self._checkFilter(session, topicFilter, options)
+            if code is not None:
+                codes.append(code if v5 else SUBACK_FAILURE)
+                continue
+            if options.qos > settings.max_qos:
+                options.qos = settings.max_qos
+            if broker.rewriter:
+                topicFilter = self._rewriteFilter(topicFilter)
             try:
-                validateTopicFilter(topicFilter, settings.max_topic_levels)
-            except InvalidTopic as e:
-                self.log.info(
-                    "{clientId}: refusing subscription {topicFilter!r}: {why}",
-                    clientId=self.clientId,
-                    topicFilter=topicFilter,
-                    why=str(e),
-                )
-                codes.append(SUBACK_FAILURE)
+                messages = broker.subscribe(session, topicFilter, options)
+            except ExclusiveTaken:
+                self._refuseFilter(topicFilter, "exclusive subscription already taken")
+                codes.append(Reason.QUOTA_EXCEEDED if v5 else SUBACK_FAILURE)
                 continue
-            if (
-                settings.max_subscriptions
-                and topicFilter not in session.subscriptions
-                and len(session.subscriptions) >= settings.max_subscriptions
-            ):
-                self.log.info(
-                    "{clientId}: refusing subscription {topicFilter!r}: limit of {n} reached",
-                    clientId=self.clientId,
-                    topicFilter=topicFilter,
-                    n=settings.max_subscriptions,
-                )
-                codes.append(SUBACK_FAILURE)
-                continue
-            retained.append((broker.subscribe(session, topicFilter, qos), qos))
-            codes.append(qos)
-        self.transport.write(encodeSuback(packet.packetId, codes))  # type: ignore[union-attr]
+            retained.append((messages, options))
+            codes.append(options.qos)
+        self.transport.write(  # type: ignore[union-attr]
+            encodeSuback(packet.packetId, codes, {} if v5 else None)
+        )
         # MQTT-3.3.1-6: retained messages follow the SUBACK, with RETAIN set.
-        for messages, granted in retained:
-            for message in messages:
-                session.deliver(message, message.qos if message.qos < granted else granted)
+        for messages, options in retained:
+            if messages:
+                kept = options.withRetainKept()
+                for message in messages:
+                    session.deliver(message, min(message.qos, options.qos), kept)
+
+    def _checkFilter(
+        self, session: Session, topicFilter: str, options: SubscriptionOptions
+    ) -> int | None:
+        """None if the filter may be subscribed, else the 5.0 reason code to refuse it."""
+        settings = self.settings
+        try:
+            group, real, _exclusive = parseFilter(topicFilter)
+            validateTopicFilter(real, settings.max_topic_levels)
+        except (InvalidTopic, ValueError) as e:
+            self._refuseFilter(topicFilter, str(e))
+            return Reason.TOPIC_FILTER_INVALID
+        if group is not None:
+            if options.noLocal:
+                raise ProtocolViolation("No Local on a shared subscription", "MQTT-3.8.3-4")
+            if not settings.shared_subscription:
+                self._refuseFilter(topicFilter, "shared subscriptions are disabled")
+                return Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+        if not settings.wildcard_subscription and ("+" in real or "#" in real):
+            self._refuseFilter(topicFilter, "wildcard subscriptions are disabled")
+            return Reason.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+        if (
+            settings.max_subscriptions
+            and topicFilter not in session.subscriptions
+            and len(session.subscriptions) >= settings.max_subscriptions
+        ):
+            self._refuseFilter(topicFilter, f"limit of {settings.max_subscriptions} reached")
+            return Reason.QUOTA_EXCEEDED
+        return None
+
+    def _rewriteFilter(self, topicFilter: str) -> str:
+        group, real, exclusive = parseFilter(topicFilter)
+        new = self.broker.rewriter.rewrite(real, "subscribe", self.clientId or "", self.username)
+        if new == real:
+            return topicFilter
+        return topicFilter[: len(topicFilter) - len(real)] + new
+
+    def _refuseFilter(self, topicFilter: str, why: str) -> None:
+        self.log.info(
+            "{clientId}: refusing subscription {topicFilter!r}: {why}",
+            clientId=self.clientId,
+            topicFilter=topicFilter,
+            why=why,
+        )
 
     def handle_unsubscribe(self, packet: Unsubscribe) -> None:
         session = self.session
         assert session is not None
+        codes = []
         for topicFilter in packet.topics:
-            self.broker.unsubscribe(session, topicFilter)
-        self.transport.write(encodeAck(UNSUBACK, packet.packetId))  # type: ignore[union-attr]
+            if self.broker.rewriter:
+                try:
+                    topicFilter = self._rewriteFilter(topicFilter)
+                except ValueError:
+                    pass
+            existed = self.broker.unsubscribe(session, topicFilter)
+            codes.append(Reason.SUCCESS if existed else Reason.NO_SUBSCRIPTION_EXISTED)
+        if self._v5 is not None:
+            self.transport.write(encodeUnsuback(packet.packetId, codes, {}))  # type: ignore[union-attr]
+        else:
+            self.transport.write(encodeAck(UNSUBACK, packet.packetId))  # type: ignore[union-attr]
 
     def handle_pingreq(self, packet: Packet) -> None:
         self.transport.write(PINGRESP_BYTES)  # type: ignore[union-attr]
 
-    def handle_disconnect(self, packet: Packet) -> None:
+    def handle_disconnect(self, packet: Disconnect) -> None:
+        v5 = self._v5
+        if v5 is not None:
+            expiry = packet.properties.get("session_expiry_interval")
+            if expiry is not None:
+                if v5["sessionExpiry"] == 0 and expiry != 0:
+                    raise ProtocolViolation(
+                        "DISCONNECT sets a session expiry after CONNECT set 0", "MQTT-3.14.2-2"
+                    )
+                assert self.session is not None
+                self.session.expiryInterval = min(expiry, self.settings.max_session_expiry)
+            if packet.reasonCode == Reason.DISCONNECT_WITH_WILL:
+                self._close("client sent DISCONNECT with will")
+                return
         # MQTT-3.14.4-3: a clean DISCONNECT discards the will.
         self.will = None
         self._close("client sent DISCONNECT")
+
+    # ISessionConnection: outgoing deliveries
+
+    def canDeliver(self) -> bool:
+        return not self._paused and self.state == CONNECTED
+
+    def deliver(
+        self, message: Message, qos: int, packetId: int | None, dup: bool, sub: Any = None
+    ) -> bool:
+        """Write C{message}; False when it could not be sent (too large for the client)."""
+        retain = message.retain and sub is not None and sub.keepRetain
+        if self._v5 is not None:
+            return self._deliver5(message, qos, packetId, dup, sub, retain)
+        enc = message.encodings
+        if enc is None:
+            enc = message.encodings = {}
+        if qos == 0:
+            key = _ENC_QOS0_RETAIN if retain else _ENC_QOS0
+            data = enc.get(key)
+            if data is None:
+                data = enc[key] = encodePublish(message.topic.encode(), message.payload, 0, retain)
+        else:
+            topic = enc.get(_ENC_TOPIC)
+            if topic is None:
+                topic = enc[_ENC_TOPIC] = message.topic.encode()
+            data = encodePublish(topic, message.payload, qos, retain, dup, packetId)
+        self.transport.write(data)  # type: ignore[union-attr]
+        stats = self.broker.stats
+        stats.messagesSent += 1
+        stats.publishSent += 1
+        stats.bytesSent += len(data)
+        return True
+
+    def _deliver5(
+        self,
+        message: Message,
+        qos: int,
+        packetId: int | None,
+        dup: bool,
+        sub: Any,
+        retain: bool,
+    ) -> bool:
+        v5 = self._v5
+        assert v5 is not None
+        enc = message.encodings
+        if enc is None:
+            enc = message.encodings = {}
+        topic = enc.get(_ENC_TOPIC)
+        if topic is None:
+            topic = enc[_ENC_TOPIC] = message.topic.encode()
+        identifiers = sub.identifiers if sub is not None else ()
+        plain = not identifiers and message.expiresAt is None and not v5["topicAliasMaximum"]
+        newAlias = None
+        if plain:
+            if qos == 0:
+                key = _ENC5_QOS0_RETAIN if retain else _ENC5_QOS0
+                data = enc.get(key)
+                if data is None:
+                    props = enc.get(_ENC5_PROPS)
+                    if props is None:
+                        props = enc[_ENC5_PROPS] = encodeProperties(message.properties)
+                    data = enc[key] = encodePublish(
+                        topic, message.payload, 0, retain, False, None, props
+                    )
+            else:
+                props = enc.get(_ENC5_PROPS)
+                if props is None:
+                    props = enc[_ENC5_PROPS] = encodeProperties(message.properties)
+                data = encodePublish(topic, message.payload, qos, retain, dup, packetId, props)
+        else:
+            d = dict(message.properties) if message.properties else {}
+            if message.expiresAt is not None:
+                # MQTT-3.3.2-6: forward the remaining lifetime.
+                remaining = message.expiresAt - self.reactor.seconds()
+                d["message_expiry_interval"] = max(1, math.ceil(remaining))
+            if identifiers:
+                d["subscription_identifier"] = list(identifiers)
+            sendTopic = topic
+            aliasMax = v5["topicAliasMaximum"]
+            if aliasMax:
+                aliases = v5["outAliases"]
+                alias = aliases.get(message.topic)
+                if alias is not None:
+                    d["topic_alias"] = alias
+                    sendTopic = b""
+                elif len(aliases) < aliasMax:
+                    newAlias = len(aliases) + 1
+                    d["topic_alias"] = newAlias
+            data = encodePublish(
+                sendTopic, message.payload, qos, retain, dup, packetId, encodeProperties(d)
+            )
+        maxSize = v5["maxPacketSize"]
+        if maxSize and len(data) > maxSize:
+            # MQTT-3.1.2-25: never send a client more than it accepts; drop as if delivered.
+            self.broker.stats.messagesDropped += 1
+            self.log.debug(
+                "{clientId}: {n}-byte PUBLISH above the client's maximum packet size dropped",
+                clientId=self.clientId,
+                n=len(data),
+            )
+            return False
+        if newAlias is not None:
+            v5["outAliases"][message.topic] = newAlias
+        self.transport.write(data)  # type: ignore[union-attr]
+        stats = self.broker.stats
+        stats.messagesSent += 1
+        stats.publishSent += 1
+        stats.bytesSent += len(data)
+        return True
+
+    def deliverRelease(self, packetId: int) -> None:
+        self._ack(PUBREL, packetId)
 
     # Back-pressure towards publishers (see Session)
 
@@ -523,35 +1044,6 @@ class MQTTServerProtocol(Protocol):
                 # Later, from the reactor: we may be inside this client's own publish.
                 self.reactor.callLater(0, self._resumeReading)
 
-    # ISessionConnection: outgoing deliveries
-
-    def canDeliver(self) -> bool:
-        return not self._paused and self.state == CONNECTED
-
-    def deliver(self, message: Message, qos: int, packetId: int | None, dup: bool) -> None:
-        enc = message.encodings
-        if enc is None:
-            enc = message.encodings = {}
-        if qos == 0:
-            data = enc.get(_ENC_QOS0)
-            if data is None:
-                data = enc[_ENC_QOS0] = encodePublish(
-                    message.topic.encode(), message.payload, 0, message.retain
-                )
-        else:
-            topic = enc.get(_ENC_TOPIC)
-            if topic is None:
-                topic = enc[_ENC_TOPIC] = message.topic.encode()
-            data = encodePublish(topic, message.payload, qos, message.retain, dup, packetId)
-        self.transport.write(data)  # type: ignore[union-attr]
-        stats = self.broker.stats
-        stats.messagesSent += 1
-        stats.publishSent += 1
-        stats.bytesSent += len(data)
-
-    def deliverRelease(self, packetId: int) -> None:
-        self.transport.write(encodeAck(PUBREL, packetId))  # type: ignore[union-attr]
-
     # Introspection for operators
 
     def describe(self) -> dict[str, Any]:
@@ -567,10 +1059,19 @@ class MQTTServerProtocol(Protocol):
             "keepalive": self.keepAlive,
             "connected_at": self.connectedAt,
             "clean_session": session.clean if session else None,
+            "session_expiry_interval": session.expiryInterval if session else None,
             "subscriptions": len(session.subscriptions) if session else 0,
             "inflight": len(session.inflight) if session else 0,
             "queued": len(session.queue) if session else 0,
         }
+
+
+class _Refused(MQTTError):
+    """A well-formed packet the broker refuses with a specific 5.0 reason code."""
+
+    def __init__(self, reasonCode: int, reason: str) -> None:
+        super().__init__(reason)
+        self.reasonCode = reasonCode
 
 
 def _notAllowed(protocol: MQTTServerProtocol, packet: Packet) -> None:
@@ -588,3 +1089,4 @@ _HANDLERS[SUBSCRIBE] = MQTTServerProtocol.handle_subscribe
 _HANDLERS[UNSUBSCRIBE] = MQTTServerProtocol.handle_unsubscribe
 _HANDLERS[PINGREQ] = MQTTServerProtocol.handle_pingreq
 _HANDLERS[DISCONNECT] = MQTTServerProtocol.handle_disconnect
+_HANDLERS[AUTH] = MQTTServerProtocol.handle_auth
