@@ -65,6 +65,9 @@ def _receive_stamps(sock: socket.socket, spec: LatencySpec) -> list[int]:
         arrived = time.perf_counter_ns()
         if not n:
             raise BenchError("the broker closed the latency subscriber's connection")
+        # ACK at once: a delayed ACK would hold the broker's next write behind
+        # Nagle's algorithm (brokers without TCP_NODELAY) for up to 40 ms.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
         last_data = time.monotonic()
         fill += n
         consumed = 0
