@@ -210,6 +210,30 @@ class KafkaSettings:
     max_aborted_transactions: int = field(default=1000, metadata=_range(1, None))
     max_transactions: int = field(default=10_000, metadata=_range(1, None))
     transaction_max_timeout_ms: int = field(default=900_000, metadata=_range(1, None))
+    sasl_required: bool = False
+
+
+@dataclass(frozen=True)
+class AMQPSettings:
+    """AMQP 0-9-1 behaviour and bounds (docs/amqp.md)."""
+
+    frame_max: int = field(default=131072, metadata=_range(4096, 1 << 31))
+    channel_max: int = field(default=2047, metadata=_range(1, 65535))
+    heartbeat: int = field(default=60, metadata=_range(0, 65535))
+    default_vhost: str = "/"
+    vhosts: tuple[str, ...] = ("/",)
+    default_user: str = "guest"
+    default_pass: str = "guest"
+    default_user_loopback_only: bool = True
+    max_message_size: int = field(default=16 * MiB, metadata=_range(1, 512 * MiB))
+    max_queue_length: int = field(default=1_000_000, metadata=_range(0, None))
+    max_queue_bytes: int = field(default=256 * MiB, metadata=_range(0, None))
+    max_queues: int = field(default=100_000, metadata=_range(1, None))
+    max_exchanges: int = field(default=10_000, metadata=_range(7, None))
+    memory_high_watermark: int = field(default=512 * MiB, metadata=_range(1, None))
+    memory_low_watermark: int = field(default=384 * MiB, metadata=_range(0, None))
+    handshake_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
+    close_timeout: float = field(default=5.0, metadata=_range(0.1, 3600))
 
 
 @dataclass(frozen=True)
@@ -312,6 +336,7 @@ class Settings:
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
+    amqp: AMQPSettings = field(default_factory=AMQPSettings)
     listeners: tuple[ListenerSettings, ...] = field(default_factory=_defaultListeners)
 
 

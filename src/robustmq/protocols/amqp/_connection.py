@@ -1,0 +1,511 @@
+"""The AMQP 0-9-1 server connection: negotiation, heartbeats, channels, close.
+
+Frames come from the sans-IO L{FrameParser}; connection-class methods are
+handled here (C{handle_connection_<method>}), everything else goes to the
+addressed L{AMQPChannel}.  Errors follow RabbitMQ 4: soft errors close the
+channel (Channel.Close with 403/404/405/406), hard errors the connection
+(Connection.Close with 320/501-506/530/540/541), and after sending Close
+only the matching Close-Ok is read.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from robustmq import __version__
+from robustmq.core.auth import Credentials
+from robustmq.protocols.amqp import _spec
+from robustmq.protocols.amqp._channel import AMQPChannel
+from robustmq.protocols.amqp._exceptions import AMQPError, ConnectionError
+from robustmq.protocols.amqp._frames import (
+    PROTOCOL_HEADER,
+    FrameError,
+    FrameParser,
+    Heartbeat,
+    MethodFrame,
+    ProtocolHeader,
+    encodeContent,
+    encodeHeartbeat,
+    encodeMethod,
+)
+from robustmq.protocols.amqp._types import DecodeError, decodeTable
+
+if TYPE_CHECKING:
+    from robustmq.config import ListenerSettings
+    from robustmq.protocols.amqp._server import AMQPServer
+
+__all__ = ["AMQPServerProtocol", "SERVER_CAPABILITIES"]
+
+SERVER_CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": True,
+}
+
+_LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+@implementer(IPushProducer)
+class AMQPServerProtocol(Protocol):
+    """One client connection."""
+
+    log = Logger()
+
+    def __init__(self, server: AMQPServer, listener: ListenerSettings, reactor: Any) -> None:
+        self.server = server
+        self.settings = server.settings
+        self.listener = listener
+        self.reactor = reactor
+        self.parser = FrameParser(max(self.settings.frame_max, _spec.FRAME_MIN_SIZE))
+        self.state = "header"
+        self.channels: dict[int, AMQPChannel] = {}
+        self.closingChannels: set[int] = set()
+        self.exclusiveQueues: set[Any] = set()
+        self.clientProperties: dict[str, Any] = {}
+        self.clientCapabilities: dict[str, Any] = {}
+        self.vhost: Any = None
+        self.user: str | None = None
+        self.frameMax = self.settings.frame_max
+        self.channelMax = self.settings.channel_max
+        self.heartbeat = 0
+        self.paused = False
+        self.blocked = False
+        self.readPaused = False
+        self.closed = False
+        self._lastRead = 0.0
+        self._lastWrite = 0.0
+        self._heartbeatCall: Any = None
+        self._timeoutCall: Any = None
+        self._closeTimer: Any = None
+        self.factory: Any = None
+        self.peer = ""
+
+    # -- transport ------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._timeoutCall = self.reactor.callLater(
+            self.settings.handshake_timeout, self._handshakeTimeout
+        )
+
+    def _handshakeTimeout(self) -> None:
+        self._timeoutCall = None
+        if self.state != "open":
+            self.log.info("AMQP {peer}: handshake timed out", peer=self.peer)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        """The socket's write buffer is full: stop deliveries to this connection."""
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        """The socket drained: deliveries may continue."""
+        self.paused = False
+        for channel in list(self.channels.values()):
+            channel.kick()
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def write(self, data: bytes) -> None:
+        """Write raw bytes and note the time (for heartbeats)."""
+        if self.closed:
+            return
+        self._lastWrite = self.reactor.seconds()
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def sendMethod(self, channel: int, method: _spec.Method) -> None:
+        """Write one method frame."""
+        self.write(encodeMethod(channel, method))
+
+    def sendContent(self, channel: int, method: _spec.Method, propsRaw: bytes, body: bytes) -> None:
+        """Write a content-bearing method with its header and body frames."""
+        self.write(encodeContent(channel, method, propsRaw, body, self.frameMax))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._lastRead = self.reactor.seconds()
+        try:
+            frames = self.parser.feed(data)
+        except FrameError as e:
+            self.log.info("AMQP {peer}: {error}", peer=self.peer, error=e.text)
+            self._closeConnection(e.code, e.text, e.classId, e.methodId, abortAfterSend=True)
+            return
+        for frame in frames:
+            if self.closed:
+                return
+            try:
+                self._frameReceived(frame)
+            except AMQPError as e:
+                if e.hard or frame.channel == 0:  # type: ignore[union-attr]
+                    self._closeConnection(e.code, e.text, e.classId, e.methodId)
+                    return
+                self._closeChannel(frame.channel, e)  # type: ignore[union-attr]
+            except FrameError as e:
+                self._closeConnection(e.code, e.text, e.classId, e.methodId, abortAfterSend=True)
+                return
+            except Exception:
+                self.log.failure("AMQP {peer}: internal error", peer=self.peer)
+                self._closeConnection(_spec.INTERNAL_ERROR, "INTERNAL_ERROR", 0, 0)
+                return
+
+    def _frameReceived(self, frame: Any) -> None:
+        if isinstance(frame, ProtocolHeader):
+            if not frame.valid:
+                self.transport.write(PROTOCOL_HEADER)  # type: ignore[union-attr]
+                self.closed = True
+                self.transport.loseConnection()  # type: ignore[union-attr]
+                return
+            self.state = "start"
+            self.sendMethod(
+                0,
+                _spec.ConnectionStart(
+                    0,
+                    9,
+                    {
+                        "product": "RobustMQ",
+                        "version": __version__,
+                        "platform": "Python/Twisted",
+                        "copyright": "RobustMQ contributors",
+                        "information": "Licensed under the Apache License 2.0",
+                        "cluster_name": self.server.broker.settings.node.id,
+                        "capabilities": dict(SERVER_CAPABILITIES),
+                    },
+                    b"PLAIN AMQPLAIN",
+                    b"en_US",
+                ),
+            )
+            return
+        if isinstance(frame, Heartbeat):
+            if frame.channel != 0:
+                raise FrameError(_spec.FRAME_ERROR, "FRAME_ERROR - heartbeat on a non-zero channel")
+            return
+        channel = frame.channel
+        if self.state == "closing":
+            if isinstance(frame, MethodFrame) and isinstance(
+                frame.method, _spec.ConnectionCloseOk | _spec.ConnectionClose
+            ):
+                if isinstance(frame.method, _spec.ConnectionClose):
+                    self.sendMethod(0, _spec.ConnectionCloseOk())
+                self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        if channel == 0:
+            if not isinstance(frame, MethodFrame):
+                raise ConnectionError(
+                    _spec.UNEXPECTED_FRAME, "UNEXPECTED_FRAME - content frame on channel 0"
+                )
+            method = frame.method
+            if method.CLASS_ID != _spec.CONNECTION_CLASS_ID:
+                raise ConnectionError(
+                    _spec.COMMAND_INVALID,
+                    f"COMMAND_INVALID - {method.NAME} on channel 0",
+                    method.CLASS_ID,
+                    method.METHOD_ID,
+                )
+            handler = getattr(self, "handle_" + method.NAME, None)
+            if handler is None:
+                raise ConnectionError(
+                    _spec.COMMAND_INVALID,
+                    f"COMMAND_INVALID - unexpected {method.NAME}",
+                    method.CLASS_ID,
+                    method.METHOD_ID,
+                )
+            handler(method)
+            return
+        if self.state != "open":
+            raise ConnectionError(
+                _spec.CHANNEL_ERROR, "CHANNEL_ERROR - channel used before Connection.Open"
+            )
+        ch = self.channels.get(channel)
+        if ch is None:
+            if channel in self.closingChannels:
+                if isinstance(frame, MethodFrame) and isinstance(
+                    frame.method, _spec.ChannelCloseOk
+                ):
+                    self.closingChannels.discard(channel)
+                elif isinstance(frame, MethodFrame) and isinstance(
+                    frame.method, _spec.ChannelClose
+                ):
+                    self.sendMethod(channel, _spec.ChannelCloseOk())
+                return
+            if isinstance(frame, MethodFrame) and isinstance(frame.method, _spec.ChannelOpen):
+                if channel > self.channelMax:
+                    raise ConnectionError(
+                        _spec.CHANNEL_ERROR,
+                        f"CHANNEL_ERROR - channel {channel} exceeds channel_max {self.channelMax}",
+                        20,
+                        10,
+                    )
+                self.channels[channel] = AMQPChannel(self, channel)
+                self.sendMethod(channel, _spec.ChannelOpenOk(b""))
+                return
+            raise ConnectionError(
+                _spec.CHANNEL_ERROR, f"CHANNEL_ERROR - expected 'channel.open' on channel {channel}"
+            )
+        if isinstance(frame, MethodFrame) and isinstance(frame.method, _spec.ChannelOpen):
+            raise ConnectionError(
+                _spec.CHANNEL_ERROR, "CHANNEL_ERROR - second 'channel.open' seen", 20, 10
+            )
+        ch.dispatch(frame)
+
+    # -- channels -------------------------------------------------------
+
+    def _closeChannel(self, number: int, error: AMQPError) -> None:
+        ch = self.channels.pop(number, None)
+        if ch is not None:
+            ch.teardown()
+        self.closingChannels.add(number)
+        self.log.debug(
+            "AMQP {peer}: channel {n} closed: {text}", peer=self.peer, n=number, text=error.text
+        )
+        self.sendMethod(
+            number, _spec.ChannelClose(error.code, error.text, error.classId, error.methodId)
+        )
+
+    def channelClosed(self, channel: AMQPChannel) -> None:
+        """The client closed C{channel} (Close-Ok already sent)."""
+        if self.channels.get(channel.number) is channel:
+            del self.channels[channel.number]
+        channel.teardown()
+
+    # -- negotiation ----------------------------------------------------
+
+    def handle_connection_start_ok(self, m: _spec.ConnectionStartOk) -> None:
+        if self.state != "start":
+            raise ConnectionError(
+                _spec.COMMAND_INVALID, "COMMAND_INVALID - unexpected start-ok", 10, 11
+            )
+        self.clientProperties = m.client_properties or {}
+        caps = self.clientProperties.get("capabilities")
+        self.clientCapabilities = caps if isinstance(caps, dict) else {}
+        username, password = self._credentials(m.mechanism, m.response)
+        self.state = "auth"
+        d = defer.ensureDeferred(self._authenticate(m.mechanism, username, password))
+        d.addErrback(lambda f: self.log.failure("AMQP authentication failed", f))
+
+    def _credentials(self, mechanism: str, response: bytes) -> tuple[str, bytes]:
+        if mechanism == "PLAIN":
+            parts = response.split(b"\x00")
+            if len(parts) != 3:
+                raise ConnectionError(
+                    _spec.ACCESS_REFUSED, "ACCESS_REFUSED - malformed PLAIN response", 10, 11
+                )
+            return parts[1].decode("utf-8", "replace"), parts[2]
+        if mechanism == "AMQPLAIN":
+            try:
+                table, _ = decodeTable(struct.pack(">I", len(response)) + response, 0)
+            except DecodeError:
+                raise ConnectionError(
+                    _spec.ACCESS_REFUSED, "ACCESS_REFUSED - malformed AMQPLAIN response", 10, 11
+                ) from None
+            login = table.get("LOGIN", "")
+            password = table.get("PASSWORD", "")
+            if isinstance(password, str):
+                password = password.encode()
+            return str(login), bytes(password)
+        raise ConnectionError(
+            _spec.ACCESS_REFUSED,
+            f"ACCESS_REFUSED - unsupported authentication mechanism '{mechanism}'",
+            10,
+            11,
+        )
+
+    async def _authenticate(self, mechanism: str, username: str, password: bytes) -> None:
+        s = self.settings
+        host = self.peer.rsplit(":", 1)[0]
+        if username == s.default_user:
+            ok = password == s.default_pass.encode() and (
+                not s.default_user_loopback_only
+                or host.startswith(_LOOPBACK)
+                or host == "localhost"
+            )
+        else:
+            creds = Credentials(
+                protocol="amqp",
+                clientId=str(self.clientProperties.get("connection_name", self.peer)),
+                username=username,
+                password=password,
+                peerHost=host,
+                listener=self.listener.label,
+            )
+            ok = await self.server.broker.auth.authenticate(creds)
+        if self.closed:
+            return
+        if not ok:
+            self.log.info(
+                "AMQP {peer}: login refused for user {user}", peer=self.peer, user=username
+            )
+            self._closeConnection(
+                _spec.ACCESS_REFUSED,
+                f"ACCESS_REFUSED - Login was refused using authentication mechanism {mechanism}. "
+                "For details see the broker logfile.",
+                0,
+                0,
+            )
+            return
+        await self.server.start()  # durable queues are back before anyone uses them
+        if self.closed:
+            return
+        self.user = username
+        self.state = "tune"
+        self.sendMethod(
+            0,
+            _spec.ConnectionTune(
+                self.settings.channel_max, self.settings.frame_max, self.settings.heartbeat
+            ),
+        )
+
+    def handle_connection_tune_ok(self, m: _spec.ConnectionTuneOk) -> None:
+        if self.state != "tune":
+            raise ConnectionError(
+                _spec.COMMAND_INVALID, "COMMAND_INVALID - unexpected tune-ok", 10, 31
+            )
+        s = self.settings
+        frameMax = m.frame_max or s.frame_max
+        if frameMax < _spec.FRAME_MIN_SIZE or frameMax > s.frame_max:
+            raise ConnectionError(
+                _spec.NOT_ALLOWED,
+                f"NOT_ALLOWED - frame_max={frameMax} outside {_spec.FRAME_MIN_SIZE}..{s.frame_max}",
+                10,
+                31,
+            )
+        self.frameMax = frameMax
+        self.parser.frameMax = frameMax
+        self.channelMax = min(m.channel_max or s.channel_max, s.channel_max)
+        self.heartbeat = m.heartbeat
+        self.state = "open-wait"
+        if self.heartbeat:
+            self._heartbeatCall = self.reactor.callLater(self.heartbeat / 2.0, self._heartbeatTick)
+
+    def _heartbeatTick(self) -> None:
+        self._heartbeatCall = None
+        if self.closed:
+            return
+        now = self.reactor.seconds()
+        if now - self._lastRead > 2 * self.heartbeat:
+            self.log.info("AMQP {peer}: missed heartbeats from client, closing", peer=self.peer)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
+        if now - self._lastWrite >= self.heartbeat / 2.0:
+            self.write(encodeHeartbeat())
+        self._heartbeatCall = self.reactor.callLater(self.heartbeat / 2.0, self._heartbeatTick)
+
+    def handle_connection_open(self, m: _spec.ConnectionOpen) -> None:
+        if self.state != "open-wait":
+            raise ConnectionError(
+                _spec.COMMAND_INVALID, "COMMAND_INVALID - unexpected open", 10, 40
+            )
+        name = m.virtual_host or "/"
+        if name not in self.settings.vhosts and name != self.settings.default_vhost:
+            raise ConnectionError(
+                _spec.NOT_ALLOWED, f"NOT_ALLOWED - vhost {name} not found", 10, 40
+            )
+        self.vhost = self.server.vhost(name)
+        self.state = "open"
+        if self._timeoutCall is not None and self._timeoutCall.active():
+            self._timeoutCall.cancel()
+        self._timeoutCall = None
+        self.server.connections.add(self)
+        self.server.broker.connectionOpened(self)
+        self.sendMethod(0, _spec.ConnectionOpenOk(""))
+        if self.server.blocked and self.clientCapabilities.get("connection.blocked"):
+            self.sendMethod(0, _spec.ConnectionBlocked("low on memory"))
+            self.blocked = True
+
+    def handle_connection_close(self, m: _spec.ConnectionClose) -> None:
+        self.sendMethod(0, _spec.ConnectionCloseOk())
+        self._teardown()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def handle_connection_close_ok(self, m: _spec.ConnectionCloseOk) -> None:
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def handle_connection_update_secret(self, m: _spec.ConnectionUpdateSecret) -> None:
+        self.sendMethod(0, _spec.ConnectionUpdateSecretOk())
+
+    def handle_connection_blocked(self, m: Any) -> None:
+        pass
+
+    def handle_connection_unblocked(self, m: Any) -> None:
+        pass
+
+    # -- memory alarm ---------------------------------------------------
+
+    def checkMemory(self) -> None:
+        """After a publish: stop reading from this publisher while the memory alarm is on."""
+        if self.server.blocked and not self.readPaused:
+            self.readPaused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            if self.clientCapabilities.get("connection.blocked") and not self.blocked:
+                self.blocked = True
+                self.sendMethod(0, _spec.ConnectionBlocked("low on memory"))
+
+    def unblock(self) -> None:
+        """The memory alarm cleared."""
+        if self.blocked:
+            self.blocked = False
+            self.sendMethod(0, _spec.ConnectionUnblocked())
+        if self.readPaused:
+            self.readPaused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    # -- closing --------------------------------------------------------
+
+    def _closeConnection(
+        self, code: int, text: str, classId: int, methodId: int, abortAfterSend: bool = False
+    ) -> None:
+        if self.state == "closing" or self.closed:
+            return
+        self.log.info("AMQP {peer}: closing connection: {text}", peer=self.peer, text=text)
+        self._teardown()
+        self.sendMethod(0, _spec.ConnectionClose(code, text[:255], classId, methodId))
+        self.state = "closing"
+        if abortAfterSend:
+            self.closed = True
+            self.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        self._closeTimer = self.reactor.callLater(
+            self.settings.close_timeout,
+            self.transport.abortConnection,  # type: ignore[union-attr]
+        )
+
+    def _teardown(self) -> None:
+        channels = list(self.channels.values())
+        self.channels.clear()
+        for ch in channels:
+            ch.teardown()
+        for q in list(self.exclusiveQueues):
+            q.vhost.deleteQueue(q)
+        self.exclusiveQueues.clear()
+
+    def shutdown(self) -> None:
+        """The node is stopping: Connection.Close 320 CONNECTION_FORCED."""
+        self._closeConnection(_spec.CONNECTION_FORCED, "CONNECTION_FORCED - broker shutdown", 0, 0)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
+        for call in (self._heartbeatCall, self._timeoutCall, self._closeTimer):
+            if call is not None and call.active():
+                call.cancel()
+        self._heartbeatCall = self._timeoutCall = self._closeTimer = None
+        self._teardown()
+        self.server.connections.discard(self)
+        self.server.broker.connectionClosed(self)
+        if self.factory is not None:
+            self.factory.connectionEnded(self)

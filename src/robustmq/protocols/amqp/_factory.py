@@ -1,0 +1,87 @@
+"""The AMQP server factory and its protocol plugin."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from twisted.plugin import IPlugin
+from zope.interface import implementer
+
+from robustmq.interfaces import IProtocolPlugin
+from robustmq.protocols.amqp._connection import AMQPServerProtocol
+from robustmq.protocols.amqp._server import AMQPServer, serverFor
+
+if TYPE_CHECKING:
+    from robustmq.config import ListenerSettings
+    from robustmq.core.broker import Broker
+
+__all__ = ["AMQPProtocolPlugin", "AMQPServerFactory", "amqpPlugin"]
+
+
+class AMQPServerFactory(ServerFactory):
+    """Builds one L{AMQPServerProtocol} per accepted connection.
+
+    At the listener's C{max_connections}, or C{[limits] max_connections} for
+    the node, a new connection is closed at once, before any AMQP is spoken.
+    """
+
+    log = Logger()
+    noisy = False
+
+    def __init__(self, server: AMQPServer, listener: ListenerSettings, reactor: Any) -> None:
+        self.server = server
+        self.broker = server.broker
+        self.listener = listener
+        self.reactor = reactor
+        self.open: set[AMQPServerProtocol] = set()
+        self.refused = 0
+
+    def startFactory(self) -> None:
+        # Recover durable queues once the reactor runs (the store opens at service start).
+        self.reactor.callWhenRunning(self.server.start)
+
+    def buildProtocol(self, addr: Any) -> AMQPServerProtocol | None:
+        limit = self.listener.max_connections
+        if (
+            len(self.open) >= limit
+            or self.broker.openSockets >= self.broker.settings.limits.max_connections
+        ):
+            self.refused += 1
+            if self.refused == 1 or self.refused % 100 == 0:
+                self.log.warn(
+                    "{listener}: connection from {addr} refused: connection limit reached",
+                    listener=self.listener.label,
+                    addr=getattr(addr, "host", addr),
+                )
+            return None
+        protocol = AMQPServerProtocol(self.server, self.listener, self.reactor)
+        protocol.factory = self
+        self.open.add(protocol)
+        self.broker.openSockets += 1
+        return protocol
+
+    def connectionEnded(self, protocol: AMQPServerProtocol) -> None:
+        """Called by the protocol when its connection is lost."""
+        if protocol in self.open:
+            self.open.discard(protocol)
+            self.broker.openSockets -= 1
+
+
+@implementer(IPlugin, IProtocolPlugin)
+class AMQPProtocolPlugin:
+    """AMQP 0-9-1 (RabbitMQ dialect) as a broker protocol plugin."""
+
+    name = "amqp"
+    defaultPort = 5672
+    transports = ("tcp",)
+
+    def buildFactory(
+        self, broker: Broker, listener: ListenerSettings, reactor: Any
+    ) -> AMQPServerFactory:
+        """A factory for one AMQP listener; all listeners of a node share its virtual hosts."""
+        return AMQPServerFactory(serverFor(broker, reactor), listener, reactor)
+
+
+amqpPlugin = AMQPProtocolPlugin()

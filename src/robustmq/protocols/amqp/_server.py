@@ -1,0 +1,92 @@
+"""Per-node AMQP state shared by every AMQP listener: virtual hosts, memory alarm, recovery."""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from robustmq.protocols.amqp._model import VirtualHost
+from robustmq.protocols.amqp._store import Persistence
+
+if TYPE_CHECKING:
+    from robustmq.core.broker import Broker
+
+__all__ = ["AMQPServer", "serverFor"]
+
+_servers: weakref.WeakKeyDictionary[Any, AMQPServer] = weakref.WeakKeyDictionary()
+
+
+def serverFor(broker: Broker, reactor: Any) -> AMQPServer:
+    """The one L{AMQPServer} of C{broker} (TCP and TLS listeners share it)."""
+    server = _servers.get(broker)
+    if server is None:
+        server = _servers[broker] = AMQPServer(broker, reactor)
+    return server
+
+
+class AMQPServer:
+    """Virtual hosts, the byte count of queued messages and the memory alarm.
+
+    @ivar blocked: True while queued message bytes exceed
+        C{[amqp] memory_high_watermark}; publishing connections are then
+        paused (and told with Connection.Blocked) until the count falls
+        below C{memory_low_watermark}.
+    """
+
+    log = Logger()
+
+    def __init__(self, broker: Broker, reactor: Any) -> None:
+        self.broker = broker
+        self.reactor = reactor
+        self.settings = broker.settings.amqp
+        self.vhosts: dict[str, VirtualHost] = {}
+        self.connections: set[Any] = set()
+        self.bytes = 0
+        self.blocked = False
+        self.pendingWrites: list[defer.Deferred[Any]] = []
+        self.persistence = Persistence(self, broker.store)
+        self.ready: defer.Deferred[None] | None = None
+
+    def vhost(self, name: str) -> VirtualHost:
+        """The virtual host C{name}, created on first use."""
+        v = self.vhosts.get(name)
+        if v is None:
+            v = self.vhosts[name] = VirtualHost(self, name)
+        return v
+
+    def start(self) -> defer.Deferred[None]:
+        """Recover durable state from the shard store (once)."""
+        if self.ready is None:
+            self.ready = defer.ensureDeferred(self._start())
+        return self.ready
+
+    async def _start(self) -> None:
+        try:
+            await self.persistence.recover()
+        except Exception:
+            self.log.failure("AMQP: recovery of durable queues failed")
+
+    def accountBytes(self, delta: int) -> None:
+        """Queued message bytes changed by C{delta}: raise or clear the memory alarm."""
+        self.bytes += delta
+        if not self.blocked:
+            if self.bytes > self.settings.memory_high_watermark:
+                self.blocked = True
+                self.log.warn(
+                    "AMQP memory alarm: {bytes} queued bytes above {mark}; blocking publishers",
+                    bytes=self.bytes,
+                    mark=self.settings.memory_high_watermark,
+                )
+        elif self.bytes < self.settings.memory_low_watermark:
+            self.blocked = False
+            self.log.info("AMQP memory alarm cleared")
+            self.reactor.callLater(0, self._unblockAll)
+
+    def _unblockAll(self) -> None:
+        if self.blocked:
+            return
+        for conn in list(self.connections):
+            conn.unblock()
