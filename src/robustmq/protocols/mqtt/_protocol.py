@@ -404,6 +404,10 @@ class MQTTServerProtocol(Protocol):
                     return
         self.clientId = clientId
         self.username = packet.username
+        # A transport that verified a client certificate may name the user (mutual TLS).
+        certUser = getattr(self.transport, "certificateUsername", None)
+        if certUser is not None:
+            self.username = certUser
         self.state = AUTHENTICATING
         if self.transport is not None:
             self.transport.pauseProducing()
@@ -422,7 +426,7 @@ class MQTTServerProtocol(Protocol):
         credentials = Credentials(
             protocol="mqtt",
             clientId=clientId,
-            username=packet.username,
+            username=self.username,
             password=packet.password,
             peerHost=self.peer.rsplit(":", 1)[0],
             listener=self.listener.label,
@@ -649,7 +653,13 @@ class MQTTServerProtocol(Protocol):
             topic = broker.rewriter.rewrite(topic, "publish", self.clientId or "", self.username)
         broker.stats.publishReceived += 1
         message = Message(
-            topic, packet.payload, qos, packet.retain, None, properties, self.clientId
+            topic,
+            packet.payload,
+            qos,
+            packet.retain,
+            self.reactor.seconds(),
+            properties,
+            self.clientId,
         )
         reason = 0
         if topic[0] == "$" and topic.startswith("$delayed/"):
