@@ -14,7 +14,6 @@ from robustmq.protocols.mqtt._packets import (
     MQTT5,
     MQTT311,
     Auth,
-    Connack,
     Connect,
     Disconnect,
     Puback,
