@@ -8,6 +8,7 @@ need=""
 command -v mosquitto_pub >/dev/null 2>&1 || need="$need mosquitto-clients"
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
 command -v taskset >/dev/null 2>&1 || need="$need util-linux"
+command -v chromium >/dev/null 2>&1 || need="$need chromium"  # dashboard tests (headless)
 
 [ -z "$need" ] && exit 0
 

@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bench":
         return _bench(argv[1:])
+    if argv and argv[0] == "ctl":
+        from robustmq.ctl import main as ctlMain
+
+        return ctlMain(argv[1:])
     parser = argparse.ArgumentParser(prog="robustmq", description="RobustMQ message broker")
     parser.add_argument("--version", action="version", version=f"robustmq {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -49,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--config", "-c", help="TOML config file (default: built-in defaults)")
     start.add_argument("--reactor", help="twisted reactor name (default: the platform's best)")
     sub.add_parser("bench", help="load generator: robustmq bench --help")
+    sub.add_parser("ctl", help="admin API client: robustmq ctl --help")
     args = parser.parse_args(argv)
     if args.command == "start":
         return _start(args)
