@@ -9,6 +9,7 @@ command -v mosquitto_pub >/dev/null 2>&1 || need="$need mosquitto-clients"
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$need mosquitto"
 command -v taskset >/dev/null 2>&1 || need="$need util-linux"
 command -v chromium >/dev/null 2>&1 || need="$need chromium"  # dashboard tests (headless)
+command -v amqp-publish >/dev/null 2>&1 || need="$need amqp-tools"
 
 [ -z "$need" ] && exit 0
 
