@@ -75,6 +75,9 @@ protocol = "mqtt"
 bind = "127.0.0.1"
 port = {port}
 
+[http]
+enabled = false  # the admin API's own tests cover it; 8080 may be taken
+
 {extra}
 """
     )

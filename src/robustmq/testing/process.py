@@ -54,6 +54,8 @@ class BrokerProcess:
 
     def writeConfig(self) -> None:
         """Write the TOML config: one MQTT/TCP listener on loopback, plus C{extraConfig}."""
+        # No admin API on 8080 unless the test asks for one (with a free port).
+        noHTTP = "" if "[http]" in self.extraConfig else "[http]\nenabled = false"
         self.configPath.write_text(
             f"""
 [node]
@@ -69,6 +71,7 @@ bind = "127.0.0.1"
 port = {self.port}
 
 {self.extraConfig}
+{noHTTP}
 """
         )
 

@@ -1,0 +1,545 @@
+"""`robustmq ctl`: a command-line client of a node's admin HTTP API.
+
+Talks to C{[http]} of a running node with the standard library's
+C{urllib.request} (no reactor needed), prints tables or, with C{--json}, the
+API's JSON.  C{subscribe} is a quick check over the node's MQTT port.
+
+Exit codes: 0 success, 1 the API refused the request (4xx/5xx other than
+below) or C{subscribe} got nothing in time, 2 usage error, 3 cannot reach the
+admin API, 4 authentication failed (401), 5 not found (404).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.error import HTTPError, URLError
+from urllib.parse import quote, urlencode, urlsplit
+from urllib.request import Request, urlopen
+
+#: Environment variables read for defaults (not ROBUSTMQ_*, which configure nodes).
+ENV_URL = "RMQCTL_URL"
+ENV_TOKEN = "RMQCTL_TOKEN"
+ENV_USER = "RMQCTL_USER"
+ENV_PASSWORD = "RMQCTL_PASSWORD"
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+EXIT_API, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH, EXIT_NOT_FOUND = 1, 2, 3, 4, 5
+
+
+class CtlError(Exception):
+    """A failure to report on stderr with an exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_API) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AdminClient:
+    """Blocking JSON calls to one node's admin API."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        self.auth: str | None = None
+        if token:
+            self.auth = f"Bearer {token}"
+        elif user is not None:
+            pair = f"{user}:{password or ''}".encode()
+            self.auth = "Basic " + base64.b64encode(pair).decode()
+
+    def call(
+        self, method: str, path: str, query: dict[str, Any] | None = None, body: Any = None
+    ) -> Any:
+        """One request; returns the decoded JSON or raises L{CtlError}."""
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        url = self.url + path + (f"?{urlencode(params)}" if params else "")
+        data = None
+        headers = {"Accept": "application/json"}
+        if self.auth:
+            headers["Authorization"] = self.auth
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        request = Request(url, data=data, method=method, headers=headers)
+        try:
+            with urlopen(request, timeout=self.timeout) as response:
+                raw = response.read()
+        except HTTPError as e:
+            message = _errorMessage(e)
+            if e.code == 401:
+                raise CtlError(
+                    f"401 unauthorized at {self.url}: {message} "
+                    f"(give --token, or --user and --password)",
+                    EXIT_AUTH,
+                ) from None
+            if e.code == 404:
+                raise CtlError(f"404 not found: {message}", EXIT_NOT_FOUND) from None
+            raise CtlError(f"{e.code} {e.reason}: {message}", EXIT_API) from None
+        except URLError as e:
+            reason = getattr(e.reason, "strerror", None) or str(e.reason)
+            raise CtlError(
+                f"cannot reach the admin API at {self.url}: {reason} "
+                f"(is the node running with [http] enabled? see --url)",
+                EXIT_UNREACHABLE,
+            ) from None
+        except (TimeoutError, ConnectionError) as e:
+            raise CtlError(f"admin API at {self.url}: {e}", EXIT_UNREACHABLE) from None
+        try:
+            return json.loads(raw) if raw else None
+        except ValueError:
+            raise CtlError(f"{url} did not answer JSON", EXIT_API) from None
+
+
+def _errorMessage(e: HTTPError) -> str:
+    try:
+        return str(json.loads(e.read())["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return str(e.reason)
+
+
+# Output
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.3f}".rstrip("0").rstrip(".")
+    if isinstance(value, list | dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def formatTable(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Rows as aligned text columns: C{columns} is (header, key) pairs."""
+    cells = [[h for h, _ in columns]] + [[_cell(r.get(k)) for _, k in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
+    return "\n".join(lines)
+
+
+def formatRecord(record: dict[str, Any]) -> str:
+    """One object as `key: value` lines."""
+    width = max((len(k) for k in record), default=0)
+    return "\n".join(f"{k.ljust(width)}  {_cell(v)}" for k, v in record.items())
+
+
+class Output:
+    """Prints results as tables (default) or JSON (--json)."""
+
+    def __init__(self, asJSON: bool, out: Any = None) -> None:
+        self.asJSON = asJSON
+        self.out = out or sys.stdout
+
+    def emit(self, data: Any, render: Callable[[Any], str]) -> None:
+        if self.asJSON:
+            print(json.dumps(data, indent=2), file=self.out)
+        else:
+            print(render(data), file=self.out)
+
+    def page(self, result: dict[str, Any], columns: Sequence[tuple[str, str]]) -> None:
+        def render(r: dict[str, Any]) -> str:
+            meta = r["meta"]
+            text = formatTable(r["data"], columns)
+            footer = f"({len(r['data'])} of {meta['count']}, page {meta['page']}"
+            footer += ", more: --page {})".format(meta["page"] + 1) if meta["hasnext"] else ")"
+            return f"{text}\n{footer}"
+
+        self.emit(result, render)
+
+
+# Commands
+
+CLIENT_COLUMNS = [
+    ("CLIENT ID", "client_id"),
+    ("USER", "username"),
+    ("PEER", "peer"),
+    ("LISTENER", "listener"),
+    ("VER", "protocol_level"),
+    ("KEEPALIVE", "keepalive"),
+    ("SUBS", "subscriptions"),
+    ("INFLIGHT", "inflight"),
+    ("QUEUED", "queued"),
+]
+SESSION_COLUMNS = [
+    ("CLIENT ID", "client_id"),
+    ("ONLINE", "online"),
+    ("CLEAN", "clean_session"),
+    ("SUBS", "subscriptions"),
+    ("INFLIGHT", "inflight"),
+    ("QUEUED", "queued"),
+    ("QUEUED BYTES", "queued_bytes"),
+    ("CONGESTED", "congested"),
+]
+
+
+def _status(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    st = api.call("GET", "/api/v1/status")
+
+    def render(st: dict[str, Any]) -> str:
+        node = st["node"]
+        head = (
+            f"node {node['id']} ({node['status']}), RobustMQ {node['version']}, "
+            f"roles {', '.join(node['roles'])}, up {_duration(node['uptime_seconds'])}\n"
+            f"cluster: {st['cluster']['mode']}, {len(st['cluster']['nodes'])} node(s)\n"
+        )
+        return head + formatRecord(st["stats"])
+
+    out.emit(st, render)
+    return 0
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, h, m = s // 86400, s % 86400 // 3600, s % 3600 // 60
+    return f"{d}d {h}h {m}m" if d else f"{h}h {m}m {s % 60}s" if h else f"{m}m {s % 60}s"
+
+
+def _listeners(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    r = api.call("GET", "/api/v1/listeners")
+    columns = [
+        ("NAME", "name"),
+        ("PROTOCOL", "protocol"),
+        ("TRANSPORT", "transport"),
+        ("BIND", "bind"),
+        ("PORT", "port"),
+        ("RUNNING", "running"),
+        ("SOCKETS", "sockets"),
+    ]
+    out.emit(r, lambda r: formatTable(r["data"], columns))
+    return 0
+
+
+def _paging(args: argparse.Namespace) -> dict[str, Any]:
+    return {"page": args.page, "limit": args.limit}
+
+
+def _clients(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        query = {"client_id": args.client_id, "username": args.username, **_paging(args)}
+        out.page(api.call("GET", "/api/v1/clients", query), CLIENT_COLUMNS)
+        return 0
+    if not args.client:
+        raise CtlError(f"clients {args.action}: give a client id", EXIT_USAGE)
+    path = "/api/v1/clients/" + quote(args.client, safe="")
+    if args.action == "show":
+        out.emit(api.call("GET", path), _renderClient)
+    else:
+        out.emit(api.call("DELETE", path), lambda r: f"kicked {r['kicked']}")
+    return 0
+
+
+def _renderClient(c: dict[str, Any]) -> str:
+    flat = {k: v for k, v in c.items() if k != "session"}
+    text = formatRecord(flat)
+    session = c.get("session")
+    if session and session.get("subscriptions"):
+        text += "\n\n" + formatTable(session["subscriptions"], [("TOPIC", "topic"), ("QOS", "qos")])
+    return text
+
+
+def _sessions(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        online = None if args.online is None else str(args.online).lower()
+        query = {"client_id": args.client_id, "online": online, **_paging(args)}
+        out.page(api.call("GET", "/api/v1/sessions", query), SESSION_COLUMNS)
+        return 0
+    if not args.client:
+        raise CtlError(f"sessions {args.action}: give a client id", EXIT_USAGE)
+    path = "/api/v1/sessions/" + quote(args.client, safe="")
+    if args.action == "show":
+        out.emit(api.call("GET", path), _renderClient)
+    else:
+        out.emit(api.call("DELETE", path), lambda r: f"discarded session {r['discarded']}")
+    return 0
+
+
+def _subscriptions(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    query = {"client_id": args.client_id, "topic": args.topic, **_paging(args)}
+    columns = [("TOPIC", "topic"), ("CLIENT ID", "client_id"), ("QOS", "qos")]
+    out.page(api.call("GET", "/api/v1/subscriptions", query), columns)
+    return 0
+
+
+def _topics(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    query = {"topic": args.topic, **_paging(args)}
+    out.page(
+        api.call("GET", "/api/v1/topics", query),
+        [("TOPIC", "topic"), ("SUBSCRIBERS", "subscribers")],
+    )
+    return 0
+
+
+def _retained(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        query = {"topic": args.topic, **_paging(args)}
+        columns = [("TOPIC", "topic"), ("QOS", "qos"), ("SIZE", "size"), ("FROM", "from")]
+        out.page(api.call("GET", "/api/v1/retained", query), columns)
+        return 0
+    if not args.topic:
+        raise CtlError(f"retained {args.action}: give a topic", EXIT_USAGE)
+    path = "/api/v1/retained/" + quote(args.topic, safe="")
+    if args.action == "get":
+
+        def render(m: dict[str, Any]) -> str:
+            payload = m["payload"] if m["payload"] is not None else "base64:" + m["payload_base64"]
+            return f"{m['topic']} (qos {m['qos']}, {m['size']} bytes)\n{payload}"
+
+        out.emit(api.call("GET", path), render)
+    else:
+        out.emit(api.call("DELETE", path), lambda r: f"deleted retained message on {r['deleted']}")
+    return 0
+
+
+def _publish(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    payload = args.payload
+    if payload == "-":
+        payload = sys.stdin.read()
+    body = {
+        "topic": args.topic,
+        "payload": payload,
+        "qos": args.qos,
+        "retain": args.retain,
+        "encoding": "base64" if args.base64 else "plain",
+    }
+    result = api.call("POST", "/api/v1/publish", body=body)
+    out.emit(
+        result,
+        lambda r: (
+            f"published {r['size']} bytes to {r['topic']} (qos {r['qos']}"
+            f"{', retained' if r['retain'] else ''}): reached {r['reached']} subscriber(s)"
+        ),
+    )
+    return 0
+
+
+def _config(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    def render(cfg: dict[str, Any]) -> str:
+        parts = []
+        for section, values in cfg.items():
+            if isinstance(values, list):
+                for item in values:
+                    parts.append(f"[[{section}]]\n" + formatRecord(item))
+            else:
+                parts.append(f"[{section}]\n" + formatRecord(values))
+        return "\n\n".join(parts)
+
+    out.emit(api.call("GET", "/api/v1/config"), render)
+    return 0
+
+
+def _mqttAddress(api: AdminClient, override: str | None) -> tuple[str, int]:
+    if override:
+        host, _, port = override.rpartition(":")
+        if not port.isdigit():
+            raise CtlError(f"--mqtt: expected HOST:PORT, got {override!r}", EXIT_USAGE)
+        return host or "127.0.0.1", int(port)
+    for listener in api.call("GET", "/api/v1/listeners")["data"]:
+        if (
+            listener["protocol"] == "mqtt"
+            and listener["transport"] == "tcp"
+            and listener["running"]
+        ):
+            host = listener["bind"]
+            if host in ("0.0.0.0", "::"):
+                host = urlsplit(api.url).hostname or "127.0.0.1"
+            return host, int(listener["port"])
+    raise CtlError("the node has no running MQTT/TCP listener (give --mqtt HOST:PORT)")
+
+
+def _subscribe(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    from robustmq.protocols.mqtt._packets import Publish
+    from robustmq.testing.rawclient import ConnectionClosed, RawClient
+
+    host, port = _mqttAddress(api, args.mqtt)
+    clientId = f"robustmq-ctl-{uuid.uuid4().hex[:8]}"
+    try:
+        client = RawClient(port, host, timeout=args.timeout or 10.0)
+    except OSError as e:
+        raise CtlError(f"cannot connect to MQTT at {host}:{port}: {e}", EXIT_UNREACHABLE) from None
+    received = 0
+    with client:
+        connack = client.connect(clientId, keepAlive=0, username=args.mqtt_user)
+        if connack.returnCode != 0:
+            raise CtlError(f"MQTT {host}:{port} refused CONNECT (return code {connack.returnCode})")
+        suback = client.subscribe([(args.filter, args.qos)])
+        if suback.returnCodes[0] == 0x80:
+            raise CtlError(f"MQTT {host}:{port} refused the subscription to {args.filter!r}")
+        if not out.asJSON:
+            print(f"subscribed to {args.filter} at {host}:{port}", file=sys.stderr)
+        deadline = time.monotonic() + args.timeout if args.timeout else None
+        while args.count == 0 or received < args.count:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            try:
+                packet = client.expect(Publish, timeout=remaining or 3600.0, keepOthers=True)
+            except TimeoutError:
+                continue
+            except ConnectionClosed:
+                raise CtlError(f"MQTT {host}:{port} closed the connection") from None
+            if packet.qos:
+                client.ack(packet)
+            received += 1
+            _printMessage(out, packet)
+        client.disconnect()
+    if received == 0 or (args.count and received < args.count):
+        raise CtlError(f"received {received} message(s) on {args.filter!r} within {args.timeout}s")
+    return 0
+
+
+def _printMessage(out: Output, packet: Any) -> None:
+    payload: bytes = bytes(packet.payload)
+    try:
+        text: str | None = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if out.asJSON:
+        record = {
+            "topic": packet.topic,
+            "qos": packet.qos,
+            "retain": bool(packet.retain),
+            "payload": text,
+            "payload_base64": base64.b64encode(payload).decode(),
+        }
+        print(json.dumps(record), file=out.out, flush=True)
+    else:
+        shown = text if text is not None else "base64:" + base64.b64encode(payload).decode()
+        print(f"{packet.topic} {shown}", file=out.out, flush=True)
+
+
+# Argument parsing
+
+
+def _addPaging(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--page", type=int, default=None, help="page number (from 1)")
+    p.add_argument("--limit", type=int, default=None, help="rows per page (server default 100)")
+
+
+def buildParser() -> argparse.ArgumentParser:
+    """The `robustmq ctl` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="robustmq ctl",
+        description="Inspect and manage a running RobustMQ node through its admin HTTP API.",
+        epilog="exit codes: 0 ok, 1 API error or nothing received, 2 usage, "
+        "3 cannot reach the node, 4 unauthorized (401), 5 not found (404)",
+    )
+    parser.add_argument(
+        "--url",
+        default=os.environ.get(ENV_URL, DEFAULT_URL),
+        help=f"admin API (${ENV_URL}, default {DEFAULT_URL})",
+    )
+    parser.add_argument(
+        "--token", default=os.environ.get(ENV_TOKEN), help=f"bearer token (${ENV_TOKEN})"
+    )
+    parser.add_argument(
+        "--user", default=os.environ.get(ENV_USER), help=f"basic auth user (${ENV_USER})"
+    )
+    parser.add_argument(
+        "--password",
+        default=os.environ.get(ENV_PASSWORD),
+        help=f"basic auth password (${ENV_PASSWORD})",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print the API's JSON instead of tables"
+    )
+    parser.add_argument("--http-timeout", type=float, default=10.0, help="seconds per HTTP request")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("status", help="node, cluster and counters").set_defaults(run=_status)
+    sub.add_parser("listeners", help="listeners and their sockets").set_defaults(run=_listeners)
+    sub.add_parser("config", help="effective configuration (secrets hidden)").set_defaults(
+        run=_config
+    )
+
+    p = sub.add_parser("clients", help="connected clients: list, show ID, kick ID")
+    p.add_argument("action", choices=("list", "show", "kick"), nargs="?", default="list")
+    p.add_argument("client", nargs="?", help="client id (show, kick)")
+    p.add_argument("--client-id", help="filter: substring of the client id")
+    p.add_argument("--username", help="filter: exact user name")
+    _addPaging(p)
+    p.set_defaults(run=_clients)
+
+    p = sub.add_parser("sessions", help="sessions: list, show ID, delete ID")
+    p.add_argument("action", choices=("list", "show", "delete"), nargs="?", default="list")
+    p.add_argument("client", nargs="?", help="client id (show, delete)")
+    p.add_argument("--client-id", help="filter: substring of the client id")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--online", dest="online", action="store_const", const=True, default=None)
+    group.add_argument("--offline", dest="online", action="store_const", const=False)
+    _addPaging(p)
+    p.set_defaults(run=_sessions)
+
+    p = sub.add_parser("subscriptions", help="subscriptions")
+    p.add_argument("--client-id", help="filter: substring of the client id")
+    p.add_argument("--topic", help="filter: exact topic filter")
+    _addPaging(p)
+    p.set_defaults(run=_subscriptions)
+
+    p = sub.add_parser("topics", help="subscribed topic filters and subscriber counts")
+    p.add_argument("--topic", help="filter: substring of the topic filter")
+    _addPaging(p)
+    p.set_defaults(run=_topics)
+
+    p = sub.add_parser(
+        "retained", help="retained messages: list [--topic FILTER], get TOPIC, delete TOPIC"
+    )
+    p.add_argument("action", choices=("list", "get", "delete"), nargs="?", default="list")
+    p.add_argument("topic", nargs="?", help="topic (get, delete) or MQTT filter (list)")
+    _addPaging(p)
+    p.set_defaults(run=_retained)
+
+    p = sub.add_parser("publish", help="publish a message through the admin API")
+    p.add_argument("topic")
+    p.add_argument("payload", nargs="?", default="", help="text payload; '-' reads standard input")
+    p.add_argument("--qos", type=int, choices=(0, 1, 2), default=0)
+    p.add_argument("--retain", action="store_true")
+    p.add_argument("--base64", action="store_true", help="the payload argument is base64")
+    p.set_defaults(run=_publish)
+
+    p = sub.add_parser("subscribe", help="quick check: subscribe over MQTT and print messages")
+    p.add_argument("filter", help="topic filter, e.g. 'sensors/#'")
+    p.add_argument("--qos", type=int, choices=(0, 1, 2), default=0)
+    p.add_argument("--count", type=int, default=1, help="stop after N messages (0: until timeout)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait (0: forever)")
+    p.add_argument("--mqtt", help="HOST:PORT of the MQTT listener (default: asked from the API)")
+    p.add_argument("--mqtt-user", help="MQTT user name to connect with")
+    p.set_defaults(run=_subscribe)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Run one `robustmq ctl` command; returns the exit code."""
+    parser = buildParser()
+    args = parser.parse_args(argv)
+    api = AdminClient(args.url, args.token, args.user, args.password, args.http_timeout)
+    out = Output(args.json)
+    try:
+        return int(args.run(api, out, args))
+    except CtlError as e:
+        print(f"robustmq ctl: {e}", file=sys.stderr)
+        return e.code
+    except KeyboardInterrupt:
+        return 130
+
+
+__all__ = ["AdminClient", "CtlError", "buildParser", "formatTable", "main"]
