@@ -37,6 +37,17 @@ def _bench(argv: list[str]) -> int:
     return benchMain(argv)
 
 
+def _cert(args: argparse.Namespace) -> int:
+    """Write a self-signed test CA, server and client certificate (docs/transports.md)."""
+    from robustmq.transports.testcerts import generateTestCertificates
+
+    hosts = tuple(args.host) if args.host else ("localhost", "127.0.0.1", "::1")
+    paths = generateTestCertificates(args.dir, hosts, args.client_name, days=args.days)
+    for name, path in paths.items():
+        print(f"{name:<11} {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `robustmq` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -54,9 +65,21 @@ def main(argv: list[str] | None = None) -> int:
     start.add_argument("--reactor", help="twisted reactor name (default: the platform's best)")
     sub.add_parser("bench", help="load generator: robustmq bench --help")
     sub.add_parser("ctl", help="admin API client: robustmq ctl --help")
+    cert = sub.add_parser("cert", help="write a self-signed test CA, server and client certificate")
+    cert.add_argument("--dir", default="etc/certs", help="output directory (default: etc/certs)")
+    cert.add_argument(
+        "--host",
+        action="append",
+        help="name or IP the server certificate is valid for (repeatable; "
+        "default: localhost, 127.0.0.1, ::1)",
+    )
+    cert.add_argument("--client-name", default="robustmq-client", help="client certificate CN")
+    cert.add_argument("--days", type=int, default=365, help="validity in days")
     args = parser.parse_args(argv)
     if args.command == "start":
         return _start(args)
+    if args.command == "cert":
+        return _cert(args)
     return 0
 
 

@@ -8,15 +8,11 @@ from typing import Any
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IStreamServerEndpoint
 
-from robustmq.config import ConfigError, ListenerSettings
+from robustmq.config import ListenerSettings
 
 
-def serverEndpoint(reactor: Any, listener: ListenerSettings) -> IStreamServerEndpoint:
-    """The endpoint a listener accepts connections on."""
-    if listener.transport != "tcp":
-        raise ConfigError(
-            f"listener {listener.label}: transport {listener.transport!r} is not available yet"
-        )
+def tcpEndpoint(reactor: Any, listener: ListenerSettings) -> IStreamServerEndpoint:
+    """The TCP endpoint a listener accepts connections on (TLS and WebSocket wrap it)."""
     address = ipaddress.ip_address(listener.bind)
     endpointClass = TCP6ServerEndpoint if address.version == 6 else TCP4ServerEndpoint
     return endpointClass(reactor, listener.port, backlog=listener.backlog, interface=listener.bind)
