@@ -10,6 +10,7 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need="$nee
 command -v taskset >/dev/null 2>&1 || need="$need util-linux"
 command -v chromium >/dev/null 2>&1 || need="$need chromium"  # dashboard tests (headless)
 command -v amqp-publish >/dev/null 2>&1 || need="$need amqp-tools"
+command -v kcat >/dev/null 2>&1 || need="$need kcat"  # Kafka tests (librdkafka CLI)
 
 [ -z "$need" ] && exit 0
 

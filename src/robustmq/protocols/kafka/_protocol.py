@@ -1,0 +1,848 @@
+"""
+The Kafka server protocol: one instance per client connection.
+
+Requests are handled one at a time, in arrival order, and each response is
+written before the next request starts (Kafka does the same: clients match
+responses to requests by order as well as by correlation id).  So a
+long-polling Fetch or a JoinGroup waiting for a rebalance holds back the
+requests behind it on that connection.  At most C{max_pending_requests}
+parsed requests wait; beyond that the socket is not read.
+
+Requests are dispatched by API key to C{handle_<name>} methods
+(C{handle_produce}, C{handle_fetch}, ...), each returning the response body
+as a dict (or None for no response: Produce with C{acks=0}).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from robustmq.core.auth import Credentials
+from robustmq.protocols.kafka import _errors as E
+from robustmq.protocols.kafka._codec import (
+    FrameTooLarge,
+    KafkaParser,
+    Request,
+    UnsupportedVersion,
+    apiVersionsBody,
+    apiVersionsError,
+    decodeRequest,
+    encodeResponse,
+)
+from robustmq.protocols.kafka._records import InvalidRecord, iterBatches
+from robustmq.protocols.kafka._schema import DecodeError
+from robustmq.protocols.kafka._topics import GROUPS_SHARD
+
+if TYPE_CHECKING:
+    from robustmq.config import ListenerSettings
+    from robustmq.protocols.kafka._node import KafkaNode
+
+__all__ = ["KafkaServerProtocol"]
+
+_NO_AUTH_NEEDED = frozenset({17, 18, 36})
+_UNKNOWN_OPS = -2147483648
+
+
+class KafkaServerProtocol(Protocol):
+    """Serves Kafka requests for one client connection."""
+
+    log = Logger()
+
+    def __init__(self, node: KafkaNode, listener: ListenerSettings) -> None:
+        self.node = node
+        self.listener = listener
+        self.settings = node.settings
+        self.parser = KafkaParser(node.settings.max_request_size)
+        self._queue: deque[bytes] = deque()
+        self._busy = False
+        self._running = False
+        self._paused = False
+        self._closed = False
+        self.authenticated = not node.saslRequired
+        self.saslMechanism: str | None = None
+        self.principal: str | None = None
+        self.factory: Any = None
+
+    # -- connection ------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peerHost = getattr(peer, "host", str(peer))
+
+    def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._closed = True
+        self._queue.clear()
+        if self.factory is not None:
+            self.factory.connectionEnded(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closed:
+            return
+        try:
+            frames = self.parser.feed(data)
+        except FrameTooLarge as e:
+            self.log.warn("{peer}: {error}; closing", peer=self.peerHost, error=str(e))
+            self._close()
+            return
+        self._queue.extend(frames)
+        if len(self._queue) >= self.settings.max_pending_requests and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._pump()
+
+    def _close(self) -> None:
+        self._closed = True
+        self._queue.clear()
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _pump(self) -> None:
+        if self._running:
+            return
+        self._running = True
+        try:
+            while self._queue and not self._busy and not self._closed:
+                frame = self._queue.popleft()
+                self._busy = True
+                defer.ensureDeferred(self._process(frame)).addBoth(self._finished)
+        finally:
+            self._running = False
+
+    def _finished(self, result: Any) -> None:
+        self._busy = False
+        if isinstance(result, Failure):
+            self.log.failure("{peer}: request failed; closing", result, peer=self.peerHost)
+            self._close()
+            return
+        if self._closed:
+            return
+        if result is not None:
+            self.transport.write(result)  # type: ignore[union-attr]
+        if self._paused and len(self._queue) <= self.settings.max_pending_requests // 2:
+            self._paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._pump()
+
+    async def _process(self, frame: bytes) -> bytes | None:
+        try:
+            req = decodeRequest(frame)
+        except UnsupportedVersion as e:
+            if e.apiKey == 18:
+                return apiVersionsError(e.correlationId)
+            self.log.warn(
+                "{peer}: unsupported api {key} version {version}; closing",
+                peer=self.peerHost,
+                key=e.apiKey,
+                version=e.apiVersion,
+            )
+            self._close()
+            return None
+        except DecodeError as e:
+            self.log.warn(
+                "{peer}: malformed request: {error}; closing ({head})",
+                peer=self.peerHost,
+                error=str(e),
+                head=frame[:96].hex(),
+            )
+            self._close()
+            return None
+        if not self.authenticated and req.apiKey not in _NO_AUTH_NEEDED:
+            self.log.warn(
+                "{peer}: {api} before SASL authentication; closing",
+                peer=self.peerHost,
+                api=req.name,
+            )
+            self._close()
+            return None
+        await self.node.topics.ready()
+        handler = getattr(self, "handle_" + req.name)
+        body = await handler(req)
+        if body is None:
+            return None
+        return encodeResponse(req.apiKey, req.apiVersion, req.correlationId, body)
+
+    # -- helpers ---------------------------------------------------------
+
+    def _advertised(self) -> tuple[str, int]:
+        s = self.settings
+        here = self.transport.getHost()  # type: ignore[union-attr]
+        return (s.advertised_host or here.host, s.advertised_port or here.port)
+
+    # -- ApiVersions, Metadata ------------------------------------------
+
+    async def handle_api_versions(self, req: Request) -> dict[str, Any]:
+        return apiVersionsBody()
+
+    async def handle_metadata(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        topics = self.node.topics
+        wanted = b["topics"]
+        if req.apiVersion == 0 and not wanted:
+            wanted = None
+        allowCreate = b.get("allow_auto_topic_creation", True)
+        if wanted is None:
+            names = sorted(topics.topics)
+        else:
+            names = [t["name"] for t in wanted if t.get("name") is not None]
+        out = []
+        bid = self.settings.broker_id
+        for name in names:
+            if name not in topics.topics and allowCreate:
+                await topics.autoCreate(name)
+            t = topics.topics.get(name)
+            if t is None:
+                out.append(
+                    {"error_code": E.UNKNOWN_TOPIC_OR_PARTITION, "name": name, "partitions": []}
+                )
+                continue
+            out.append(
+                {
+                    "error_code": E.NONE,
+                    "name": name,
+                    "is_internal": False,
+                    "partitions": [
+                        {
+                            "error_code": E.NONE,
+                            "partition_index": p,
+                            "leader_id": bid,
+                            "leader_epoch": 0,
+                            "replica_nodes": [bid],
+                            "isr_nodes": [bid],
+                            "offline_replicas": [],
+                        }
+                        for p in range(t.partitions)
+                    ],
+                }
+            )
+        host, port = self._advertised()
+        return {
+            "brokers": [{"node_id": bid, "host": host, "port": port, "rack": None}],
+            "cluster_id": self.settings.cluster_id,
+            "controller_id": bid,
+            "topics": out,
+        }
+
+    # -- Produce ---------------------------------------------------------
+
+    async def handle_produce(self, req: Request) -> dict[str, Any] | None:
+        b = req.body
+        acks = b["acks"]
+        topics = self.node.topics
+        txnId = b.get("transactional_id")
+        waits: list[defer.Deferred[Any]] = []
+        responses = []
+        for td in b["topic_data"]:
+            name = td["name"]
+            presp = []
+            for pd in td["partition_data"]:
+                r: dict[str, Any] = {"index": pd["index"], "error_code": E.NONE, "base_offset": -1}
+                presp.append(r)
+                if acks not in (0, 1, -1):
+                    r["error_code"] = E.INVALID_REQUIRED_ACKS
+                    continue
+                part = await topics.partition(name, pd["index"])
+                if part is None:
+                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                data = pd["records"] or b""
+                try:
+                    batches = list(iterBatches(data))
+                except InvalidRecord as e:
+                    r["error_code"] = E.CORRUPT_MESSAGE
+                    r["error_message"] = str(e)
+                    continue
+                first = None
+                for h in batches:
+                    if h.transactional and not self.node.txns.partitionInTxn(
+                        txnId, h.producerId, h.producerEpoch, part.shard
+                    ):
+                        r["error_code"] = E.INVALID_TXN_STATE
+                        break
+                    code, dup = topics.checkSequence(part, h)
+                    if code != E.NONE:
+                        r["error_code"] = code
+                        break
+                    if dup is not None:
+                        base = dup
+                    else:
+                        base, d = topics.append(part, data[h.start : h.start + h.size], h)
+                        waits.append(d)
+                    if first is None:
+                        first = base
+                r["base_offset"] = first if first is not None else -1
+                if r["error_code"] == E.NONE:
+                    start, _ = await topics.store.offsets(part.shard)
+                    r["log_start_offset"] = start
+            responses.append({"name": name, "partition_responses": presp})
+        if waits:
+            results = await defer.DeferredList(waits, consumeErrors=True)
+            if any(not ok for ok, _ in results):
+                for ok, f in results:
+                    if not ok:
+                        self.log.failure("append failed", f)
+                for t in responses:
+                    for r in t["partition_responses"]:
+                        if r["error_code"] == E.NONE:
+                            r["error_code"] = E.UNKNOWN_SERVER_ERROR
+        if acks == 0:
+            return None
+        return {"responses": responses, "throttle_time_ms": 0}
+
+    # -- Fetch -----------------------------------------------------------
+
+    async def handle_fetch(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        reactor = self.node.reactor
+        committed = b.get("isolation_level", 0) == 1
+        maxWait = min(max(b["max_wait_ms"], 0), self.settings.max_wait_ms) / 1000
+        minBytes = b["min_bytes"]
+        maxBytes = b.get("max_bytes", 0x7FFFFFFF)
+        deadline = reactor.seconds() + maxWait
+        for _attempt in range(1000):
+            responses, total, parts = await self._fetchOnce(b["topics"], committed, maxBytes)
+            remaining = deadline - reactor.seconds()
+            if total >= max(minBytes, 1) or remaining <= 0 or not parts:
+                break
+            wake: defer.Deferred[None] = defer.Deferred()
+            for p in parts:
+                p.waiters.append(wake)
+            timer = reactor.callLater(remaining, _fire, wake)
+            await wake
+            if timer.active():
+                timer.cancel()
+            for p in parts:
+                if wake in p.waiters:
+                    p.waiters.remove(wake)
+            if self._closed:
+                break
+        return {
+            "throttle_time_ms": 0,
+            "error_code": E.NONE,
+            "session_id": 0,
+            "responses": responses,
+        }
+
+    async def _fetchOnce(
+        self, wanted: list[dict[str, Any]], committed: bool, maxBytes: int
+    ) -> tuple[list[dict[str, Any]], int, list[Any]]:
+        topics = self.node.topics
+        total = 0
+        parts = []
+        responses = []
+        for t in wanted:
+            name = t["topic"]
+            presp = []
+            for fp in t["partitions"]:
+                r: dict[str, Any] = {
+                    "partition_index": fp["partition"],
+                    "error_code": E.NONE,
+                    "high_watermark": -1,
+                    "last_stable_offset": -1,
+                    "log_start_offset": -1,
+                    "aborted_transactions": None,
+                    "records": b"",
+                }
+                presp.append(r)
+                part = await topics.partition(name, fp["partition"])
+                if part is None:
+                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                parts.append(part)
+                start, end = await topics.store.offsets(part.shard)
+                lso = part.lastStable()
+                r["high_watermark"] = end
+                r["last_stable_offset"] = lso
+                r["log_start_offset"] = start
+                offset = fp["fetch_offset"]
+                if offset < start or offset > end:
+                    r["error_code"] = E.OFFSET_OUT_OF_RANGE
+                    continue
+                upTo = lso if committed else end
+                budget = min(fp["partition_max_bytes"], maxBytes - total)
+                if budget <= 0 and total:
+                    continue
+                batches = await topics.read(part, offset, budget, upTo)
+                if committed:
+                    r["aborted_transactions"] = [
+                        {"producer_id": pid, "first_offset": first}
+                        for pid, first, last in part.aborted
+                        if last >= offset and first < upTo
+                    ]
+                if batches:
+                    data = b"".join(batches)
+                    r["records"] = data
+                    total += len(data)
+            responses.append({"topic": name, "partitions": presp})
+        return responses, total, parts
+
+    # -- ListOffsets, OffsetForLeaderEpoch ------------------------------
+
+    async def handle_list_offsets(self, req: Request) -> dict[str, Any]:
+        topics = self.node.topics
+        committed = req.body.get("isolation_level", 0) == 1
+        out = []
+        for t in req.body["topics"]:
+            presp = []
+            for p in t["partitions"]:
+                r: dict[str, Any] = {"partition_index": p["partition_index"], "error_code": E.NONE}
+                presp.append(r)
+                part = await topics.partition(t["name"], p["partition_index"])
+                if part is None:
+                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                start, end = await topics.store.offsets(part.shard)
+                latest = part.lastStable() if committed else end
+                ts = p["timestamp"]
+                if ts == -2:
+                    offset = start
+                elif ts == -1:
+                    offset = latest
+                elif ts == -3:
+                    offset = max(start, end - 1)
+                else:
+                    found = await topics.store.offsetForTimestamp(part.shard, ts)
+                    offset = -1 if found is None else found
+                if req.apiVersion == 0:
+                    r["old_style_offsets"] = [offset] if offset >= 0 else []
+                else:
+                    r["offset"] = offset
+                    r["timestamp"] = ts if ts >= 0 and offset >= 0 else -1
+                    r["leader_epoch"] = 0
+            out.append({"name": t["name"], "partitions": presp})
+        return {"throttle_time_ms": 0, "topics": out}
+
+    async def handle_offset_for_leader_epoch(self, req: Request) -> dict[str, Any]:
+        topics = self.node.topics
+        out = []
+        for t in req.body["topics"]:
+            presp = []
+            for p in t["partitions"]:
+                r: dict[str, Any] = {"partition": p["partition"], "error_code": E.NONE}
+                part = await topics.partition(t["topic"], p["partition"])
+                if part is None:
+                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
+                else:
+                    _, end = await topics.store.offsets(part.shard)
+                    # One leader epoch (0) for the partition's whole life.
+                    r["leader_epoch"] = 0
+                    r["end_offset"] = end if p["leader_epoch"] >= 0 else -1
+                presp.append(r)
+            out.append({"topic": t["topic"], "partitions": presp})
+        return {"throttle_time_ms": 0, "topics": out}
+
+    # -- groups ----------------------------------------------------------
+
+    async def handle_find_coordinator(self, req: Request) -> dict[str, Any]:
+        host, port = self._advertised()
+        bid = self.settings.broker_id
+        if req.apiVersion >= 4:
+            return {
+                "throttle_time_ms": 0,
+                "coordinators": [
+                    {"key": k, "node_id": bid, "host": host, "port": port, "error_code": E.NONE}
+                    for k in req.body["coordinator_keys"]
+                ],
+            }
+        return {
+            "throttle_time_ms": 0,
+            "error_code": E.NONE,
+            "node_id": bid,
+            "host": host,
+            "port": port,
+        }
+
+    async def handle_join_group(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        body = await self.node.groups.join(
+            b["group_id"],
+            b["member_id"],
+            b.get("group_instance_id"),
+            req.clientId or "",
+            self.peerHost,
+            b["session_timeout_ms"],
+            b.get("rebalance_timeout_ms", -1),
+            b["protocol_type"],
+            [(p["name"], p["metadata"]) for p in b["protocols"]],
+        )
+        body = dict(body)
+        body.setdefault("member_id", b["member_id"])
+        body.setdefault("leader", "")
+        body.setdefault("protocol_name", None if req.apiVersion >= 7 else "")
+        if body.get("protocol_name") is None and req.apiVersion < 7:
+            body["protocol_name"] = ""
+        return body
+
+    async def handle_sync_group(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        body = await self.node.groups.sync(
+            b["group_id"],
+            b["generation_id"],
+            b["member_id"],
+            [(a["member_id"], a["assignment"]) for a in b["assignments"]],
+        )
+        return {"assignment": b"", **body}
+
+    async def handle_heartbeat(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        code = self.node.groups.heartbeat(b["group_id"], b["generation_id"], b["member_id"])
+        return {"error_code": code}
+
+    async def handle_leave_group(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        if req.apiVersion < 3:
+            codes = self.node.groups.leave(b["group_id"], [(b["member_id"], None)])
+            return {"error_code": codes[0]}
+        members = [(m["member_id"], m.get("group_instance_id")) for m in b["members"]]
+        codes = self.node.groups.leave(b["group_id"], members)
+        return {
+            "error_code": E.NONE,
+            "members": [
+                {"member_id": m, "group_instance_id": i, "error_code": c}
+                for (m, i), c in zip(members, codes, strict=True)
+            ],
+        }
+
+    async def _rememberGroup(self, group: str) -> None:
+        if group not in self.node.knownGroups:
+            await self.node.topics.store.upsert(GROUPS_SHARD, group.encode(), b"")
+            self.node.knownGroups.add(group)
+
+    async def handle_offset_commit(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        group = b["group_id"]
+        code = self.node.groups.checkCommit(
+            group, b.get("generation_id_or_member_epoch", -1), b.get("member_id", "")
+        )
+        out = await self._commit(group, b["topics"], code)
+        return {"throttle_time_ms": 0, "topics": out}
+
+    async def _commit(
+        self, group: str, wanted: list[dict[str, Any]], code: int, pending: list[Any] | None = None
+    ) -> list[dict[str, Any]]:
+        topics = self.node.topics
+        store = topics.store
+        if code == E.NONE:
+            await self._rememberGroup(group)
+        out = []
+        for t in wanted:
+            presp = []
+            for p in t["partitions"]:
+                c = code
+                if c == E.NONE:
+                    part = await topics.partition(t["name"], p["partition_index"])
+                    if part is None:
+                        c = E.UNKNOWN_TOPIC_OR_PARTITION
+                    else:
+                        meta = (p.get("committed_metadata") or "").encode()
+                        if pending is not None:
+                            pending.append((part.shard, p["committed_offset"], meta))
+                        else:
+                            await store.commitOffset(group, part.shard, p["committed_offset"], meta)
+                presp.append({"partition_index": p["partition_index"], "error_code": c})
+            out.append({"name": t["name"], "partitions": presp})
+        return out
+
+    async def _fetchOffsets(
+        self, group: str, wanted: list[dict[str, Any]] | None
+    ) -> list[dict[str, Any]]:
+        topics = self.node.topics
+        store = topics.store
+        if wanted is None:
+            wanted = [
+                {"name": n, "partition_indexes": list(range(t.partitions)), "all": True}
+                for n, t in sorted(topics.topics.items())
+            ]
+        out = []
+        for t in wanted:
+            presp = []
+            for idx in t["partition_indexes"]:
+                r: dict[str, Any] = {
+                    "partition_index": idx,
+                    "committed_offset": -1,
+                    "metadata": "",
+                    "error_code": E.NONE,
+                }
+                part = await topics.partition(t["name"], idx)
+                if part is not None:
+                    got = await store.fetchOffset(group, part.shard)
+                    if got is not None:
+                        r["committed_offset"] = got[0]
+                        r["metadata"] = got[1].decode("utf-8", "replace")
+                if t.get("all") and r["committed_offset"] < 0:
+                    continue
+                presp.append(r)
+            if presp or not t.get("all"):
+                out.append({"name": t["name"], "partitions": presp})
+        return out
+
+    async def handle_offset_fetch(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        if req.apiVersion >= 8:
+            groups = []
+            for g in b["groups"]:
+                topicsOut = await self._fetchOffsets(g["group_id"], g["topics"])
+                groups.append(
+                    {"group_id": g["group_id"], "topics": topicsOut, "error_code": E.NONE}
+                )
+            return {"throttle_time_ms": 0, "groups": groups}
+        topicsOut = await self._fetchOffsets(b["group_id"], b["topics"])
+        return {"throttle_time_ms": 0, "topics": topicsOut, "error_code": E.NONE}
+
+    async def handle_describe_groups(self, req: Request) -> dict[str, Any]:
+        groups = self.node.groups
+        out = []
+        for g in req.body["groups"]:
+            d = groups.describe(g)
+            if d["group_state"] == "Dead" and g in self.node.knownGroups:
+                d["group_state"] = "Empty"
+            out.append(d)
+        return {"throttle_time_ms": 0, "groups": out}
+
+    async def handle_list_groups(self, req: Request) -> dict[str, Any]:
+        groups = self.node.groups.groups
+        states = req.body.get("states_filter") or []
+        out = []
+        names = set(groups) | self.node.knownGroups
+        for name in sorted(names):
+            g = groups.get(name)
+            state = g.state if g is not None else "Empty"
+            if states and state not in states:
+                continue
+            out.append(
+                {
+                    "group_id": name,
+                    "protocol_type": (g.protocolType if g is not None else None) or "consumer",
+                    "group_state": state,
+                    "group_type": "classic",
+                }
+            )
+        return {"throttle_time_ms": 0, "error_code": E.NONE, "groups": out}
+
+    async def handle_delete_groups(self, req: Request) -> dict[str, Any]:
+        out = []
+        store = self.node.topics.store
+        for name in req.body["groups_names"]:
+            code = self.node.groups.delete(name)
+            if code == E.NONE:
+                if name in self.node.knownGroups:
+                    self.node.knownGroups.discard(name)
+                    await store.deleteKey(GROUPS_SHARD, name.encode())
+                else:
+                    code = E.GROUP_ID_NOT_FOUND
+            out.append({"group_id": name, "error_code": code})
+        return {"throttle_time_ms": 0, "results": out}
+
+    # -- admin -----------------------------------------------------------
+
+    async def handle_create_topics(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        topics = self.node.topics
+        out = []
+        for t in b["topics"]:
+            configs = {c["name"]: c["value"] for c in t["configs"] if c["value"] is not None}
+            n = t["num_partitions"]
+            if n == -1 and t["assignments"]:
+                n = len(t["assignments"])
+            code, msg = await topics.createTopic(
+                t["name"], n, configs, b.get("validate_only", False)
+            )
+            r: dict[str, Any] = {"name": t["name"], "error_code": code, "error_message": msg}
+            if code == E.NONE:
+                r["num_partitions"] = n if n > 0 else self.settings.default_partitions
+                r["replication_factor"] = 1
+                r["configs"] = [
+                    {
+                        "name": k,
+                        "value": v,
+                        "read_only": False,
+                        "config_source": 1,
+                        "is_sensitive": False,
+                    }
+                    for k, v in configs.items()
+                ]
+            out.append(r)
+        return {"throttle_time_ms": 0, "topics": out}
+
+    async def handle_delete_topics(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        names = b["topic_names"] if req.apiVersion < 6 else [t["name"] for t in b["topics"]]
+        out = []
+        for name in names:
+            if name is None:
+                out.append({"name": None, "error_code": E.UNKNOWN_TOPIC_OR_PARTITION})
+                continue
+            code = await self.node.topics.deleteTopic(name)
+            out.append({"name": name, "error_code": code})
+        return {"throttle_time_ms": 0, "responses": out}
+
+    async def handle_create_partitions(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        out = []
+        for t in b["topics"]:
+            code, msg = await self.node.topics.createPartitions(
+                t["name"], t["count"], b["validate_only"]
+            )
+            out.append({"name": t["name"], "error_code": code, "error_message": msg})
+        return {"throttle_time_ms": 0, "results": out}
+
+    async def handle_describe_configs(self, req: Request) -> dict[str, Any]:
+        topics = self.node.topics
+        out = []
+        for res in req.body["resources"]:
+            r: dict[str, Any] = {
+                "error_code": E.NONE,
+                "error_message": None,
+                "resource_type": res["resource_type"],
+                "resource_name": res["resource_name"],
+                "configs": [],
+            }
+            keys = res["configuration_keys"]
+            values: dict[str, tuple[str, bool]] = {}
+            if res["resource_type"] == 2:  # topic
+                t = topics.topics.get(res["resource_name"])
+                if t is None:
+                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
+                else:
+                    values = {k: (v, False) for k, v in t.configs.items()}
+                    for k, v in self.node.topicDefaults().items():
+                        values.setdefault(k, (v, True))
+            elif res["resource_type"] == 4:  # broker
+                values = {k: (v, True) for k, v in self.node.brokerConfigs().items()}
+            else:
+                r["error_code"] = E.INVALID_REQUEST
+            for k, (v, isDefault) in sorted(values.items()):
+                if keys is not None and k not in keys:
+                    continue
+                r["configs"].append(
+                    {
+                        "name": k,
+                        "value": v,
+                        "read_only": res["resource_type"] == 4,
+                        "is_default": isDefault,
+                        "config_source": 5 if isDefault else 1,
+                        "is_sensitive": False,
+                        "synonyms": [],
+                        "documentation": None,
+                    }
+                )
+            out.append(r)
+        return {"throttle_time_ms": 0, "results": out}
+
+    # -- idempotent and transactional producers --------------------------
+
+    async def handle_init_producer_id(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        code, pid, epoch = await self.node.txns.initProducerId(
+            b["transactional_id"], b["transaction_timeout_ms"]
+        )
+        return {
+            "throttle_time_ms": 0,
+            "error_code": code,
+            "producer_id": pid,
+            "producer_epoch": epoch,
+        }
+
+    async def handle_add_partitions_to_txn(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        txns = self.node.txns
+        results = []
+        for t in b["v3_and_below_topics"]:
+            presp = []
+            for p in t["partitions"]:
+                part = await self.node.topics.partition(t["name"], p)
+                if part is None:
+                    code = E.UNKNOWN_TOPIC_OR_PARTITION
+                else:
+                    code = txns.addPartition(
+                        b["v3_and_below_transactional_id"],
+                        b["v3_and_below_producer_id"],
+                        b["v3_and_below_producer_epoch"],
+                        part,
+                    )
+                presp.append({"partition_index": p, "partition_error_code": code})
+            results.append({"name": t["name"], "results_by_partition": presp})
+        return {"throttle_time_ms": 0, "results_by_topic_v3_and_below": results}
+
+    async def handle_add_offsets_to_txn(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        code = self.node.txns.addGroup(
+            b["transactional_id"], b["producer_id"], b["producer_epoch"], b["group_id"]
+        )
+        return {"throttle_time_ms": 0, "error_code": code}
+
+    async def handle_txn_offset_commit(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        txns = self.node.txns
+        code, pending = txns.pendingOffsets(
+            b["transactional_id"], b["producer_id"], b["producer_epoch"], b["group_id"]
+        )
+        out = await self._commit(b["group_id"], b["topics"], code, pending)
+        return {"throttle_time_ms": 0, "topics": out}
+
+    async def handle_end_txn(self, req: Request) -> dict[str, Any]:
+        b = req.body
+        code = await self.node.txns.endTxn(
+            b["transactional_id"], b["producer_id"], b["producer_epoch"], b["committed"]
+        )
+        if code == E.NONE:
+            groups = self.node.txns.lastGroups
+            for g in groups:
+                await self._rememberGroup(g)
+        return {"throttle_time_ms": 0, "error_code": code}
+
+    # -- SASL ------------------------------------------------------------
+
+    async def handle_sasl_handshake(self, req: Request) -> dict[str, Any]:
+        mech = req.body["mechanism"]
+        supported = ["PLAIN"]
+        if mech not in supported:
+            return {"error_code": E.UNSUPPORTED_SASL_MECHANISM, "mechanisms": supported}
+        self.saslMechanism = mech
+        return {"error_code": E.NONE, "mechanisms": supported}
+
+    async def handle_sasl_authenticate(self, req: Request) -> dict[str, Any]:
+        if self.saslMechanism != "PLAIN":
+            self.reactor_close_soon()
+            return {"error_code": E.ILLEGAL_SASL_STATE, "error_message": "no SaslHandshake"}
+        parts = req.body["auth_bytes"].split(b"\x00")
+        ok = False
+        user = None
+        if len(parts) == 3:
+            user = parts[1].decode("utf-8", "replace")
+            creds = Credentials(
+                protocol="kafka",
+                clientId=req.clientId or "",
+                username=user,
+                password=parts[2],
+                peerHost=self.peerHost,
+                listener=self.listener.label,
+            )
+            ok = await self.node.auth.authenticate(creds)
+        if not ok:
+            self.log.info("{peer}: SASL PLAIN failed for {user}", peer=self.peerHost, user=user)
+            self.reactor_close_soon()
+            return {
+                "error_code": E.SASL_AUTHENTICATION_FAILED,
+                "error_message": "Authentication failed: invalid credentials",
+                "auth_bytes": b"",
+            }
+        self.authenticated = True
+        self.principal = user
+        return {"error_code": E.NONE, "auth_bytes": b"", "session_lifetime_ms": 0}
+
+    def reactor_close_soon(self) -> None:
+        """Close after the current response is written (a failed authentication)."""
+        self.node.reactor.callLater(0, self._close)
+
+    def __repr__(self) -> str:
+        return f"<KafkaServerProtocol {getattr(self, 'peerHost', '?')}>"
+
+
+def _fire(d: defer.Deferred[None]) -> None:
+    if not d.called:
+        d.callback(None)
