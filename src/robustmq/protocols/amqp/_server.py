@@ -6,6 +6,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from robustmq.protocols.amqp._model import VirtualHost
@@ -15,6 +16,9 @@ if TYPE_CHECKING:
     from robustmq.core.broker import Broker
 
 __all__ = ["AMQPServer", "serverFor"]
+
+#: seconds to wait for the shard store to open before recovering durable queues
+RECOVERY_WAIT = 60.0
 
 _servers: weakref.WeakKeyDictionary[Any, AMQPServer] = weakref.WeakKeyDictionary()
 
@@ -64,6 +68,16 @@ class AMQPServer:
         return self.ready
 
     async def _start(self) -> None:
+        # The store opens asynchronously (the segment store recovers on a
+        # thread); wait for it, at most RECOVERY_WAIT seconds.
+        store = self.broker.store
+        if store is not None:
+            for _ in range(int(RECOVERY_WAIT / 0.05)):
+                try:
+                    await store.listShards()
+                    break
+                except Exception:
+                    await deferLater(self.reactor, 0.05)
         try:
             await self.persistence.recover()
         except Exception:
