@@ -27,7 +27,7 @@ def node() -> Iterator[AdminNode]:
 def uniq(request: pytest.FixtureRequest) -> str:
     """A short prefix unique to this test, for topics and client ids."""
     name = "".join(c if c.isalnum() else "-" for c in request.node.name)[-30:]
-    return f"{name}-{uuid.uuid4().hex[:6]}"
+    return f"{name.strip('-')}-{uuid.uuid4().hex[:6]}"
 
 
 @pytest.fixture

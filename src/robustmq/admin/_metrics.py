@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     GCCollector,
     PlatformCollector,
@@ -178,7 +177,9 @@ class BrokerCollector(Collector):
 class Metrics:
     """One node's metric registry: broker state plus process and Python runtime."""
 
-    contentType = CONTENT_TYPE_LATEST
+    #: Every metric name here is a classic one, so the 0.0.4 text format (understood
+    #: by every Prometheus version) describes the output exactly.
+    contentType = "text/plain; version=0.0.4; charset=utf-8"
 
     def __init__(
         self,
