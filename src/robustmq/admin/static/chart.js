@@ -31,7 +31,7 @@ class LineChart {
   static fmt(v) {
     if (v >= 1e6) return (v / 1e6).toFixed(1) + "M";
     if (v >= 1e3) return (v / 1e3).toFixed(1) + "k";
-    return Number.isInteger(v) ? String(v) : v.toFixed(1);
+    return Number.isInteger(v) ? String(v) : String(+v.toFixed(2));
   }
 
   draw() {
