@@ -329,7 +329,7 @@ class TopicManager:
         ]
         if n > 1:
             records.extend({"timestamp": ts, "key": _DELTA.pack(i)} for i in range(1, n))
-        if h.producerId >= 0:
+        if h.producerId >= 0 and not h.control:
             st = self._producerState(part.shard, h.producerId)
             if st is None or h.producerEpoch != st.epoch:
                 st = _ProducerState(h.producerEpoch)

@@ -1,0 +1,176 @@
+"""End-to-end: consumer groups rebalance, commit and resume; data survives a restart."""
+
+from __future__ import annotations
+
+import time
+
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+from kafkanode import TIMEOUT, KafkaNodeProcess
+
+from kafka import KafkaConsumer
+
+
+def _consumer(bootstrap: str, group: str) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+            "heartbeat.interval.ms": 500,
+        }
+    )
+
+
+def _pollUntil(consumers: list[Consumer], cond, sink: list) -> None:
+    """Poll every consumer in turn until C{cond()} holds (bounded by TIMEOUT)."""
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        for c in consumers:
+            m = c.poll(0.1)
+            if m is not None and not m.error():
+                sink.append((c, m))
+        if cond():
+            return
+    raise AssertionError("condition not reached in time")
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for i, v in enumerate(values):
+        p.produce(topic, value=v, partition=i % 6)
+    assert p.flush(TIMEOUT) == 0
+
+
+def test_threeMemberRebalanceCommitResume(kafkaNode: KafkaNodeProcess, uniq: str) -> None:
+    """Two members split six partitions, a third joins, one leaves; commits resume."""
+    bootstrap = kafkaNode.bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(uniq, 6, 1)])[uniq].result(TIMEOUT)
+    _produce(bootstrap, uniq, [b"a%d" % i for i in range(60)])
+    c1, c2 = _consumer(bootstrap, uniq), _consumer(bootstrap, uniq)
+    c3 = None
+    seen: list = []
+    try:
+        c1.subscribe([uniq])
+        c2.subscribe([uniq])
+        _pollUntil(
+            [c1, c2],
+            lambda: (
+                len(c1.assignment()) + len(c2.assignment()) == 6
+                and c1.assignment()
+                and c2.assignment()
+            ),
+            seen,
+        )
+        c3 = _consumer(bootstrap, uniq)
+        c3.subscribe([uniq])
+        _pollUntil(
+            [c1, c2, c3],
+            lambda: [len(c.assignment()) for c in (c1, c2, c3)] == [2, 2, 2],
+            seen,
+        )
+        c2.close()
+        _pollUntil(
+            [c1, c3],
+            lambda: (
+                len(c1.assignment()) + len(c3.assignment()) == 6
+                and {len(c1.assignment()), len(c3.assignment())} == {3}
+            ),
+            seen,
+        )
+        # after the last rebalance the two members read everything not yet committed
+        _pollUntil(
+            [c1, c3], lambda: {m.value() for _, m in seen} >= {b"a%d" % i for i in range(60)}, seen
+        )
+        for c in (c1, c3):
+            c.commit(asynchronous=False)
+    finally:
+        for c in (c1, c3):
+            if c is not None:
+                c.close()
+    _produce(bootstrap, uniq, [b"b%d" % i for i in range(12)])
+    c4 = _consumer(bootstrap, uniq)
+    later: list = []
+    try:
+        c4.subscribe([uniq])
+        _pollUntil([c4], lambda: len(later) >= 12, later)
+        time.sleep(0.5)
+        m = c4.poll(0.5)
+        if m is not None and not m.error():
+            later.append((c4, m))
+    finally:
+        c4.close()
+    assert sorted(m.value() for _, m in later) == sorted(b"b%d" % i for i in range(12))
+
+
+def test_groupsListedDescribedDeleted(kafkaNode: KafkaNodeProcess, uniq: str) -> None:
+    """The admin client lists, describes and deletes a group that committed offsets."""
+    bootstrap = kafkaNode.bootstrap
+    _produce(bootstrap, uniq, [b"x"])
+    c = _consumer(bootstrap, uniq)
+    got: list = []
+    try:
+        c.subscribe([uniq])
+        _pollUntil([c], lambda: len(got) == 1, got)
+        c.commit(asynchronous=False)
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        described = admin.describe_consumer_groups([uniq])[uniq].result(TIMEOUT)
+        assert len(described.members) == 1
+    finally:
+        c.close()
+    listed = admin.list_consumer_groups().result(TIMEOUT)
+    assert uniq in {g.group_id for g in listed.valid}
+    admin.delete_consumer_groups([uniq])[uniq].result(TIMEOUT)
+    listed = admin.list_consumer_groups().result(TIMEOUT)
+    assert uniq not in {g.group_id for g in listed.valid}
+
+
+def test_restartKeepsDataAndOffsets(uniq: str) -> None:
+    """With the segment store, records and committed offsets survive a restart."""
+    node = KafkaNodeProcess('[storage]\nbackend = "segment"\nsync = "always"\n')
+    node.start()
+    try:
+        p = Producer({"bootstrap.servers": node.bootstrap})
+        for i in range(20):
+            p.produce(uniq, value=b"%d" % i)
+        assert p.flush(TIMEOUT) == 0
+        c = KafkaConsumer(
+            uniq,
+            bootstrap_servers=node.bootstrap,
+            group_id=uniq,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            consumer_timeout_ms=int(TIMEOUT * 1000),
+        )
+        first = []
+        for m in c:
+            first.append(int(m.value))
+            if len(first) == 20:
+                break
+        from kafka import OffsetAndMetadata, TopicPartition
+
+        c.commit({TopicPartition(uniq, 0): OffsetAndMetadata(12, "", -1)})
+        c.close()
+        assert first == list(range(20))
+        node.stop()
+        node.start()
+        c = KafkaConsumer(
+            uniq,
+            bootstrap_servers=node.bootstrap,
+            group_id=uniq,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            consumer_timeout_ms=int(TIMEOUT * 1000),
+        )
+        rest = []
+        for m in c:
+            rest.append(int(m.value))
+            if len(rest) == 8:
+                break
+        c.close()
+        assert rest == list(range(12, 20))
+    finally:
+        node.cleanup()
