@@ -12,12 +12,12 @@ import pika
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import AMQPNode  # noqa: E402
 
 TIMEOUT = 10.0
 
 
-def test_persistentMessagesSurviveRestart():
+def test_persistentMessagesSurviveRestart(amqpNode):
+    AMQPNode = type(amqpNode)  # the conftest helper class, without importing conftest by name
     dataDir = tempfile.mkdtemp(prefix="robustmq-amqp-")
     extra = '[storage]\nbackend = "segment"\nsync = "always"\n'
     node = AMQPNode(extra, dataDir=dataDir).start()
@@ -38,7 +38,6 @@ def test_persistentMessagesSurviveRestart():
         node.stop()
 
         node = AMQPNode(extra, dataDir=dataDir)
-        node.amqpPort = node.amqpPort  # a new port is fine: state lives in dataDir
         node.start()
         conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", node.amqpPort))
         ch = conn.channel()
