@@ -172,3 +172,16 @@ def test_metrics_agree_with_sys_on_a_running_node() -> None:
             if c is not None:
                 c.close()
         n.stop()
+
+
+def test_grafana_dashboard_charts_only_metrics_that_exist() -> None:
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {m for e in exprs for m in re.findall(r"\b((?:robustmq|process)_[a-z_]+)\b", e)}
+    exposed = set(_metricValues(Metrics(InMemoryBroker().broker)))
+    assert used and used <= exposed, used - exposed
