@@ -1,0 +1,227 @@
+"""The Kafka server protocol over an in-memory transport, with a fake clock."""
+
+from __future__ import annotations
+
+import struct
+
+import crc32c
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.trial.unittest import TestCase
+from zope.interface import implementer
+
+from robustmq.config import ListenerSettings, settingsFromMapping
+from robustmq.core.auth import ALLOW, DENY, AuthChain
+from robustmq.core.broker import Broker
+from robustmq.interfaces import IAuthenticator
+from robustmq.protocols.kafka import KafkaParser, KafkaServerFactory
+from robustmq.protocols.kafka._codec import decodeResponse, encodeRequest
+from robustmq.storage.memory import MemoryShardStore
+
+
+@implementer(IAuthenticator)
+class _OnePassword:
+    name = "test"
+
+    def authenticate(self, credentials):  # type: ignore[no-untyped-def]
+        ok = credentials.username == "alice" and credentials.password == b"secret"
+        return ALLOW if ok else DENY
+
+
+def _batch(n: int) -> bytes:
+    tail = struct.pack(">hiqqqhii", 0, n - 1, 1000, 1000, -1, -1, -1, n) + b"\x00" * 7 * n
+    return struct.pack(">qiibI", 0, 9 + len(tail), 0, 2, crc32c.crc32c(tail)) + tail
+
+
+class KafkaProtocolTests(TestCase):
+    def setUp(self) -> None:
+        self.makeNode({})
+
+    def makeNode(self, kafka: dict) -> None:
+        self.clock = Clock()
+        settings = settingsFromMapping({"kafka": kafka})
+        store = MemoryShardStore(settings.storage, clock=self.clock)
+        store.open()
+        self.broker = Broker(settings, self.clock, store=store, auth=AuthChain([_OnePassword()]))
+        self.factory = KafkaServerFactory(
+            self.broker, ListenerSettings(protocol="kafka", port=9092), self.clock
+        )
+
+    def connect(self) -> tuple[object, StringTransport]:
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 9092),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 5000),
+        )
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def responses(self, transport: StringTransport) -> list[bytes]:
+        frames = KafkaParser(1 << 24).feed(transport.value())
+        transport.clear()
+        return frames
+
+    def test_apiVersionsTooNewThenSupported(self) -> None:
+        """v9 gets the v0-layout UNSUPPORTED_VERSION; v3 then succeeds."""
+        proto, t = self.connect()
+        tooNew = bytearray(encodeRequest(18, 4, 1, {}))
+        tooNew[6:8] = struct.pack(">h", 9)  # a version no schema knows yet
+        proto.dataReceived(bytes(tooNew) + encodeRequest(18, 3, 2, {}))
+        first, second = self.responses(t)
+        self.assertEqual(decodeResponse(18, 0, first)[1]["error_code"], 35)
+        corr, body = decodeResponse(18, 3, second)
+        self.assertEqual((corr, body["error_code"]), (2, 0))
+
+    def test_byteByByteAndInOrder(self) -> None:
+        """Requests fed one byte at a time are answered once each, in order."""
+        proto, t = self.connect()
+        stream = b"".join(encodeRequest(18, 0, i, {}) for i in range(5))
+        stream += encodeRequest(3, 1, 5, {"topics": [{"name": "t"}]})
+        for i in range(len(stream)):
+            proto.dataReceived(stream[i : i + 1])
+        frames = self.responses(t)
+        self.assertEqual([struct.unpack(">i", f[:4])[0] for f in frames], list(range(6)))
+
+    def test_acksZeroHasNoResponse(self) -> None:
+        """Produce with acks=0 is stored but not answered; the next request is."""
+        proto, t = self.connect()
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
+        self.responses(t)
+        produce = {
+            "acks": 0,
+            "timeout_ms": 1000,
+            "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": _batch(4)}]}],
+        }
+        proto.dataReceived(
+            encodeRequest(0, 7, 2, produce)
+            + encodeRequest(
+                2,
+                1,
+                3,
+                {
+                    "replica_id": -1,
+                    "topics": [
+                        {"name": "t", "partitions": [{"partition_index": 0, "timestamp": -1}]}
+                    ],
+                },
+            )
+        )
+        (only,) = self.responses(t)
+        corr, body = decodeResponse(2, 1, only)
+        self.assertEqual(corr, 3)
+        self.assertEqual(body["topics"][0]["partitions"][0]["offset"], 4)
+
+    def test_corruptBatchRefused(self) -> None:
+        """A batch whose CRC does not match gets CORRUPT_MESSAGE."""
+        proto, t = self.connect()
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
+        self.responses(t)
+        bad = bytearray(_batch(2))
+        bad[-1] ^= 0xFF
+        produce = {
+            "acks": 1,
+            "timeout_ms": 1000,
+            "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": bytes(bad)}]}],
+        }
+        proto.dataReceived(encodeRequest(0, 7, 2, produce))
+        (frame,) = self.responses(t)
+        body = decodeResponse(0, 7, frame)[1]
+        self.assertEqual(body["responses"][0]["partition_responses"][0]["error_code"], 2)
+
+    def test_fetchLongPollsUntilProduce(self) -> None:
+        """A Fetch with min_bytes waits; a produce on another connection releases it."""
+        proto, t = self.connect()
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
+        self.responses(t)
+        fetch = {
+            "replica_id": -1,
+            "max_wait_ms": 5000,
+            "min_bytes": 1,
+            "max_bytes": 1 << 20,
+            "isolation_level": 0,
+            "topics": [
+                {
+                    "topic": "t",
+                    "partitions": [
+                        {"partition": 0, "fetch_offset": 0, "partition_max_bytes": 1 << 20}
+                    ],
+                }
+            ],
+        }
+        proto.dataReceived(encodeRequest(1, 11, 2, fetch) + encodeRequest(18, 0, 3, {}))
+        self.assertEqual(self.responses(t), [])
+        other, t2 = self.connect()
+        produce = {
+            "acks": 1,
+            "timeout_ms": 1000,
+            "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": _batch(2)}]}],
+        }
+        other.dataReceived(encodeRequest(0, 7, 1, produce))
+        frames = self.responses(t)
+        self.assertEqual(len(frames), 2)
+        body = decodeResponse(1, 11, frames[0])[1]
+        part = body["responses"][0]["partitions"][0]
+        self.assertEqual(part["high_watermark"], 2)
+        self.assertEqual(part["records"][:8], b"\x00" * 8)  # base offset rewritten to 0
+
+    def test_fetchTimesOutEmpty(self) -> None:
+        """With nothing to read the Fetch answers when max_wait_ms passes on the clock."""
+        proto, t = self.connect()
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
+        self.responses(t)
+        fetch = {
+            "replica_id": -1,
+            "max_wait_ms": 500,
+            "min_bytes": 1,
+            "topics": [
+                {
+                    "topic": "t",
+                    "partitions": [{"partition": 0, "fetch_offset": 0, "partition_max_bytes": 100}],
+                }
+            ],
+        }
+        proto.dataReceived(encodeRequest(1, 4, 2, fetch))
+        self.assertEqual(self.responses(t), [])
+        self.clock.advance(0.6)
+        (frame,) = self.responses(t)
+        self.assertEqual(
+            decodeResponse(1, 4, frame)[1]["responses"][0]["partitions"][0]["records"], b""
+        )
+
+    def test_saslPlain(self) -> None:
+        """With sasl_required, PLAIN through the auth chain: right password in, wrong one out."""
+        self.makeNode({"sasl_required": True})
+        proto, t = self.connect()
+        proto.dataReceived(encodeRequest(17, 1, 1, {"mechanism": "PLAIN"}))
+        proto.dataReceived(encodeRequest(36, 2, 2, {"auth_bytes": b"\x00alice\x00secret"}))
+        proto.dataReceived(encodeRequest(3, 1, 3, {"topics": []}))
+        frames = self.responses(t)
+        self.assertEqual(decodeResponse(17, 1, frames[0])[1]["mechanisms"], ["PLAIN"])
+        self.assertEqual(decodeResponse(36, 2, frames[1])[1]["error_code"], 0)
+        self.assertEqual(len(frames), 3)
+        bad, t2 = self.connect()
+        bad.dataReceived(encodeRequest(17, 1, 1, {"mechanism": "PLAIN"}))
+        bad.dataReceived(encodeRequest(36, 2, 2, {"auth_bytes": b"\x00alice\x00wrong"}))
+        frames = self.responses(t2)
+        self.assertEqual(decodeResponse(36, 2, frames[1])[1]["error_code"], 58)
+        self.clock.advance(0)
+        self.assertTrue(t2.disconnecting)
+
+    def test_requestBeforeSaslCloses(self) -> None:
+        """With sasl_required, Metadata before authenticating closes the connection."""
+        self.makeNode({"sasl_required": True})
+        proto, t = self.connect()
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": []}))
+        self.assertTrue(t.disconnecting)
+        self.assertEqual(t.value(), b"")
+
+    def test_oversizeRequestCloses(self) -> None:
+        """A size prefix above max_request_size closes the connection at once."""
+        self.makeNode({"max_request_size": 2048})
+        proto, t = self.connect()
+        proto.dataReceived(struct.pack(">i", 4096))
+        self.assertTrue(t.disconnecting)
+
+    def tearDown(self) -> None:
+        self.factory.node.groups.stop()
