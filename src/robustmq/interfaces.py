@@ -48,6 +48,9 @@ class IShardStore(Interface):
     """
 
     name = Attribute("The adapter's name as used in ``[storage] backend = ...`` (str).")
+    durable = Attribute(
+        "True when data survives a restart; the broker persists sessions only into such stores."
+    )
 
     def open():  # type: ignore[no-untyped-def]
         """Open the store (recover on-disk state); fires with None when ready."""

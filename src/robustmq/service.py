@@ -104,7 +104,6 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     top = MultiService()
     storePlugin = findPlugin(IShardStorePlugin, settings.storage.backend, "storage.backend")
     store = storePlugin.build(settings, reactor)
-    StoreService(store).setServiceParent(top)
     auth = AuthChain([findPlugin(IAuthenticatorPlugin, "allow_all", "auth.chain").build(settings)])
     mechanisms = {
         name: plugin.build(settings) for name, plugin in findPlugins(IAuthMechanismPlugin).items()

@@ -15,6 +15,7 @@ from robustmq.config import Settings
 from robustmq.core.auth import AllowAll, AuthChain
 from robustmq.core.delayed import DelayedMessages
 from robustmq.core.message import Message
+from robustmq.core.persistence import SessionPersistence
 from robustmq.core.retained import RetainedMessages
 from robustmq.core.rewrite import TopicRewriter
 from robustmq.core.router import Router
@@ -70,6 +71,13 @@ class Broker(Service):
         self.exclusive: dict[str, Session] = {}
         self.delayed = DelayedMessages(self, settings.mqtt.max_delayed_messages)
         self.rewriter = TopicRewriter(settings.mqtt.rewrite)
+        #: durable writes caused by the packet being handled; its acknowledgement waits on them
+        self.pendingWrites: list[defer.Deferred[Any]] = []
+        self.persistence: SessionPersistence | None = None
+        if store is not None and getattr(store, "durable", True):
+            self.persistence = SessionPersistence(store)
+        self._waiting: list[defer.Deferred[None]] = []
+        self.ready = False
         self.connections: set[Any] = set()
         #: accepted sockets on every listener, counted against [limits] max_connections
         self.openSockets = 0
@@ -93,7 +101,8 @@ class Broker(Service):
         """
         self.stats.messagesReceived += 1
         if message.retain:
-            self.retained.update(message)
+            if self.retained.update(message) and self.persistence is not None:
+                self.pendingWrites.append(self.persistence.saveRetained(message))
         return self.route(message)
 
     def route(self, message: Message) -> int:
@@ -121,8 +130,9 @@ class Broker(Service):
         if retain:
             self.retained.update(message)
         self.route(message)
-        # No connection to pause for a broker-originated message.
+        # No connection to pause (or acknowledgement to hold) for a broker-originated message.
         self.congestion.clear()
+        self.pendingWrites.clear()
 
     def publishWill(self, will: Message) -> None:
         """Publish a will message (it has no connection to pause)."""
@@ -134,6 +144,13 @@ class Broker(Service):
         )
         self.publish(will)
         self.congestion.clear()
+        self._backgroundWrites()
+
+    def _backgroundWrites(self) -> None:
+        """Writes nobody acknowledges: log their failures instead of holding them."""
+        for d in self.pendingWrites:
+            d.addErrback(lambda f: self.log.failure("durable write failed", f))
+        self.pendingWrites.clear()
 
     # Subscriptions
 
@@ -168,6 +185,7 @@ class Broker(Service):
         else:
             self.router.subscribe(real, session, options)
         session.subscriptions[topicFilter] = options
+        self._saveSession(session)
         if group is not None or options.retainHandling == 2:
             return []
         if options.retainHandling == 1 and existed:
@@ -178,6 +196,7 @@ class Broker(Service):
         """Remove a subscription; True if it existed."""
         if session.subscriptions.pop(topicFilter, None) is None:
             return False
+        self._saveSession(session)
         group, real, exclusive = parseFilter(topicFilter)
         if exclusive and self.exclusive.get(real) is session:
             del self.exclusive[real]
@@ -190,6 +209,10 @@ class Broker(Service):
                     self.router.unsubscribe(real, shared)
             return True
         return self.router.unsubscribe(real, session)
+
+    def _saveSession(self, session: Session) -> None:
+        if self.persistence is not None and session.expiryInterval and not self.sessions.restoring:
+            self.pendingWrites.append(self.persistence.saveSession(session))
 
     def redeliverShared(self, session: Session) -> None:
         """A shared-group member left: its undelivered group messages go to the others."""
@@ -212,9 +235,52 @@ class Broker(Service):
 
     # Service
 
+    def whenReady(self) -> defer.Deferred[None]:
+        """Fires once storage is open and durable state is recovered."""
+        if self.ready:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._waiting.append(d)
+        return d
+
     def startService(self) -> None:
         super().startService()
+        d = defer.ensureDeferred(self._recover())
+        d.addErrback(self._recoveryFailed)
+
+    async def _recover(self) -> None:
+        store = self.store
+        if store is not None:
+            await defer.maybeDeferred(store.open)
+        persistence = self.persistence
+        if persistence is not None:
+            await persistence.open()
+            now = self.now()
+            retained = 0
+            for message in await persistence.loadRetained():
+                if message.expiresAt is None or message.expiresAt > now:
+                    self.retained.update(message)
+                    retained += 1
+            records = await persistence.loadSessions()
+            restored = self.sessions.restore(records)
+            self.log.info(
+                "recovered {retained} retained messages and {sessions} persistent sessions "
+                "({messages} held messages) from storage",
+                retained=retained,
+                sessions=restored,
+                messages=sum(len(r["messages"]) for r in records),
+            )
+        self.ready = True
         self.log.info("broker {version} started", version=self.version)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            d.callback(None)
+
+    def _recoveryFailed(self, failure: Any) -> None:
+        self.log.failure("could not open storage or recover state; stopping", failure)
+        from twisted.internet import reactor
+
+        reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
 
     async def _stop(self) -> None:
         self.delayed.stop()

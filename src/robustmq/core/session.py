@@ -71,6 +71,8 @@ class Session:
         "expiryInterval",
         "pendingWill",
         "_timer",
+        "nextSeq",
+        "storedSeqs",
         "__weakref__",
     )
 
@@ -91,7 +93,8 @@ class Session:
         self.connection: Any = None
         # Empty tuples until first needed: most sessions never queue, and an
         # empty deque or set costs more than half a kilobyte per client.
-        self.queue: deque[tuple[Message, int, Any]] | tuple[()] = ()
+        # Queue entries: (message, QoS, subscription options, sequence number).
+        self.queue: deque[tuple[Message, int, Any, int]] | tuple[()] = ()
         self.queuedBytes = 0
         self.inflight: dict[int, list[Any]] = {}
         self.awaitingRel: set[int] | tuple[()] = ()
@@ -115,6 +118,9 @@ class Session:
         self.pendingWill: Message | None = None
         #: the session-expiry or will-delay timer while offline
         self._timer: Any = None
+        #: sequence numbers of messages held in durable storage (persistent sessions)
+        self.nextSeq = 1
+        self.storedSeqs: set[int] = set()
 
     def __repr__(self) -> str:
         return (
@@ -151,12 +157,38 @@ class Session:
             return True
         return False
 
-    def _sendTracked(self, conn: Any, message: Message, qos: int, sub: Any) -> None:
+    def _store(self) -> Any:
+        """The durable store to hold this session's messages in, or None."""
+        hub = self._hub
+        if self.expiryInterval and hub is not None:
+            return hub.persistence
+        return None
+
+    def _sendTracked(self, conn: Any, message: Message, qos: int, sub: Any, seq: int = 0) -> None:
         pid = self._allocatePacketId()
-        self.inflight[pid] = [message, qos, AWAITING_ACK, sub]
+        store = self._store()
+        if store is not None:
+            if not seq:
+                seq = self.nextSeq
+                self.nextSeq += 1
+                self._hub.pendingWrites.append(  # type: ignore[union-attr]
+                    store.saveDelivery(self, seq, message, qos, sub, pid, AWAITING_ACK)
+                )
+            else:
+                # Leaving the queue: record its packet id (no acknowledgement waits on this).
+                _logFailure(store.saveDelivery(self, seq, message, qos, sub, pid, AWAITING_ACK))
+        self.inflight[pid] = [message, qos, AWAITING_ACK, sub, seq]
         if conn.deliver(message, qos, pid, False, sub) is False:
             # Not sent (larger than the client accepts): complete it (MQTT-3.1.2-25).
             del self.inflight[pid]
+            self._forget(seq)
+
+    def _forget(self, seq: int) -> None:
+        """A held message is done with: delete its durable copy."""
+        if seq:
+            store = self._store()
+            if store is not None:
+                _logFailure(store.deleteDelivery(self, seq))
 
     def _allocatePacketId(self) -> int:
         pid = self._nextPacketId
@@ -182,16 +214,26 @@ class Session:
             hardLimit, hardBytes = limit, byteLimit
         while len(queue) >= hardLimit or (queue and self.queuedBytes + size > hardBytes):
             if s.queue_overflow == "drop_oldest" and queue:
-                old = queue.popleft()[0]
+                old, _, _, oldSeq = queue.popleft()
                 self.queuedBytes -= len(old.payload)
                 self._stats.messagesDropped += 1
+                self._forget(oldSeq)
             else:
                 self._stats.messagesDropped += 1
                 return
         if size > hardBytes:
             self._stats.messagesDropped += 1
             return
-        queue.append((message, qos, sub))
+        seq = 0
+        if qos:
+            store = self._store()
+            if store is not None:
+                seq = self.nextSeq
+                self.nextSeq += 1
+                self._hub.pendingWrites.append(  # type: ignore[union-attr]
+                    store.saveDelivery(self, seq, message, qos, sub, 0, AWAITING_ACK)
+                )
+        queue.append((message, qos, sub, seq))
         self.queuedBytes += size
         if online and (len(queue) >= limit or self.queuedBytes >= byteLimit):
             if not self.congested:
@@ -251,17 +293,18 @@ class Session:
         conn = self.connection
         queue = self.queue
         while queue and conn is not None and conn.canDeliver():
-            message, qos, sub = queue[0]
+            message, qos, sub, seq = queue[0]
             if message.expiresAt and self._expired(message):
                 queue.popleft()
                 self.queuedBytes -= len(message.payload)
+                self._forget(seq)
                 continue
             if qos:
                 if len(self.inflight) >= self.maxInflight:
                     break
                 queue.popleft()
                 self.queuedBytes -= len(message.payload)
-                self._sendTracked(conn, message, qos, sub)
+                self._sendTracked(conn, message, qos, sub, seq)
             else:
                 queue.popleft()
                 self.queuedBytes -= len(message.payload)
@@ -277,6 +320,7 @@ class Session:
             return False
         if entry[1] == 1 or entry[2] == AWAITING_COMP:
             del self.inflight[packetId]
+            self._forget(entry[4])
             if self.queue:
                 self.pump()
             return True
@@ -284,8 +328,11 @@ class Session:
 
     def abandon(self, packetId: int) -> None:
         """The client refused a delivery (5.0 PUBREC with an error code): forget it."""
-        if self.inflight.pop(packetId, None) is not None and self.queue:
-            self.pump()
+        entry = self.inflight.pop(packetId, None)
+        if entry is not None:
+            self._forget(entry[4])
+            if self.queue:
+                self.pump()
 
     def received(self, packetId: int) -> bool:
         """PUBREC arrived for a QoS 2 delivery: it now waits for PUBCOMP."""
@@ -293,6 +340,11 @@ class Session:
         if entry is None or entry[1] != 2:
             return False
         entry[2] = AWAITING_COMP
+        store = self._store()
+        if store is not None and entry[4]:
+            # MQTT-4.3.3: after a restart, resend PUBREL, not the PUBLISH.
+            message, qos, _, sub, seq = entry
+            _logFailure(store.saveDelivery(self, seq, message, qos, sub, packetId, AWAITING_COMP))
         return True
 
     # Incoming QoS 2
@@ -305,6 +357,9 @@ class Session:
         if awaiting.__class__ is tuple:
             awaiting = self.awaitingRel = set()
         awaiting.add(packetId)  # type: ignore[union-attr]
+        store = self._store()
+        if store is not None:
+            self._hub.pendingWrites.append(store.saveIncoming(self, packetId))  # type: ignore[union-attr]
         return True
 
     def releaseIncomingQos2(self, packetId: int) -> bool:
@@ -312,6 +367,9 @@ class Session:
         if packetId not in self.awaitingRel:
             return False
         self.awaitingRel.remove(packetId)  # type: ignore[union-attr]
+        store = self._store()
+        if store is not None:
+            _logFailure(store.deleteIncoming(self, packetId))
         return True
 
     def addWaiter(self, publisher: Any) -> None:
@@ -338,13 +396,14 @@ class Session:
         self.disconnectedAt = None
         self.cancelTimer()
         self.pendingWill = None
-        for pid, (message, qos, state, sub) in list(self.inflight.items()):
+        for pid, (message, qos, state, sub, seq) in list(self.inflight.items()):
             if self.connection is not connection:
                 return
             if state == AWAITING_ACK:
                 # MQTT-4.4.0-1: resend unacknowledged PUBLISHes with DUP set.
                 if connection.deliver(message, qos, pid, True, sub) is False:
                     del self.inflight[pid]
+                    self._forget(seq)
             else:
                 connection.deliverRelease(pid)
         self.pump()
@@ -374,20 +433,27 @@ class Session:
         Used when a member departs, so the group can give them to the others.
         """
         byGroup: dict[Any, list[tuple[Message, int]]] = {}
-        for pid, (message, qos, state, sub) in list(self.inflight.items()):
+        for pid, (message, qos, state, sub, seq) in list(self.inflight.items()):
             if sub is not None and sub.group is not None and state == AWAITING_ACK:
                 byGroup.setdefault(sub.group, []).append((message, qos))
                 del self.inflight[pid]
+                self._forget(seq)
         if self.queue:
-            keep: deque[tuple[Message, int, Any]] = deque()
-            for message, qos, sub in self.queue:
+            keep: deque[tuple[Message, int, Any, int]] = deque()
+            for message, qos, sub, seq in self.queue:
                 if sub is not None and sub.group is not None:
                     byGroup.setdefault(sub.group, []).append((message, qos))
                     self.queuedBytes -= len(message.payload)
+                    self._forget(seq)
                 else:
-                    keep.append((message, qos, sub))
+                    keep.append((message, qos, sub, seq))
             self.queue = keep
         return list(byGroup.items())
+
+
+def _logFailure(d: Any) -> None:
+    """Log a failed background write (nothing waits on it)."""
+    d.addErrback(lambda f: Session.log.failure("durable session write failed", f))
 
 
 class CongestionHub(Protocol):
@@ -399,6 +465,9 @@ class CongestionHub(Protocol):
 
     congestion: list[Session]
     congestionTimeout: float
+    #: durable writes caused by the packet being handled (see Broker)
+    pendingWrites: list[Any]
+    persistence: Any
 
     def now(self) -> float: ...
 

@@ -34,6 +34,8 @@ class SessionRegistry:
         self._settings = settings
         self._stats = stats
         self._sessions: dict[str, Session] = {}
+        #: True while sessions are rebuilt from storage (nothing is written back)
+        self.restoring = False
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -70,14 +72,26 @@ class SessionRegistry:
                 existing = None
         if existing is not None:
             existing.clean = cleanStart
+            expiryChanged = existing.expiryInterval != expiryInterval
             existing.expiryInterval = expiryInterval
+            if expiryChanged:
+                self._save(existing)
             return existing, True
         session = Session(
             clientId, cleanStart, self._settings, self._stats, self._broker.now(), self._broker
         )
         session.expiryInterval = expiryInterval
         self._sessions[clientId] = session
+        self._save(session)
         return session, False
+
+    def _save(self, session: Session) -> None:
+        persistence = self._broker.persistence
+        if persistence is not None and session.expiryInterval and not self.restoring:
+            d = persistence.saveSession(session)
+            d.addErrback(
+                lambda f: self.log.failure("saving session {c} failed", f, c=session.clientId)
+            )
 
     def close(
         self, session: Session, connection: Any, will: Message | None = None, willDelay: int = 0
@@ -107,6 +121,7 @@ class SessionRegistry:
             broker.publishWill(will)
             will = None
         session.pendingWill = will
+        self._save(session)
         self._arm(session, willDelay if will is not None else None)
 
     def _arm(self, session: Session, willDelay: int | None) -> None:
@@ -140,6 +155,12 @@ class SessionRegistry:
         for topicFilter in list(session.subscriptions):
             self._broker.unsubscribe(session, topicFilter)
         self._broker.redeliverShared(session)
+        persistence = self._broker.persistence
+        if persistence is not None and (session.storedSeqs or session.expiryInterval):
+            d = persistence.deleteSession(session)
+            d.addErrback(
+                lambda f: self.log.failure("deleting session {c} failed", f, c=session.clientId)
+            )
         session.clearQueue()
         session.inflight.clear()
         if self._sessions.get(session.clientId) is session:
@@ -147,6 +168,76 @@ class SessionRegistry:
         will, session.pendingWill = session.pendingWill, None
         if will is not None:
             self._broker.publishWill(will)
+
+    def restore(self, records: list[dict[str, Any]]) -> int:
+        """Rebuild offline persistent sessions from storage after a restart.
+
+        A session whose expiry passed while the node was down ends at once
+        (its held messages are deleted); the others get timers for what is
+        left of their expiry.
+        """
+        from collections import deque
+
+        from robustmq.core.subscription import SubscriptionOptions
+
+        broker = self._broker
+        now = broker.now()
+        restored = 0
+        self.restoring = True
+        try:
+            for record in records:
+                session = Session(
+                    record["clientId"], False, self._settings, self._stats, now, broker
+                )
+                session.expiryInterval = record["expiry"]
+                session.disconnectedAt = record["offline"] or now
+                self._sessions[session.clientId] = session
+                for topicFilter, o in record["subs"].items():
+                    options = SubscriptionOptions(
+                        qos=o["qos"],
+                        noLocal=o["no_local"],
+                        keepRetain=o["retain_as_published"],
+                        retainHandling=o["retain_handling"],
+                        identifiers=tuple(o["identifiers"]),
+                    )
+                    try:
+                        broker.subscribe(session, topicFilter, options)
+                    except Exception as e:  # an exclusive filter taken twice, say
+                        self.log.warn(
+                            "not restoring subscription {f} of {c}: {e}",
+                            f=topicFilter,
+                            c=session.clientId,
+                            e=str(e),
+                        )
+                queue = deque()
+                nextSeq = record.get("seq", 1)
+                for seq, message, header, sub in record["messages"]:
+                    session.storedSeqs.add(seq)
+                    nextSeq = max(nextSeq, seq + 1)
+                    if header["pid"]:
+                        session.inflight[header["pid"]] = [
+                            message,
+                            header["dq"],
+                            header["st"],
+                            sub,
+                            seq,
+                        ]
+                    else:
+                        queue.append((message, header["dq"], sub, seq))
+                        session.queuedBytes += len(message.payload)
+                if queue:
+                    session.queue = queue
+                session.nextSeq = nextSeq
+                if record["incoming"]:
+                    session.awaitingRel = set(record["incoming"])
+                restored += 1
+        finally:
+            self.restoring = False
+        broker.pendingWrites.clear()
+        for session in list(self._sessions.values()):
+            if session.connection is None:
+                self._arm(session, None)
+        return restored
 
     def stop(self) -> None:
         """Cancel every offline timer (shutdown)."""

@@ -154,6 +154,8 @@ class MemoryShardStore:
     """
 
     name = "memory"
+    #: nothing survives the process: the broker does not persist sessions into it
+    durable = False
     log = Logger()
 
     def __init__(

@@ -102,6 +102,8 @@ class SegmentShardStore:
     """
 
     name = "segment"
+    #: data survives restarts and crashes (per the sync policy)
+    durable = True
     log = Logger()
 
     def __init__(self, settings: StorageSettings, reactor: Any = None) -> None:

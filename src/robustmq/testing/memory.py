@@ -33,6 +33,7 @@ class InMemoryBroker:
             self.clock,
             authMechanisms={"SCRAM-SHA-256": scramSha256Plugin.build(self.settings)},
         )
+        self.broker.startService()
         self.listener = ListenerSettings(port=1883, bind="127.0.0.1")
         self.factory = MQTTServerFactory(self.broker, self.listener, self.clock)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -139,6 +140,8 @@ class MQTTServerProtocol(Protocol):
         self._blockedOn: set[Any] | tuple[()] = ()
         # MQTT 5 state; None/defaults under 3.x.
         self._v5: dict[str, Any] | None = None
+        #: acknowledgements waiting for durable writes, in order: [bytes or None, writes left]
+        self._acks: deque[list[Any]] | None = None
 
     # Connection lifecycle
 
@@ -150,6 +153,10 @@ class MQTTServerProtocol(Protocol):
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
+        if not self.broker.ready:
+            # Storage is still being recovered: read nothing until it is.
+            transport.pauseProducing()
+            self.broker.whenReady().addCallback(lambda _: self._brokerReady())
         self._lastActivity = self.reactor.seconds()
         self._timer = self.reactor.callLater(self.settings.connect_timeout, self._connectTimeout)
 
@@ -295,6 +302,50 @@ class MQTTServerProtocol(Protocol):
                 self.transport.resumeProducing()
 
     # CONNECT
+
+    def _brokerReady(self) -> None:
+        if self.state == AWAIT_CONNECT and self.transport is not None:
+            self.transport.resumeProducing()
+
+    def _writeAck(self, data: bytes) -> None:
+        """Write an acknowledgement once the durable writes of its packet are done.
+
+        Acknowledgements leave in the order their packets arrived (MQTT-4.6.0-2..4).
+        A failed write closes the connection without the acknowledgement, so the
+        client sends the packet again.
+        """
+        broker = self.broker
+        pending = broker.pendingWrites
+        acks = self._acks
+        if not pending and not acks:
+            self.transport.write(data)  # type: ignore[union-attr]
+            return
+        if acks is None:
+            acks = self._acks = deque()
+        entry = [data, len(pending)]
+        acks.append(entry)
+        if pending:
+            broker.pendingWrites = []
+            for d in pending:
+                d.addBoth(self._ackWriteDone, entry)
+
+    def _ackWriteDone(self, result: Any, entry: list[Any]) -> Any:
+        entry[1] -= 1
+        if isinstance(result, Failure):
+            self.log.failure(
+                "durable write for {clientId} failed; closing without acknowledging",
+                result,
+                clientId=self.clientId,
+            )
+            entry[0] = None
+            self._close("storage write failed")
+            result = None
+        acks = self._acks
+        while acks and acks[0][1] <= 0:
+            data = acks.popleft()[0]
+            if data is not None and self.transport is not None and self.state != CLOSING:
+                self.transport.write(data)
+        return result
 
     def _connectTimeout(self) -> None:
         self._timer = None
@@ -689,6 +740,8 @@ class MQTTServerProtocol(Protocol):
             self._ack(PUBACK, packet.packetId, reason)  # type: ignore[arg-type]
         elif qos == 2:
             self._ack(PUBREC, packet.packetId, reason)  # type: ignore[arg-type]
+        elif broker.pendingWrites:
+            broker._backgroundWrites()
         if broker.congestion:
             self._waitFor(broker.congestion)
 
@@ -749,10 +802,10 @@ class MQTTServerProtocol(Protocol):
 
     def _ack(self, packetType: int, pid: int, reason: int = 0, why: str | None = None) -> None:
         if self._v5 is None:
-            self.transport.write(encodeAck(packetType, pid))  # type: ignore[union-attr]
+            self._writeAck(encodeAck(packetType, pid))
             return
         props = {"reason_string": why} if why and self._problemInfo() else None
-        self.transport.write(encodeAck5(packetType, pid, reason, props))  # type: ignore[union-attr]
+        self._writeAck(encodeAck5(packetType, pid, reason, props))
 
     def handle_puback(self, packet: Any) -> None:
         if not self.session.acknowledge(packet.packetId):  # type: ignore[union-attr]
@@ -821,9 +874,7 @@ class MQTTServerProtocol(Protocol):
                 continue
             retained.append((messages, options))
             codes.append(options.qos)
-        self.transport.write(  # type: ignore[union-attr]
-            encodeSuback(packet.packetId, codes, {} if v5 else None)
-        )
+        self._writeAck(encodeSuback(packet.packetId, codes, {} if v5 else None))
         # MQTT-3.3.1-6: retained messages follow the SUBACK, with RETAIN set.
         for messages, options in retained:
             if messages:
@@ -888,9 +939,9 @@ class MQTTServerProtocol(Protocol):
             existed = self.broker.unsubscribe(session, topicFilter)
             codes.append(Reason.SUCCESS if existed else Reason.NO_SUBSCRIPTION_EXISTED)
         if self._v5 is not None:
-            self.transport.write(encodeUnsuback(packet.packetId, codes, {}))  # type: ignore[union-attr]
+            self._writeAck(encodeUnsuback(packet.packetId, codes, {}))
         else:
-            self.transport.write(encodeAck(UNSUBACK, packet.packetId))  # type: ignore[union-attr]
+            self._writeAck(encodeAck(UNSUBACK, packet.packetId))
 
     def handle_pingreq(self, packet: Packet) -> None:
         self.transport.write(PINGRESP_BYTES)  # type: ignore[union-attr]

@@ -1,0 +1,225 @@
+"""Durable broker state in compacted shards: persistent sessions, their messages, retained.
+
+Four compacted shards hold everything a restarted node needs:
+
+- C{mqtt/sessions}: client id → session record (expiry, subscriptions, when it went offline);
+- C{mqtt/session-messages}: client id + sequence → a QoS 1/2 message held for a
+  persistent session (queued or in flight, with its packet id and QoS 2 state);
+- C{mqtt/incoming-qos2}: client id + packet id → marker of an incoming QoS 2 message
+  routed but not yet released (so a resend after a restart is not routed twice);
+- C{mqtt/retained}: topic → the retained message.
+
+Writes return Deferreds that fire once the store says the data is durable
+(per its sync policy); the protocol sends PUBACK/PUBREC/SUBACK only after
+the writes a packet caused have fired.  Sessions that end with their
+connection (expiry 0) and QoS 0 messages are never written.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from robustmq.core.message import Message
+from robustmq.core.subscription import SubscriptionOptions
+from robustmq.interfaces import IShardStore
+
+if TYPE_CHECKING:
+    from robustmq.core.session import Session
+
+SESSIONS = "mqtt/sessions"
+MESSAGES = "mqtt/session-messages"
+INCOMING = "mqtt/incoming-qos2"
+RETAINED = "mqtt/retained"
+
+_HEADER = struct.Struct("!I")
+_SEP = b"\x00"
+
+
+def _jsonable(props: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not props:
+        return None
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        if isinstance(v, bytes):
+            out[k] = {"b64": base64.b64encode(v).decode()}
+        else:
+            out[k] = v
+    return out
+
+
+def _unjson(props: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not props:
+        return None
+    out: dict[str, Any] = {}
+    for k, v in props.items():
+        if isinstance(v, dict) and "b64" in v:
+            out[k] = base64.b64decode(v["b64"])
+        elif k == "user_property":
+            out[k] = [tuple(pair) for pair in v]
+        else:
+            out[k] = v
+    return out
+
+
+def encodeMessage(message: Message, extra: dict[str, Any] | None = None) -> bytes:
+    """A message (plus delivery state in C{extra}) as bytes: JSON header, then the payload."""
+    header = {
+        "t": message.topic,
+        "q": message.qos,
+        "r": message.retain,
+        "ts": message.timestamp,
+        "x": message.expiresAt,
+        "o": message.origin,
+        "p": _jsonable(message.properties),
+    }
+    if extra:
+        header.update(extra)
+    h = json.dumps(header, separators=(",", ":")).encode()
+    return _HEADER.pack(len(h)) + h + message.payload
+
+
+def decodeMessage(data: bytes) -> tuple[Message, dict[str, Any]]:
+    """The inverse of L{encodeMessage}: the message and the whole header."""
+    (n,) = _HEADER.unpack_from(data)
+    header = json.loads(data[4 : 4 + n])
+    m = Message(
+        header["t"],
+        data[4 + n :],
+        header["q"],
+        header["r"],
+        header["ts"],
+        _unjson(header["p"]),
+        header["o"],
+    )
+    m.expiresAt = header["x"]
+    return m, header
+
+
+def _subKey(clientId: str, n: int) -> bytes:
+    return clientId.encode() + _SEP + b"%016x" % n
+
+
+class SessionPersistence:
+    """Reads and writes the broker's durable state through an L{IShardStore}."""
+
+    log = Logger()
+
+    def __init__(self, store: IShardStore) -> None:
+        self.store = store
+
+    async def open(self) -> None:
+        """Create the shards if this is a new store."""
+        for shard in (SESSIONS, MESSAGES, INCOMING, RETAINED):
+            await self.store.createShard(shard, {"compacted": True})
+
+    async def _scan(self, shard: str) -> dict[bytes, bytes]:
+        """Every live key of a compacted shard with its latest value."""
+        start, end = await self.store.offsets(shard)
+        latest: dict[bytes, bytes] = {}
+        offset = start
+        while offset < end:
+            records = await self.store.read(shard, offset, 10_000, 16 * 1024 * 1024)
+            if not records:
+                break
+            for record in records:
+                key = record["key"]
+                if record["value"] is None:
+                    latest.pop(key, None)
+                else:
+                    latest[key] = record["value"]
+            offset = records[-1]["offset"] + 1
+        return latest
+
+    # Retained messages
+
+    async def loadRetained(self) -> list[Message]:
+        """Every stored retained message."""
+        return [decodeMessage(v)[0] for v in (await self._scan(RETAINED)).values()]
+
+    def saveRetained(self, message: Message) -> defer.Deferred[Any]:
+        """Store (or, for an empty payload, delete) the retained message of its topic."""
+        key = message.topic.encode()
+        if not message.payload:
+            return self.store.deleteKey(RETAINED, key)
+        return self.store.upsert(RETAINED, key, encodeMessage(message))
+
+    # Sessions
+
+    def saveSession(self, session: Session) -> defer.Deferred[Any]:
+        """Write a session's record: expiry, subscriptions, when it went offline."""
+        record = {
+            "expiry": session.expiryInterval,
+            "offline": session.disconnectedAt,
+            "seq": session.nextSeq,
+            "subs": {f: o.toDict() for f, o in session.subscriptions.items()},
+        }
+        return self.store.upsert(SESSIONS, session.clientId.encode(), json.dumps(record).encode())
+
+    def deleteSession(self, session: Session) -> defer.Deferred[Any]:
+        """Forget a session and everything held for it."""
+        cid = session.clientId
+        writes = [self.store.deleteKey(SESSIONS, cid.encode())]
+        for seq in session.storedSeqs:
+            writes.append(self.store.deleteKey(MESSAGES, _subKey(cid, seq)))
+        for pid in session.awaitingRel:
+            writes.append(self.store.deleteKey(INCOMING, _subKey(cid, pid)))
+        session.storedSeqs.clear()
+        return defer.DeferredList(writes, consumeErrors=True)
+
+    def saveDelivery(
+        self, session: Session, seq: int, message: Message, qos: int, sub: Any, pid: int, state: int
+    ) -> defer.Deferred[Any]:
+        """Hold a QoS 1/2 message for a persistent session (pid 0: still queued)."""
+        extra = {
+            "dq": qos,
+            "pid": pid,
+            "st": state,
+            "ids": list(sub.identifiers) if sub is not None else [],
+            "kr": bool(sub is not None and sub.keepRetain),
+        }
+        session.storedSeqs.add(seq)
+        return self.store.upsert(
+            MESSAGES, _subKey(session.clientId, seq), encodeMessage(message, extra)
+        )
+
+    def deleteDelivery(self, session: Session, seq: int) -> defer.Deferred[Any]:
+        """The message was acknowledged (or dropped): stop holding it."""
+        session.storedSeqs.discard(seq)
+        return self.store.deleteKey(MESSAGES, _subKey(session.clientId, seq))
+
+    def saveIncoming(self, session: Session, pid: int) -> defer.Deferred[Any]:
+        """An incoming QoS 2 message was routed; PUBREL will clear it."""
+        return self.store.upsert(INCOMING, _subKey(session.clientId, pid), b"1")
+
+    def deleteIncoming(self, session: Session, pid: int) -> defer.Deferred[Any]:
+        """PUBREL arrived for an incoming QoS 2 message."""
+        return self.store.deleteKey(INCOMING, _subKey(session.clientId, pid))
+
+    async def loadSessions(self) -> list[dict[str, Any]]:
+        """Every stored session: its record plus held messages (in order) and incoming ids."""
+        sessions = {k.decode(): json.loads(v) for k, v in (await self._scan(SESSIONS)).items()}
+        for record in sessions.values():
+            record["messages"] = []
+            record["incoming"] = []
+        for key, value in sorted((await self._scan(MESSAGES)).items()):
+            cid, _, seq = key.rpartition(_SEP)
+            record = sessions.get(cid.decode())
+            if record is None:
+                continue
+            message, header = decodeMessage(value)
+            sub = SubscriptionOptions(
+                qos=header["dq"], keepRetain=header["kr"], identifiers=tuple(header["ids"])
+            )
+            record["messages"].append((int(seq, 16), message, header, sub))
+        for key in (await self._scan(INCOMING)).keys():
+            cid, _, pid = key.rpartition(_SEP)
+            record = sessions.get(cid.decode())
+            if record is not None:
+                record["incoming"].append(int(pid, 16))
+        return [{"clientId": cid, **record} for cid, record in sessions.items()]
