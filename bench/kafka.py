@@ -1,0 +1,123 @@
+"""Kafka throughput: confluent-kafka against a real node, next to the store's raw append speed.
+
+Usage: .venv/bin/python bench/kafka.py [--records 50000] [--size 1024]
+
+Starts a node (segment store, sync "interval") with a Kafka listener on a free
+loopback port, produces C{--records} records of C{--size} bytes with
+confluent-kafka (batches as librdkafka builds them, linger 5 ms), consumes
+them back, and in the same run appends the same records straight into a
+L{SegmentShardStore} in this process (batches of 1000, as a producer's batch
+becomes one append).  Prints MB/s and records/s for each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "kafka"))
+
+
+def rawAppend(records: int, size: int) -> float:
+    """Seconds to append C{records} records into a fresh segment store."""
+    from twisted.internet import defer, task
+
+    from robustmq.config import StorageSettings
+    from robustmq.storage.segment import SegmentShardStore
+
+    result: list[float] = []
+
+    async def run(reactor: object) -> None:
+        d = tempfile.mkdtemp(prefix="robustmq-bench-")
+        store = SegmentShardStore(StorageSettings(backend="segment", data_dir=d), reactor)
+        await store.open()
+        await store.createShard("bench")
+        value = b"x" * size
+        batch = [{"value": value} for _ in range(1000)]
+        start = time.perf_counter()
+        pending = []
+        for _ in range(records // 1000):
+            pending.append(store.append("bench", batch))
+            if len(pending) >= 8:
+                await defer.gatherResults(pending)
+                pending = []
+        await defer.gatherResults(pending)
+        result.append(time.perf_counter() - start)
+        await store.close()
+
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    except SystemExit:
+        pass
+    return result[0]
+
+
+def kafkaRun(records: int, size: int) -> tuple[float, float]:
+    """Seconds to produce, then to consume, C{records} through a node."""
+    from confluent_kafka import Consumer, Producer
+    from kafkanode import KafkaNodeProcess
+
+    node = KafkaNodeProcess('[storage]\nbackend = "segment"\n')
+    node.start()
+    try:
+        value = b"x" * size
+        p = Producer({"bootstrap.servers": node.bootstrap, "linger.ms": 5, "acks": 1})
+        p.produce("bench", value=b"warm")
+        p.flush(30)
+        start = time.perf_counter()
+        for _ in range(records):
+            while True:
+                try:
+                    p.produce("bench", value=value)
+                    break
+                except BufferError:
+                    p.poll(0.01)
+        assert p.flush(120) == 0
+        produced = time.perf_counter() - start
+        c = Consumer(
+            {
+                "bootstrap.servers": node.bootstrap,
+                "group.id": "bench",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            }
+        )
+        c.subscribe(["bench"])
+        got = 0
+        start = time.perf_counter()
+        deadline = time.monotonic() + 300
+        while got < records + 1 and time.monotonic() < deadline:
+            for m in c.consume(10000, 1.0):
+                if not m.error():
+                    got += 1
+        consumed = time.perf_counter() - start
+        c.close()
+        return produced, consumed
+    finally:
+        node.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=50_000)
+    parser.add_argument("--size", type=int, default=1024)
+    args = parser.parse_args()
+    n, size = args.records, args.size
+    mb = n * size / 1e6
+    raw = rawAppend(n, size)
+    produced, consumed = kafkaRun(n, size)
+    print(f"records: {n} x {size} B ({mb:.1f} MB)")
+    for label, secs in (
+        ("store raw append", raw),
+        ("kafka produce", produced),
+        ("kafka consume", consumed),
+    ):
+        print(f"{label:18s} {mb / secs:8.1f} MB/s {n / secs:10.0f} records/s")
+    print(f"produce / raw append: {raw / produced:.0%}")
+
+
+if __name__ == "__main__":
+    main()
