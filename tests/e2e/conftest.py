@@ -12,6 +12,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -33,6 +34,17 @@ max_packet_size = {SHARED_MAX_PACKET_SIZE}
 """
 
 PROTOCOLS = {"mqttv31": mqtt.MQTTv31, "mqttv311": mqtt.MQTTv311}
+
+#: No end-to-end test may take longer than this, whatever the node does.
+TEST_TIMEOUT = 60
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test in this directory a hard timeout (unless it sets its own)."""
+    here = str(Path(__file__).parent)
+    for item in items:
+        if str(item.path).startswith(here) and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(TEST_TIMEOUT))
 
 
 @pytest.fixture(scope="session")
@@ -197,9 +209,21 @@ class PahoClient:
                 return before
             before.append(msg)
 
-    def expectMany(self, n: int, timeout: float = TIMEOUT) -> list[Received]:
-        """The next C{n} messages (each within C{timeout})."""
-        return [self.expect(timeout) for _ in range(n)]
+    def expectMany(self, n: int, timeout: float = 3 * TIMEOUT) -> list[Received]:
+        """The next C{n} messages, all within C{timeout} in total."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        got: list[Received] = []
+        for _ in range(n):
+            remaining = deadline - time.monotonic()
+            try:
+                got.append(self.messages.get(timeout=max(0.01, remaining)))
+            except queue.Empty:
+                raise AssertionError(
+                    f"only {len(got)} of {n} messages within {timeout}s; last: {got[-1:]}"
+                ) from None
+        return got
 
     def expectNothing(self, timeout: float = 0.3) -> None:
         """Fail if a message arrives within C{timeout}."""
