@@ -116,7 +116,6 @@ class ServerTLSContext:
             _checkFile(f"{key}.cacertfile", listener.cacertfile)
             try:
                 ctx.load_verify_locations(listener.cacertfile)
-                ctx.set_client_ca_list(_caNames(listener.cacertfile))
             except (SSL.Error, ValueError) as e:
                 raise ConfigError(
                     f"{key}.cacertfile: {listener.cacertfile}: not PEM CA certificates: {e}"
@@ -160,14 +159,6 @@ class ServerTLSContext:
 
 def _verified(connection: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
     return bool(ok)
-
-
-def _caNames(path: str) -> list[Any]:
-    from OpenSSL import crypto
-
-    with open(path, "rb") as f:
-        certs = x509.load_pem_x509_certificates(f.read())
-    return [crypto.X509.from_cryptography(c).get_subject() for c in certs]
 
 
 class ServerTLSTransport(BufferingTLSTransport):

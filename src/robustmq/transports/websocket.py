@@ -163,7 +163,8 @@ class StreamWebSocketProtocol(WebSocketServerProtocol):
                 listener=self.factory.listener.label,
                 peer=self.peer,
             )
-            self.sendClose(_UNSUPPORTED_DATA, "binary frames only")
+            # sendClose() only takes application codes; this is a protocol-level close.
+            self.sendCloseFrame(_UNSUPPORTED_DATA, b"binary frames only", isReply=False)
 
     def onMessageFrameBegin(self, length: int) -> None:
         pass
