@@ -106,6 +106,10 @@ def node(certs: Certs) -> Iterator[Node]:
     n = startNode(certs, quic_idle_timeout=3.0)
     try:
         yield n
+        # Hostile input and abrupt clients must never reach an unhandled error.
+        output = n.output()
+        for marker in ("Traceback (most recent call last)", "Unhandled Error", "Unhandled error"):
+            assert marker not in output, output[output.index(marker) - 2000 :][:6000]
     finally:
         n.process.cleanup()
 

@@ -353,6 +353,13 @@ class WebSocketAdapterTests(unittest.TestCase):
         adapter.write(b"late")
         self.assertEqual(len(ws.sent), 2)
 
+    def test_certificateUsernameFromTheTLSLayer(self) -> None:
+        """wss over mutual TLS: the name comes from the TLS transport underneath."""
+        adapter, raw, _ = self._adapter()
+        self.assertIsNone(adapter.certificateUsername)
+        raw.certificateUsername = "alice"  # type: ignore[attr-defined]
+        self.assertEqual(adapter.certificateUsername, "alice")
+
 
 class _CertTransport(StringTransport):
     certificateUsername = "alice"

@@ -25,9 +25,14 @@ JS_DIR = Path(__file__).parent / "js"
 class WsPaho:
     """A paho client with transport="websockets", with blocking helpers."""
 
-    def __init__(self, port: int, clientId: str, ca: str | None = None) -> None:
+    def __init__(
+        self, port: int, clientId: str, ca: str | None = None, version: int = mqtt.MQTTv311
+    ) -> None:
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=clientId, transport="websockets"
+            CallbackAPIVersion.VERSION2,
+            client_id=clientId,
+            transport="websockets",
+            protocol=version,
         )
         self.client.ws_set_options(path="/mqtt")
         if ca:
@@ -70,11 +75,16 @@ class WsPaho:
         self.client.loop_stop()
 
 
-@pytest.mark.parametrize("transport", ["ws", "wss"])
-def test_pahoQos012AndRetained(node: Node, certs: Certs, uniq: str, transport: str) -> None:
+@pytest.mark.parametrize(
+    "transport, version",
+    [("ws", mqtt.MQTTv311), ("wss", mqtt.MQTTv311), ("ws", mqtt.MQTTv5), ("wss", mqtt.MQTTv31)],
+)
+def test_pahoQos012AndRetained(
+    node: Node, certs: Certs, uniq: str, transport: str, version: int
+) -> None:
     ca = certs.ca if transport == "wss" else None
-    sub = WsPaho(node.ports[transport], f"{uniq}-s", ca)
-    pub = WsPaho(node.ports[transport], f"{uniq}-p", ca)
+    sub = WsPaho(node.ports[transport], f"{uniq}-s", ca, version)
+    pub = WsPaho(node.ports[transport], f"{uniq}-p", ca, version)
     try:
         pub.publish(f"{uniq}/retained", b"kept", 1, retain=True)
         sub.subscribe(f"{uniq}/#", 2)

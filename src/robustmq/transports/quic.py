@@ -250,12 +250,12 @@ class QuicStreamConnection:
 
     def _deliver(self) -> None:
         """Give held stream bytes to the protocol while it is reading."""
-        while self._held and self._reading and not self._lost:
+        while self._held and self._reading and not self._lost and not self.disconnecting:
             data = self._held.pop(0)
             self._heldBytes -= len(data)
             assert self.protocol is not None
             self.protocol.dataReceived(data)
-        if self._streamEnded and not self._held and not self._lost:
+        if self._streamEnded and not self._held and not self._lost and not self.disconnecting:
             # The client finished its side: the session is over.
             self._deliverLost(ConnectionDone("QUIC stream finished by the client"))
             self.loseConnection()
@@ -320,7 +320,8 @@ class QuicStreamConnection:
                 pass  # the stream's send side is already finished or reset
         self._flushDeadline = self.server.reactor.seconds() + _FLUSH_GRACE
         self.transmit()
-        self._deliverLost(ConnectionDone("closed by the server"))
+        # Like TCP: connectionLost comes later, never from inside loseConnection.
+        self.server.reactor.callLater(0, self._deliverLost, ConnectionDone("closed by the server"))
 
     def abortConnection(self) -> None:
         if self.terminated:
@@ -329,7 +330,7 @@ class QuicStreamConnection:
         self._flushDeadline = None
         self.quic.close(error_code=APPLICATION_ERROR, reason_phrase="aborted")
         self.transmit()
-        self._deliverLost(ConnectionAborted())
+        self.server.reactor.callLater(0, self._deliverLost, ConnectionAborted())
 
     def getPeer(self) -> IPv4Address | IPv6Address:
         return _address(self.peerAddress)
