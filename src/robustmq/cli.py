@@ -10,7 +10,7 @@ from robustmq import __version__
 
 def _start(args: argparse.Namespace) -> int:
     """Run the node in the foreground under twistd (logs to stdout by default)."""
-    from twisted.scripts.twistd import ServerOptions, runApp
+    from twisted.scripts.twistd import ServerOptions, _SomeApplicationRunner
 
     from robustmq.config import ConfigError, loadSettings
 
@@ -27,7 +27,9 @@ def _start(args: argparse.Namespace) -> int:
         argv += ["--config", args.config]
     config = ServerOptions()
     config.parseOptions(argv)
-    runApp(config)
+    # twistd's runApp re-raises SIGTERM/SIGINT after a clean shutdown (exit
+    # status 128+n); `robustmq start` reports a clean stop as 0 instead.
+    _SomeApplicationRunner(config).run()
     return 0
 
 

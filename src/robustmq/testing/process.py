@@ -100,10 +100,25 @@ port = {self.port}
                 except TimeoutError:
                     if time.monotonic() > deadline:
                         raise
+            # Accepting sockets is not enough: wait until storage is recovered.
+            self.waitForOutput("[robustmq.core.broker.Broker#info] broker ", max(1.0, deadline - time.monotonic()))
         except BaseException:
             self.stop()
             raise
         return self
+
+    def waitForOutput(self, text: str, timeout: float = 10.0) -> str:
+        """Block until the node's log contains C{text}; returns the log."""
+        deadline = time.monotonic() + timeout
+        while True:
+            out = self.output()
+            if text in out:
+                return out
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.process.returncode}:\n{out}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{text!r} not logged within {timeout}s:\n{out[-2000:]}")
+            time.sleep(0.05)
 
     def output(self) -> str:
         """Everything the node logged so far."""
@@ -134,7 +149,7 @@ port = {self.port}
     def cleanup(self) -> None:
         """Stop the node and delete its working directory."""
         self.stop()
-        if os.environ.get("ROBUSTMQ_KEEP_TEST_DIRS") is None:
+        if os.environ.get("RMQTEST_KEEP_DIRS") is None:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> BrokerProcess:

@@ -84,6 +84,8 @@ _ENC5_QOS0_RETAIN = "mqtt5:q0r"
 _ENC5_PROPS = "mqtt5:props"
 
 SUPPORTED_LEVELS = (MQTT31, MQTT311, MQTT5)
+# MQTT-3.1.2-1/-2: the protocol name must go with its level.
+_PROTOCOLS = {("MQIsdp", MQTT31), ("MQTT", MQTT311), ("MQTT", MQTT5)}
 
 # PUBLISH properties forwarded from publisher to subscribers unchanged.
 _FORWARDED = (
@@ -382,7 +384,7 @@ class MQTTServerProtocol(Protocol):
             self._timer = None
         self.clientId = packet.clientId
         settings = self.settings
-        if packet.protocolLevel not in SUPPORTED_LEVELS:
+        if (packet.protocolName, packet.protocolLevel) not in _PROTOCOLS:
             self.version = MQTT311
             self._refuse(
                 Reason.UNSUPPORTED_PROTOCOL_VERSION,
