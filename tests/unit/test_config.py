@@ -23,7 +23,8 @@ def test_shippedConfigLoads():
     s = loadSettings(str(ROOT / "etc" / "robustmq.toml"), environ={})
     assert s.listeners[0].port == 1883
     assert s.listeners[0].bind == "0.0.0.0"
-    assert s.storage.backend == "memory"
+    assert s.storage.backend == "segment"
+    assert s.storage.data_dir == "./data/storage"
 
 
 @pytest.mark.parametrize(
