@@ -271,6 +271,8 @@ class ListenerSettings:
         ("mqtt", "ws"): 8083,
         ("mqtt", "wss"): 8084,
         ("mqtt", "quic"): 14567,
+        ("amqp", "tcp"): 5672,
+        ("amqp", "tls"): 5671,
     }
 
     @property

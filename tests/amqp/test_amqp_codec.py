@@ -163,6 +163,7 @@ class _Peer:
 def _connect(clock: Clock) -> tuple[AMQPServerProtocol, StringTransport]:
     settings = Settings()
     broker = Broker(settings, clock)
+    broker.startService()  # no store: ready at once (whenReady fires)
     server = AMQPServer(broker, clock)
     proto = AMQPServerProtocol(server, settings.listeners[0], clock)
     transport = StringTransport(peerAddress=_Peer())
@@ -217,6 +218,26 @@ def test_channelErrorClosesOnlyTheChannel():
     assert not transport.disconnecting
     proto.dataReceived(encodeMethod(2, spec.ChannelOpen()))
     assert isinstance(_methods(transport)[0], spec.ChannelOpenOk)
+    proto.connectionLost(None)
+
+
+def test_handshakeWaitsForBrokerRecovery():
+    """Connection.Tune only after the broker's whenReady (durable queues recovered)."""
+    clock = Clock()
+    settings = Settings()
+    broker = Broker(settings, clock)  # not started: storage not open yet
+    server = AMQPServer(broker, clock)
+    proto = AMQPServerProtocol(server, settings.listeners[0], clock)
+    transport = StringTransport(peerAddress=_Peer())
+    proto.makeConnection(transport)
+    proto.dataReceived(PROTOCOL_HEADER)
+    _methods(transport)
+    proto.dataReceived(encodeMethod(0, spec.ConnectionStartOk({}, "PLAIN", b"\0guest\0guest")))
+    assert _methods(transport) == []
+    broker.startService()
+    (tune,) = _methods(transport)
+    assert isinstance(tune, spec.ConnectionTune)
+    assert server.start().called
     proto.connectionLost(None)
 
 

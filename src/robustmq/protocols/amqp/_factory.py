@@ -39,8 +39,8 @@ class AMQPServerFactory(ServerFactory):
         self.refused = 0
 
     def startFactory(self) -> None:
-        # Recover durable queues once the reactor runs (the store opens at service start).
-        self.reactor.callWhenRunning(self.server.start)
+        # Recover durable queues as soon as the broker has opened its store.
+        self.server.start()
 
     def buildProtocol(self, addr: Any) -> AMQPServerProtocol | None:
         limit = self.listener.max_connections
@@ -71,11 +71,15 @@ class AMQPServerFactory(ServerFactory):
 
 @implementer(IPlugin, IProtocolPlugin)
 class AMQPProtocolPlugin:
-    """AMQP 0-9-1 (RabbitMQ dialect) as a broker protocol plugin."""
+    """AMQP 0-9-1 (RabbitMQ dialect) as a broker protocol plugin.
+
+    Over C{tcp} (5672) and C{tls} (AMQPS, 5671): the shared transports layer
+    (L{robustmq.transports.serverEndpoint}) wraps the same factory in TLS.
+    """
 
     name = "amqp"
     defaultPort = 5672
-    transports = ("tcp",)
+    transports = ("tcp", "tls")
 
     def buildFactory(
         self, broker: Broker, listener: ListenerSettings, reactor: Any

@@ -6,7 +6,6 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
-from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from robustmq.protocols.amqp._model import VirtualHost
@@ -16,9 +15,6 @@ if TYPE_CHECKING:
     from robustmq.core.broker import Broker
 
 __all__ = ["AMQPServer", "serverFor"]
-
-#: seconds to wait for the shard store to open before recovering durable queues
-RECOVERY_WAIT = 60.0
 
 _servers: weakref.WeakKeyDictionary[Any, AMQPServer] = weakref.WeakKeyDictionary()
 
@@ -62,22 +58,19 @@ class AMQPServer:
         return v
 
     def start(self) -> defer.Deferred[None]:
-        """Recover durable state from the shard store (once)."""
+        """Recover durable state from the shard store (once), after L{Broker.whenReady}.
+
+        Connections finish their handshake (Connection.Tune) only once this
+        has fired, so no client sees a durable queue before its messages.
+        """
         if self.ready is None:
             self.ready = defer.ensureDeferred(self._start())
         return self.ready
 
     async def _start(self) -> None:
         # The store opens asynchronously (the segment store recovers on a
-        # thread); wait for it, at most RECOVERY_WAIT seconds.
-        store = self.broker.store
-        if store is not None:
-            for _ in range(int(RECOVERY_WAIT / 0.05)):
-                try:
-                    await store.listShards()
-                    break
-                except Exception:
-                    await deferLater(self.reactor, 0.05)
+        # thread); the broker tells us when it is open and MQTT state is back.
+        await self.broker.whenReady()
         try:
             await self.persistence.recover()
         except Exception:
