@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import Certs, Node
+from transport_support import Certs, Node
 
 from robustmq.testing.quicclient import QuicClient
 from robustmq.testing.rawclient import ConnectionClosed, RawClient

@@ -11,8 +11,8 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import TIMEOUT, Certs, Node, mosquitto, startSubscriber
 from paho.mqtt.enums import CallbackAPIVersion
+from transport_support import TIMEOUT, Certs, Node, mosquitto, startSubscriber
 
 from robustmq.testing.process import BrokerProcess
 from robustmq.transports.testcerts import generateTestCertificates

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from conftest import TIMEOUT, Certs, Node, RawWebSocket, startNode
 from paho.mqtt.enums import CallbackAPIVersion
+from transport_support import TIMEOUT, Certs, Node, RawWebSocket, startNode
 
 from robustmq.protocols.mqtt import MQTTParser, encodeConnect, encodePublish, encodeSubscribe
 from robustmq.protocols.mqtt._codec import PINGREQ_BYTES

@@ -68,6 +68,7 @@ class FakeClient:
 
     def received(self) -> list[Packet]:
         """Packets the broker wrote since the last call."""
+        self.harness.broker.flushWrites()
         data = self.transport.value()
         self.transport.clear()
         return self.parser.feed(data)

@@ -144,6 +144,8 @@ class MQTTServerProtocol(Protocol):
         self._v5: dict[str, Any] | None = None
         #: acknowledgements waiting for durable writes, in order: [bytes or None, writes left]
         self._acks: deque[list[Any]] | None = None
+        #: bytes written during this reactor turn, sent with one writeSequence (see Broker)
+        self._out: list[bytes] | None = None
 
     # Connection lifecycle
 
@@ -183,18 +185,40 @@ class MQTTServerProtocol(Protocol):
         will, self.will = self.will, None
         broker.sessions.close(self.session, self, will, self.willDelay)
 
+    def _write(self, data: bytes) -> None:
+        """Queue bytes for this connection; the broker flushes them once per read or turn."""
+        out = self._out
+        if out is None:
+            self._out = [data]
+            self.broker.markDirty(self)
+        else:
+            out.append(data)
+
+    def flushWrites(self) -> None:
+        """Hand the bytes queued by L{_write} to the transport in one call."""
+        out = self._out
+        if out is not None:
+            self._out = None
+            transport = self.transport
+            if transport is not None:
+                if len(out) == 1:
+                    transport.write(out[0])
+                else:
+                    transport.writeSequence(out)
+
     def _close(self, why: str) -> None:
         if self._closeReason is None:
             self._closeReason = why
         self.state = CLOSING
         if self.transport is not None:
+            self.flushWrites()
             self.transport.loseConnection()
 
     def _disconnect(self, reasonCode: int, why: str) -> None:
         """Close, telling a 5.0 client why with a DISCONNECT (MQTT-4.13.2-1)."""
         if self.version == MQTT5 and self.transport is not None and self.state != CLOSING:
             props = {"reason_string": why} if self._problemInfo() else None
-            self.transport.write(encodeDisconnect(reasonCode, props))
+            self._write(encodeDisconnect(reasonCode, props))
         self._close(why)
 
     def _protocolError(self, error: MQTTError) -> None:
@@ -209,7 +233,7 @@ class MQTTServerProtocol(Protocol):
         )
         if self.version == MQTT5 and self.state in (AWAIT_CONNECT, AUTHENTICATING):
             if self.transport is not None and self.parser.version == MQTT5:
-                self.transport.write(encodeConnack(False, error.reasonCode, {}))
+                self._write(encodeConnack(False, error.reasonCode, {}))
             self._close(f"{type(error).__name__}: {error}")
         else:
             self._disconnect(error.reasonCode, f"{type(error).__name__}: {error}")
@@ -246,18 +270,25 @@ class MQTTServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.state == CLOSING:
             return
+        broker = self.broker
         self._lastActivity = self.reactor.seconds()
-        self.broker.stats.bytesReceived += len(data)
+        broker.stats.bytesReceived += len(data)
+        broker.reading += 1
         try:
-            packets = self.parser.feed(data)
-        except MQTTError as e:
-            self.version = self.parser.version if self.state == AWAIT_CONNECT else self.version
-            self._protocolError(e)
-            return
-        if self._held is not None:
-            self._held.extend(packets)
-            return
-        self._run(packets, 0)
+            try:
+                packets = self.parser.feed(data)
+            except MQTTError as e:
+                self.version = self.parser.version if self.state == AWAIT_CONNECT else self.version
+                self._protocolError(e)
+                return
+            if self._held is not None:
+                self._held.extend(packets)
+                return
+            self._run(packets, 0)
+        finally:
+            broker.reading -= 1
+            if not broker.reading and broker.dirty:
+                broker.flushWrites()
 
     def _run(self, packets: list[Packet], i: int) -> None:
         """Handle C{packets[i:]}, holding the rest back if handling must pause."""
@@ -320,7 +351,7 @@ class MQTTServerProtocol(Protocol):
         pending = broker.pendingWrites
         acks = self._acks
         if not pending and not acks:
-            self.transport.write(data)  # type: ignore[union-attr]
+            self._write(data)  # type: ignore[union-attr]
             return
         if acks is None:
             acks = self._acks = deque()
@@ -346,7 +377,7 @@ class MQTTServerProtocol(Protocol):
         while acks and acks[0][1] <= 0:
             data = acks.popleft()[0]
             if data is not None and self.transport is not None and self.state != CLOSING:
-                self.transport.write(data)
+                self._write(data)
         return result
 
     def _connectTimeout(self) -> None:
@@ -371,9 +402,9 @@ class MQTTServerProtocol(Protocol):
                 props = dict(props or {})
                 if self._problemInfo():
                     props["reason_string"] = why
-                self.transport.write(encodeConnack(False, code, props))
+                self._write(encodeConnack(False, code, props))
             else:
-                self.transport.write(encodeConnack(False, code))
+                self._write(encodeConnack(False, code))
         self._close(why)
 
     def handle_connect(self, packet: Connect) -> None:
@@ -496,7 +527,7 @@ class MQTTServerProtocol(Protocol):
         status, reply = v5["mechanism"].step(data)
         props = {"authentication_method": v5["method"], "authentication_data": reply}
         if status == "continue":
-            self.transport.write(encodeAuth(Reason.CONTINUE_AUTHENTICATION, props))  # type: ignore[union-attr]
+            self._write(encodeAuth(Reason.CONTINUE_AUTHENTICATION, props))  # type: ignore[union-attr]
             return
         mechanism = v5.pop("mechanism")
         if status != "success":
@@ -506,7 +537,7 @@ class MQTTServerProtocol(Protocol):
                 self._refuse(Reason.BAD_USER_NAME_OR_PASSWORD, "enhanced authentication failed")
             return
         if self.state == CONNECTED:
-            self.transport.write(encodeAuth(Reason.SUCCESS, props))  # type: ignore[union-attr]
+            self._write(encodeAuth(Reason.SUCCESS, props))  # type: ignore[union-attr]
             return
         if mechanism.username:
             self.username = mechanism.username
@@ -591,7 +622,7 @@ class MQTTServerProtocol(Protocol):
             connack["server_keep_alive"] = self.keepAlive
         if self.keepAlive:
             self._timer = self.reactor.callLater(self.keepAlive * 1.5, self._checkKeepAlive)
-        self.transport.write(encodeConnack(present, Reason.SUCCESS, connack))
+        self._write(encodeConnack(present, Reason.SUCCESS, connack))
         self.state = CONNECTED
         self.connectedAt = self.reactor.seconds()
         broker.connectionOpened(self)
@@ -946,7 +977,7 @@ class MQTTServerProtocol(Protocol):
             self._writeAck(encodeAck(UNSUBACK, packet.packetId))
 
     def handle_pingreq(self, packet: Packet) -> None:
-        self.transport.write(PINGRESP_BYTES)  # type: ignore[union-attr]
+        self._write(PINGRESP_BYTES)  # type: ignore[union-attr]
 
     def handle_disconnect(self, packet: Disconnect) -> None:
         v5 = self._v5
@@ -991,7 +1022,7 @@ class MQTTServerProtocol(Protocol):
             if topic is None:
                 topic = enc[_ENC_TOPIC] = message.topic.encode()
             data = encodePublish(topic, message.payload, qos, retain, dup, packetId)
-        self.transport.write(data)  # type: ignore[union-attr]
+        self._write(data)  # type: ignore[union-attr]
         stats = self.broker.stats
         stats.messagesSent += 1
         stats.publishSent += 1
@@ -1068,7 +1099,7 @@ class MQTTServerProtocol(Protocol):
             return False
         if newAlias is not None:
             v5["outAliases"][message.topic] = newAlias
-        self.transport.write(data)  # type: ignore[union-attr]
+        self._write(data)  # type: ignore[union-attr]
         stats = self.broker.stats
         stats.messagesSent += 1
         stats.publishSent += 1
