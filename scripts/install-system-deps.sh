@@ -26,7 +26,7 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -qq --no-install-recommends $need >/dev/null
+$SUDO apt-get install -y -qq $need >/dev/null
 # The mosquitto package starts a system broker on 1883; the tests run their
 # own brokers on free ports, and `make run` needs 1883, so stop it.
 if [ -x /usr/sbin/mosquitto ] && command -v systemctl >/dev/null 2>&1; then
