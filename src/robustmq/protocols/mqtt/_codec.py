@@ -49,6 +49,7 @@ from robustmq.protocols.mqtt._packets import (
     Unsuback,
     Unsubscribe,
 )
+from robustmq.protocols.mqtt._primitives import encodeVarint, readBinary, readUtf8
 from robustmq.protocols.mqtt._properties import WILL, encodeProperties, readProperties
 
 _U16 = struct.Struct("!H")
@@ -62,17 +63,7 @@ MAX_REMAINING_LENGTH = 268_435_455
 
 def encodeRemainingLength(n: int) -> bytes:
     """The variable-length 'remaining length' field (MQTT 3.1.1 section 2.2.3)."""
-    if n < 128:
-        return bytes((n,))
-    out = bytearray()
-    while True:
-        digit = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(digit | 0x80)
-        else:
-            out.append(digit)
-            return bytes(out)
+    return encodeVarint(n)
 
 
 def _str(s: str) -> bytes:
@@ -302,31 +293,8 @@ def encode(packet: Packet, version: int = MQTT311) -> bytes:
 # Decoding
 
 
-def _readStr(data: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
-    """A UTF-8 string field at C{pos}; MQTT-1.5.3-1/-2: well-formed, no U+0000."""
-    if pos + 2 > end:
-        raise MalformedPacket(f"{what}: truncated length")
-    n = _unpackU16(data, pos)[0]
-    pos += 2
-    if pos + n > end:
-        raise MalformedPacket(f"{what}: string runs past the packet end")
-    try:
-        s = data[pos : pos + n].decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedPacket(f"{what}: not valid UTF-8", "MQTT-1.5.3-1") from None
-    if "\x00" in s:
-        raise MalformedPacket(f"{what}: contains U+0000", "MQTT-1.5.3-2")
-    return s, pos + n
-
-
-def _readBin(data: bytes, pos: int, end: int, what: str) -> tuple[bytes, int]:
-    if pos + 2 > end:
-        raise MalformedPacket(f"{what}: truncated length")
-    n = _unpackU16(data, pos)[0]
-    pos += 2
-    if pos + n > end:
-        raise MalformedPacket(f"{what}: runs past the packet end")
-    return data[pos : pos + n], pos + n
+_readStr = readUtf8
+_readBin = readBinary
 
 
 def _readId(data: bytes, pos: int, end: int, what: str) -> int:

@@ -27,6 +27,7 @@ from robustmq.protocols.mqtt._packets import (
     UNSUBACK,
     UNSUBSCRIBE,
 )
+from robustmq.protocols.mqtt._primitives import encodeVarint, readUtf8, readVarint
 
 # Pseudo packet type for the will properties inside CONNECT.
 WILL = 100
@@ -97,52 +98,11 @@ _unpackU16 = struct.Struct("!H").unpack_from
 _unpackU32 = struct.Struct("!I").unpack_from
 
 
-def readVarint(data: bytes, pos: int, end: int) -> tuple[int, int]:
-    """A variable byte integer at C{pos}; returns (value, next position)."""
-    value = 0
-    shift = 0
-    while True:
-        if pos >= end:
-            raise MalformedPacket("truncated variable byte integer")
-        b = data[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 21:
-            raise MalformedPacket("variable byte integer longer than 4 bytes", "MQTT-1.5.5-1")
-
-
-def encodeVarint(n: int) -> bytes:
-    """A variable byte integer."""
-    if n < 128:
-        return bytes((n,))
-    out = bytearray()
-    while True:
-        digit = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(digit | 0x80)
-        else:
-            out.append(digit)
-            return bytes(out)
+_V5_UTF8 = ("MQTT-1.5.4-1", "MQTT-1.5.4-2")
 
 
 def _readUtf8(data: bytes, pos: int, end: int, what: str) -> tuple[str, int]:
-    if pos + 2 > end:
-        raise MalformedPacket(f"{what}: truncated string")
-    n = _unpackU16(data, pos)[0]
-    pos += 2
-    if pos + n > end:
-        raise MalformedPacket(f"{what}: string runs past the properties")
-    try:
-        s = data[pos : pos + n].decode("utf-8")
-    except UnicodeDecodeError:
-        raise MalformedPacket(f"{what}: not valid UTF-8", "MQTT-1.5.4-1") from None
-    if "\x00" in s:
-        raise MalformedPacket(f"{what}: contains U+0000", "MQTT-1.5.4-2")
-    return s, pos + n
+    return readUtf8(data, pos, end, what, _V5_UTF8)
 
 
 def readProperties(data: bytes, pos: int, end: int, packetType: int) -> tuple[dict[str, Any], int]:
