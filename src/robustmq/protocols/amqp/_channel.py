@@ -12,8 +12,8 @@ from __future__ import annotations
 import secrets
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from robustmq.protocols.amqp import _spec
 from robustmq.protocols.amqp._exceptions import (
@@ -25,6 +25,7 @@ from robustmq.protocols.amqp._exceptions import (
     preconditionFailed,
     resourceLocked,
 )
+from robustmq.protocols.amqp._frames import encodeDeliver
 from robustmq.protocols.amqp._model import (
     EXCHANGE_TYPES,
     REPLY_TO,
@@ -67,7 +68,8 @@ class AMQPChannel:
         self.flowActive = True
         self.confirm = False
         self.publishSeq = 0
-        self.confirmWaiting: set[int] = set()
+        #: publish sequence numbers waiting for store writes -> writes still outstanding
+        self.confirmWaiting: dict[int, int] = {}
         self._ackThrough = 0
         self._flushCall: Any = None
         self.tx = False
@@ -101,29 +103,50 @@ class AMQPChannel:
     def deliver(self, consumer: Consumer, queue: Queue | None, qm: QueuedMessage) -> None:
         """Send C{qm} to C{consumer} as Basic.Deliver."""
         tag = self.nextTag
-        self.nextTag += 1
+        self.nextTag = tag + 1
         m = qm.message
         if consumer.noAck:
-            if queue is not None:
+            if queue is not None and qm.stored:
                 queue.forget(qm)
         else:
             self.unacked[tag] = (qm, queue, consumer)
             self.unackedBytes += m.size
             consumer.unacked += 1
-        self.conn.sendContent(
-            self.number,
-            _spec.BasicDeliver(consumer.tag, tag, qm.redelivered, m.exchange, m.routingKey),
-            m.propsRaw,
-            m.body,
+        conn = self.conn
+        conn.write(
+            encodeDeliver(
+                self.number,
+                consumer.tagEncoded,
+                tag,
+                qm.redelivered,
+                m.tail,
+                m.header,
+                m.body,
+                conn.frameMax,
+            )
         )
 
     # -- dispatch -------------------------------------------------------
 
     def dispatch(self, frame: Any) -> None:
         """Handle one frame addressed to this channel."""
-        from robustmq.protocols.amqp._frames import BodyFrame, HeaderFrame, MethodFrame
-
-        if isinstance(frame, MethodFrame):
+        kind = frame.kind
+        if kind == _spec.FRAME_BODY and self._props is not None and not self.closing:
+            # The hot path: the body of a publish, usually in one frame.
+            data = frame.data
+            self._received += len(data)
+            if self._received == self._bodySize and not self._body:
+                self._contentDone(data)
+                return
+            self._body.append(data)
+            if self._received > self._bodySize:
+                raise ConnectionError(
+                    _spec.FRAME_ERROR, "FRAME_ERROR - content body larger than its header said"
+                )
+            if self._received == self._bodySize:
+                self._contentDone(b"".join(self._body))
+            return
+        if kind == _spec.FRAME_METHOD:
             method = frame.method
             if self._publish is not None:
                 raise ConnectionError(
@@ -138,7 +161,7 @@ class AMQPChannel:
                 elif isinstance(method, _spec.ChannelCloseOk):
                     self.conn.channelClosed(self)
                 return
-            handler = getattr(self, "handle_" + method.NAME, None)
+            handler = _HANDLERS.get(type(method))
             if handler is None:
                 raise ConnectionError(
                     _spec.COMMAND_INVALID
@@ -149,7 +172,7 @@ class AMQPChannel:
                     method.METHOD_ID,
                 )
             try:
-                handler(method)
+                handler(self, method)
             except AMQPError as e:
                 if not e.classId:
                     e.classId, e.methodId = method.CLASS_ID, method.METHOD_ID
@@ -157,7 +180,7 @@ class AMQPChannel:
             return
         if self.closing:
             return
-        if isinstance(frame, HeaderFrame):
+        if kind == _spec.FRAME_HEADER:
             if self._publish is None or self._props is not None:
                 raise ConnectionError(
                     _spec.UNEXPECTED_FRAME, "UNEXPECTED_FRAME - content header without a method"
@@ -178,25 +201,15 @@ class AMQPChannel:
             self._received = 0
             self._body = []
             if frame.bodySize == 0:
-                self._contentDone()
+                self._contentDone(b"")
             return
-        if isinstance(frame, BodyFrame):
-            if self._props is None:
-                raise ConnectionError(
-                    _spec.UNEXPECTED_FRAME, "UNEXPECTED_FRAME - content body without a header"
-                )
-            self._body.append(frame.data)
-            self._received += len(frame.data)
-            if self._received > self._bodySize:
-                raise ConnectionError(
-                    _spec.FRAME_ERROR, "FRAME_ERROR - content body larger than its header said"
-                )
-            if self._received == self._bodySize:
-                self._contentDone()
+        if kind == _spec.FRAME_BODY:
+            raise ConnectionError(
+                _spec.UNEXPECTED_FRAME, "UNEXPECTED_FRAME - content body without a header"
+            )
 
-    def _contentDone(self) -> None:
+    def _contentDone(self, body: bytes) -> None:
         method, props = self._publish, self._props
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         self._publish = self._props = None
         self._body = []
         assert method is not None and props is not None
@@ -208,6 +221,11 @@ class AMQPChannel:
             raise
 
     # -- channel --------------------------------------------------------
+
+    def handle_channel_open(self, method: _spec.ChannelOpen) -> None:
+        raise ConnectionError(
+            _spec.CHANNEL_ERROR, "CHANNEL_ERROR - second 'channel.open' seen", 20, 10
+        )
 
     def handle_channel_close(self, method: _spec.ChannelClose) -> None:
         self.sendMethod(_spec.ChannelCloseOk())
@@ -555,9 +573,10 @@ class AMQPChannel:
         if seq is None:
             return
         if writes and accepted:
-            self.confirmWaiting.add(seq)
-            d = defer.DeferredList(writes, fireOnOneErrback=True, consumeErrors=True)
-            d.addCallbacks(lambda _: self._stored(seq, True), lambda _: self._stored(seq, False))
+            # Confirm once every queue's batch holding the message is durable.
+            self.confirmWaiting[seq] = len(writes)
+            for d in writes:
+                d.addBoth(self._stored, seq)
         else:
             self._confirmed(seq, accepted)
 
@@ -569,17 +588,27 @@ class AMQPChannel:
             message.body,
         )
 
-    def _stored(self, seq: int, ok: bool) -> None:
-        self.confirmWaiting.discard(seq)
+    def _stored(self, result: Any, seq: int) -> Any:
+        """A store batch holding message C{seq} was written (or failed); passes C{result} on."""
+        left = self.confirmWaiting.get(seq)
+        if left is None:
+            return result  # already nacked after another queue's failure
+        ok = not isinstance(result, Failure)
+        if ok and left > 1:
+            self.confirmWaiting[seq] = left - 1
+            return result
+        del self.confirmWaiting[seq]
         if not self.closing and not self.conn.closed:
             self._confirmed(seq, ok)
+        return result
 
     def _confirmed(self, seq: int, ok: bool) -> None:
         if not ok:
             self._flushConfirms()
             self.sendMethod(_spec.BasicNack(seq, False, False))
             return
-        if self.confirmWaiting and min(self.confirmWaiting) < seq:
+        # confirmWaiting is ordered by sequence number: its first key is the oldest.
+        if self.confirmWaiting and next(iter(self.confirmWaiting)) < seq:
             self._flushConfirms()
             self.sendMethod(_spec.BasicAck(seq, False))
             return
@@ -628,8 +657,13 @@ class AMQPChannel:
             if tag == 0:
                 tags = list(self.unacked)
             else:
-                tags = [t for t in self.unacked if t <= tag]
-                if not tags and tag not in self.unacked:
+                # Tags are inserted in increasing order: stop at the first above.
+                tags = []
+                for t in self.unacked:
+                    if t > tag:
+                        break
+                    tags.append(t)
+                if not tags:
                     raise preconditionFailed(f"unknown delivery tag {tag}")
         else:
             if tag not in self.unacked:
@@ -746,3 +780,11 @@ class AMQPChannel:
         for consumer in consumers:
             self._dropConsumer(consumer)
         self.txOps = []
+
+
+#: method class -> its handler on L{AMQPChannel} (dispatch without string building)
+_HANDLERS: dict[type, Any] = {
+    cls: getattr(AMQPChannel, "handle_" + cls.NAME)
+    for cls in _spec.METHODS.values()
+    if hasattr(AMQPChannel, "handle_" + cls.NAME)
+}

@@ -57,6 +57,9 @@ SERVER_CAPABILITIES = {
 
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
 
+#: bytes a connection holds during a batch before handing them to its transport
+WRITE_BATCH_BYTES = 65536
+
 
 @implementer(IPushProducer)
 class AMQPServerProtocol(Protocol):
@@ -92,12 +95,19 @@ class AMQPServerProtocol(Protocol):
         self._closeTimer: Any = None
         self.factory: Any = None
         self.peer = ""
+        #: frames written during the current batch (see L{AMQPServer.batch}), not yet sent
+        self._out: list[bytes] = []
+        self._outBytes = 0
 
     # -- transport ------------------------------------------------------
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer = f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}"
+        if hasattr(self.transport, "setTcpNoDelay"):
+            # Deliveries and confirms are small writes: Nagle would hold them
+            # back until the client's delayed ACK (tens of milliseconds).
+            self.transport.setTcpNoDelay(True)  # type: ignore[union-attr]
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self._timeoutCall = self.reactor.callLater(
             self.settings.handshake_timeout, self._handshakeTimeout
@@ -116,18 +126,53 @@ class AMQPServerProtocol(Protocol):
     def resumeProducing(self) -> None:
         """The socket drained: deliveries may continue."""
         self.paused = False
-        for channel in list(self.channels.values()):
-            channel.kick()
+        with self.server.batch():
+            for channel in list(self.channels.values()):
+                channel.kick()
 
     def stopProducing(self) -> None:
         self.paused = True
 
     def write(self, data: bytes) -> None:
-        """Write raw bytes and note the time (for heartbeats)."""
+        """Write raw bytes and note the time (for heartbeats).
+
+        Inside a batch (while the node handles a read, see L{AMQPServer.batch})
+        the bytes are held and handed to the transport once when the batch
+        ends, so a read that publishes a hundred messages costs each consumer
+        connection one transport write, not a hundred.
+        """
         if self.closed:
+            return
+        server = self.server
+        if server.batching:
+            out = self._out
+            if not out:
+                server.dirty.append(self)
+            out.append(data)
+            self._outBytes += len(data)
+            if self._outBytes >= WRITE_BATCH_BYTES:
+                # Hand over now: the transport's buffer is what pauses us
+                # (pauseProducing) when the client reads too slowly.
+                self.flushWrites()
             return
         self._lastWrite = self.reactor.seconds()
         self.transport.write(data)  # type: ignore[union-attr]
+
+    def flushWrites(self) -> None:
+        """Hand the bytes held by the current batch to the transport."""
+        out = self._out
+        if out:
+            self._out = []
+            self._outBytes = 0
+            transport = self.transport
+            if transport is not None and not getattr(transport, "disconnected", False):
+                self._lastWrite = self.reactor.seconds()
+                transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _lose(self) -> None:
+        """Close the socket after the bytes already written."""
+        self.flushWrites()
+        self.transport.loseConnection()  # type: ignore[union-attr]
 
     def sendMethod(self, channel: int, method: _spec.Method) -> None:
         """Write one method frame."""
@@ -140,6 +185,16 @@ class AMQPServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.closed:
             return
+        server = self.server
+        server.batching += 1
+        try:
+            self._dataReceived(data)
+        finally:
+            server.batching -= 1
+            if not server.batching:
+                server.flushWrites()
+
+    def _dataReceived(self, data: bytes) -> None:
         self._lastRead = self.reactor.seconds()
         try:
             frames = self.parser.feed(data)
@@ -147,11 +202,16 @@ class AMQPServerProtocol(Protocol):
             self.log.info("AMQP {peer}: {error}", peer=self.peer, error=e.text)
             self._closeConnection(e.code, e.text, e.classId, e.methodId, abortAfterSend=True)
             return
+        channels = self.channels
         for frame in frames:
             if self.closed:
                 return
             try:
-                self._frameReceived(frame)
+                ch = channels.get(frame.channel) if self.state == "open" else None
+                if ch is not None:
+                    ch.dispatch(frame)  # the hot path: a frame for an open channel
+                else:
+                    self._frameReceived(frame)
             except AMQPError as e:
                 if e.hard or frame.channel == 0:  # type: ignore[union-attr]
                     self._closeConnection(e.code, e.text, e.classId, e.methodId)
@@ -168,9 +228,9 @@ class AMQPServerProtocol(Protocol):
     def _frameReceived(self, frame: Any) -> None:
         if isinstance(frame, ProtocolHeader):
             if not frame.valid:
-                self.transport.write(PROTOCOL_HEADER)  # type: ignore[union-attr]
+                self.write(PROTOCOL_HEADER)
+                self._lose()
                 self.closed = True
-                self.transport.loseConnection()  # type: ignore[union-attr]
                 return
             self.state = "start"
             self.sendMethod(
@@ -203,7 +263,7 @@ class AMQPServerProtocol(Protocol):
             ):
                 if isinstance(frame.method, _spec.ConnectionClose):
                     self.sendMethod(0, _spec.ConnectionCloseOk())
-                self.transport.loseConnection()  # type: ignore[union-attr]
+                self._lose()
             return
         if channel == 0:
             if not isinstance(frame, MethodFrame):
@@ -431,10 +491,10 @@ class AMQPServerProtocol(Protocol):
     def handle_connection_close(self, m: _spec.ConnectionClose) -> None:
         self.sendMethod(0, _spec.ConnectionCloseOk())
         self._teardown()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._lose()
 
     def handle_connection_close_ok(self, m: _spec.ConnectionCloseOk) -> None:
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._lose()
 
     def handle_connection_update_secret(self, m: _spec.ConnectionUpdateSecret) -> None:
         self.sendMethod(0, _spec.ConnectionUpdateSecretOk())
@@ -477,8 +537,8 @@ class AMQPServerProtocol(Protocol):
         self.sendMethod(0, _spec.ConnectionClose(code, text[:255], classId, methodId))
         self.state = "closing"
         if abortAfterSend:
+            self._lose()
             self.closed = True
-            self.transport.loseConnection()  # type: ignore[union-attr]
             return
         self._closeTimer = self.reactor.callLater(
             self.settings.close_timeout,
@@ -500,6 +560,7 @@ class AMQPServerProtocol(Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
+        self._out = []
         for call in (self._heartbeatCall, self._timeoutCall, self._closeTimer):
             if call is not None and call.active():
                 call.cancel()

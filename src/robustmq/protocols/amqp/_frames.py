@@ -26,6 +26,7 @@ __all__ = [
     "decodeMethod",
     "encodeBody",
     "encodeContent",
+    "encodeDeliver",
     "encodeHeartbeat",
     "encodeMethod",
 ]
@@ -34,6 +35,9 @@ PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 _FRAME_HEAD = struct.Struct(">BHI")
 _HEADER = struct.Struct(">HHQ")
 _END = bytes([_spec.FRAME_END])
+_DELIVER_HEAD = struct.Struct(">BHIHH")  # method frame head + class and method ids
+_TAG_BIT = struct.Struct(">QB")  # delivery-tag, redelivered
+_END_HEAD = struct.Struct(">BBHI")  # end octet of one frame + head of the next
 HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"
 
 
@@ -56,6 +60,8 @@ class ProtocolHeader:
     """The client's 8-byte protocol header (C{AMQP} + version)."""
 
     __slots__ = ("raw",)
+    kind = 0
+    channel = 0
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
@@ -70,6 +76,7 @@ class MethodFrame:
     """A method frame: C{channel} and the decoded C{method}."""
 
     __slots__ = ("channel", "method")
+    kind = _spec.FRAME_METHOD
 
     def __init__(self, channel: int, method: _spec.Method) -> None:
         self.channel = channel
@@ -80,6 +87,7 @@ class HeaderFrame:
     """A content header frame."""
 
     __slots__ = ("channel", "classId", "bodySize", "properties", "raw")
+    kind = _spec.FRAME_HEADER
 
     def __init__(
         self,
@@ -101,6 +109,7 @@ class BodyFrame:
     """A content body frame."""
 
     __slots__ = ("channel", "data")
+    kind = _spec.FRAME_BODY
 
     def __init__(self, channel: int, data: bytes) -> None:
         self.channel = channel
@@ -111,6 +120,7 @@ class Heartbeat:
     """A heartbeat frame (must be on channel 0)."""
 
     __slots__ = ("channel",)
+    kind = _spec.FRAME_HEARTBEAT
 
     def __init__(self, channel: int) -> None:
         self.channel = channel
@@ -185,10 +195,15 @@ class FrameParser:
                 end = pos + 7 + size
                 if end >= n:
                     break
-                if buf[end] != _spec.FRAME_END:
+                if buf[end] != 0xCE:  # FRAME_END
                     raise FrameError(_spec.FRAME_ERROR, "FRAME_ERROR - bad frame end octet")
                 payload = bytes(buf[pos + 7 : end])
-                frames.append(self._frame(kind, channel, payload))
+                if kind == 3:  # FRAME_BODY, the most frequent
+                    frames.append(BodyFrame(channel, payload))
+                elif kind == 1:  # FRAME_METHOD
+                    frames.append(MethodFrame(channel, decodeMethod(payload)))
+                else:
+                    frames.append(self._frame(kind, channel, payload))
                 pos = end + 1
         finally:
             if pos:
@@ -235,6 +250,44 @@ def encodeBody(channel: int, body: bytes, frameMax: int, out: list[bytes]) -> No
         out.append(_FRAME_HEAD.pack(_spec.FRAME_BODY, channel, len(chunk)))
         out.append(chunk)
         out.append(_END)
+
+
+def encodeDeliver(
+    channel: int,
+    consumerTag: bytes,
+    deliveryTag: int,
+    redelivered: bool,
+    tail: bytes,
+    header: bytes,
+    body: bytes,
+    frameMax: int,
+) -> bytes:
+    """Basic.Deliver with its content header and body, from pre-encoded parts.
+
+    The hot path of every consumer: C{consumerTag} is the consumer's tag as
+    an encoded shortstr, C{tail} the message's exchange and routing key as
+    encoded shortstrs and C{header} its content header payload, all encoded
+    once (per consumer, per message) and reused for every delivery.
+    """
+    parts = [
+        _DELIVER_HEAD.pack(_spec.FRAME_METHOD, channel, 13 + len(consumerTag) + len(tail), 60, 60),
+        consumerTag,
+        _TAG_BIT.pack(deliveryTag, 1 if redelivered else 0),
+        tail,
+        _END_HEAD.pack(_spec.FRAME_END, _spec.FRAME_HEADER, channel, len(header)),
+        header,
+    ]
+    n = len(body)
+    if not n:
+        parts.append(_END)
+    elif n <= frameMax - 8:
+        parts.append(_END_HEAD.pack(_spec.FRAME_END, _spec.FRAME_BODY, channel, n))
+        parts.append(body)
+        parts.append(_END)
+    else:
+        parts.append(_END)
+        encodeBody(channel, body, frameMax, parts)
+    return b"".join(parts)
 
 
 def encodeContent(

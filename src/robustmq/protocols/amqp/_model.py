@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from robustmq.protocols.amqp import _spec
 from robustmq.protocols.amqp._exceptions import preconditionFailed
+from robustmq.protocols.amqp._types import encodeShortstr
 
 if TYPE_CHECKING:
     from robustmq.config import AMQPSettings
@@ -33,6 +34,7 @@ QUORUM_DELIVERY_LIMIT = 20
 REPLY_TO = "amq.rabbitmq.reply-to"
 
 _now = time.time
+_CONTENT_HEADER = struct.Struct(">HHQ")
 
 
 class Message:
@@ -43,7 +45,17 @@ class Message:
     storage key) lives in L{QueuedMessage}.
     """
 
-    __slots__ = ("exchange", "routingKey", "properties", "propsRaw", "body", "persistent", "size")
+    __slots__ = (
+        "exchange",
+        "routingKey",
+        "properties",
+        "propsRaw",
+        "body",
+        "persistent",
+        "size",
+        "tail",
+        "header",
+    )
 
     def __init__(
         self,
@@ -60,6 +72,10 @@ class Message:
         self.body = body
         self.persistent = properties.delivery_mode == 2
         self.size = len(body)
+        #: exchange and routing key as encoded shortstrs (the end of Basic.Deliver)
+        self.tail = encodeShortstr(exchange) + encodeShortstr(routingKey)
+        #: the content header frame's payload, sent as is to every consumer
+        self.header = _CONTENT_HEADER.pack(60, 0, self.size) + self.propsRaw
 
 
 class QueuedMessage:
@@ -89,6 +105,7 @@ class Consumer:
         "prefetch",
         "unacked",
         "arguments",
+        "tagEncoded",
     )
 
     def __init__(
@@ -107,6 +124,8 @@ class Consumer:
         self.exclusive = exclusive
         self.prefetch = prefetch
         self.unacked = 0
+        #: the consumer tag as an encoded shortstr, for Basic.Deliver
+        self.tagEncoded = encodeShortstr(tag)
 
     def hasCapacity(self) -> bool:
         """True when the consumer's and its channel's prefetch windows allow a delivery."""

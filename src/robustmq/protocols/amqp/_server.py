@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
@@ -49,6 +51,48 @@ class AMQPServer:
         self.pendingWrites: list[defer.Deferred[Any]] = []
         self.persistence = Persistence(self, broker.store)
         self.ready: defer.Deferred[None] | None = None
+        #: nesting depth of L{batch}; while above 0, connections hold their writes
+        self.batching = 0
+        #: connections holding writes of the current batch
+        self.dirty: list[Any] = []
+        #: durable queues' stores holding records of the current batch
+        self.dirtyStores: list[Any] = []
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Hold every connection's writes until the outermost batch ends, then write each once.
+
+        Every read is a batch (L{AMQPServerProtocol.dataReceived}); so are
+        resumed deliveries and confirms fired by the shard store.
+        """
+        self.batching += 1
+        try:
+            yield
+        finally:
+            self.batching -= 1
+            if not self.batching:
+                self.flushWrites()
+
+    def storeDirty(self, queueStore: Any) -> None:
+        """C{queueStore} holds records: write them when the batch ends (next turn outside one)."""
+        if self.batching:
+            self.dirtyStores.append(queueStore)
+        else:
+            self.reactor.callLater(0, queueStore.flush)
+
+    def flushWrites(self) -> None:
+        """Write what each connection and queue store held during the batch that just ended."""
+        stores = self.dirtyStores
+        if stores:
+            self.dirtyStores = []
+            for qs in stores:
+                qs.flush()
+        dirty = self.dirty
+        while dirty:
+            self.dirty = []
+            for conn in dirty:
+                conn.flushWrites()
+            dirty = self.dirty
 
     def vhost(self, name: str) -> VirtualHost:
         """The virtual host C{name}, created on first use."""

@@ -8,6 +8,11 @@
   8-byte queue sequence number; acknowledging (or dropping, or purging) it
   writes a tombstone.  At start the live keys, sorted, give the queue's
   messages back in order.
+
+Writes are grouped: the upserts and tombstones a queue collects while the
+node handles one read (L{AMQPServer.batch}) go to the store as one
+C{append}, and a message that leaves the queue before its batch is written
+is never written at all.
 """
 
 from __future__ import annotations
@@ -58,6 +63,11 @@ class QueueStore:
         self.queue = queue
         self.shard = queueShard(queue.vhost.name, queue.name)
         self.ready: defer.Deferred[Any] = defer.Deferred()
+        #: this batch's upserts by sequence number, and its tombstones
+        self._upserts: dict[int, dict[str, Any]] = {}
+        self._tombstones: list[dict[str, Any]] = []
+        #: fires when this batch's records are durable; None before the first write
+        self._batch: defer.Deferred[Any] | None = None
 
     def _config(self) -> dict[str, Any]:
         return {
@@ -72,18 +82,52 @@ class QueueStore:
         await self.store.createShard(self.shard, self._config())
 
     def write(self, qm: QueuedMessage) -> defer.Deferred[Any]:
-        """Store C{qm}; the Deferred fires once it is durable per the store's sync policy."""
+        """Store C{qm} with this batch.
+
+        Returns the batch's Deferred (shared by every record of the batch),
+        which fires once the batch is durable per the store's sync policy;
+        callers must pass its result on (L{defer.Deferred.addBoth} returning it).
+        """
         m = qm.message
         qm.stored = True
-        headers = [
-            ("e", m.exchange.encode()),
-            ("k", m.routingKey.encode()),
-            ("p", m.propsRaw),
-        ]
-        d: defer.Deferred[Any] = defer.Deferred()
-        self._whenReady(lambda: self.store.upsert(self.shard, packSeq(qm.seq), m.body, headers), d)
-        self.persistence.server.pendingWrites.append(d)
+        self._upserts[qm.seq] = {
+            "key": packSeq(qm.seq),
+            "value": m.body,
+            "headers": [
+                ("e", m.exchange.encode()),
+                ("k", m.routingKey.encode()),
+                ("p", m.propsRaw),
+            ],
+        }
+        d = self._pending()
+        server = self.persistence.server
+        if d not in server.pendingWrites:
+            server.pendingWrites.append(d)
         return d
+
+    def _pending(self) -> defer.Deferred[Any]:
+        """This batch's Deferred; the batch is written when the node's batch ends."""
+        d = self._batch
+        if d is None:
+            d = self._batch = defer.Deferred()
+            self.persistence.server.storeDirty(self)
+        return d
+
+    def flush(self) -> None:
+        """Write this batch's upserts and tombstones as one append."""
+        d, self._batch = self._batch, None
+        records = [*self._upserts.values(), *self._tombstones]
+        self._upserts = {}
+        self._tombstones = []
+        if d is None:
+            return
+        if not records:
+            d.callback(None)
+            return
+        shard = self.shard
+        self._whenReady(lambda: self.store.append(shard, records), d)
+        # Last in the chain (callers added theirs during the batch): log, do not raise.
+        d.addErrback(self._failed, "write")
 
     def _whenReady(self, op: Any, d: defer.Deferred[Any]) -> None:
         def run(_: Any) -> None:
@@ -100,16 +144,19 @@ class QueueStore:
             self.ready.addCallback(lambda r: (run(r), r)[1])
 
     def remove(self, qm: QueuedMessage) -> None:
-        """The message left the queue: write its tombstone."""
+        """The message left the queue: write its tombstone (or drop its unwritten upsert)."""
         if not qm.stored:
             return
         qm.stored = False
-        d: defer.Deferred[Any] = defer.Deferred()
-        self._whenReady(lambda: self.store.deleteKey(self.shard, packSeq(qm.seq)), d)
-        d.addErrback(self._failed, "remove")
+        if self._upserts.pop(qm.seq, None) is not None:
+            return  # never written: nothing to delete
+        self._tombstones.append({"key": packSeq(qm.seq), "value": None})
+        self._pending()
 
     def dropQueue(self) -> None:
         """The queue was deleted: delete its shard and its declaration."""
+        self._upserts = {}
+        self._tombstones = []
         d: defer.Deferred[Any] = defer.Deferred()
         self._whenReady(lambda: self.store.deleteShard(self.shard), d)
         d.addErrback(self._failed, "delete")
