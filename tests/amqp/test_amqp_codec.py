@@ -251,3 +251,44 @@ def test_guestRefusedFromNonLoopback():
     (close,) = _methods(transport)
     assert isinstance(close, spec.ConnectionClose) and close.reply_code == 403
     proto.connectionLost(None)
+
+
+@pytest.mark.parametrize("bodySize", [0, 10, 4088, 4089, 10000])
+def test_encodeDeliverMatchesTheGenericEncoder(bodySize: int):
+    from robustmq.protocols.amqp._frames import encodeDeliver
+    from robustmq.protocols.amqp._model import Message
+
+    props = spec.BasicProperties(content_type="text/plain", delivery_mode=2, headers={"a": 1})
+    body = bytes(range(256)) * (bodySize // 256) + b"z" * (bodySize % 256)
+    msg = Message("ex", "rk.1", props, body)
+    fast = encodeDeliver(7, b"\x03tag", 2**40, True, msg.tail, msg.header, body, 4096)
+    generic = encodeContent(
+        7, spec.BasicDeliver("tag", 2**40, True, "ex", "rk.1"), msg.propsRaw, body, 4096
+    )
+    assert fast == generic
+    for chunks in ([fast], [fast[i : i + 1] for i in range(len(fast))]):
+        parser = FrameParser(4096)
+        parser.feed(PROTOCOL_HEADER)
+        frames = [f for c in chunks for f in parser.feed(c)]
+        assert isinstance(frames[0].method, spec.BasicDeliver)
+        assert frames[0].method.delivery_tag == 2**40 and frames[0].method.redelivered
+        assert frames[1].properties.headers == {"a": 1} and frames[1].bodySize == bodySize
+        assert b"".join(f.data for f in frames[2:]) == body
+
+
+def test_writesOfOneReadGoOutAsOneTransportWrite():
+    clock = Clock()
+    proto, transport = _connect(clock)
+    proto.dataReceived(PROTOCOL_HEADER)
+    proto.dataReceived(encodeMethod(0, spec.ConnectionStartOk({}, "PLAIN", b"\0guest\0guest")))
+    proto.dataReceived(encodeMethod(0, spec.ConnectionTuneOk(10, 8192, 0)))
+    proto.dataReceived(encodeMethod(0, spec.ConnectionOpen("/")))
+    _methods(transport)
+    writes = []
+    original = transport.write
+    transport.write = lambda data: (writes.append(data), original(data))  # type: ignore[method-assign]
+    opens = b"".join(encodeMethod(n, spec.ChannelOpen()) for n in range(1, 6))
+    proto.dataReceived(opens)
+    assert len(writes) == 1
+    assert [type(m) for m in _methods(transport)] == [spec.ChannelOpenOk] * 5
+    proto.connectionLost(None)

@@ -707,7 +707,8 @@ class AMQPChannel:
         else:
             for q in touched:
                 q.dispatch()
-        self.conn.checkMemory()
+        # No checkMemory here: only publishers are blocked by the memory alarm;
+        # pausing a consumer's acks could keep the queues from ever draining.
 
     def handle_basic_ack(self, m: _spec.BasicAck) -> None:
         self._settle(m.delivery_tag, m.multiple, None)
