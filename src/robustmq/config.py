@@ -273,6 +273,8 @@ class ListenerSettings:
         ("mqtt", "quic"): 14567,
         ("amqp", "tcp"): 5672,
         ("amqp", "tls"): 5671,
+        ("kafka", "tcp"): 9092,
+        ("kafka", "tls"): 9093,
     }
 
     @property

@@ -14,6 +14,7 @@ from zope.interface import implementer
 from robustmq.config import ListenerSettings, settingsFromMapping
 from robustmq.core.auth import ALLOW, DENY, AuthChain
 from robustmq.core.broker import Broker
+from robustmq.core.scram import ScramClient, scramSha256Plugin, scramSha512Plugin
 from robustmq.interfaces import IAuthenticator
 from robustmq.protocols.kafka import KafkaParser, KafkaServerFactory
 from robustmq.protocols.kafka._codec import decodeResponse, encodeRequest
@@ -38,12 +39,19 @@ class KafkaProtocolTests(TestCase):
     def setUp(self) -> None:
         self.makeNode({})
 
-    def makeNode(self, kafka: dict) -> None:
+    def makeNode(self, kafka: dict, scramUsers: tuple[dict, ...] = ()) -> None:
         self.clock = Clock()
-        settings = settingsFromMapping({"kafka": kafka})
+        settings = settingsFromMapping({"kafka": kafka, "mqtt": {"scram_users": list(scramUsers)}})
         store = MemoryShardStore(settings.storage, clock=self.clock)
         store.open()
-        self.broker = Broker(settings, self.clock, store=store, auth=AuthChain([_OnePassword()]))
+        mechanisms = {p.name: p.build(settings) for p in (scramSha256Plugin, scramSha512Plugin)}
+        self.broker = Broker(
+            settings,
+            self.clock,
+            store=store,
+            auth=AuthChain([_OnePassword()]),
+            authMechanisms=mechanisms,
+        )
         self.factory = KafkaServerFactory(
             self.broker, ListenerSettings(protocol="kafka", port=9092), self.clock
         )
@@ -197,7 +205,7 @@ class KafkaProtocolTests(TestCase):
         proto.dataReceived(encodeRequest(36, 2, 2, {"auth_bytes": b"\x00alice\x00secret"}))
         proto.dataReceived(encodeRequest(3, 1, 3, {"topics": []}))
         frames = self.responses(t)
-        self.assertEqual(decodeResponse(17, 1, frames[0])[1]["mechanisms"], ["PLAIN"])
+        self.assertEqual(decodeResponse(17, 1, frames[0])[1]["mechanisms"][0], "PLAIN")
         self.assertEqual(decodeResponse(36, 2, frames[1])[1]["error_code"], 0)
         self.assertEqual(len(frames), 3)
         bad, t2 = self.connect()
@@ -207,6 +215,47 @@ class KafkaProtocolTests(TestCase):
         self.assertEqual(decodeResponse(36, 2, frames[1])[1]["error_code"], 58)
         self.clock.advance(0)
         self.assertTrue(t2.disconnecting)
+
+    def _scram(self, mechanism: str, hashName: str, password: str) -> tuple[list[dict], object]:
+        proto, t = self.connect()
+        client = ScramClient("bob", password, hashName)
+        proto.dataReceived(encodeRequest(17, 1, 1, {"mechanism": mechanism}))
+        proto.dataReceived(encodeRequest(36, 2, 2, {"auth_bytes": client.first()}))
+        frames = self.responses(t)
+        self.assertEqual(decodeResponse(17, 1, frames[0])[1]["error_code"], 0)
+        first = decodeResponse(36, 2, frames[1])[1]
+        self.assertEqual(first["error_code"], 0)
+        proto.dataReceived(
+            encodeRequest(36, 2, 3, {"auth_bytes": client.final(first["auth_bytes"])})
+        )
+        final = decodeResponse(36, 2, self.responses(t)[0])[1]
+        if final["error_code"] == 0:
+            self.assertTrue(client.verify(final["auth_bytes"]))
+        return [first, final], t
+
+    def test_saslScram(self) -> None:
+        """SCRAM-SHA-256 and -512 over SaslAuthenticate; the server proves itself; a wrong password closes."""
+        self.makeNode({"sasl_required": True}, ({"username": "bob", "password": "pw"},))
+        for mechanism, hashName in (("SCRAM-SHA-256", "sha256"), ("SCRAM-SHA-512", "sha512")):
+            (_, final), t = self._scram(mechanism, hashName, "pw")
+            self.assertEqual(final["error_code"], 0)
+            self.assertFalse(t.disconnecting)
+            (_, final), t = self._scram(mechanism, hashName, "nope")
+            self.assertEqual(final["error_code"], 58)
+            self.clock.advance(0)
+            self.assertTrue(t.disconnecting)
+
+    def test_saslPlainChecksScramUsers(self) -> None:
+        """PLAIN for a user of the SCRAM table is checked against its stored keys, not the chain."""
+        self.makeNode({"sasl_required": True}, ({"username": "bob", "password": "pw"},))
+        for password, code in ((b"pw", 0), (b"secret", 58)):
+            proto, t = self.connect()
+            proto.dataReceived(encodeRequest(17, 1, 1, {"mechanism": "PLAIN"}))
+            proto.dataReceived(encodeRequest(36, 2, 2, {"auth_bytes": b"\x00bob\x00" + password}))
+            frames = self.responses(t)
+            mechanisms = decodeResponse(17, 1, frames[0])[1]["mechanisms"]
+            self.assertEqual(mechanisms, ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
+            self.assertEqual(decodeResponse(36, 2, frames[1])[1]["error_code"], code)
 
     def test_requestBeforeSaslCloses(self) -> None:
         """With sasl_required, Metadata before authenticating closes the connection."""

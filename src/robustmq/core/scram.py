@@ -1,8 +1,9 @@
-"""SCRAM-SHA-256 (RFC 5802, RFC 7677) for enhanced authentication.
+"""SCRAM-SHA-256 and SCRAM-SHA-512 (RFC 5802, RFC 7677) for enhanced authentication.
 
-Protocol-neutral: MQTT 5 AUTH exchanges use it now; Kafka SASL can too.
+Protocol-neutral: MQTT 5 AUTH exchanges and Kafka SASL (KIP-84) use it.
 The server keeps only salted, iterated keys (StoredKey, ServerKey), never
-the password.
+the password.  Every function and class takes the hash by its C{hashlib}
+name (C{"sha256"}, the default, or C{"sha512"}).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ SUCCESS = "success"
 FAILURE = "failure"
 
 
+#: SASL mechanism name -> hashlib name
+MECHANISMS = {"SCRAM-SHA-256": "sha256", "SCRAM-SHA-512": "sha512"}
+
+
 class ScramError(Exception):
     """The exchange failed (bad message, unknown user, wrong proof)."""
 
@@ -37,22 +42,39 @@ class ScramCredentials:
     iterations: int
     storedKey: bytes
     serverKey: bytes
+    hashName: str = "sha256"
 
 
-def _hmac(key: bytes, msg: bytes) -> bytes:
-    return hmac.new(key, msg, hashlib.sha256).digest()
+def _hmac(key: bytes, msg: bytes, hashName: str = "sha256") -> bytes:
+    return hmac.new(key, msg, hashName).digest()
+
+
+def _digest(data: bytes, hashName: str) -> bytes:
+    return hashlib.new(hashName, data).digest()
 
 
 def deriveCredentials(
-    password: str, salt: bytes | None = None, iterations: int = 4096
+    password: str, salt: bytes | None = None, iterations: int = 4096, hashName: str = "sha256"
 ) -> ScramCredentials:
     """Salt and iterate C{password} into the keys the server stores."""
     salt = salt or os.urandom(16)
-    salted = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, iterations)
-    clientKey = _hmac(salted, b"Client Key")
+    salted = hashlib.pbkdf2_hmac(hashName, password.encode("utf-8"), salt, iterations)
+    clientKey = _hmac(salted, b"Client Key", hashName)
     return ScramCredentials(
-        salt, iterations, hashlib.sha256(clientKey).digest(), _hmac(salted, b"Server Key")
+        salt,
+        iterations,
+        _digest(clientKey, hashName),
+        _hmac(salted, b"Server Key", hashName),
+        hashName,
     )
+
+
+def verifyPassword(credentials: ScramCredentials, password: bytes) -> bool:
+    """Does C{password} match the stored keys?  (For SASL PLAIN against SCRAM users.)"""
+    h = credentials.hashName
+    salted = hashlib.pbkdf2_hmac(h, password, credentials.salt, credentials.iterations)
+    stored = _digest(_hmac(salted, b"Client Key", h), h)
+    return hmac.compare_digest(stored, credentials.storedKey)
 
 
 def _attributes(message: str) -> dict[str, str]:
@@ -71,12 +93,18 @@ def _xor(a: bytes, b: bytes) -> bytes:
 
 @implementer(IAuthMechanism)
 class ScramServer:
-    """The server side of one SCRAM-SHA-256 exchange (two round trips)."""
+    """The server side of one SCRAM exchange (two round trips).
 
-    name = "SCRAM-SHA-256"
+    C{lookup} answers a user's credentials, derived with the same hash as
+    this exchange's (C{hashName}), or None for an unknown user.
+    """
 
-    def __init__(self, lookup: Callable[[str], ScramCredentials | None]) -> None:
+    def __init__(
+        self, lookup: Callable[[str], ScramCredentials | None], hashName: str = "sha256"
+    ) -> None:
         self._lookup = lookup
+        self.hashName = hashName
+        self.name = f"SCRAM-{hashName.upper().replace('SHA', 'SHA-')}"
         self._state = 0
         self._clientFirstBare = ""
         self._serverFirst = ""
@@ -108,7 +136,7 @@ class ScramServer:
         credentials = self._lookup(username)
         if credentials is None:
             # Answer as if the user existed, and fail at the proof.
-            credentials = deriveCredentials(os.urandom(8).hex())
+            credentials = deriveCredentials(os.urandom(8).hex(), hashName=self.hashName)
             username = ""
         self.username = username or None
         self._credentials = credentials
@@ -132,23 +160,27 @@ class ScramServer:
         credentials = self._credentials
         assert credentials is not None
         authMessage = f"{self._clientFirstBare},{self._serverFirst},{withoutProof}".encode()
+        h = self.hashName
         proof = base64.b64decode(proofPart)
-        clientKey = _xor(proof, _hmac(credentials.storedKey, authMessage))
         self._state = 2
+        if len(proof) != len(credentials.storedKey):
+            raise ScramError("invalid proof")
+        clientKey = _xor(proof, _hmac(credentials.storedKey, authMessage, h))
         if self.username is None or not hmac.compare_digest(
-            hashlib.sha256(clientKey).digest(), credentials.storedKey
+            _digest(clientKey, h), credentials.storedKey
         ):
             raise ScramError("invalid proof")
-        signature = _hmac(credentials.serverKey, authMessage)
+        signature = _hmac(credentials.serverKey, authMessage, h)
         return b"v=" + base64.b64encode(signature)
 
 
 class ScramClient:
     """The client side, for tests, tools and bridges."""
 
-    def __init__(self, username: str, password: str) -> None:
+    def __init__(self, username: str, password: str, hashName: str = "sha256") -> None:
         self.username = username
         self.password = password
+        self.hashName = hashName
         self._nonce = base64.b64encode(os.urandom(18)).decode()
         self._bare = f"n={username.replace('=', '=3D').replace(',', '=2C')},r={self._nonce}"
         self._serverSignature = b""
@@ -164,13 +196,14 @@ class ScramClient:
         if not attrs_["r"].startswith(self._nonce):
             raise ScramError("server nonce does not extend ours")
         salt = base64.b64decode(attrs_["s"])
-        salted = hashlib.pbkdf2_hmac("sha256", self.password.encode(), salt, int(attrs_["i"]))
-        clientKey = _hmac(salted, b"Client Key")
-        storedKey = hashlib.sha256(clientKey).digest()
+        h = self.hashName
+        salted = hashlib.pbkdf2_hmac(h, self.password.encode(), salt, int(attrs_["i"]))
+        clientKey = _hmac(salted, b"Client Key", h)
+        storedKey = _digest(clientKey, h)
         withoutProof = f"c=biws,r={attrs_['r']}"
         authMessage = f"{self._bare},{text},{withoutProof}".encode()
-        proof = _xor(clientKey, _hmac(storedKey, authMessage))
-        self._serverSignature = _hmac(_hmac(salted, b"Server Key"), authMessage)
+        proof = _xor(clientKey, _hmac(storedKey, authMessage, h))
+        self._serverSignature = _hmac(_hmac(salted, b"Server Key", h), authMessage, h)
         return f"{withoutProof},p={base64.b64encode(proof).decode()}".encode()
 
     def verify(self, serverFinal: bytes) -> bool:
@@ -178,16 +211,56 @@ class ScramClient:
         return serverFinal == b"v=" + base64.b64encode(self._serverSignature)
 
 
+class ScramMechanism:
+    """A factory of per-connection SCRAM exchanges over one table of users.
+
+    Calling it makes a fresh L{ScramServer}; L{lookup} answers a user's
+    stored credentials (so SASL PLAIN can check a password against the
+    same users).
+    """
+
+    def __init__(
+        self, table: dict[str, ScramCredentials], hashName: str, users: Any = None
+    ) -> None:
+        self._table = table
+        self.hashName = hashName
+        #: the node's user store (L{robustmq.core.security.users.UserStore}), asked first
+        self._users = users
+
+    def __call__(self) -> ScramServer:
+        return ScramServer(self.lookup, self.hashName)
+
+    def lookup(self, username: str) -> ScramCredentials | None:
+        """The stored credentials of C{username}, or None."""
+        if self._users is not None:
+            found = self._users.scramCredentials(username, self.hashName)
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+        return self._table.get(username)
+
+
 @implementer(IPlugin, IAuthMechanismPlugin)
-class ScramSha256Plugin:
-    """Builds SCRAM-SHA-256 exchanges over the users in C{[[mqtt.scram_users]]}."""
+class ScramPlugin:
+    """Builds SCRAM exchanges over the node's user store.
 
-    name = "SCRAM-SHA-256"
+    The user store (C{robustmq ctl user add}) keeps SCRAM keys next to each
+    password hash.  C{[[mqtt.scram_users]]}, the older stop-gap, still
+    answers for names the store does not have.  MQTT 5 enhanced
+    authentication and Kafka SASL both use it.
+    """
 
-    def build(self, settings: Any) -> Callable[[], IAuthMechanism]:
-        """A factory of per-connection exchanges."""
-        table = {u.username: deriveCredentials(u.password) for u in settings.mqtt.scram_users}
-        return lambda: ScramServer(table.get)
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.hashName = MECHANISMS[name]
+
+    def build(self, settings: Any, security: Any = None) -> ScramMechanism:
+        """A factory of per-connection exchanges (see L{ScramMechanism})."""
+        table = {
+            u.username: deriveCredentials(u.password, hashName=self.hashName)
+            for u in settings.mqtt.scram_users
+        }
+        return ScramMechanism(table, self.hashName, getattr(security, "users", None))
 
 
-scramSha256Plugin = ScramSha256Plugin()
+scramSha256Plugin = ScramPlugin("SCRAM-SHA-256")
+scramSha512Plugin = ScramPlugin("SCRAM-SHA-512")

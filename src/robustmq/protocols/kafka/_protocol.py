@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from robustmq.core.auth import Credentials
+from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._codec import (
     FrameTooLarge,
@@ -67,6 +68,8 @@ class KafkaServerProtocol(Protocol):
         self.authenticated = not node.saslRequired
         self.saslMechanism: str | None = None
         self.principal: str | None = None
+        #: the SCRAM exchange in progress, if any
+        self._scram: Any = None
         self.factory: Any = None
 
     # -- connection ------------------------------------------------------
@@ -84,6 +87,7 @@ class KafkaServerProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
             return
+        self.node.broker.stats.kafkaBytesReceived += len(data)
         try:
             frames = self.parser.feed(data)
         except FrameTooLarge as e:
@@ -122,6 +126,7 @@ class KafkaServerProtocol(Protocol):
         if self._closed:
             return
         if result is not None:
+            self.node.broker.stats.kafkaBytesSent += len(result)
             self.transport.write(result)  # type: ignore[union-attr]
         if self._paused and len(self._queue) <= self.settings.max_pending_requests // 2:
             self._paused = False
@@ -272,6 +277,7 @@ class KafkaServerProtocol(Protocol):
                     else:
                         base, d = topics.append(part, data[h.start : h.start + h.size], h)
                         waits.append(d)
+                        self.node.broker.stats.kafkaReceived += h.count
                     if first is None:
                         first = base
                 r["base_offset"] = first if first is not None else -1
@@ -377,6 +383,10 @@ class KafkaServerProtocol(Protocol):
                     data = b"".join(batches)
                     r["records"] = data
                     total += len(data)
+                    # Whole batches: one fetched from its middle counts all its records.
+                    self.node.broker.stats.kafkaSent += sum(
+                        h.count for h in iterBatches(data, check=False) if not h.control
+                    )
             responses.append({"topic": name, "partitions": presp})
         return responses, total, parts
 
@@ -797,43 +807,92 @@ class KafkaServerProtocol(Protocol):
 
     # -- SASL ------------------------------------------------------------
 
+    def _mechanisms(self) -> list[str]:
+        """PLAIN, then the SCRAM mechanisms the broker has (KIP-84, KIP-152)."""
+        scram = [
+            m for m in ("SCRAM-SHA-256", "SCRAM-SHA-512") if m in self.node.broker.authMechanisms
+        ]
+        return ["PLAIN", *scram]
+
     async def handle_sasl_handshake(self, req: Request) -> dict[str, Any]:
         mech = req.body["mechanism"]
-        supported = ["PLAIN"]
+        supported = self._mechanisms()
         if mech not in supported:
             return {"error_code": E.UNSUPPORTED_SASL_MECHANISM, "mechanisms": supported}
         self.saslMechanism = mech
+        self._scram = None if mech == "PLAIN" else self.node.broker.authMechanisms[mech]()
         return {"error_code": E.NONE, "mechanisms": supported}
 
+    def _saslFailed(self, user: str | None, why: str) -> dict[str, Any]:
+        self.log.info(
+            "{peer}: SASL {mechanism} failed for {user}: {why}",
+            peer=self.peerHost,
+            mechanism=self.saslMechanism,
+            user=user,
+            why=why,
+        )
+        self.saslMechanism = None
+        self.reactor_close_soon()
+        return {
+            "error_code": E.SASL_AUTHENTICATION_FAILED,
+            "error_message": "Authentication failed: invalid credentials",
+            "auth_bytes": b"",
+        }
+
     async def handle_sasl_authenticate(self, req: Request) -> dict[str, Any]:
-        if self.saslMechanism != "PLAIN":
+        if self.saslMechanism is None:
             self.reactor_close_soon()
             return {"error_code": E.ILLEGAL_SASL_STATE, "error_message": "no SaslHandshake"}
-        parts = req.body["auth_bytes"].split(b"\x00")
-        ok = False
-        user = None
-        if len(parts) == 3:
-            user = parts[1].decode("utf-8", "replace")
-            creds = Credentials(
-                protocol="kafka",
-                clientId=req.clientId or "",
-                username=user,
-                password=parts[2],
-                peerHost=self.peerHost,
-                listener=self.listener.label,
-            )
-            ok = await self.node.auth.authenticate(creds)
-        if not ok:
-            self.log.info("{peer}: SASL PLAIN failed for {user}", peer=self.peerHost, user=user)
-            self.reactor_close_soon()
-            return {
-                "error_code": E.SASL_AUTHENTICATION_FAILED,
-                "error_message": "Authentication failed: invalid credentials",
-                "auth_bytes": b"",
-            }
+        data = req.body["auth_bytes"]
+        if self.saslMechanism != "PLAIN":
+            return self._scramStep(data)
+        parts = data.split(b"\x00")
+        if len(parts) != 3:
+            return self._saslFailed(None, "malformed PLAIN message")
+        user = parts[1].decode("utf-8", "replace")
+        if not await self._checkPlain(user, parts[2], req.clientId or ""):
+            return self._saslFailed(user, "wrong user name or password")
+        return self._saslDone(user, b"")
+
+    async def _checkPlain(self, user: str, password: bytes, clientId: str) -> bool:
+        """A user of the SCRAM table is checked against its stored keys; others by the auth chain."""
+        for name in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            lookup = getattr(self.node.broker.authMechanisms.get(name), "lookup", None)
+            stored = lookup(user) if lookup is not None else None
+            if stored is not None:
+                return verifyPassword(stored, password)
+        creds = Credentials(
+            protocol="kafka",
+            clientId=clientId,
+            username=user,
+            password=password,
+            peerHost=self.peerHost,
+            listener=self.listener.label,
+        )
+        return await self.node.auth.authenticate(creds)
+
+    def _scramStep(self, data: bytes) -> dict[str, Any]:
+        mech = self._scram
+        assert mech is not None
+        status, reply = mech.step(data)
+        if status == FAILURE:
+            return self._saslFailed(mech.username, reply.decode("utf-8", "replace"))
+        if status == SUCCESS:
+            return self._saslDone(mech.username, reply)
+        return {"error_code": E.NONE, "auth_bytes": reply, "session_lifetime_ms": 0}
+
+    def _saslDone(self, user: str | None, reply: bytes) -> dict[str, Any]:
+        self.log.info(
+            "{peer}: SASL {mechanism} authenticated {user}",
+            peer=self.peerHost,
+            mechanism=self.saslMechanism,
+            user=user,
+        )
         self.authenticated = True
         self.principal = user
-        return {"error_code": E.NONE, "auth_bytes": b"", "session_lifetime_ms": 0}
+        self.saslMechanism = None
+        self._scram = None
+        return {"error_code": E.NONE, "auth_bytes": reply, "session_lifetime_ms": 0}
 
     def reactor_close_soon(self) -> None:
         """Close after the current response is written (a failed authentication)."""
