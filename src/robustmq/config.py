@@ -163,9 +163,59 @@ class MQTTSettings:
 
 @dataclass(frozen=True)
 class LimitsSettings:
-    """Node-wide limits."""
+    """Node-wide limits and overload protection (docs/security.md)."""
 
     max_connections: int = field(default=100_000, metadata=_range(1, None))
+    connection_rate: float = field(default=0.0, metadata=_range(0, None))
+    connection_burst: int = field(default=100, metadata=_range(1, None))
+    message_rate: float = field(default=0.0, metadata=_range(0, None))
+    message_burst: int = field(default=100, metadata=_range(1, None))
+    byte_rate: int = field(default=0, metadata=_range(0, None))
+    byte_burst: int = field(default=1 * MiB, metadata=_range(1, None))
+    max_topic_length: int = field(default=65535, metadata=_range(1, 65535))
+    max_bans: int = field(default=100_000, metadata=_range(1, None))
+    flapping_enabled: bool = False
+    flapping_max_connects: int = field(default=15, metadata=_range(1, None))
+    flapping_window: float = field(default=60.0, metadata=_range(1, 86400))
+    flapping_ban_time: float = field(default=300.0, metadata=_range(1, None))
+    flapping_max_clients: int = field(default=100_000, metadata=_range(1, None))
+
+
+@dataclass(frozen=True)
+class AuthSettings:
+    """Who may connect: the authentication chain and its sources (docs/security.md)."""
+
+    chain: tuple[str, ...] = ("cert", "users", "anonymous")
+    allow_anonymous: str = field(default="loopback", metadata=_choice("off", "loopback", "on"))
+    hash_concurrency: int = field(default=2, metadata=_range(1, 64))
+    max_users: int = field(default=100_000, metadata=_range(1, None))
+    jwt_secret: str = field(default="", metadata={"doc": "HS256 shared secret"})
+    jwt_public_key_file: str = ""
+    jwt_jwks_file: str = ""
+    jwt_from: str = field(default="password", metadata=_choice("password", "username"))
+    jwt_require_exp: bool = True
+    jwt_leeway: float = field(default=0.0, metadata=_range(0, 3600))
+    http_url: str = ""
+    http_timeout: float = field(default=5.0, metadata=_range(0.1, 300))
+    http_verify_tls: bool = True
+    http_cafile: str = ""
+    http_cache_ttl: float = field(default=60.0, metadata=_range(0, 86400))
+    http_cache_size: int = field(default=10_000, metadata=_range(0, None))
+    http_max_pending: int = field(default=1000, metadata=_range(1, None))
+    http_fail_open: bool = False
+
+
+@dataclass(frozen=True)
+class ACLSettings:
+    """What connected clients may publish and subscribe to (docs/security.md)."""
+
+    no_match: str = field(default="allow", metadata=_choice("allow", "deny"))
+    deny_action: str = field(default="ignore", metadata=_choice("ignore", "disconnect"))
+    sources: tuple[str, ...] = field(default=("store", "file"), metadata={"items": ("store", "file")})
+    file: str = ""
+    sys_readable: bool = True
+    max_rules: int = field(default=10_000, metadata=_range(1, None))
+    cache_size: int = field(default=64, metadata=_range(0, 100_000))
 
 
 @dataclass(frozen=True)
@@ -338,6 +388,8 @@ class Settings:
     placement: PlacementSettings = field(default_factory=PlacementSettings)
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
+    auth: AuthSettings = field(default_factory=AuthSettings)
+    acl: ACLSettings = field(default_factory=ACLSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     amqp: AMQPSettings = field(default_factory=AMQPSettings)
@@ -492,6 +544,7 @@ def _crossCheck(settings: Settings) -> None:
             )
         seen[slot] = i
     _checkHTTP(settings.http)
+    _checkAuth(settings.auth, settings.acl)
     if settings.mqtt.max_inflight > 65535:
         raise ConfigError("mqtt.max_inflight: at most 65535 packet identifiers exist")
     for i, rule in enumerate(settings.mqtt.rewrite):
@@ -523,6 +576,20 @@ def _checkHTTP(http: HTTPSettings) -> None:
         raise ConfigError(
             'http.password: username and password must be set when http.auth = "basic"'
         )
+
+
+def _checkAuth(auth: AuthSettings, acl: ACLSettings) -> None:
+    if "jwt" in auth.chain and not (
+        auth.jwt_secret or auth.jwt_public_key_file or auth.jwt_jwks_file
+    ):
+        raise ConfigError(
+            "auth.jwt_secret: the jwt authenticator needs jwt_secret, "
+            "jwt_public_key_file or jwt_jwks_file"
+        )
+    if "http" in auth.chain and not auth.http_url.startswith(("http://", "https://")):
+        raise ConfigError("auth.http_url: the http authenticator needs an http:// or https:// URL")
+    if len(set(auth.chain)) != len(auth.chain):
+        raise ConfigError(f"auth.chain: {list(auth.chain)} names an authenticator twice")
 
 
 def _resolveDefaults(settings: Settings) -> Settings:
@@ -578,6 +645,8 @@ def _defaultOf(f: dataclasses.Field[Any]) -> Any:
 
 
 __all__ = [
+    "ACLSettings",
+    "AuthSettings",
     "ConfigError",
     "ENV_PREFIX",
     "HTTPSettings",

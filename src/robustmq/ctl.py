@@ -427,6 +427,124 @@ def _printMessage(out: Output, packet: Any) -> None:
         print(f"{packet.topic} {shown}", file=out.out, flush=True)
 
 
+# Users, ACL rules and bans (docs/security.md)
+
+
+def _readPassword(args: argparse.Namespace) -> str:
+    """The new password: the argument, else a prompt on a terminal, else stdin's first line."""
+    if args.secret is not None:
+        return str(args.secret)
+    if sys.stdin.isatty():
+        import getpass
+
+        first = getpass.getpass(f"password for {args.name}: ")
+        if first != getpass.getpass("again: "):
+            raise CtlError("the passwords differ", EXIT_USAGE)
+        return first
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+def _user(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    columns = [("USER", "username"), ("SUPERUSER", "superuser")]
+    if args.action == "list":
+        out.emit(api.call("GET", "/api/v1/users"), lambda r: formatTable(r["data"], columns))
+        return 0
+    if not args.name:
+        raise CtlError(f"user {args.action}: give a user name", EXIT_USAGE)
+    path = "/api/v1/users/" + quote(args.name, safe="")
+    if args.action == "add":
+        body = {"username": args.name, "password": _readPassword(args), "superuser": args.superuser}
+        result = api.call("POST", "/api/v1/users", body=body)
+        out.emit(result, lambda r: f"added user {r['username']}")
+    elif args.action == "passwd":
+        result = api.call("PUT", path, body={"password": _readPassword(args)})
+        out.emit(result, lambda r: f"changed the password of {r['username']}")
+    else:
+        out.emit(api.call("DELETE", path), lambda r: f"deleted user {r['deleted']}")
+    return 0
+
+
+ACL_COLUMNS = [
+    ("ID", "id"),
+    ("SOURCE", "source"),
+    ("PERMISSION", "permission"),
+    ("ACTION", "action"),
+    ("TOPICS", "topics"),
+    ("USER", "username"),
+    ("CLIENT ID", "clientid"),
+    ("ADDRESS", "ipaddress"),
+]
+
+
+def _acl(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    if args.action == "list":
+
+        def render(r: dict[str, Any]) -> str:
+            rows = [{**rule, "topics": " ".join(rule["topics"])} for rule in r["data"]]
+            return f"{formatTable(rows, ACL_COLUMNS)}\n(no match: {r['no_match']})"
+
+        out.emit(api.call("GET", "/api/v1/acl"), render)
+        return 0
+    if args.action == "del":
+        if not args.permission:
+            raise CtlError("acl del: give the rule id", EXIT_USAGE)
+        path = "/api/v1/acl/" + quote(args.permission, safe="")
+        out.emit(api.call("DELETE", path), lambda r: f"deleted rule {r['deleted']}")
+        return 0
+    if args.permission not in ("allow", "deny") or not args.topics:
+        raise CtlError("acl add: give allow|deny and at least one --topic", EXIT_USAGE)
+    rule: dict[str, Any] = {
+        "permission": args.permission,
+        "action": args.rule_action,
+        "topics": args.topics,
+    }
+    for field in ("username", "clientid", "ipaddress"):
+        if getattr(args, field):
+            rule[field] = getattr(args, field)
+    out.emit(api.call("POST", "/api/v1/acl", body=rule), lambda r: f"added rule {r['id']}")
+    return 0
+
+
+def _ban(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    if args.action == "list":
+        columns = [
+            ("KIND", "kind"),
+            ("VALUE", "value"),
+            ("UNTIL", "until"),
+            ("REASON", "reason"),
+            ("BY", "by"),
+        ]
+
+        def render(r: dict[str, Any]) -> str:
+            rows = [
+                {
+                    **b,
+                    "until": "never"
+                    if b["until"] is None
+                    else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(b["until"])),
+                }
+                for b in r["data"]
+            ]
+            return formatTable(rows, columns)
+
+        out.emit(api.call("GET", "/api/v1/bans"), render)
+        return 0
+    if not args.kind or not args.value:
+        raise CtlError(f"ban {args.action}: give KIND (clientid|username|ip) and VALUE", EXIT_USAGE)
+    if args.action == "add":
+        body: dict[str, Any] = {"kind": args.kind, "value": args.value, "reason": args.reason}
+        if args.duration is not None:
+            body["duration"] = args.duration
+        out.emit(
+            api.call("POST", "/api/v1/bans", body=body),
+            lambda r: f"banned {r['kind']} {r['value']}",
+        )
+    else:
+        path = f"/api/v1/bans/{quote(args.kind, safe='')}/{quote(args.value, safe='/')}"
+        out.emit(api.call("DELETE", path), lambda r: f"lifted ban on {r['deleted']}")
+    return 0
+
+
 # Argument parsing
 
 
@@ -524,6 +642,50 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt", help="HOST:PORT of the MQTT listener (default: asked from the API)")
     p.add_argument("--mqtt-user", help="MQTT user name to connect with")
     p.set_defaults(run=_subscribe)
+
+    p = sub.add_parser(
+        "user", help="built-in users: list, add NAME [--superuser], passwd NAME, del NAME"
+    )
+    p.add_argument("action", choices=("list", "add", "passwd", "del"), nargs="?", default="list")
+    p.add_argument("name", nargs="?", help="user name")
+    p.add_argument(
+        "secret",
+        nargs="?",
+        help="the new password (visible to other local users in the process list: "
+        "prefer the prompt, or pipe it on standard input)",
+    )
+    p.add_argument("--superuser", action="store_true", help="add: the user skips ACL checks")
+    p.set_defaults(run=_user)
+
+    p = sub.add_parser("acl", help="ACL rules: list, add allow|deny --topic T [...], del ID")
+    p.add_argument("action", choices=("list", "add", "del"), nargs="?", default="list")
+    p.add_argument("permission", nargs="?", help="add: allow or deny; del: the rule id")
+    p.add_argument(
+        "--action",
+        dest="rule_action",
+        choices=("publish", "subscribe", "all"),
+        default="all",
+        help="what the rule covers (default all)",
+    )
+    p.add_argument(
+        "--topic",
+        dest="topics",
+        action="append",
+        default=[],
+        help="topic filter (repeatable); %%u = user name, %%c = client id, 'eq T' = exactly T",
+    )
+    p.add_argument("--username", help="only for this user")
+    p.add_argument("--clientid", help="only for this client id")
+    p.add_argument("--ipaddress", help="only for this IP address or CIDR")
+    p.set_defaults(run=_acl)
+
+    p = sub.add_parser("ban", help="bans: list, add KIND VALUE [--duration S], del KIND VALUE")
+    p.add_argument("action", choices=("list", "add", "del"), nargs="?", default="list")
+    p.add_argument("kind", nargs="?", choices=("clientid", "username", "ip"))
+    p.add_argument("value", nargs="?", help="client id, user name, or IP address / CIDR")
+    p.add_argument("--duration", type=float, help="seconds (default: until lifted)")
+    p.add_argument("--reason", default="", help="why (shown in the list and the log)")
+    p.set_defaults(run=_ban)
     return parser
 
 

@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from robustmq.config import ConfigError, ListenerSettings, Settings
 from robustmq.core.auth import AuthChain
 from robustmq.core.broker import Broker
+from robustmq.core.security import Security
 from robustmq.core.systopics import SysTopicsService
 from robustmq.interfaces import (
     IAuthenticatorPlugin,
@@ -104,11 +105,25 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     top = MultiService()
     storePlugin = findPlugin(IShardStorePlugin, settings.storage.backend, "storage.backend")
     store = storePlugin.build(settings, reactor)
-    auth = AuthChain([findPlugin(IAuthenticatorPlugin, "allow_all", "auth.chain").build(settings)])
+    if settings.http.enabled:
+        # Times append/read/upsert/deleteKey for the storage histograms of /metrics.
+        from robustmq.storage.timing import TimedShardStore
+
+        store = TimedShardStore(store)
+    # Users, ACL rules and bans (docs/security.md); the chain runs in [auth] chain order.
+    security = Security.forNode(settings, reactor)
+    auth = AuthChain(
+        [
+            findPlugin(IAuthenticatorPlugin, name, f"auth.chain[{i}]").build(settings, security)
+            for i, name in enumerate(settings.auth.chain)
+        ]
+    )
     mechanisms = {
-        name: plugin.build(settings) for name, plugin in findPlugins(IAuthMechanismPlugin).items()
+        name: plugin.build(settings, security)
+        for name, plugin in findPlugins(IAuthMechanismPlugin).items()
     }
     broker = Broker(settings, reactor, store=store, auth=auth, authMechanisms=mechanisms)
+    broker.security = security  # type: ignore[attr-defined]
     broker.setName("broker")
     broker.setServiceParent(top)
     if settings.mqtt.sys_interval > 0:

@@ -27,6 +27,7 @@ from robustmq.admin._http import (
     queryArgs,
 )
 from robustmq.admin._metrics import Metrics
+from robustmq.admin._security import SecurityAPI
 from robustmq.config import Settings
 from robustmq.core.message import Message
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
@@ -157,6 +158,8 @@ class AdminAPI:
             Route("GET", f"{v1}/retained/{{topic}}", self.retainedGet, greedy=True),
             Route("DELETE", f"{v1}/retained/{{topic}}", self.retainedDelete, greedy=True),
             Route("POST", f"{v1}/publish", self.publish),
+            # Users, ACL rules and bans (robustmq.admin._security, docs/security.md).
+            *SecurityAPI(self.broker).routes(v1),
         ]
 
     # Helpers
@@ -326,6 +329,8 @@ class AdminAPI:
         for key in _SECRETS:
             if data["http"].get(key):
                 data["http"][key] = "***"
+        if data.get("auth", {}).get("jwt_secret"):
+            data["auth"]["jwt_secret"] = "***"
         return data
 
     # Clients

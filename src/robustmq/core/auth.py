@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import attrs
 from twisted.internet import defer
@@ -27,6 +28,10 @@ class Credentials:
     password: bytes | None = attrs.field(default=None, repr=False)
     peerHost: str | None = None
     listener: str | None = None
+    #: the name a verified client certificate stands for (mutual TLS), if any
+    certificateUsername: str | None = None
+    #: what authenticators learned for authorization (C{"superuser"}, C{"acl"} rules)
+    attributes: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
 
 class AuthChain:
@@ -54,7 +59,7 @@ class AuthChain:
 
 @implementer(IAuthenticator)
 class AllowAll:
-    """Lets every client in (the single-node developer default until auth lands)."""
+    """Lets every client in (tests and trusted networks only; not in the default chain)."""
 
     name = "allow_all"
 
@@ -69,7 +74,7 @@ class AllowAllPlugin:
 
     name = "allow_all"
 
-    def build(self, settings: object) -> IAuthenticator:
+    def build(self, settings: object, security: object = None) -> IAuthenticator:
         """A fresh L{AllowAll}."""
         return AllowAll()
 

@@ -9,6 +9,7 @@ from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
+from robustmq.core.security import securityOf
 from robustmq.interfaces import IProtocolPlugin
 from robustmq.protocols.mqtt._protocol import MQTTServerProtocol
 
@@ -33,7 +34,9 @@ class MQTTServerFactory(ServerFactory):
         self.listener = listener
         self.reactor = reactor
         self.open: set[MQTTServerProtocol] = set()
+        #: connections refused at a limit, and accepted (for the listener metrics)
         self.refused = 0
+        self.accepted = 0
 
     def buildProtocol(self, addr: Any) -> MQTTServerProtocol | None:
         limit = self.listener.max_connections
@@ -49,9 +52,22 @@ class MQTTServerFactory(ServerFactory):
                     refused=self.refused,
                 )
             return None
+        if not securityOf(self.broker).acceptConnection():
+            # Over [limits] connection_rate: closed at once, like the connection limits.
+            self.refused += 1
+            if self.refused == 1 or self.refused % 100 == 0:
+                self.log.warn(
+                    "{listener}: connection from {addr} refused: connection rate limit "
+                    "({refused} refused so far)",
+                    listener=self.listener.label,
+                    addr=getattr(addr, "host", addr),
+                    refused=self.refused,
+                )
+            return None
         protocol = MQTTServerProtocol(self.broker, self.listener, self.reactor)
         protocol.factory = self
         self.open.add(protocol)
+        self.accepted += 1
         self.broker.openSockets += 1
         return protocol
 

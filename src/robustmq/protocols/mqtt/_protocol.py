@@ -19,6 +19,7 @@ from robustmq.core.broker import ExclusiveTaken
 from robustmq.core.delayed import parseDelayed
 from robustmq.core.message import Message
 from robustmq.core.rewrite import expand
+from robustmq.core.security import securityOf
 from robustmq.core.subscription import SubscriptionOptions, parseFilter
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
 from robustmq.interfaces import ISessionConnection
@@ -144,6 +145,10 @@ class MQTTServerProtocol(Protocol):
         self._v5: dict[str, Any] | None = None
         #: acknowledgements waiting for durable writes, in order: [bytes or None, writes left]
         self._acks: deque[list[Any]] | None = None
+        #: authorization (ACL) of the authenticated client; rate limiter; its pause timer
+        self.access: Any = None
+        self._limiter: Any = None
+        self._throttled: Any = None
         #: bytes written during this reactor turn, sent with one writeSequence (see Broker)
         self._out: list[bytes] | None = None
 
@@ -170,6 +175,9 @@ class MQTTServerProtocol(Protocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
+        if self._throttled is not None:
+            self._throttled.cancel()
+            self._throttled = None
         if self.factory is not None:
             self.factory.connectionEnded(self)
         for session in self._blockedOn:
@@ -319,7 +327,7 @@ class MQTTServerProtocol(Protocol):
                 else:
                     return
                 i += 1
-                if self._blockedOn and i < n:
+                if (self._blockedOn or self._throttled is not None) and i < n:
                     self._held = packets[i:]
                     return
         except MQTTError as e:
@@ -327,10 +335,17 @@ class MQTTServerProtocol(Protocol):
 
     def _resumeReading(self) -> None:
         """Handle held packets, then read from the socket again unless blocked anew."""
+        if self._throttled is not None:
+            return  # _unthrottle comes back here
         held, self._held = self._held, None
         if held:
             self._run(held, 0)
-        if self._held is None and not self._blockedOn and self.state != CLOSING:
+        if (
+            self._held is None
+            and not self._blockedOn
+            and self._throttled is None
+            and self.state != CLOSING
+        ):
             if self.transport is not None:
                 self.transport.resumeProducing()
 
@@ -492,6 +507,10 @@ class MQTTServerProtocol(Protocol):
         certUser = getattr(self.transport, "certificateUsername", None)
         if certUser is not None:
             self.username = certUser
+        banned = securityOf(self.broker).admit(clientId, self.username, self.peer.rsplit(":", 1)[0])
+        if banned is not None:
+            self._refuse(Reason.BANNED, banned)
+            return
         self.state = AUTHENTICATING
         if self.transport is not None:
             self.transport.pauseProducing()
@@ -514,9 +533,10 @@ class MQTTServerProtocol(Protocol):
             password=packet.password,
             peerHost=self.peer.rsplit(":", 1)[0],
             listener=self.listener.label,
+            certificateUsername=certUser,
         )
         d = defer.ensureDeferred(self.broker.auth.authenticate(credentials))
-        d.addCallback(self._authenticated, packet, clientId, assigned)
+        d.addCallback(self._authenticated, packet, clientId, assigned, credentials.attributes)
         d.addErrback(self._authFailed)
 
     # MQTT 5 enhanced authentication (section 4.12)
@@ -566,7 +586,14 @@ class MQTTServerProtocol(Protocol):
         if self.state == AUTHENTICATING:
             self._refuse(Reason.SERVER_UNAVAILABLE, "authentication error")
 
-    def _authenticated(self, allowed: bool, packet: Connect, clientId: str, assigned: bool) -> None:
+    def _authenticated(
+        self,
+        allowed: bool,
+        packet: Connect,
+        clientId: str,
+        assigned: bool,
+        attributes: dict[str, Any] | None = None,
+    ) -> None:
         if self.state != AUTHENTICATING or self.transport is None:
             return
         if self._timer is not None and self._timer.active():
@@ -582,6 +609,11 @@ class MQTTServerProtocol(Protocol):
             return
         broker = self.broker
         settings = self.settings
+        security = securityOf(broker)
+        self.access = security.access(
+            clientId, self.username, self.peer.rsplit(":", 1)[0], attributes
+        )
+        self._limiter = security.publishLimiter()
         v5 = self._v5
         props = packet.properties
         connack: dict[str, Any] | None = None
@@ -611,6 +643,13 @@ class MQTTServerProtocol(Protocol):
                 origin=clientId,
             )
             self.willDelay = packet.willProperties.get("will_delay_interval", 0)
+            if not self.access.canPublish(packet.willTopic):
+                self.log.info(
+                    "{clientId}: will on {topic!r} dropped: not authorized",
+                    clientId=clientId,
+                    topic=packet.willTopic,
+                )
+                self.will = None
         self.keepAlive = packet.keepAlive
         if (
             v5 is not None
@@ -723,8 +762,12 @@ class MQTTServerProtocol(Protocol):
         settings = self.settings
         broker = self.broker
         properties = None
+        if self._limiter is not None:
+            self._throttle(len(packet.payload))
         if self._v5 is not None:
             topic, properties = self._publish5(packet)
+        if len(topic) > broker.settings.limits.max_topic_length:
+            raise _Refused(Reason.TOPIC_NAME_INVALID, "PUBLISH: topic longer than the limit")
         if qos > settings.max_qos:
             raise _Refused(Reason.QOS_NOT_SUPPORTED, f"PUBLISH at QoS {qos} above the maximum")
         if packet.retain and not settings.retain_available:
@@ -735,6 +778,9 @@ class MQTTServerProtocol(Protocol):
             )
         if broker.rewriter:
             topic = broker.rewriter.rewrite(topic, "publish", self.clientId or "", self.username)
+        if not self.access.canPublish(topic):
+            self._publishDenied(packet, topic)
+            return
         broker.stats.publishReceived += 1
         message = Message(
             topic,
@@ -777,6 +823,30 @@ class MQTTServerProtocol(Protocol):
             broker._backgroundWrites()
         if broker.congestion:
             self._waitFor(broker.congestion)
+
+    def _publishDenied(self, packet: Publish, topic: str) -> None:
+        """The ACL refused a PUBLISH: 0x87 under 5.0, dropped under 3.x, or disconnect."""
+        why = f"not authorized to publish to {topic!r}"
+        self.log.info("{clientId}: {why}", clientId=self.clientId, why=why)
+        if self.broker.settings.acl.deny_action == "disconnect":
+            self._disconnect(Reason.NOT_AUTHORIZED, why)
+            return
+        if packet.qos:
+            kind = PUBACK if packet.qos == 1 else PUBREC
+            # 3.x has no reason codes: acknowledge, and drop the message.
+            self._ack(kind, packet.packetId, Reason.NOT_AUTHORIZED, why)  # type: ignore[arg-type]
+
+    def _throttle(self, size: int) -> None:
+        """Over [limits] message_rate / byte_rate: stop reading until the buckets refill."""
+        delay = self._limiter.take(size, self.reactor.seconds())
+        if delay > 0 and self._throttled is None and self.transport is not None:
+            self._throttled = self.reactor.callLater(delay, self._unthrottle)
+            self.transport.pauseProducing()
+
+    def _unthrottle(self) -> None:
+        self._throttled = None
+        if not self._blockedOn and self.state == CONNECTED:
+            self._resumeReading()
 
     def _publish5(self, packet: Publish) -> tuple[str, dict[str, Any] | None]:
         """Resolve a topic alias and pick the properties to forward (MQTT 5)."""
@@ -942,6 +1012,12 @@ class MQTTServerProtocol(Protocol):
         ):
             self._refuseFilter(topicFilter, f"limit of {settings.max_subscriptions} reached")
             return Reason.QUOTA_EXCEEDED
+        if len(topicFilter) > self.broker.settings.limits.max_topic_length:
+            self._refuseFilter(topicFilter, "longer than [limits] max_topic_length")
+            return Reason.TOPIC_FILTER_INVALID
+        if not self.access.canSubscribe(real):
+            self._refuseFilter(topicFilter, "not authorized")
+            return Reason.NOT_AUTHORIZED
         return None
 
     def _rewriteFilter(self, topicFilter: str) -> str:
