@@ -451,7 +451,7 @@ def phase(
     return {
         "rate": received / elapsed,
         "received": received,
-        "sent": n,
+        "sent": per * pairs,
         "p50": statistics.median(lat) * 1000 if lat else float("nan"),
         "p99": lat[max(0, int(len(lat) * 0.99) - 1)] * 1000 if lat else float("nan"),
         "brokerCpu": (cpu1 - cpu0) / elapsed,
