@@ -379,3 +379,15 @@ def test_mqttRateLimitPausesReadingWithoutDropping():
     assert [a.packetId for a in acks] == [1, 2, 3, 4, 5, 6]
     assert [p.payload for p in sub.received()] == [b"%d" % i for i in range(6)]
     assert pub.transport.producerState == "producing"
+
+
+def test_productionExampleIsValidAndLocked():
+    from pathlib import Path
+
+    from robustmq.config import loadSettings
+
+    path = Path(__file__).resolve().parents[2] / "etc" / "robustmq.production.toml"
+    settings = loadSettings(str(path), environ={"ROBUSTMQ_HTTP__TOKEN": "t"})
+    assert settings.auth.allow_anonymous == "off" and "anonymous" not in settings.auth.chain
+    assert settings.acl.no_match == "deny" and settings.limits.flapping_enabled
+    assert all(listener.transport == "tls" for listener in settings.listeners)

@@ -840,6 +840,11 @@ class MQTTServerProtocol(Protocol):
         """Over [limits] message_rate / byte_rate: stop reading until the buckets refill."""
         delay = self._limiter.take(size, self.reactor.seconds())
         if delay > 0 and self._throttled is None and self.transport is not None:
+            self.log.debug(
+                "{clientId}: over the publish rate; not reading for {delay:.3f}s",
+                clientId=self.clientId,
+                delay=delay,
+            )
             self._throttled = self.reactor.callLater(delay, self._unthrottle)
             self.transport.pauseProducing()
 
