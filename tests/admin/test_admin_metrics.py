@@ -12,6 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from robustmq.admin._metrics import Metrics
 from robustmq.core.systopics import sysValues
 from robustmq.protocols.mqtt._packets import Connect, Publish, Subscribe
+from robustmq.storage.memory import MemoryShardStore
+from robustmq.storage.timing import TimedShardStore
 from robustmq.testing.memory import InMemoryBroker
 
 
@@ -41,7 +43,7 @@ def quietNode() -> Iterator[AdminNode]:
 def test_metrics_count_real_mqtt_traffic(quietNode: AdminNode) -> None:
     before = scrape(quietNode)
     assert before["robustmq_connections"] == 0
-    assert before["robustmq_messages_received_total"] == 0
+    assert before["robustmq_messages_received_total{protocol=mqtt,qos=1}"] == 0
     sub = Paho(quietNode.port, "metrics-sub")
     pub = Paho(quietNode.port, "metrics-pub")
     try:
@@ -52,7 +54,7 @@ def test_metrics_count_real_mqtt_traffic(quietNode: AdminNode) -> None:
             sub.expect()
         m = waitFor(
             lambda: (
-                (s := scrape(quietNode))["robustmq_messages_sent_total"] == 5
+                (s := scrape(quietNode))["robustmq_messages_sent_total{protocol=mqtt,qos=1}"] == 5
                 and s["robustmq_inflight_messages"] == 0
                 and s
             ),
@@ -64,17 +66,26 @@ def test_metrics_count_real_mqtt_traffic(quietNode: AdminNode) -> None:
         assert m["robustmq_sessions"] == 2
         assert m["robustmq_sessions_online"] == 2
         assert m["robustmq_subscriptions"] == 1
-        assert m["robustmq_messages_received_total"] == 5
+        assert m["robustmq_messages_received_total{protocol=mqtt,qos=1}"] == 5
+        for qos in (0, 2):
+            assert m[f"robustmq_messages_received_total{{protocol=mqtt,qos={qos}}}"] == 0
+            assert m[f"robustmq_messages_sent_total{{protocol=mqtt,qos={qos}}}"] == 0
         assert m["robustmq_publish_received_total"] == 5
         assert m["robustmq_publish_sent_total"] == 5
-        assert m["robustmq_messages_dropped_total"] == 0
+        assert total(m, "robustmq_messages_dropped_total") == 0
+        assert total(m, "robustmq_messages_received_total") == 5
         assert m["robustmq_retained_messages"] == 1
         assert m["robustmq_inflight_messages"] == 0
         assert m["robustmq_queued_messages"] == 0
         # 5 PUBLISH packets of 10 payload bytes each way, plus protocol overhead.
-        assert m["robustmq_bytes_received_total"] > 50
-        assert m["robustmq_bytes_sent_total"] > 50
-        assert m[f"robustmq_listener_sockets{{listener=mqtt/tcp:{quietNode.port}}}"] == 2
+        assert m["robustmq_bytes_received_total{protocol=mqtt}"] > 50
+        assert m["robustmq_bytes_sent_total{protocol=mqtt}"] > 50
+        assert m["robustmq_bytes_received_total{protocol=kafka}"] == 0
+        listener = f"listener=mqtt/tcp:{quietNode.port},protocol=mqtt,transport=tcp"
+        assert m[f"robustmq_listener_sockets{{{listener}}}"] == 2
+        # The two clients, plus the start-up probes that waited for the port.
+        assert m[f"robustmq_listener_accepted_total{{{listener}}}"] >= 2
+        assert m[f"robustmq_listener_refused_total{{{listener}}}"] == 0
         assert m["robustmq_build_info{node=robustmq-1,version=" + _version() + "}"] == 1
         # Process metrics of the node's own process.
         assert m["process_resident_memory_bytes"] > 10_000_000
@@ -85,6 +96,11 @@ def test_metrics_count_real_mqtt_traffic(quietNode: AdminNode) -> None:
         sub.close()
         pub.close()
     waitFor(lambda: scrape(quietNode)["robustmq_connections"] == 0, "connections to close")
+
+
+def total(samples: dict[str, float], name: str) -> float:
+    """The sum of C{name}'s samples over all their labels."""
+    return sum(v for k, v in samples.items() if k == name or k.startswith(name + "{"))
 
 
 def _version() -> str:
@@ -111,10 +127,11 @@ SHARED = {
 
 
 def _metricValues(metrics: Metrics) -> dict[str, float]:
-    out = {}
+    """Every sample name with its value summed over labels (the $SYS totals)."""
+    out: dict[str, float] = {}
     for family in text_string_to_metric_families(metrics.render().decode()):
         for s in family.samples:
-            out[s.name] = s.value
+            out[s.name] = out.get(s.name, 0) + s.value
     return out
 
 
@@ -136,6 +153,7 @@ def test_sys_topics_and_metrics_read_the_same_counters() -> None:
     for topic, metric in SHARED.items():
         assert float(sys[topic]) == values[metric], (topic, metric)
     assert values["robustmq_messages_received_total"] == 4
+    assert harness.broker.stats.mqttReceived == [1, 3, 0]
     assert values["robustmq_connections"] == 1
     assert set(SHARED) <= set(sys)
 
@@ -165,8 +183,8 @@ def test_metrics_agree_with_sys_on_a_running_node() -> None:
         metrics = scrape(n)
         for key in ("messages/received", "publish/messages/received", "clients/connected"):
             topic = f"$SYS/broker/{key}"
-            assert float(latest[topic]) == metrics[SHARED[topic]], topic
-        assert metrics["robustmq_messages_received_total"] == 3
+            assert float(latest[topic]) == total(metrics, SHARED[topic]), topic
+        assert metrics["robustmq_messages_received_total{protocol=mqtt,qos=1}"] == 3
     finally:
         for c in (pub, watcher):
             if c is not None:
@@ -183,5 +201,16 @@ def test_grafana_dashboard_charts_only_metrics_that_exist() -> None:
     dashboard = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     used = {m for e in exprs for m in re.findall(r"\b((?:robustmq|process)_[a-z_]+)\b", e)}
-    exposed = set(_metricValues(Metrics(InMemoryBroker().broker)))
+    # Every family the collector can yield, with its sample suffixes, including the
+    # storage histograms (a timed store) and per-listener families (no listener here).
+    broker = InMemoryBroker().broker
+    broker.store = TimedShardStore(MemoryShardStore())
+    exposed = set()
+    for family in Metrics(broker).registry.collect():
+        suffixes = {
+            "counter": ("_total",),
+            "histogram": ("_bucket", "_sum", "_count"),
+            "info": ("_info",),
+        }.get(family.type, ("",))
+        exposed |= {family.name + suffix for suffix in suffixes}
     assert used and used <= exposed, used - exposed

@@ -131,7 +131,7 @@ class AdminAPI:
         self.listenerServices = listenerServices
         self.adminAddress = adminAddress
         self.startedAt = time.time()
-        self.metrics = Metrics(broker, self._listenerSockets)
+        self.metrics = Metrics(broker, self.listenerServices)
         self._openapi = (resources.files("robustmq.admin") / "openapi.json").read_bytes()
 
     def routes(self) -> list[Route]:
@@ -204,13 +204,6 @@ class AdminAPI:
         if session is None:
             raise APIError(404, f"no session for client {clientId!r}")
         return session
-
-    def _listenerSockets(self) -> list[tuple[str, int | None]]:
-        out = []
-        for svc in self.listenerServices():
-            opened = getattr(svc.factory, "open", None)
-            out.append((svc.listener.label, len(opened) if opened is not None else None))
-        return out
 
     # Health and metrics
 

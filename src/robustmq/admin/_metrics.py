@@ -8,12 +8,20 @@ one), so tests can run several brokers in one process.
 
 Gauges that sum over sessions (in-flight, queued) walk every session once
 per scrape: O(sessions), a few tens of milliseconds per 100k sessions.
+
+Messages are labelled by C{protocol} and, for MQTT, C{qos} (empty for Kafka
+and AMQP, which have no QoS levels); the sum over labels is the C{$SYS}
+total.  Per-listener metrics read each listener's protocol factory
+(C{open}, C{accepted}, C{refused}) and the transport wrappers found through
+its listening port (TLS handshake failures, QUIC datagrams).  Storage
+latency histograms come from L{robustmq.storage.timing.TimedShardStore}
+when the node's store is wrapped in one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -25,6 +33,7 @@ from prometheus_client import (
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     InfoMetricFamily,
     Metric,
 )
@@ -32,6 +41,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
+    from robustmq.core.stats import Stats
 
 #: (metric name without _total, help, Stats attribute) of every monotonic counter.
 COUNTERS: tuple[tuple[str, str, str], ...] = (
@@ -39,22 +49,6 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
         "robustmq_client_connects",
         "Connections that completed their handshake since start",
         "clientsTotalConnects",
-    ),
-    (
-        "robustmq_messages_received",
-        "Application messages published into the broker by clients and the admin API "
-        "($SYS messages/received)",
-        "messagesReceived",
-    ),
-    (
-        "robustmq_messages_sent",
-        "Application messages delivered to clients ($SYS messages/sent)",
-        "messagesSent",
-    ),
-    (
-        "robustmq_messages_dropped",
-        "Messages dropped: offline QoS 0, queue overflow ($SYS messages/dropped)",
-        "messagesDropped",
     ),
     (
         "robustmq_publish_received",
@@ -67,12 +61,6 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
         "publishSent",
     ),
     (
-        "robustmq_bytes_received",
-        "Bytes read from client sockets ($SYS bytes/received)",
-        "bytesReceived",
-    ),
-    ("robustmq_bytes_sent", "Bytes written to client sockets ($SYS bytes/sent)", "bytesSent"),
-    (
         "robustmq_malformed_packets",
         "Connections closed for malformed packets or protocol violations",
         "malformedPackets",
@@ -83,12 +71,11 @@ COUNTERS: tuple[tuple[str, str, str], ...] = (
 class BrokerCollector(Collector):
     """Turns the broker's live state into metric families on every scrape.
 
-    @param listeners: returns (label, open connections or None) per listener.
+    @param listeners: returns the node's listener services (with C{listener}
+        settings, C{factory} and C{port}, see L{robustmq.service.ListenerService}).
     """
 
-    def __init__(
-        self, broker: Broker, listeners: Callable[[], Iterable[tuple[str, int | None]]]
-    ) -> None:
+    def __init__(self, broker: Broker, listeners: Callable[[], Iterable[Any]]) -> None:
         self.broker = broker
         self.listeners = listeners
 
@@ -111,17 +98,11 @@ class BrokerCollector(Collector):
             "Most clients connected at once since start ($SYS clients/maximum)",
             value=stats.clientsMaximum,
         )
-        perListener = GaugeMetricFamily(
-            "robustmq_listener_sockets",
-            "Sockets open on each listener (including those not yet past CONNECT)",
-            labels=["listener"],
-        )
-        for label, count in self.listeners():
-            if count is not None:
-                perListener.add_metric([label], count)
-        yield perListener
+        yield from self._listenerMetrics()
         for name, doc, attr in COUNTERS:
             yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
+        yield from _messageMetrics(stats)
+        yield from _storageMetrics(broker.store)
 
         sessions = online = congested = inflight = queued = queuedBytes = 0
         for session in broker.sessions:
@@ -173,6 +154,148 @@ class BrokerCollector(Collector):
             value=broker.retained.refused,
         )
 
+    def _listenerMetrics(self) -> Iterator[Metric]:
+        labels = ["listener", "protocol", "transport"]
+        sockets = GaugeMetricFamily(
+            "robustmq_listener_sockets",
+            "Connections open on each listener (including those not yet past CONNECT)",
+            labels=labels,
+        )
+        accepted = CounterMetricFamily(
+            "robustmq_listener_accepted",
+            "Connections each listener accepted (before any protocol handshake)",
+            labels=labels,
+        )
+        refused = CounterMetricFamily(
+            "robustmq_listener_refused",
+            "Connections each listener closed at once: connection limits, connection rate",
+            labels=labels,
+        )
+        tlsFailures = CounterMetricFamily(
+            "robustmq_listener_tls_handshake_failures",
+            "Connections of tls/wss listeners closed before the TLS handshake completed",
+            labels=labels,
+        )
+        quicDropped = CounterMetricFamily(
+            "robustmq_listener_quic_datagrams_dropped",
+            "Datagrams of QUIC listeners dropped because a connection's receive buffer was full",
+            labels=labels,
+        )
+        quicIgnored = CounterMetricFamily(
+            "robustmq_listener_quic_datagrams_ignored",
+            "Datagrams of QUIC listeners ignored: unparseable, no such connection, "
+            "or a new connection over max_connections",
+            labels=labels,
+        )
+        for svc in self.listeners():
+            ls = svc.listener
+            values = [ls.label, ls.protocol, ls.transport]
+            factory = svc.factory
+            opened = getattr(factory, "open", None)
+            if opened is not None:
+                sockets.add_metric(values, len(opened))
+            if hasattr(factory, "accepted"):
+                accepted.add_metric(values, factory.accepted)
+            if hasattr(factory, "refused"):
+                refused.add_metric(values, factory.refused)
+            if ls.transport in ("tls", "wss"):
+                tls = _wrapperWith(svc.port, "handshakeFailures")
+                tlsFailures.add_metric(values, tls.handshakeFailures if tls is not None else 0)
+            if ls.transport == "quic":
+                server = getattr(svc.port, "server", None)
+                quicDropped.add_metric(values, getattr(server, "droppedDatagrams", 0))
+                quicIgnored.add_metric(values, getattr(server, "ignoredDatagrams", 0))
+        yield from (sockets, accepted, refused, tlsFailures, quicDropped, quicIgnored)
+
+
+def _wrapperWith(port: Any, attr: str) -> Any:
+    """The factory on C{port}'s chain of wrapping factories that has C{attr}, if any.
+
+    A tls listener's port holds the TLS factory; a wss one the TLS factory
+    around the WebSocket factory around the protocol's.
+    """
+    factory = getattr(port, "factory", None)
+    for _ in range(4):
+        if factory is None:
+            return None
+        if hasattr(factory, attr):
+            return factory
+        factory = getattr(factory, "wrappedFactory", None) or getattr(factory, "wrapped", None)
+    return None
+
+
+def _messageMetrics(stats: Stats) -> Iterator[Metric]:
+    """Messages and bytes by protocol (and MQTT QoS): the $SYS totals, split."""
+    families = [
+        CounterMetricFamily(
+            "robustmq_messages_received",
+            "Messages received, by protocol and MQTT QoS (sum: $SYS messages/received). "
+            "MQTT: routed into the broker from clients, the admin API, wills, delayed "
+            "messages; Kafka: produced records; AMQP: basic.publish",
+            labels=["protocol", "qos"],
+        ),
+        CounterMetricFamily(
+            "robustmq_messages_sent",
+            "Messages delivered to clients, by protocol and MQTT QoS "
+            "(sum: $SYS messages/sent); Kafka: fetched records",
+            labels=["protocol", "qos"],
+        ),
+        CounterMetricFamily(
+            "robustmq_messages_dropped",
+            "Messages dropped, by protocol and MQTT QoS (sum: $SYS messages/dropped). "
+            "MQTT: offline QoS 0, queue overflow, above the client's maximum packet size; "
+            "AMQP: unroutable without mandatory, refused by a full queue",
+            labels=["protocol", "qos"],
+        ),
+    ]
+    for protocol, qos, *counts in stats.byProtocol():
+        for family, value in zip(families, counts, strict=True):
+            if value is not None:
+                family.add_metric([protocol, qos], value)
+    received = CounterMetricFamily(
+        "robustmq_bytes_received",
+        "Bytes read from client sockets, by protocol (sum: $SYS bytes/received)",
+        labels=["protocol"],
+    )
+    sent = CounterMetricFamily(
+        "robustmq_bytes_sent",
+        "Bytes written to client sockets, by protocol (sum: $SYS bytes/sent)",
+        labels=["protocol"],
+    )
+    for protocol, bytesIn, bytesOut in stats.bytesByProtocol():
+        received.add_metric([protocol], bytesIn)
+        sent.add_metric([protocol], bytesOut)
+    yield from families
+    yield received
+    yield sent
+
+
+def _storageMetrics(store: Any) -> Iterator[Metric]:
+    """Latency histograms of the shard store's calls, when it is timed."""
+    timings = getattr(store, "timings", None)
+    if not timings:
+        return
+    seconds = HistogramMetricFamily(
+        "robustmq_storage_operation_seconds",
+        "Shard store call latency, from the call to its result (includes group-commit "
+        "and fsync waits)",
+        labels=["operation"],
+    )
+    failures = CounterMetricFamily(
+        "robustmq_storage_operation_failures",
+        "Shard store calls that failed",
+        labels=["operation"],
+    )
+    for operation, timing in timings.items():
+        buckets = [
+            ("+Inf" if bound == float("inf") else repr(bound), n)
+            for bound, n in timing.cumulative()
+        ]
+        seconds.add_metric([operation], buckets, timing.sum)
+        failures.add_metric([operation], timing.failures)
+    yield seconds
+    yield failures
+
 
 class Metrics:
     """One node's metric registry: broker state plus process and Python runtime."""
@@ -184,7 +307,7 @@ class Metrics:
     def __init__(
         self,
         broker: Broker,
-        listeners: Callable[[], Iterable[tuple[str, int | None]]] = lambda: (),
+        listeners: Callable[[], Iterable[Any]] = lambda: (),
     ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(BrokerCollector(broker, listeners))

@@ -122,7 +122,7 @@ class Broker(Service):
         caller should wait for (a publishing connection pauses reading);
         callers with nothing to pause clear it.
         """
-        self.stats.messagesReceived += 1
+        self.stats.mqttReceived[message.qos] += 1
         if message.retain:
             if self.retained.update(message) and self.persistence is not None:
                 self.pendingWrites.append(self.persistence.saveRetained(message))

@@ -146,7 +146,7 @@ class Session:
                 self._sendTracked(conn, message, qos, sub)
                 return
         elif conn is None and qos == 0 and not self._settings.queue_qos0_offline:
-            self._stats.messagesDropped += 1
+            self._stats.mqttDropped[0] += 1
             return
         self._enqueue(message, qos, sub)
 
@@ -214,15 +214,15 @@ class Session:
             hardLimit, hardBytes = limit, byteLimit
         while len(queue) >= hardLimit or (queue and self.queuedBytes + size > hardBytes):
             if s.queue_overflow == "drop_oldest" and queue:
-                old, _, _, oldSeq = queue.popleft()
+                old, oldQos, _, oldSeq = queue.popleft()
                 self.queuedBytes -= len(old.payload)
-                self._stats.messagesDropped += 1
+                self._stats.mqttDropped[oldQos] += 1
                 self._forget(oldSeq)
             else:
-                self._stats.messagesDropped += 1
+                self._stats.mqttDropped[qos] += 1
                 return
         if size > hardBytes:
-            self._stats.messagesDropped += 1
+            self._stats.mqttDropped[qos] += 1
             return
         seq = 0
         if qos:

@@ -4,22 +4,48 @@ from __future__ import annotations
 
 import time
 
+#: Protocols whose message and byte counts L{Stats} keeps.
+PROTOCOLS = ("mqtt", "kafka", "amqp")
+
 
 class Stats:
-    """Process-wide broker counters (monotonic except the current gauges)."""
+    """Process-wide broker counters (monotonic except the current gauges).
+
+    Message counts are kept per protocol, and for MQTT per QoS level, in
+    small lists indexed by QoS (C{mqttSent[qos] += 1}): one list index per
+    message on the hot path, no dictionary lookup or call.  The totals that
+    C{$SYS/broker/...} publishes (L{messagesReceived}, L{bytesSent}, ...)
+    are sums over protocols, computed when read, so C{$SYS} and the
+    labelled metrics always add up to the same numbers.
+
+    MQTT's "received" counts every application message routed into the MQTT
+    topic space: client PUBLISHes, admin API publishes, wills and delayed
+    messages.  Kafka counts records (produced, fetched); AMQP counts
+    messages (basic.publish in; basic.deliver and basic.get-ok out; dropped:
+    unroutable or refused by a full queue).
+    """
 
     __slots__ = (
         "startTime",
         "clientsConnected",
         "clientsMaximum",
         "clientsTotalConnects",
-        "messagesReceived",
-        "messagesSent",
-        "messagesDropped",
+        "mqttReceived",
+        "mqttSent",
+        "mqttDropped",
+        "mqttBytesReceived",
+        "mqttBytesSent",
+        "kafkaReceived",
+        "kafkaSent",
+        "kafkaBytesReceived",
+        "kafkaBytesSent",
+        "amqpReceived",
+        "amqpSent",
+        "amqpDropped",
+        "amqpBytesReceived",
+        "amqpBytesSent",
         "publishReceived",
         "publishSent",
-        "bytesReceived",
-        "bytesSent",
         "malformedPackets",
         "messagesExpired",
         "messagesDelayed",
@@ -30,16 +56,75 @@ class Stats:
         self.clientsConnected = 0
         self.clientsMaximum = 0
         self.clientsTotalConnects = 0
-        self.messagesReceived = 0
-        self.messagesSent = 0
-        self.messagesDropped = 0
+        #: MQTT application messages by QoS: routed into the broker, delivered, dropped
+        self.mqttReceived = [0, 0, 0]
+        self.mqttSent = [0, 0, 0]
+        self.mqttDropped = [0, 0, 0]
+        self.mqttBytesReceived = 0
+        self.mqttBytesSent = 0
+        self.kafkaReceived = 0
+        self.kafkaSent = 0
+        self.kafkaBytesReceived = 0
+        self.kafkaBytesSent = 0
+        self.amqpReceived = 0
+        self.amqpSent = 0
+        self.amqpDropped = 0
+        self.amqpBytesReceived = 0
+        self.amqpBytesSent = 0
         self.publishReceived = 0
         self.publishSent = 0
-        self.bytesReceived = 0
-        self.bytesSent = 0
         self.malformedPackets = 0
         self.messagesExpired = 0
         self.messagesDelayed = 0
+
+    # Totals over protocols (what $SYS/broker/... publishes)
+
+    @property
+    def messagesReceived(self) -> int:
+        """Messages received by every protocol."""
+        return sum(self.mqttReceived) + self.kafkaReceived + self.amqpReceived
+
+    @property
+    def messagesSent(self) -> int:
+        """Messages delivered by every protocol."""
+        return sum(self.mqttSent) + self.kafkaSent + self.amqpSent
+
+    @property
+    def messagesDropped(self) -> int:
+        """Messages dropped by every protocol."""
+        return sum(self.mqttDropped) + self.amqpDropped
+
+    @property
+    def bytesReceived(self) -> int:
+        """Bytes read from client sockets of every protocol."""
+        return self.mqttBytesReceived + self.kafkaBytesReceived + self.amqpBytesReceived
+
+    @property
+    def bytesSent(self) -> int:
+        """Bytes written to client sockets of every protocol."""
+        return self.mqttBytesSent + self.kafkaBytesSent + self.amqpBytesSent
+
+    def byProtocol(self) -> list[tuple[str, str, int, int, int | None]]:
+        """(protocol, qos, received, sent, dropped) rows.
+
+        C{qos} is "" for protocols without QoS levels; C{dropped} is None for
+        Kafka, which never drops a record it accepted.
+        """
+        rows: list[tuple[str, str, int, int, int | None]] = [
+            ("mqtt", str(q), self.mqttReceived[q], self.mqttSent[q], self.mqttDropped[q])
+            for q in range(3)
+        ]
+        rows.append(("kafka", "", self.kafkaReceived, self.kafkaSent, None))
+        rows.append(("amqp", "", self.amqpReceived, self.amqpSent, self.amqpDropped))
+        return rows
+
+    def bytesByProtocol(self) -> list[tuple[str, int, int]]:
+        """(protocol, bytes received, bytes sent) rows."""
+        return [
+            ("mqtt", self.mqttBytesReceived, self.mqttBytesSent),
+            ("kafka", self.kafkaBytesReceived, self.kafkaBytesSent),
+            ("amqp", self.amqpBytesReceived, self.amqpBytesSent),
+        ]
 
     def clientConnected(self) -> None:
         """Count a connection that completed its handshake."""

@@ -113,6 +113,7 @@ class AMQPChannel:
             self.unackedBytes += m.size
             consumer.unacked += 1
         conn = self.conn
+        conn.server.broker.stats.amqpSent += 1
         conn.write(
             encodeDeliver(
                 self.number,
@@ -530,6 +531,7 @@ class AMQPChannel:
             message = Message(m.exchange, m.routing_key, props, body)
         else:
             message = Message(m.exchange, m.routing_key, props, body, self._propsRaw or None)
+        self.conn.server.broker.stats.amqpReceived += 1
         if self.tx:
             self.txOps.append(lambda: self._route(m, ex, message, None))
             return
@@ -558,6 +560,8 @@ class AMQPChannel:
         if not queues:
             if m.mandatory:
                 self._return(m, message)
+            else:
+                v.server.broker.stats.amqpDropped += 1
             if seq is not None:
                 self._confirmed(seq, True)
             return
@@ -567,6 +571,7 @@ class AMQPChannel:
         for q in queues:
             if q.push(message) is None:
                 accepted = False
+                server.broker.stats.amqpDropped += 1
         server.pendingWrites = []
         for q in queues:
             q.dispatch()
@@ -643,6 +648,7 @@ class AMQPChannel:
         else:
             self.unacked[tag] = (qm, q, None)
             self.unackedBytes += msg.size
+        self.conn.server.broker.stats.amqpSent += 1
         self.conn.sendContent(
             self.number,
             _spec.BasicGetOk(tag, qm.redelivered, msg.exchange, msg.routingKey, q.count),

@@ -144,6 +144,7 @@ class AMQPServerProtocol(Protocol):
         if self.closed:
             return
         server = self.server
+        server.broker.stats.amqpBytesSent += len(data)
         if server.batching:
             out = self._out
             if not out:
@@ -186,6 +187,7 @@ class AMQPServerProtocol(Protocol):
         if self.closed:
             return
         server = self.server
+        server.broker.stats.amqpBytesReceived += len(data)
         server.batching += 1
         try:
             self._dataReceived(data)

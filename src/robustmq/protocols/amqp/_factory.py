@@ -36,7 +36,9 @@ class AMQPServerFactory(ServerFactory):
         self.listener = listener
         self.reactor = reactor
         self.open: set[AMQPServerProtocol] = set()
+        #: connections refused at a limit, and accepted (for the listener metrics)
         self.refused = 0
+        self.accepted = 0
 
     def startFactory(self) -> None:
         # Recover durable queues as soon as the broker has opened its store.
@@ -59,6 +61,7 @@ class AMQPServerFactory(ServerFactory):
         protocol = AMQPServerProtocol(self.server, self.listener, self.reactor)
         protocol.factory = self
         self.open.add(protocol)
+        self.accepted += 1
         self.broker.openSockets += 1
         return protocol
 

@@ -34,7 +34,9 @@ class KafkaServerFactory(ServerFactory):
         self.reactor = reactor
         self.node = nodeFor(broker, reactor)
         self.open: set[KafkaServerProtocol] = set()
+        #: connections refused at a limit, and accepted (for the listener metrics)
         self.refused = 0
+        self.accepted = 0
 
     def buildProtocol(self, addr: Any) -> KafkaServerProtocol | None:
         limit = self.listener.max_connections
@@ -53,6 +55,7 @@ class KafkaServerFactory(ServerFactory):
         protocol = KafkaServerProtocol(self.node, self.listener)
         protocol.factory = self
         self.open.add(protocol)
+        self.accepted += 1
         self.broker.openSockets += 1
         return protocol
 

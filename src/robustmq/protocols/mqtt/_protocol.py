@@ -280,7 +280,7 @@ class MQTTServerProtocol(Protocol):
             return
         broker = self.broker
         self._lastActivity = self.reactor.seconds()
-        broker.stats.bytesReceived += len(data)
+        broker.stats.mqttBytesReceived += len(data)
         broker.reading += 1
         try:
             try:
@@ -840,11 +840,6 @@ class MQTTServerProtocol(Protocol):
         """Over [limits] message_rate / byte_rate: stop reading until the buckets refill."""
         delay = self._limiter.take(size, self.reactor.seconds())
         if delay > 0 and self._throttled is None and self.transport is not None:
-            self.log.debug(
-                "{clientId}: over the publish rate; not reading for {delay:.3f}s",
-                clientId=self.clientId,
-                delay=delay,
-            )
             self._throttled = self.reactor.callLater(delay, self._unthrottle)
             self.transport.pauseProducing()
 
@@ -1105,9 +1100,9 @@ class MQTTServerProtocol(Protocol):
             data = encodePublish(topic, message.payload, qos, retain, dup, packetId)
         self._write(data)  # type: ignore[union-attr]
         stats = self.broker.stats
-        stats.messagesSent += 1
+        stats.mqttSent[qos] += 1
         stats.publishSent += 1
-        stats.bytesSent += len(data)
+        stats.mqttBytesSent += len(data)
         return True
 
     def _deliver5(
@@ -1171,7 +1166,7 @@ class MQTTServerProtocol(Protocol):
         maxSize = v5["maxPacketSize"]
         if maxSize and len(data) > maxSize:
             # MQTT-3.1.2-25: never send a client more than it accepts; drop as if delivered.
-            self.broker.stats.messagesDropped += 1
+            self.broker.stats.mqttDropped[qos] += 1
             self.log.debug(
                 "{clientId}: {n}-byte PUBLISH above the client's maximum packet size dropped",
                 clientId=self.clientId,
@@ -1182,9 +1177,9 @@ class MQTTServerProtocol(Protocol):
             v5["outAliases"][message.topic] = newAlias
         self._write(data)  # type: ignore[union-attr]
         stats = self.broker.stats
-        stats.messagesSent += 1
+        stats.mqttSent[qos] += 1
         stats.publishSent += 1
-        stats.bytesSent += len(data)
+        stats.mqttBytesSent += len(data)
         return True
 
     def deliverRelease(self, packetId: int) -> None:
