@@ -122,6 +122,42 @@ class IShardStore(Interface):
         """Fire with C{(offset, metadata)} committed by C{group}, or None."""
 
 
+class ISpanShardStore(IShardStore):
+    """An L{IShardStore} whose records may occupy a range of offsets (optional).
+
+    A Kafka record batch of I{n} records is one stored record at I{n}
+    consecutive offsets: offsets, log start and end, and committed offsets
+    keep Kafka's meaning without I{n - 1} placeholder records.  Users test
+    for it with C{ISpanShardStore.providedBy(store)}; the memory and segment
+    stores provide it.
+
+    With span records in a shard:
+
+      - C{offsets} counts every offset a span occupies (C{nextOffset} is one
+        past its last).
+      - C{read(shard, offset)} also returns the span record that I{covers}
+        C{offset} though it starts below it; its dict has C{"offset"} (its
+        first offset) and C{"span"} (the count).  Records of one offset have
+        no C{"span"} key.  A reader moves on to C{offset + span}.
+      - C{deleteBefore} to an offset inside a span keeps that record
+        readable (the start offset is still the one asked for), and
+        C{offsetForTimestamp} answers at least the start offset.
+      - Record-count bounds (such as the memory store's C{max_records})
+        count stored records, not offsets.
+      - Compacted shards take no span records (C{ValueError}).
+    """
+
+    def appendSpan(shard, record, span):  # type: ignore[no-untyped-def]
+        """
+        Append one record that occupies C{span} consecutive offsets.
+
+        @param record: a dict as for C{append}.
+        @param span: the number of offsets, 1 to 2**31 - 1 (1 is a plain append).
+        @return: Deferred firing with the record's first offset, once it is
+            durable per the sync policy.
+        """
+
+
 class IAuthenticator(Interface):
     """A source that decides whether a client may connect.
 

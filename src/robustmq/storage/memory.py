@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from robustmq.interfaces import IShardStore
+from robustmq.interfaces import ISpanShardStore
 from robustmq.storage._common import defaultSettings, normalizeShardConfig, requireBytes
 from robustmq.storage.errors import (
     LimitExceededError,
@@ -64,6 +64,7 @@ class _MemoryShard:
         "keys",
         "dead",
         "groups",
+        "spans",
     )
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -79,12 +80,20 @@ class _MemoryShard:
         self.keys: dict[bytes, int] | None = {} if config["compacted"] else None
         self.dead = 0
         self.groups: dict[str, tuple[int, bytes]] = {}
+        #: first offset -> span, for records occupying more than one offset
+        self.spans: dict[int, int] = {}
 
     def count(self) -> int:
         return len(self.offsets) - self.head - self.dead
 
     def indexOf(self, offset: int) -> int:
-        return max(self.head, bisect_left(self.offsets, offset))
+        """Index of the first stored record at or covering C{offset}."""
+        i = max(self.head, bisect_left(self.offsets, offset))
+        if self.spans and i > self.head:
+            first = self.offsets[i - 1]
+            if first + self.spans.get(first, 1) > offset:
+                i -= 1
+        return i
 
     def dropHead(self, n: int) -> None:
         """Forget the first C{n} stored entries."""
@@ -97,6 +106,8 @@ class _MemoryShard:
             self.bytes -= self.sizes[i]
             if keys is not None and rec[2] is not None and keys.get(rec[2]) == rec[0]:
                 del keys[rec[2]]
+            if self.spans:
+                self.spans.pop(rec[0], None)
         self.head += n
         if self.head < len(self.offsets):
             self.startOffset = max(self.startOffset, self.offsets[self.head])
@@ -127,7 +138,7 @@ class _MemoryShard:
         self.dead = 0
 
 
-@implementer(IShardStore)
+@implementer(ISpanShardStore)
 class MemoryShardStore:
     """
     Shards held in memory, for tests and transient data.
@@ -247,7 +258,21 @@ class MemoryShardStore:
         except Exception as e:
             return defer.fail(e)
 
-    def _append(self, s: _MemoryShard, records: Sequence[dict[str, Any]]) -> list[int]:
+    def appendSpan(self, shard: str, record: dict[str, Any], span: int) -> defer.Deferred[int]:
+        """Store one record occupying C{span} offsets (L{ISpanShardStore}); fires with its first."""
+        try:
+            s = self._shard(shard)
+            if isinstance(span, bool) or not isinstance(span, int) or not 1 <= span <= 0x7FFFFFFF:
+                raise ValueError(f"span must be an int in 1..2**31-1, not {span!r}")
+            if s.keys is not None:
+                raise ValueError(f"compacted shard {shard!r} takes no span records")
+            return defer.succeed(self._append(s, [record], span)[0])
+        except Exception as e:
+            return defer.fail(e)
+
+    def _append(
+        self, s: _MemoryShard, records: Sequence[dict[str, Any]], span: int = 1
+    ) -> list[int]:
         now = self._now()
         prepared = []
         for r in records:
@@ -281,7 +306,9 @@ class MemoryShardStore:
         out = []
         for ts, key, value, headers in prepared:
             offset = s.nextOffset
-            s.nextOffset += 1
+            s.nextOffset += span
+            if span > 1:
+                s.spans[offset] = span
             size = _recordSize(key, value, headers)
             s.offsets.append(offset)
             s.records.append((offset, ts, key, value, headers))
@@ -358,22 +385,24 @@ class MemoryShardStore:
         out: list[dict[str, Any]] = []
         used = 0
         i = s.indexOf(max(offset, s.startOffset))
-        records, sizes = s.records, s.sizes
+        records, sizes, spans = s.records, s.sizes, s.spans
         while i < len(records) and len(out) < maxRecords:
             rec = records[i]
             if rec is not None:
                 if out and used + sizes[i] > maxBytes:
                     break
                 used += sizes[i]
-                out.append(
-                    {
-                        "offset": rec[0],
-                        "timestamp": rec[1],
-                        "key": rec[2],
-                        "value": rec[3],
-                        "headers": list(rec[4]),
-                    }
-                )
+                record = {
+                    "offset": rec[0],
+                    "timestamp": rec[1],
+                    "key": rec[2],
+                    "value": rec[3],
+                    "headers": list(rec[4]),
+                }
+                span = spans.get(rec[0]) if spans else None
+                if span is not None:
+                    record["span"] = span
+                out.append(record)
             i += 1
         return defer.succeed(out)
 
@@ -386,8 +415,10 @@ class MemoryShardStore:
         i = max(s.head, bisect_left(s.maxTs, timestamp, s.head))
         while i < len(s.records):
             rec = s.records[i]
-            if rec is not None and rec[1] >= timestamp and rec[0] >= s.startOffset:
-                return defer.succeed(rec[0])
+            if rec is not None and rec[1] >= timestamp:
+                end = rec[0] + (s.spans.get(rec[0], 1) if s.spans else 1)
+                if end > s.startOffset:
+                    return defer.succeed(max(rec[0], s.startOffset))
             i += 1
         return defer.succeed(None)
 

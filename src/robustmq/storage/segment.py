@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from robustmq.interfaces import IShardStore
+from robustmq.interfaces import ISpanShardStore
 from robustmq.storage._common import normalizeShardConfig
 from robustmq.storage._segment.compaction import CompactionResult, compactSegments
 from robustmq.storage._segment.files import HandleCache, IOWorker, atomicWrite, fsyncPath, syncPaths
@@ -72,7 +72,7 @@ def _missing(shard: str) -> defer.Deferred[Any]:
     return defer.fail(KeyError(shard))
 
 
-@implementer(IShardStore)
+@implementer(ISpanShardStore)
 class SegmentShardStore:
     """
     Shards as directories of segment files under C{<data_dir>/shards/}.
@@ -504,13 +504,28 @@ class SegmentShardStore:
                     )
         return self._append(log, records)
 
-    def _append(self, log: ShardLog, records: Sequence[dict[str, Any]]) -> defer.Deferred[Any]:
+    def appendSpan(self, shard: str, record: dict[str, Any], span: int) -> defer.Deferred[int]:
+        """Append one record occupying C{span} offsets (L{ISpanShardStore}); fires with its first."""
+        log = self._shards.get(shard)
+        if log is None or not self._open:
+            return _missing(shard) if self._open else defer.fail(StorageClosedError())
+        if self._failure is not None:
+            return defer.fail(self._failure)
+        if isinstance(span, bool) or not isinstance(span, int) or not 1 <= span <= 0x7FFFFFFF:
+            return defer.fail(ValueError(f"span must be an int in 1..2**31-1, not {span!r}"))
+        if log.keys is not None:
+            return defer.fail(ValueError(f"compacted shard {shard!r} takes no span records"))
+        return self._append(log, [record], span).addCallback(lambda offsets: offsets[0])
+
+    def _append(
+        self, log: ShardLog, records: Sequence[dict[str, Any]], span: int = 1
+    ) -> defer.Deferred[Any]:
         first = log.nextOffset
         known = len(log.segments)
         settings = self._settings
         try:
             chunks, rolled = log.encode(
-                records, self._now(), settings.segment_bytes, settings.index_interval_bytes
+                records, self._now(), settings.segment_bytes, settings.index_interval_bytes, span
             )
         except (TypeError, ValueError, AttributeError) as e:
             return defer.fail(e)
@@ -524,7 +539,7 @@ class SegmentShardStore:
             (log, [seg for seg, _ in chunks], [seg.size for seg, _ in chunks], log.nextOffset)
         )
         d: defer.Deferred[list[int]] = defer.Deferred()
-        self._waiters.append((d, list(range(first, log.nextOffset))))
+        self._waiters.append((d, list(range(first, log.nextOffset, span))))
         self._schedule()
         if rolled and log.keys is not None:
             self._maybeCompact(log)

@@ -25,7 +25,7 @@ from typing import Any
 from twisted.internet import defer
 from zope.interface.verify import verifyObject
 
-from robustmq.interfaces import IShardStore
+from robustmq.interfaces import IShardStore, ISpanShardStore
 
 __all__ = ["ShardStoreContractMixin"]
 
@@ -324,6 +324,87 @@ class ShardStoreContractMixin:
             lambda: store.keys("plain"),
         ):
             await self.assertFailsWith(defer.maybeDeferred(call), ValueError)
+
+    # -- span records (the optional ISpanShardStore) ----------------------
+
+    async def spanStore(self) -> Any:
+        """A store providing L{ISpanShardStore}, or skip the test."""
+        from twisted.trial.unittest import SkipTest
+
+        store = await self.store()
+        if not ISpanShardStore.providedBy(store):
+            raise SkipTest("the store does not provide the optional ISpanShardStore")
+        self.assertTrue(verifyObject(ISpanShardStore, store))
+        return store
+
+    async def test_spanOffsets(self) -> None:
+        """A span record takes its count of offsets; reads inside it return it, with its span."""
+        store = await self.spanStore()
+        await store.createShard("s")
+        self.assertEqual(await store.append("s", [{"value": b"a"}]), [0])
+        self.assertEqual(await store.appendSpan("s", {"value": b"batch", "timestamp": 5}, 5), 1)
+        self.assertEqual(await store.append("s", [{"value": b"c"}]), [6])
+        self.assertEqual(await store.appendSpan("s", {"value": b"one"}, 1), 7)
+        self.assertEqual(await store.offsets("s"), (0, 8))
+        everything = await store.read("s", 0)
+        self.assertEqual(
+            [(r["offset"], r.get("span")) for r in everything],
+            [(0, None), (1, 5), (6, None), (7, None)],
+        )
+        self.assertEqual((everything[1]["value"], everything[1]["timestamp"]), (b"batch", 5))
+        for inside in (1, 3, 5):
+            records = await store.read("s", inside)
+            self.assertEqual([r["offset"] for r in records], [1, 6, 7], f"read from {inside}")
+        self.assertEqual([r["offset"] for r in await store.read("s", 6)], [6, 7])
+        self.assertEqual([r["offset"] for r in await store.read("s", 2, maxRecords=1)], [1])
+        self.assertEqual(await store.read("s", 8), [])
+
+    async def test_spanConcurrentWithAppends(self) -> None:
+        """Span appends and plain appends not awaited one by one keep call order."""
+        store = await self.spanStore()
+        await store.createShard("s")
+        ds = []
+        for i in range(10):
+            ds.append(store.appendSpan("s", {"value": b"s%d" % i}, 3))
+            ds.append(store.append("s", [{"value": b"p%d" % i}]))
+        results = await defer.gatherResults(ds)
+        self.assertEqual(results[0::2], list(range(0, 40, 4)))
+        self.assertEqual(results[1::2], [[o] for o in range(3, 40, 4)])
+        self.assertEqual(await store.offsets("s"), (0, 40))
+        records = await store.read("s", 0)
+        self.assertEqual(
+            [r["offset"] for r in records], sorted([*range(0, 40, 4), *range(3, 40, 4)])
+        )
+
+    async def test_spanDeleteBeforeAndTimestamps(self) -> None:
+        """deleteBefore inside a span keeps it readable; timestamps answer at least the start."""
+        store = await self.spanStore()
+        await store.createShard("s")
+        await store.appendSpan("s", {"value": b"x", "timestamp": 100}, 4)
+        await store.appendSpan("s", {"value": b"y", "timestamp": 200}, 4)
+        self.assertEqual(await store.offsetForTimestamp("s", 150), 4)
+        self.assertEqual(await store.offsetForTimestamp("s", 50), 0)
+        self.assertIsNone(await store.offsetForTimestamp("s", 201))
+        self.assertEqual(await store.deleteBefore("s", 6), 6)
+        self.assertEqual(await store.offsets("s"), (6, 8))
+        [record] = await store.read("s", 0)
+        self.assertEqual((record["offset"], record["span"], record["value"]), (4, 4, b"y"))
+        self.assertEqual(await store.offsetForTimestamp("s", 0), 6)
+        self.assertEqual(await store.deleteBefore("s", 8), 8)
+        self.assertEqual(await store.read("s", 0), [])
+
+    async def test_spanRefused(self) -> None:
+        """Bad spans and span records in compacted shards fail with ValueError, changing nothing."""
+        store = await self.spanStore()
+        await store.createShard("s")
+        await store.createShard("kv", {"compacted": True})
+        for bad in (0, -1, True, 2**31, "3"):
+            await self.assertFailsWith(store.appendSpan("s", {"value": b"v"}, bad), ValueError)
+        await self.assertFailsWith(
+            store.appendSpan("kv", {"key": b"k", "value": b"v"}, 2), ValueError
+        )
+        await self.assertFailsWith(store.appendSpan("nope", {"value": b"v"}, 2), KeyError)
+        self.assertEqual(await store.offsets("s"), (0, 0))
 
     # -- consumer groups ---------------------------------------------------
 

@@ -15,6 +15,14 @@ Every record is one frame, little-endian::
       key bytes, value bytes,
       header_count x (u16 name_length, UTF-8 name, i32 value_length, value bytes)
 
+A record that occupies a range of offsets (L{ISpanShardStore.appendSpan},
+e.g. a Kafka record batch) is framed with magic 2 and one more field right
+after the fixed body, covered by the CRC::
+
+      u32  span           offsets the record occupies (>= 2), from C{offset} on
+
+(and then key, value and headers as above).
+
 The encoder lives with the append path (L{robustmq.storage._segment.log}),
 where it is fused with index and segment-roll bookkeeping; this module holds
 the layout and the decoders used by reads and recovery.
@@ -37,17 +45,24 @@ __all__ = [
     "MAGIC",
     "MAX_BODY",
     "PREFIX",
+    "SPAN",
+    "SPAN_MAGIC",
     "decodeRecords",
     "encodeHeaders",
     "frameLengthAt",
 ]
 
 MAGIC = 1
+#: the magic of a frame with a span field (a record occupying several offsets)
+SPAN_MAGIC = 2
 PREFIX = struct.Struct("<II")  # body_length, crc
 BODY = struct.Struct("<BqqiiH")  # magic, offset, timestamp, key_length, value_length, header_count
 BODY_SIZE = BODY.size  # 27
 FRAME_OVERHEAD = PREFIX.size + BODY_SIZE  # 35
 MAX_BODY = 1 << 30  # a longer length field can only be damage
+
+SPAN = struct.Struct("<I")
+SPAN_SIZE = SPAN.size
 
 _H_NAME = struct.Struct("<H")
 _H_VALUE = struct.Struct("<i")
@@ -99,7 +114,8 @@ def decodeRecords(
     """
     Decode frames of C{buf[start:end]} into record dicts appended to C{out}.
 
-    Frames with an offset below C{fromOffset} are skipped.  A frame that fails
+    Frames wholly below C{fromOffset} are skipped (a span frame that covers
+    it is returned, with a C{"span"} key).  A frame that fails
     its CRC ends the read: the records before it are returned, or, if there
     are none, L{CorruptRecordError} is raised (so a consumer gets everything
     up to the damage, then an error naming it).  Stops
@@ -120,12 +136,17 @@ def decodeRecords(
         while pos + FRAME_OVERHEAD <= end:
             blen, crc, magic, offset, ts, klen, vlen, hcount = unpackFull(buf, pos)
             stop = pos + 8 + blen
-            if blen > MAX_BODY or blen < BODY_SIZE or magic != MAGIC:
+            if blen > MAX_BODY or blen < BODY_SIZE or (magic != MAGIC and magic != SPAN_MAGIC):
                 raise CorruptRecordError(f"{where}: bad frame header at byte {pos}")
             if stop > end:
                 break
+            span = 1
+            p = pos + FRAME_OVERHEAD
+            if magic == SPAN_MAGIC:
+                (span,) = SPAN.unpack_from(buf, p)
+                p += SPAN_SIZE
             if crc32c(mv[pos + 8 : stop]) != crc:
-                if offset < fromOffset:
+                if offset + span <= fromOffset:
                     pos = stop  # damaged, but not asked for: step over it
                     continue
                 if out:
@@ -133,11 +154,10 @@ def decodeRecords(
                 raise CorruptRecordError(
                     f"{where}: CRC mismatch in record at byte {pos} (offset field {offset})"
                 )
-            if offset >= fromOffset:
+            if offset + span > fromOffset:
                 size = stop - pos
                 if out and (len(out) >= maxRecords or used + size > maxBytes):
                     return pos, used, True
-                p = pos + FRAME_OVERHEAD
                 if klen >= 0:
                     key: bytes | None = bytes(mv[p : p + klen])
                     p += klen
@@ -151,15 +171,16 @@ def decodeRecords(
                 headers: list[tuple[str, bytes | None]] = []
                 if hcount:
                     headers, p = _decodeHeaders(mv, p, hcount)
-                out.append(
-                    {
-                        "offset": offset,
-                        "timestamp": ts,
-                        "key": key,
-                        "value": value,
-                        "headers": headers,
-                    }
-                )
+                record = {
+                    "offset": offset,
+                    "timestamp": ts,
+                    "key": key,
+                    "value": value,
+                    "headers": headers,
+                }
+                if span > 1:
+                    record["span"] = span
+                out.append(record)
                 used += size
                 if len(out) >= maxRecords:
                     return stop, used, True
@@ -176,7 +197,9 @@ def frameLengthAt(buf: Any, pos: int, end: int) -> int | None:
     if pos + FRAME_OVERHEAD > end:
         return None
     blen, _crc, magic = struct.unpack_from("<IIB", buf, pos)
-    if blen > MAX_BODY or blen < BODY_SIZE or magic != MAGIC or pos + 8 + blen > end:
+    if blen > MAX_BODY or blen < BODY_SIZE or magic not in (MAGIC, SPAN_MAGIC):
+        return None
+    if pos + 8 + blen > end:
         return None
     return 8 + blen
 
@@ -186,9 +209,10 @@ def findTimestamp(
 ) -> tuple[int | None, int]:
     """
     Scan frames of C{buf[start:end]} for the first record with a timestamp
-    >= C{timestamp} and an offset >= C{minOffset}.
+    >= C{timestamp} that occupies an offset >= C{minOffset}.
 
-    @return: C{(offset or None, position after the last whole frame scanned)}.
+    @return: C{(offset or None, position after the last whole frame scanned)};
+        the offset of a span record that starts below C{minOffset} is C{minOffset}.
     @raise CorruptRecordError: a frame fails its CRC.
     """
     pos = start
@@ -197,15 +221,16 @@ def findTimestamp(
     try:
         while pos + FRAME_OVERHEAD <= end:
             blen, crc, magic, offset, ts, _k, _v, _h = unpackFull(buf, pos)
-            if blen > MAX_BODY or blen < BODY_SIZE or magic != MAGIC:
+            if blen > MAX_BODY or blen < BODY_SIZE or (magic != MAGIC and magic != SPAN_MAGIC):
                 raise CorruptRecordError(f"bad frame header at byte {pos}")
             stop = pos + 8 + blen
             if stop > end:
                 break
             if crc32c(mv[pos + 8 : stop]) != crc:
                 raise CorruptRecordError(f"CRC mismatch in record at byte {pos}")
-            if ts >= timestamp and offset >= minOffset:
-                return offset, stop
+            span = SPAN.unpack_from(buf, pos + FRAME_OVERHEAD)[0] if magic == SPAN_MAGIC else 1
+            if ts >= timestamp and offset + span > minOffset:
+                return max(offset, minOffset), stop
             pos = stop
     finally:
         mv.release()

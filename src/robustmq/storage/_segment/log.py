@@ -40,6 +40,7 @@ _READ_AHEAD = 64 * 1024
 
 _PREFIX = struct.Struct("<II").pack
 _BODY = struct.Struct("<BqqiiH").pack
+_SPAN_BODY = struct.Struct("<BqqiiHI").pack  # magic 2: the fixed body, then the span
 
 
 def segmentName(base: int) -> str:
@@ -156,9 +157,13 @@ class ShardLog:
         now: int,
         segmentBytes: int,
         indexInterval: int,
+        span: int = 1,
     ) -> tuple[list[tuple[Segment, list[bytes]]], list[Segment]]:
         """
         Frame C{records} at the next offsets and update the shard's state.
+
+        With C{span > 1} each record occupies C{span} offsets (a magic 2
+        frame, see L{robustmq.storage._segment.frame}).
 
         Bytes are gathered as a list of small C{bytes} per segment (frame
         prefix, fixed body, key, value) so a whole group commit costs one
@@ -193,14 +198,14 @@ class ShardLog:
             h = r.get("headers")
             kl = -1 if k is None else len(k)
             vl = -1 if v is None else len(v)
-            if h:
-                hb = encodeHeaders(h)
-                body = _BODY(1, offset, ts, kl, vl, len(h))
+            hb = encodeHeaders(h) if h else None
+            if span > 1:
+                body = _SPAN_BODY(2, offset, ts, kl, vl, len(h) if h else 0, span)
+                n = 31
             else:
-                hb = None
-                body = _BODY(1, offset, ts, kl, vl, 0)
+                body = _BODY(1, offset, ts, kl, vl, len(h) if h else 0)
+                n = 27
             crc = crc32c(body)
-            n = 27
             if kl > 0:
                 crc = crc32c(k, crc)
                 n += kl
@@ -242,7 +247,7 @@ class ShardLog:
             if ts > maxTs:
                 maxTs = ts
             count += 1
-            offset += 1
+            offset += span
         touched.append([seg, parts, pos, maxTs, count, offset - 1, since, points])
         # -- commit the new state (nothing above can have changed it) --
         rolled: list[Segment] = []

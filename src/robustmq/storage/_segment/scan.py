@@ -11,12 +11,20 @@ import struct
 
 from crc32c import crc32c
 
-from robustmq.storage._segment.frame import BODY_SIZE, FRAME_OVERHEAD, MAGIC, MAX_BODY
+from robustmq.storage._segment.frame import (
+    BODY_SIZE,
+    FRAME_OVERHEAD,
+    MAGIC,
+    MAX_BODY,
+    SPAN,
+    SPAN_MAGIC,
+)
 from robustmq.storage._segment.index import NO_TIMESTAMP, SegmentIndex
 
 __all__ = ["ScanResult", "scanSegment"]
 
 _FULL = struct.Struct("<IIBqqiiH")
+_MAGICS = (MAGIC, SPAN_MAGIC)
 
 
 class ScanResult:
@@ -99,7 +107,7 @@ def _scan(buf: mmap.mmap, mv: memoryview, size: int, interval: int, r: ScanResul
         if pos + FRAME_OVERHEAD <= size:
             blen, crc, magic, offset, ts, klen, vlen, _h = unpack(buf, pos)
             stop = pos + 8 + blen
-            if BODY_SIZE <= blen <= MAX_BODY and magic == MAGIC and stop <= size:
+            if BODY_SIZE <= blen <= MAX_BODY and magic in _MAGICS and stop <= size:
                 ok = crc32c(mv[pos + 8 : stop]) == crc
                 plausible = True
             else:
@@ -125,7 +133,12 @@ def _scan(buf: mmap.mmap, mv: memoryview, size: int, interval: int, r: ScanResul
         if ts > maxTs:
             maxTs = ts
         count += 1
-        last = offset
+        # the last offset the record occupies (a span record covers several)
+        last = (
+            offset + SPAN.unpack_from(buf, pos + FRAME_OVERHEAD)[0] - 1
+            if magic == SPAN_MAGIC
+            else offset
+        )
         pos = stop
     r.lastOffset = last
     r.maxTimestamp = maxTs
@@ -147,7 +160,7 @@ def _chainValid(buf: mmap.mmap, mv: memoryview, pos: int, size: int) -> bool:
             return False
         blen, crc, magic = unpack(buf, pos)[:3]
         stop = pos + 8 + blen
-        if not (BODY_SIZE <= blen <= MAX_BODY and magic == MAGIC and stop <= size):
+        if not (BODY_SIZE <= blen <= MAX_BODY and magic in _MAGICS and stop <= size):
             return False
         if crc32c(mv[pos + 8 : stop]) != crc:
             return False
