@@ -2,8 +2,10 @@
 
 L{TimedShardStore} wraps any L{IShardStore}: C{append}, C{read}, C{upsert}
 and C{deleteKey} are timed from the call to their Deferred firing (success
-or failure), so group commit and fsync waits are part of what is measured;
-every other method and attribute is the wrapped store's own.  Each timed
+or failure), so group commit and fsync waits are part of what is measured
+(C{appendSpan}, where the store has it, counts as C{append}); every other
+method and attribute is the wrapped store's own, and the wrapper provides
+every interface the store provides.  Each timed
 operation keeps a L{Timing}: cumulative counts per fixed latency bucket,
 the shape of a Prometheus histogram, without depending on a metrics library.
 
@@ -20,7 +22,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from zope.interface import implementer
+from zope.interface import directlyProvides, implementer, providedBy
 
 from robustmq.interfaces import IShardStore
 
@@ -93,6 +95,9 @@ class TimedShardStore:
         self.store = store
         self.clock = clock
         self.timings: dict[str, Timing] = {op: Timing() for op in TIMED_OPERATIONS}
+        # Whatever optional interfaces the store provides, the wrapper provides too
+        # (callers test for them with providedBy).
+        directlyProvides(self, providedBy(store))
 
     def __getattr__(self, name: str) -> Any:
         # Everything not timed (open, close, offsets, name, durable, ...) is the store's.
@@ -111,6 +116,12 @@ class TimedShardStore:
     def append(self, shard: str, records: Any) -> Deferred[Any]:
         start = self.clock()
         return self._timed(self.timings["append"], start, self.store.append(shard, records))
+
+    def appendSpan(self, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """Timed as C{append} (stores with span records, see L{robustmq.interfaces})."""
+        start = self.clock()
+        d = self.store.appendSpan(*args, **kwargs)
+        return self._timed(self.timings["append"], start, d)
 
     def read(
         self, shard: str, offset: int, maxRecords: int = 1000, maxBytes: int = 1048576
