@@ -5,14 +5,17 @@ topics, the group coordinator and the transaction coordinator.
 
 from __future__ import annotations
 
+import base64
+import json
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
 
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._groups import GroupCoordinator
-from robustmq.protocols.kafka._topics import Partition, TopicManager
+from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
@@ -33,9 +36,33 @@ class _Txn:
         #: group -> [(shard, offset, metadata)] to commit with the transaction
         self.offsets: dict[str, list[tuple[str, int, bytes]]] = {}
 
+    def dump(self) -> bytes:
+        """The state kept in C{kafka-meta/transactions} (open partitions with their first offsets)."""
+        return json.dumps(
+            {
+                "pid": self.pid,
+                "epoch": self.epoch,
+                "timeout": self.timeoutMs,
+                "partitions": {s: p.ongoing.get(self.pid, -1) for s, p in self.partitions.items()},
+                "groups": sorted(self.groups),
+                "offsets": {
+                    g: [[s, o, base64.b64encode(m).decode()] for s, o, m in offs]
+                    for g, offs in self.offsets.items()
+                },
+            }
+        ).encode()
+
 
 class TransactionCoordinator:
-    """Transactional ids, producer epochs and open transactions (KIP-98), in memory."""
+    """Transactional ids, producer epochs and open transactions (KIP-98).
+
+    With a durable store each transactional id's state (producer id and
+    epoch, the partitions of its open transaction with the offset where it
+    began in each, its groups and pending offsets) is upserted into the
+    compacted shard C{kafka-meta/transactions} whenever it changes, and
+    restored by L{restore} after a restart, so an open transaction can still
+    be committed or aborted and read_committed consumers stay held back.
+    """
 
     log = Logger()
 
@@ -43,6 +70,48 @@ class TransactionCoordinator:
         self.node = node
         self.txns: dict[str, _Txn] = {}
         self.lastGroups: set[str] = set()
+        self._restored = False
+        node.topics.txnStarted = self._partitionStarted
+
+    async def restore(self) -> None:
+        """Take over the state L{TopicManager} read from the store (once)."""
+        if self._restored:
+            return
+        self._restored = True
+        topics = self.node.topics
+        for txnId, state in topics.loadedTxns.items():
+            txn = _Txn(txnId, int(state["pid"]), int(state["timeout"]))
+            txn.epoch = int(state["epoch"])
+            for shard, first in state["partitions"].items():
+                where = splitShard(shard)
+                part = await topics.partition(*where) if where is not None else None
+                if part is None:
+                    continue
+                txn.partitions[shard] = part
+                if first >= 0:
+                    part.ongoing[txn.pid] = int(first)
+            txn.groups = set(state["groups"])
+            txn.offsets = {
+                g: [(s, int(o), base64.b64decode(m)) for s, o, m in offs]
+                for g, offs in state["offsets"].items()
+            }
+            self.txns[txnId] = txn
+        topics.loadedTxns = {}
+
+    def save(self, txn: _Txn) -> defer.Deferred[Any] | None:
+        """Persist C{txn} (durable stores only); returns the write's Deferred."""
+        topics = self.node.topics
+        if not topics.persist:
+            return None
+        return topics.store.upsert(TXN_SHARD, txn.txnId.encode(), txn.dump())
+
+    def _partitionStarted(
+        self, part: Partition, pid: int, first: int
+    ) -> defer.Deferred[Any] | None:
+        for txn in self.txns.values():
+            if txn.pid == pid and part.shard in txn.partitions:
+                return self.save(txn)
+        return None
 
     async def initProducerId(self, txnId: str | None, timeoutMs: int) -> tuple[int, int, int]:
         """C{(error, producerId, epoch)} for InitProducerId."""
@@ -58,6 +127,7 @@ class TransactionCoordinator:
                 return E.COORDINATOR_NOT_AVAILABLE, -1, -1
             txn = _Txn(txnId, await topics.allocateProducerId(), timeoutMs)
             self.txns[txnId] = txn
+            await _wait(self.save(txn))
             return E.NONE, txn.pid, 0
         # A new session of the same transactional id fences the old one and
         # aborts whatever it left open.
@@ -67,6 +137,7 @@ class TransactionCoordinator:
             txn.pid = await topics.allocateProducerId()
             txn.epoch = 0
         txn.timeoutMs = timeoutMs
+        await _wait(self.save(txn))
         return E.NONE, txn.pid, txn.epoch
 
     def _check(self, txnId: str | None, pid: int, epoch: int) -> tuple[int, _Txn | None]:
@@ -77,10 +148,11 @@ class TransactionCoordinator:
             return E.PRODUCER_FENCED if epoch < txn.epoch else E.INVALID_PRODUCER_EPOCH, None
         return E.NONE, txn
 
-    def addPartition(self, txnId: str, pid: int, epoch: int, part: Partition) -> int:
+    async def addPartition(self, txnId: str, pid: int, epoch: int, part: Partition) -> int:
         code, txn = self._check(txnId, pid, epoch)
-        if txn is not None:
+        if txn is not None and part.shard not in txn.partitions:
             txn.partitions[part.shard] = part
+            await _wait(self.save(txn))
         return code
 
     def partitionInTxn(self, txnId: str | None, pid: int, epoch: int, shard: str) -> bool:
@@ -88,11 +160,18 @@ class TransactionCoordinator:
         code, txn = self._check(txnId, pid, epoch)
         return txn is not None and shard in txn.partitions
 
-    def addGroup(self, txnId: str, pid: int, epoch: int, group: str) -> int:
+    async def addGroup(self, txnId: str, pid: int, epoch: int, group: str) -> int:
         code, txn = self._check(txnId, pid, epoch)
-        if txn is not None:
+        if txn is not None and group not in txn.groups:
             txn.groups.add(group)
+            await _wait(self.save(txn))
         return code
+
+    async def offsetsAdded(self, txnId: str) -> None:
+        """TxnOffsetCommit added pending offsets to C{txnId}'s transaction: persist them."""
+        txn = self.txns.get(txnId)
+        if txn is not None:
+            await _wait(self.save(txn))
 
     def pendingOffsets(
         self, txnId: str, pid: int, epoch: int, group: str
@@ -125,6 +204,12 @@ class TransactionCoordinator:
         txn.partitions = {}
         txn.groups = set()
         txn.offsets = {}
+        await _wait(self.save(txn))
+
+
+async def _wait(d: defer.Deferred[Any] | None) -> None:
+    if d is not None:
+        await d
 
 
 class KafkaNode:
@@ -143,6 +228,11 @@ class KafkaNode:
         self.groups = GroupCoordinator(self.settings, reactor)
         self.txns = TransactionCoordinator(self)
         self.saslRequired = self.settings.sasl_required
+
+    async def ready(self) -> None:
+        """Returns once topics and the previous run's producer state are loaded."""
+        await self.topics.ready()
+        await self.txns.restore()
 
     @property
     def knownGroups(self) -> set[str]:

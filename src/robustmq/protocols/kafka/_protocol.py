@@ -164,7 +164,7 @@ class KafkaServerProtocol(Protocol):
             )
             self._close()
             return None
-        await self.node.topics.ready()
+        await self.node.ready()
         handler = getattr(self, "handle_" + req.name)
         body = await handler(req)
         if body is None:
@@ -768,7 +768,7 @@ class KafkaServerProtocol(Protocol):
                 if part is None:
                     code = E.UNKNOWN_TOPIC_OR_PARTITION
                 else:
-                    code = txns.addPartition(
+                    code = await txns.addPartition(
                         b["v3_and_below_transactional_id"],
                         b["v3_and_below_producer_id"],
                         b["v3_and_below_producer_epoch"],
@@ -780,7 +780,7 @@ class KafkaServerProtocol(Protocol):
 
     async def handle_add_offsets_to_txn(self, req: Request) -> dict[str, Any]:
         b = req.body
-        code = self.node.txns.addGroup(
+        code = await self.node.txns.addGroup(
             b["transactional_id"], b["producer_id"], b["producer_epoch"], b["group_id"]
         )
         return {"throttle_time_ms": 0, "error_code": code}
@@ -792,6 +792,8 @@ class KafkaServerProtocol(Protocol):
             b["transactional_id"], b["producer_id"], b["producer_epoch"], b["group_id"]
         )
         out = await self._commit(b["group_id"], b["topics"], code, pending)
+        if pending is not None:
+            await txns.offsetsAdded(b["transactional_id"])
         return {"throttle_time_ms": 0, "topics": out}
 
     async def handle_end_txn(self, req: Request) -> dict[str, Any]:

@@ -2,12 +2,16 @@
 Kafka topics and partitions over L{IShardStore} shards.
 
 Partition C{p} of topic C{t} is the shard C{kafka/<t>/<p>}.  Shard offsets
-are Kafka offsets: a batch of C{n} records is stored as C{n} shard records,
-the first holding the whole batch as received (its C{value}) and the other
-C{n - 1} empty placeholders whose C{key} is the 4-byte distance back to the
-batch's first record.  So offsets, the log start and end, retention by
-record count and committed offsets all mean the same in Kafka and in the
-store, and a fetch that starts inside a batch finds the batch it is in.
+are Kafka offsets: a batch of C{n} records is stored as I{one} shard record
+that occupies C{n} offsets (L{ISpanShardStore.appendSpan}), its value the
+whole batch as received.  So offsets, the log start and end and committed
+offsets all mean the same in Kafka and in the store, and a fetch that starts
+inside a batch finds the batch it is in.
+
+A store without L{ISpanShardStore} (a third-party adapter) gets C{n} shard
+records instead: the batch, then C{n - 1} empty placeholders whose C{key} is
+the 4-byte distance back to the batch's first record.  Reads understand
+both layouts (so do partitions written before span records existed).
 
 Every stored record carries its batch's C{maxTimestamp}; a timestamp
 lookup therefore answers with the first offset of the first batch holding
@@ -16,6 +20,7 @@ a record at or after the time (Kafka answers with the record itself).
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 from collections import OrderedDict
@@ -25,6 +30,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from robustmq.interfaces import ISpanShardStore
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._records import BatchHeader, controlBatch, rewriteBaseOffset
 
@@ -38,6 +44,22 @@ _DELTA = struct.Struct(">I")
 PREFIX = "kafka/"
 GROUPS_SHARD = "kafka-meta/groups"
 PRODUCERS_SHARD = "kafka-meta/producers"
+#: compacted: C{<shard> NUL <producer id>} -> idempotence state (durable stores only)
+PRODUCER_STATE_SHARD = "kafka-meta/producer-state"
+#: compacted: transactional id -> coordinator state (durable stores only)
+TXN_SHARD = "kafka-meta/transactions"
+#: compacted: C{<shard> NUL <producer id> NUL <first offset>} -> last offset of an aborted transaction
+ABORTED_SHARD = "kafka-meta/aborted-transactions"
+
+
+def _key(*parts: object) -> bytes:
+    return "\0".join(str(p) for p in parts).encode()
+
+
+def splitShard(shard: str) -> tuple[str, int] | None:
+    """C{(topic, partition)} of a partition's shard name, or None."""
+    topic, _, part = shard[len(PREFIX) :].rpartition("/")
+    return (topic, int(part)) if shard.startswith(PREFIX) and part.isdigit() else None
 
 
 def shardName(topic: str, partition: int) -> str:
@@ -60,6 +82,17 @@ class _ProducerState:
         self.lastSeq = -1
         #: (firstSeq, lastSeq, baseOffset) of the last five batches (Kafka keeps five)
         self.recent: list[tuple[int, int, int]] = []
+
+    def dump(self) -> bytes:
+        return json.dumps([self.epoch, self.lastSeq, self.recent]).encode()
+
+    @classmethod
+    def load(cls, data: bytes) -> _ProducerState:
+        epoch, lastSeq, recent = json.loads(data)
+        st = cls(int(epoch))
+        st.lastSeq = int(lastSeq)
+        st.recent = [(int(a), int(b), int(c)) for a, b, c in recent]
+        return st
 
 
 class Partition:
@@ -108,6 +141,8 @@ class TopicManager:
 
     def __init__(self, store: IShardStore, settings: KafkaSettings) -> None:
         self.store = store
+        #: one stored record per batch (else a placeholder per further record)
+        self.spans = ISpanShardStore.providedBy(store)
         self.settings = settings
         self.topics: dict[str, Topic] = {}
         self.partitions: dict[str, Partition] = {}
@@ -117,6 +152,16 @@ class TopicManager:
         self.nextProducerId = 1000
         #: names of groups that committed offsets (kept in a compacted shard)
         self.knownGroups: set[str] = set()
+        #: producer, transaction and aborted-transaction state is written to
+        #: compacted shards only when the store outlives the process
+        self.persist = bool(getattr(store, "durable", False))
+        #: aborted transactions read at start-up, by shard, until the partition is first used
+        self._abortedLoaded: dict[str, list[tuple[int, int, int]]] = {}
+        #: transactional id -> coordinator state read at start-up (for L{TransactionCoordinator})
+        self.loadedTxns: dict[str, dict[str, Any]] = {}
+        #: called with (partition, producer id, first offset) when a transaction
+        #: first writes to a partition; may return a Deferred to wait for
+        self.txnStarted: Any = None
 
     # -- start-up --------------------------------------------------------
 
@@ -171,6 +216,44 @@ class TopicManager:
             # A store without the counter (new, or a memory store after a restart):
             # start from the clock so ids of an earlier run are not reused.
             self.nextProducerId = int(time.time() * 1000) << 4
+        if self.persist:
+            await self._loadProducerState(shards)
+
+    async def _loadProducerState(self, shards: dict[str, Any]) -> None:
+        """Idempotence, transaction and aborted-transaction state of the previous run."""
+        store = self.store
+        for name in (PRODUCER_STATE_SHARD, TXN_SHARD, ABORTED_SHARD):
+            if name not in shards:
+                await store.createShard(name, {"compacted": True})
+        for key in await store.keys(PRODUCER_STATE_SHARD):
+            rec = await store.lookup(PRODUCER_STATE_SHARD, key)
+            shard, _, pid = key.decode().rpartition("\0")
+            if rec is not None and len(self._producers) < self.settings.max_producer_states:
+                self._producers[(shard, int(pid))] = _ProducerState.load(rec["value"])
+        for key in await store.keys(ABORTED_SHARD):
+            rec = await store.lookup(ABORTED_SHARD, key)
+            shard, pid, first = key.decode().rsplit("\0", 2)
+            if rec is not None:
+                entry = (int(pid), int(first), int(rec["value"]))
+                self._abortedLoaded.setdefault(shard, []).append(entry)
+        for key in await store.keys(TXN_SHARD):
+            rec = await store.lookup(TXN_SHARD, key)
+            if rec is not None:
+                self.loadedTxns[key.decode()] = json.loads(rec["value"])
+        if self._producers or self._abortedLoaded or self.loadedTxns:
+            self.log.info(
+                "restored {producers} idempotent producer states, {txns} transactional ids "
+                "and the aborted transactions of {partitions} partitions",
+                producers=len(self._producers),
+                txns=len(self.loadedTxns),
+                partitions=len(self._abortedLoaded),
+            )
+
+    def _forget(self, shard: str, key: bytes) -> None:
+        if self.persist:
+            self.store.deleteKey(shard, key).addErrback(
+                lambda f: self.log.failure("forgetting {key} in {shard}", f, key=key, shard=shard)
+            )
 
     # -- topics ----------------------------------------------------------
 
@@ -232,8 +315,15 @@ class TopicManager:
         for p in range(topic.partitions):
             shard = shardName(name, p)
             part = self.partitions.pop(shard, None)
+            aborted = self._abortedLoaded.pop(shard, [])
             if part is not None:
                 part.wake()
+                aborted = part.aborted
+            for pid, first, _ in aborted:
+                self._forget(ABORTED_SHARD, _key(shard, pid, first))
+            for key in [k for k in self._producers if k[0] == shard]:
+                del self._producers[key]
+                self._forget(PRODUCER_STATE_SHARD, _key(*key))
             await self.store.deleteShard(shard)
         self.log.info("topic {topic} deleted", topic=name)
         return E.NONE
@@ -269,6 +359,7 @@ class TopicManager:
             part = self.partitions.get(shard)
             if part is None:
                 part = Partition(shard, nxt)
+                part.aborted = sorted(self._abortedLoaded.pop(shard, []), key=lambda a: a[1])
                 self.partitions[shard] = part
         return part
 
@@ -292,7 +383,8 @@ class TopicManager:
         self._producers[(shard, pid)] = st
         self._producers.move_to_end((shard, pid))
         while len(self._producers) > self.settings.max_producer_states:
-            self._producers.popitem(last=False)
+            (oldShard, oldPid), _ = self._producers.popitem(last=False)
+            self._forget(PRODUCER_STATE_SHARD, _key(oldShard, oldPid))
 
     # -- records ---------------------------------------------------------
 
@@ -324,11 +416,8 @@ class TopicManager:
         base = part.nextOffset
         part.nextOffset += n
         ts = h.maxTimestamp if h.maxTimestamp >= 0 else int(time.time() * 1000)
-        records: list[dict[str, Any]] = [
-            {"timestamp": ts, "value": rewriteBaseOffset(data, base, part.epoch)}
-        ]
-        if n > 1:
-            records.extend({"timestamp": ts, "key": _DELTA.pack(i)} for i in range(1, n))
+        batch = {"timestamp": ts, "value": rewriteBaseOffset(data, base, part.epoch)}
+        also: list[defer.Deferred[Any]] = []
         if h.producerId >= 0 and not h.control:
             st = self._producerState(part.shard, h.producerId)
             if st is None or h.producerEpoch != st.epoch:
@@ -337,22 +426,36 @@ class TopicManager:
             st.recent.append((h.baseSequence, h.baseSequence + h.lastOffsetDelta, base))
             del st.recent[:-5]
             self._rememberProducer(part.shard, h.producerId, st)
+            if self.persist:
+                key = _key(part.shard, h.producerId)
+                also.append(self.store.upsert(PRODUCER_STATE_SHARD, key, st.dump()))
             if h.transactional and h.producerId not in part.ongoing:
                 part.ongoing[h.producerId] = base
-        d = self.store.append(part.shard, records)
-        d.addCallback(self._appended, part, base)
+                if self.txnStarted is not None:
+                    started = self.txnStarted(part, h.producerId, base)
+                    if started is not None:
+                        also.append(started)
+        if self.spans:
+            d = self.store.appendSpan(part.shard, batch, n)
+        else:
+            records = [batch]
+            records.extend({"timestamp": ts, "key": _DELTA.pack(i)} for i in range(1, n))
+            d = self.store.append(part.shard, records).addCallback(lambda offsets: offsets[0])
+        d.addCallback(self._appended, part, base, n)
+        if also:
+            d = defer.gatherResults([d, *also], consumeErrors=True)
         return base, d
 
-    def _appended(self, offsets: list[int], part: Partition, base: int) -> None:
-        if offsets and offsets[0] != base:
+    def _appended(self, first: int, part: Partition, base: int, n: int) -> None:
+        if first != base:
             self.log.error(
                 "shard {shard}: store assigned offset {got}, expected {base}; "
                 "was it written by something else?",
                 shard=part.shard,
-                got=offsets[0],
+                got=first,
                 base=base,
             )
-            part.nextOffset = offsets[-1] + 1
+            part.nextOffset = first + n
         part.wake()
 
     async def writeMarker(self, part: Partition, pid: int, epoch: int, commit: bool) -> None:
@@ -367,7 +470,13 @@ class TopicManager:
         base, d = self.append(part, data, h)
         if not commit:
             part.aborted.append((pid, first, base))
-            del part.aborted[: -self.settings.max_aborted_transactions]
+            if self.persist:
+                await self.store.upsert(ABORTED_SHARD, _key(part.shard, pid, first), b"%d" % base)
+            excess = len(part.aborted) - self.settings.max_aborted_transactions
+            if excess > 0:
+                for old, oldFirst, _ in part.aborted[:excess]:
+                    self._forget(ABORTED_SHARD, _key(part.shard, old, oldFirst))
+                del part.aborted[:excess]
         await d
 
     async def read(self, part: Partition, offset: int, maxBytes: int, upTo: int) -> list[bytes]:
@@ -380,21 +489,27 @@ class TopicManager:
         offset = max(offset, start)
         if offset >= upTo:
             return []
-        recs = await store.read(part.shard, offset, 1, 1 << 30)
-        if recs and recs[0]["value"] is None and recs[0]["key"] is not None:
-            head = recs[0]["offset"] - _DELTA.unpack(recs[0]["key"])[0]
-            if head >= start:
-                offset = head
         out: list[bytes] = []
         used = 0
         budget = max(1, maxBytes)
-        while used < budget:
+        first = True
+        for _ in range(10_000):
+            if used >= budget:
+                break
             recs = await store.read(
                 part.shard, offset, self.settings.fetch_max_records, budget - used + 4096
             )
             if not recs:
                 break
-            progressed = False
+            if first:
+                first = False
+                r = recs[0]
+                if r["value"] is None and r["key"] is not None:
+                    # a placeholder (no span support): start at its batch
+                    head = r["offset"] - _DELTA.unpack(r["key"])[0]
+                    if start <= head < r["offset"]:
+                        offset = head
+                        continue
             for r in recs:
                 if r["offset"] >= upTo:
                     return out
@@ -405,8 +520,8 @@ class TopicManager:
                     return out
                 out.append(v)
                 used += len(v)
-                progressed = True
-            offset = recs[-1]["offset"] + 1
-            if not progressed and offset >= upTo:
+            last = recs[-1]
+            offset = last["offset"] + last.get("span", 1)
+            if offset >= upTo:
                 break
         return out
