@@ -25,9 +25,11 @@ class TopicRewriter:
 
     def __init__(self, rules: Sequence[Any]) -> None:
         self._rules = [(r.action, r.source_topic, re.compile(r.re), r.dest_topic) for r in rules]
+        #: False when there are no rules (a plain attribute: read on every PUBLISH)
+        self.active = bool(self._rules)
 
     def __bool__(self) -> bool:
-        return bool(self._rules)
+        return self.active
 
     def rewrite(self, topic: str, action: str, clientId: str, username: str | None) -> str:
         """The rewritten topic, or C{topic} unchanged."""

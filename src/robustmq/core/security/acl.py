@@ -252,6 +252,7 @@ class ACL:
             self.storeRules if name == "store" else self.fileRules for name in self.settings.sources
         ]
         self.version += 1
+        self.isOpen = self.open
 
     def _changed(self, kind: str, key: str, value: Any) -> None:
         self._reload()
@@ -326,6 +327,7 @@ class ClientAccess:
         "rules",
         "_cache",
         "_version",
+        "trivial",
     )
 
     def __init__(
@@ -350,6 +352,8 @@ class ClientAccess:
         self.rules = tuple(rules)
         self._cache: dict[tuple[str, str], bool] = {}
         self._version = acl.version
+        #: no per-client rules and not a superuser: with an open ACL, only $SYS needs a decision
+        self.trivial = not self.rules and not superuser
 
     def allowed(self, action: str, topic: str) -> bool:
         """The (cached) decision for C{action} on C{topic}."""

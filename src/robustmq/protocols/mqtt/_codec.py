@@ -12,7 +12,12 @@ import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from robustmq.protocols.mqtt._exceptions import MalformedPacket, PacketTooLarge, ProtocolViolation
+from robustmq.protocols.mqtt._exceptions import (
+    MalformedPacket,
+    PacketTooLarge,
+    ProtocolViolation,
+    TopicNameInvalid,
+)
 from robustmq.protocols.mqtt._packets import (
     AUTH,
     CONNACK,
@@ -334,11 +339,22 @@ class MQTTParser:
         "_need",
         "_topicCache",
         "_handlers",
+        "maxTopicLength",
+        "maxTopicLevels",
     )
 
-    def __init__(self, maxPacketSize: int = MAX_REMAINING_LENGTH + 5, server: bool = True) -> None:
+    def __init__(
+        self,
+        maxPacketSize: int = MAX_REMAINING_LENGTH + 5,
+        server: bool = True,
+        maxTopicLength: int = 65535,
+        maxTopicLevels: int = 0,
+    ) -> None:
         self.maxPacketSize = maxPacketSize
         self.server = server
+        #: checked once per distinct topic (the result is cached with the topic)
+        self.maxTopicLength = maxTopicLength
+        self.maxTopicLevels = maxTopicLevels
         #: protocol level in use; a server parser learns it from CONNECT
         self.version = MQTT311
         self._chunks: list[bytes] = []
@@ -547,6 +563,10 @@ class MQTTParser:
             raise MalformedPacket("PUBLISH: topic contains U+0000", "MQTT-1.5.3-2")
         if "+" in topic or "#" in topic:
             raise ProtocolViolation("PUBLISH: wildcard in topic name", "MQTT-3.3.2-2")
+        if len(topic) > self.maxTopicLength:
+            raise TopicNameInvalid(f"PUBLISH: topic longer than {self.maxTopicLength} characters")
+        if self.maxTopicLevels and topic.count("/") >= self.maxTopicLevels:
+            raise TopicNameInvalid(f"PUBLISH: topic has more than {self.maxTopicLevels} levels")
         cache = self._topicCache
         if len(cache) >= 1024:
             cache.clear()

@@ -35,3 +35,9 @@ class PacketTooLarge(MQTTError):
     """A packet larger than the configured maximum."""
 
     reasonCode = 0x95
+
+
+class TopicNameInvalid(ProtocolViolation):
+    """A topic name beyond the configured length or level limits."""
+
+    reasonCode = 0x90

@@ -121,7 +121,11 @@ class MQTTServerProtocol(Protocol):
         self.listener = listener
         self.reactor = reactor
         self.settings = broker.settings.mqtt
-        self.parser = MQTTParser(self.settings.max_packet_size)
+        self.parser = MQTTParser(
+            self.settings.max_packet_size,
+            maxTopicLength=broker.settings.limits.max_topic_length,
+            maxTopicLevels=self.settings.max_topic_levels,
+        )
         self.state = AWAIT_CONNECT
         self.session: Session | None = None
         self.clientId: str | None = None
@@ -766,19 +770,19 @@ class MQTTServerProtocol(Protocol):
             self._throttle(len(packet.payload))
         if self._v5 is not None:
             topic, properties = self._publish5(packet)
-        if len(topic) > broker.settings.limits.max_topic_length:
-            raise _Refused(Reason.TOPIC_NAME_INVALID, "PUBLISH: topic longer than the limit")
+        # Topic length and levels were checked by the parser, once per distinct topic.
         if qos > settings.max_qos:
             raise _Refused(Reason.QOS_NOT_SUPPORTED, f"PUBLISH at QoS {qos} above the maximum")
         if packet.retain and not settings.retain_available:
             raise _Refused(Reason.RETAIN_NOT_SUPPORTED, "retained PUBLISH but retain is off")
-        if topic.count("/") >= settings.max_topic_levels:
-            raise ProtocolViolation(
-                f"PUBLISH: topic has more than {settings.max_topic_levels} levels"
-            )
-        if broker.rewriter:
-            topic = broker.rewriter.rewrite(topic, "publish", self.clientId or "", self.username)
-        if not self.access.canPublish(topic):
+        rewriter = broker.rewriter
+        if rewriter.active:
+            topic = rewriter.rewrite(topic, "publish", self.clientId or "", self.username)
+        access = self.access
+        # Fast path: no rules apply to anyone and the topic is not a $-topic.
+        if not (access.trivial and access.acl.isOpen and topic[0] != "$") and not access.canPublish(
+            topic
+        ):
             self._publishDenied(packet, topic)
             return
         broker.stats.publishReceived += 1
@@ -840,6 +844,11 @@ class MQTTServerProtocol(Protocol):
         """Over [limits] message_rate / byte_rate: stop reading until the buckets refill."""
         delay = self._limiter.take(size, self.reactor.seconds())
         if delay > 0 and self._throttled is None and self.transport is not None:
+            self.log.debug(
+                "{clientId}: over the publish rate; not reading for {delay:.3f}s",
+                clientId=self.clientId,
+                delay=delay,
+            )
             self._throttled = self.reactor.callLater(delay, self._unthrottle)
             self.transport.pauseProducing()
 
@@ -967,7 +976,7 @@ class MQTTServerProtocol(Protocol):
                 continue
             if options.qos > settings.max_qos:
                 options.qos = settings.max_qos
-            if broker.rewriter:
+            if broker.rewriter.active:
                 topicFilter = self._rewriteFilter(topicFilter)
             try:
                 messages = broker.subscribe(session, topicFilter, options)
@@ -1040,7 +1049,7 @@ class MQTTServerProtocol(Protocol):
         assert session is not None
         codes = []
         for topicFilter in packet.topics:
-            if self.broker.rewriter:
+            if self.broker.rewriter.active:
                 try:
                     topicFilter = self._rewriteFilter(topicFilter)
                 except ValueError:
