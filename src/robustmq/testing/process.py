@@ -78,6 +78,8 @@ port = {self.port}
     def start(self, timeout: float = 20.0) -> BrokerProcess:
         """Start the node and wait until its MQTT port accepts connections."""
         self.writeConfig()
+        # A restart appends to the same log: only lines written from now on count.
+        self._logStart = self.log.stat().st_size if self.log.exists() else 0
         twistd = Path(sys.executable).with_name("twistd")
         logFile = open(self.log, "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
@@ -108,10 +110,10 @@ port = {self.port}
         return self
 
     def waitForOutput(self, text: str, timeout: float = 10.0) -> str:
-        """Block until the node's log contains C{text}; returns the log."""
+        """Block until the node's log, since its latest start, contains C{text}; returns it."""
         deadline = time.monotonic() + timeout
         while True:
-            out = self.output()
+            out = self.output()[getattr(self, "_logStart", 0) :]
             if text in out:
                 return out
             if self.process is not None and self.process.poll() is not None:
