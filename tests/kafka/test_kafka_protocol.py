@@ -157,7 +157,7 @@ class KafkaProtocolTests(TestCase):
                 }
             ],
         }
-        proto.dataReceived(encodeRequest(1, 11, 2, fetch) + encodeRequest(18, 0, 3, {}))
+        proto.dataReceived(encodeRequest(1, 11, 2, fetch))
         self.assertEqual(self.responses(t), [])
         other, t2 = self.connect()
         produce = {
@@ -167,11 +167,68 @@ class KafkaProtocolTests(TestCase):
         }
         other.dataReceived(encodeRequest(0, 7, 1, produce))
         frames = self.responses(t)
-        self.assertEqual(len(frames), 2)
+        self.assertEqual(len(frames), 1)
         body = decodeResponse(1, 11, frames[0])[1]
         part = body["responses"][0]["partitions"][0]
         self.assertEqual(part["high_watermark"], 2)
         self.assertEqual(part["records"][:8], b"\x00" * 8)  # base offset rewritten to 0
+
+    def test_fetchEndsEarlyForPipelinedRequest(self) -> None:
+        """A long-polling Fetch answers at once when another request arrives behind it.
+
+        Responses go out in request order, so otherwise the ListOffsets queued
+        behind it would wait out the Fetch's max_wait_ms (a consumer's watermark
+        query, commit or heartbeat on its fetch connection, every time).
+        """
+        proto, t = self.connect()
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
+        self.responses(t)
+        produce = {
+            "acks": 1,
+            "timeout_ms": 1000,
+            "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": _batch(3)}]}],
+        }
+        proto.dataReceived(encodeRequest(0, 7, 2, produce))
+        self.responses(t)
+        fetch = {
+            "replica_id": -1,
+            "max_wait_ms": 5000,
+            "min_bytes": 1,
+            "max_bytes": 1 << 20,
+            "isolation_level": 0,
+            "topics": [
+                {
+                    "topic": "t",
+                    "partitions": [
+                        {"partition": 0, "fetch_offset": 3, "partition_max_bytes": 1 << 20}
+                    ],
+                }
+            ],
+        }
+        listOffsets = {
+            "replica_id": -1,
+            "topics": [{"name": "t", "partitions": [{"partition_index": 0, "timestamp": -1}]}],
+        }
+        # the ListOffsets arrives while the Fetch is parked ...
+        proto.dataReceived(encodeRequest(1, 11, 3, fetch))
+        self.assertEqual(self.responses(t), [])
+        proto.dataReceived(encodeRequest(2, 1, 4, listOffsets))
+        # ... or in the same segment as it
+        proto.dataReceived(encodeRequest(1, 11, 5, fetch) + encodeRequest(2, 1, 6, listOffsets))
+        frames = self.responses(t)
+        self.assertEqual([struct.unpack(">i", f[:4])[0] for f in frames], [3, 4, 5, 6])
+        for fetched, listed in ((frames[0], frames[1]), (frames[2], frames[3])):
+            part = decodeResponse(1, 11, fetched)[1]["responses"][0]["partitions"][0]
+            self.assertEqual((part["error_code"], part["high_watermark"]), (0, 3))
+            self.assertEqual(part["records"], b"")
+            offsets = decodeResponse(2, 1, listed)[1]["topics"][0]["partitions"][0]
+            self.assertEqual((offsets["error_code"], offsets["offset"]), (0, 3))
+        # a Fetch with nothing behind it still long-polls
+        proto.dataReceived(encodeRequest(1, 11, 7, fetch))
+        self.assertEqual(self.responses(t), [])
+        self.clock.advance(5.1)
+        (frame,) = self.responses(t)
+        self.assertEqual(struct.unpack(">i", frame[:4])[0], 7)
 
     def test_fetchTimesOutEmpty(self) -> None:
         """With nothing to read the Fetch answers when max_wait_ms passes on the clock."""

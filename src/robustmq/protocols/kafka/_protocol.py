@@ -70,6 +70,8 @@ class KafkaServerProtocol(Protocol):
         self.principal: str | None = None
         #: the SCRAM exchange in progress, if any
         self._scram: Any = None
+        #: fired to end a long-polling Fetch early (another request arrived behind it)
+        self._parkedFetch: defer.Deferred[None] | None = None
         self.factory: Any = None
 
     # -- connection ------------------------------------------------------
@@ -81,6 +83,7 @@ class KafkaServerProtocol(Protocol):
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._closed = True
         self._queue.clear()
+        self._releaseFetch()
         if self.factory is not None:
             self.factory.connectionEnded(self)
 
@@ -95,10 +98,18 @@ class KafkaServerProtocol(Protocol):
             self._close()
             return
         self._queue.extend(frames)
+        if frames:
+            self._releaseFetch()
         if len(self._queue) >= self.settings.max_pending_requests and not self._paused:
             self._paused = True
             self.transport.pauseProducing()  # type: ignore[union-attr]
         self._pump()
+
+    def _releaseFetch(self) -> None:
+        """End a long-polling Fetch now: requests queued behind it must not wait out its max_wait_ms."""
+        d, self._parkedFetch = self._parkedFetch, None
+        if d is not None and not d.called:
+            d.callback(None)
 
     def _close(self) -> None:
         self._closed = True
@@ -312,13 +323,19 @@ class KafkaServerProtocol(Protocol):
         for _attempt in range(1000):
             responses, total, parts = await self._fetchOnce(b["topics"], committed, maxBytes)
             remaining = deadline - reactor.seconds()
-            if total >= max(minBytes, 1) or remaining <= 0 or not parts:
+            # Responses go out in request order, so a Fetch that waits also delays
+            # every request pipelined behind it (ListOffsets, commits, heartbeats):
+            # with one queued, answer now with what there is (possibly nothing).
+            if total >= max(minBytes, 1) or remaining <= 0 or not parts or self._queue:
                 break
             wake: defer.Deferred[None] = defer.Deferred()
             for p in parts:
                 p.waiters.append(wake)
             timer = reactor.callLater(remaining, _fire, wake)
+            self._parkedFetch = wake
             await wake
+            if self._parkedFetch is wake:
+                self._parkedFetch = None
             if timer.active():
                 timer.cancel()
             for p in parts:
