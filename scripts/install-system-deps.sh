@@ -11,6 +11,7 @@ command -v taskset >/dev/null 2>&1 || need="$need util-linux"
 command -v chromium >/dev/null 2>&1 || need="$need chromium"  # dashboard tests (headless)
 command -v amqp-publish >/dev/null 2>&1 || need="$need amqp-tools"
 command -v kcat >/dev/null 2>&1 || need="$need kcat"  # Kafka tests (librdkafka CLI)
+command -v etcd >/dev/null 2>&1 || need="$need etcd-server"  # placement etcd backend tests
 
 [ -z "$need" ] && exit 0
 

@@ -84,6 +84,19 @@ class PlacementSettings:
 
     backend: str = field(default="embedded", metadata=_choice("embedded", "etcd"))
     port: int = field(default=1228, metadata=_range(0, 65535))
+    bind: str = "127.0.0.1"
+    advertise: str = field(default="", metadata={"doc": "empty: <bind>:<port>"})
+    servers: tuple[str, ...] = ("127.0.0.1:1228",)
+    cluster_secret: str = ""
+    heartbeat_interval: float = field(default=1.0, metadata=_range(0.05, 3600))
+    heartbeat_timeout: float = field(default=5.0, metadata=_range(0.1, 86400))
+    reconnect_max_delay: float = field(default=10.0, metadata=_range(0.1, 3600))
+    max_nodes: int = field(default=10_000, metadata=_range(1, None))
+    max_pending_pushes: int = field(default=10_000, metadata=_range(1, None))
+    embedded_max_pending: int = field(default=100_000, metadata=_range(1, None))
+    etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    etcd_prefix: str = "/robustmq/"
+    etcd_timeout: float = field(default=5.0, metadata=_range(0.1, 600))
 
 
 @dataclass(frozen=True)
@@ -559,10 +572,27 @@ def _crossCheck(settings: Settings) -> None:
     for i, auto in enumerate(settings.mqtt.auto_subscribe):
         if not auto.topic:
             raise ConfigError(f"mqtt.auto_subscribe[{i}].topic: must not be empty")
+    _checkPlacement(settings.placement)
     if settings.mqtt.server_reference_mode != "none" and not settings.mqtt.server_reference:
         raise ConfigError(
             "mqtt.server_reference: must be set when mqtt.server_reference_mode is not 'none'"
         )
+
+
+def _checkPlacement(placement: PlacementSettings) -> None:
+    try:
+        ipaddress.ip_address(placement.bind)
+    except ValueError:
+        raise ConfigError(f"placement.bind: {placement.bind!r} is not an IP address") from None
+    if placement.heartbeat_timeout <= placement.heartbeat_interval:
+        raise ConfigError("placement.heartbeat_timeout: must be longer than heartbeat_interval")
+    for i, server in enumerate(placement.servers):
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"placement.servers[{i}]: {server!r} is not 'host:port'")
+    for i, url in enumerate(placement.etcd_endpoints):
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"placement.etcd_endpoints[{i}]: {url!r} is not an http(s) URL")
 
 
 def _checkHTTP(http: HTTPSettings) -> None:

@@ -243,3 +243,96 @@ class ISessionConnection(Interface):
 
     def congestionCleared(session):  # type: ignore[no-untyped-def]
         """A session this connection published to has drained: reading may resume."""
+
+
+class IPlacementBackend(Interface):
+    """Where the placement center keeps cluster metadata (see docs/cluster.md).
+
+    A key-value store with string keys and byte values (the placement
+    records are stored as JSON, see L{robustmq.placement.records}), plus
+    leases, prefix watches and leader election.  Every operation returns a
+    Deferred.  Values are L{robustmq.placement.kv.KeyValue}s carrying the
+    backend's revisions.  Implementations: C{embedded} (SQLite under
+    C{<node.data_dir>/placement}, one placement node) and C{etcd} (etcd v3
+    through its HTTP/JSON gateway; several placement nodes).
+    """
+
+    name = Attribute("The backend's name as used in ``[placement] backend = ...`` (str).")
+
+    def open():  # type: ignore[no-untyped-def]
+        """Open the store (recover on-disk state, restore leases); fires with None."""
+
+    def close():  # type: ignore[no-untyped-def]
+        """Stop timers and watches, release resources; fires with None."""
+
+    def put(key, value, lease=0):  # type: ignore[no-untyped-def]
+        """
+        Set C{key} (str) to C{value} (bytes).
+
+        @param lease: a lease id from L{grantLease} the key is attached to
+            (0: none); the key is deleted when the lease ends.
+        @return: Deferred firing with the new revision (int).
+        @raise LeaseNotFoundError: (errback) the lease does not exist.
+        """
+
+    def get(key):  # type: ignore[no-untyped-def]
+        """Fire with the L{KeyValue} at C{key}, or None."""
+
+    def delete(key):  # type: ignore[no-untyped-def]
+        """Delete C{key}; fires True if it existed."""
+
+    def list(prefix):  # type: ignore[no-untyped-def]
+        """Fire with every L{KeyValue} whose key starts with C{prefix}, in key order."""
+
+    def compareAndSet(key, expected, value, lease=0):  # type: ignore[no-untyped-def]
+        """
+        Atomically set C{key} to C{value} if its current value is C{expected}.
+
+        @param expected: the bytes the key must hold, or None: the key must
+            not exist.
+        @param value: the new bytes, or None to delete the key.
+        @return: Deferred firing True if the write happened, False if not.
+        """
+
+    def grantLease(ttl):  # type: ignore[no-untyped-def]
+        """Fire with a new lease id (int) that ends C{ttl} seconds from now unless kept alive."""
+
+    def keepAlive(lease):  # type: ignore[no-untyped-def]
+        """Restart the lease's TTL; fires with the TTL or fails with L{LeaseNotFoundError}."""
+
+    def revokeLease(lease):  # type: ignore[no-untyped-def]
+        """End the lease now, deleting its keys; fires True if it existed."""
+
+    def watch(prefix, onPut, onDelete):  # type: ignore[no-untyped-def]
+        """
+        Call C{onPut(keyValue)} / C{onDelete(key)} for every later change under C{prefix}.
+
+        @return: Deferred firing with an object with a C{stop()} method once
+            the watch is in place (changes after that are reported).
+        """
+
+    def campaign(election, candidate, lease):  # type: ignore[no-untyped-def]
+        """
+        Become the leader of C{election} as C{candidate} (str).
+
+        Leadership is bound to C{lease}: it ends when the lease ends.
+        @return: Deferred firing once this candidate leads (cancel it to give up).
+        """
+
+    def resign(election, candidate):  # type: ignore[no-untyped-def]
+        """Give up leadership if C{candidate} holds it; fires True if it did."""
+
+    def leader(election):  # type: ignore[no-untyped-def]
+        """Fire with the current leader's candidate string, or None."""
+
+    def observe(election, callback):  # type: ignore[no-untyped-def]
+        """Call C{callback(candidate or None)} on every leadership change; like L{watch}."""
+
+
+class IPlacementBackendPlugin(Interface):
+    """A named factory of L{IPlacementBackend}s, discovered as a plugin."""
+
+    name = Attribute("The name used in ``[placement] backend``.")
+
+    def build(settings, reactor):  # type: ignore[no-untyped-def]
+        """Return an unopened L{IPlacementBackend} configured from the node settings."""
