@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 from twisted.plugin import IPlugin
 from zope.interface import implementer
 
 from robustmq.interfaces import IProtocolPlugin
+from robustmq.protocols._limits import ConnectionLimitedFactory
 from robustmq.protocols.amqp._connection import AMQPServerProtocol
 from robustmq.protocols.amqp._server import AMQPServer, serverFor
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["AMQPProtocolPlugin", "AMQPServerFactory", "amqpPlugin"]
 
 
-class AMQPServerFactory(ServerFactory):
+class AMQPServerFactory(ConnectionLimitedFactory):
     """Builds one L{AMQPServerProtocol} per accepted connection.
 
     At the listener's C{max_connections}, or C{[limits] max_connections} for
@@ -35,41 +35,16 @@ class AMQPServerFactory(ServerFactory):
         self.broker = server.broker
         self.listener = listener
         self.reactor = reactor
-        self.open: set[AMQPServerProtocol] = set()
-        #: connections refused at a limit, and accepted (for the listener metrics)
-        self.refused = 0
-        self.accepted = 0
+        self._initLimits()
 
     def startFactory(self) -> None:
         # Recover durable queues as soon as the broker has opened its store.
         self.server.start()
 
     def buildProtocol(self, addr: Any) -> AMQPServerProtocol | None:
-        limit = self.listener.max_connections
-        if (
-            len(self.open) >= limit
-            or self.broker.openSockets >= self.broker.settings.limits.max_connections
-        ):
-            self.refused += 1
-            if self.refused == 1 or self.refused % 100 == 0:
-                self.log.warn(
-                    "{listener}: connection from {addr} refused: connection limit reached",
-                    listener=self.listener.label,
-                    addr=getattr(addr, "host", addr),
-                )
+        if not self._admit(addr):
             return None
-        protocol = AMQPServerProtocol(self.server, self.listener, self.reactor)
-        protocol.factory = self
-        self.open.add(protocol)
-        self.accepted += 1
-        self.broker.openSockets += 1
-        return protocol
-
-    def connectionEnded(self, protocol: AMQPServerProtocol) -> None:
-        """Called by the protocol when its connection is lost."""
-        if protocol in self.open:
-            self.open.discard(protocol)
-            self.broker.openSockets -= 1
+        return self._track(AMQPServerProtocol(self.server, self.listener, self.reactor))
 
 
 @implementer(IPlugin, IProtocolPlugin)
