@@ -97,6 +97,23 @@ class PlacementSettings:
     etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
     etcd_prefix: str = "/robustmq/"
     etcd_timeout: float = field(default=5.0, metadata=_range(0.1, 600))
+    tls_cert: str = field(default="", metadata={"doc": "PEM certificate: the PB listener uses TLS"})
+    tls_key: str = field(default="", metadata={"doc": "PEM private key (empty: in tls_cert)"})
+    tls_ca: str = field(default="", metadata={"doc": "CA bundle clients verify the service with"})
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    """This broker's part in a broker cluster (docs/cluster.md)."""
+
+    enabled: bool = False
+    bind: str = "127.0.0.1"
+    port: int = field(default=1229, metadata=_range(0, 65535))
+    advertise: str = field(default="", metadata={"doc": "empty: <bind>:<port>"})
+    forward_batch_size: int = field(default=512, metadata=_range(1, 100_000))
+    forward_max_pending: int = field(default=100_000, metadata=_range(1, None))
+    replication: bool = True
+    takeover_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
 
 
 @dataclass(frozen=True)
@@ -399,6 +416,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
     placement: PlacementSettings = field(default_factory=PlacementSettings)
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     limits: LimitsSettings = field(default_factory=LimitsSettings)
     auth: AuthSettings = field(default_factory=AuthSettings)
@@ -573,9 +591,34 @@ def _crossCheck(settings: Settings) -> None:
         if not auto.topic:
             raise ConfigError(f"mqtt.auto_subscribe[{i}].topic: must not be empty")
     _checkPlacement(settings.placement)
+    _checkCluster(settings)
     if settings.mqtt.server_reference_mode != "none" and not settings.mqtt.server_reference:
         raise ConfigError(
             "mqtt.server_reference: must be set when mqtt.server_reference_mode is not 'none'"
+        )
+
+
+def _checkCluster(settings: Settings) -> None:
+    cluster = settings.cluster
+    try:
+        ipaddress.ip_address(cluster.bind)
+    except ValueError:
+        raise ConfigError(f"cluster.bind: {cluster.bind!r} is not an IP address") from None
+    if cluster.advertise:
+        host, _, port = cluster.advertise.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"cluster.advertise: {cluster.advertise!r} is not 'host:port'")
+    if not settings.node.roles:
+        raise ConfigError("node.roles: a node needs at least one role (placement, broker)")
+    if cluster.enabled and not settings.placement.cluster_secret:
+        raise ConfigError(
+            "placement.cluster_secret: must be set when cluster.enabled is true "
+            "(every node logs in with it)"
+        )
+    if "broker" not in settings.node.roles and not cluster.enabled:
+        raise ConfigError(
+            "node.roles: a node without the broker role only makes sense in a cluster "
+            "(set cluster.enabled = true)"
         )
 
 
