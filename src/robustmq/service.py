@@ -103,6 +103,16 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
 
         reactor = _reactor
     top = MultiService()
+    roles = settings.node.roles
+    cluster = settings.cluster
+    if cluster.enabled and "placement" in roles:
+        # First, so it stops last: brokers of this process still reach it while stopping.
+        from robustmq.placement.server import makePlacementService
+
+        makePlacementService(settings, reactor).setServiceParent(top)
+    if "broker" not in roles:
+        _placementMembership(settings, reactor).setServiceParent(top)
+        return top
     storePlugin = findPlugin(IShardStorePlugin, settings.storage.backend, "storage.backend")
     store = storePlugin.build(settings, reactor)
     if settings.http.enabled:
@@ -126,6 +136,14 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     broker.security = security  # type: ignore[attr-defined]
     broker.setName("broker")
     broker.setServiceParent(top)
+    if cluster.enabled:
+        # After the broker, so it stops before it (MultiService stops in reverse order).
+        from robustmq.cluster.node import ClusterNode
+
+        node = ClusterNode(settings, broker, store, reactor)
+        broker.cluster = node
+        node.setName("cluster")
+        node.setServiceParent(top)
     if settings.mqtt.sys_interval > 0:
         SysTopicsService(broker, settings.mqtt.sys_interval).setServiceParent(top)
     # Re-reads the certificates of tls, wss and quic listeners on SIGHUP.
@@ -149,3 +167,18 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
 
         AdminService(settings, broker, top, reactor).setServiceParent(top)
     return top
+
+
+def _placementMembership(settings: Settings, reactor: Any) -> IService:
+    """A placement-only node registers too, so that cluster listings show it."""
+    import time
+
+    from robustmq.placement.client import PlacementClient
+    from robustmq.placement.records import NodeInfo
+
+    placement = settings.placement
+    address = placement.advertise or f"{placement.bind}:{placement.port}"
+    info = NodeInfo(
+        settings.node.id, tuple(settings.node.roles), {"placement": address}, time.time()
+    )
+    return PlacementClient(placement, info, None, reactor)

@@ -85,6 +85,8 @@ class Broker(Service):
         self.connections: set[Any] = set()
         #: accepted sockets on every listener, counted against [limits] max_connections
         self.openSockets = 0
+        #: the node's part in a broker cluster (robustmq.cluster.ClusterNode), or None
+        self.cluster: Any = None
 
     def callLater(self, delay: float, f: Any, *args: Any) -> Any:
         """Schedule C{f} on the broker's reactor (used by sessions)."""
@@ -132,12 +134,21 @@ class Broker(Service):
         """Deliver C{message} to every matching subscriber at min(publish QoS, granted QoS).
 
         RETAIN travels as published; each connection clears it unless the
-        subscription keeps it (MQTT-3.3.1-9, Retain As Published).
+        subscription keeps it (MQTT-3.3.1-9, Retain As Published).  In a
+        cluster the cluster node routes (locally and to the other brokers).
         """
+        if self.cluster is not None:
+            return self.cluster.route(message)  # type: ignore[no-any-return]
+        return self.routeLocally(message)
+
+    def routeLocally(self, message: Message, sharedGroups: bool = True) -> int:
+        """Deliver C{message} to this node's subscribers (shared groups only if asked)."""
         matches = self.router.match(message.topic)
         mqos = message.qos
         origin = message.origin
         for subscriber, options in matches:
+            if not sharedGroups and subscriber.__class__ is SharedGroup:
+                continue
             if options.noLocal and origin is not None and subscriber.clientId == origin:
                 # MQTT-3.8.3-3: not to the publishing client's own No Local subscriptions.
                 options = options.local
@@ -204,9 +215,11 @@ class Broker(Service):
                     group, real, self.settings.mqtt.shared_subscription_strategy
                 )
                 self.router.subscribe(real, shared, SubscriptionOptions(qos=2))
+                if self.cluster is not None:
+                    self.cluster.routeAdded(f"$share/{group}/{real}")
             shared.add(session, options)
-        else:
-            self.router.subscribe(real, session, options)
+        elif self.router.subscribe(real, session, options) and self.cluster is not None:
+            self.cluster.routeAdded(real)
         session.subscriptions[topicFilter] = options
         self._saveSession(session)
         if group is not None or options.retainHandling == 2:
@@ -230,8 +243,13 @@ class Broker(Service):
                 if not shared.members:
                     del self.groups[(group, real)]
                     self.router.unsubscribe(real, shared)
+                    if self.cluster is not None:
+                        self.cluster.routeRemoved(f"$share/{group}/{real}")
             return True
-        return self.router.unsubscribe(real, session)
+        removed = self.router.unsubscribe(real, session)
+        if removed and self.cluster is not None:
+            self.cluster.routeRemoved(real)
+        return removed
 
     def _saveSession(self, session: Session) -> None:
         if self.persistence is not None and session.expiryInterval and not self.sessions.restoring:
@@ -249,12 +267,16 @@ class Broker(Service):
         """A client completed its handshake."""
         self.connections.add(connection)
         self.stats.clientConnected()
+        if self.cluster is not None:
+            self.cluster.connectionOpened(connection)
 
     def connectionClosed(self, connection: Any) -> None:
         """A connection counted by L{connectionOpened} ended."""
         if connection in self.connections:
             self.connections.discard(connection)
             self.stats.clientDisconnected()
+            if self.cluster is not None:
+                self.cluster.connectionClosed(connection)
 
     # Service
 

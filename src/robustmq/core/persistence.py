@@ -110,12 +110,22 @@ class SessionPersistence:
 
     log = Logger()
 
-    def __init__(self, store: IShardStore) -> None:
+    def __init__(self, store: IShardStore, prefix: str = "") -> None:
         self.store = store
+        #: shard names (a prefix reads a copy kept elsewhere, e.g. a cluster replica)
+        self.sessionsShard = prefix + SESSIONS
+        self.messagesShard = prefix + MESSAGES
+        self.incomingShard = prefix + INCOMING
+        self.retainedShard = prefix + RETAINED
 
     async def open(self) -> None:
         """Create the shards if this is a new store."""
-        for shard in (SESSIONS, MESSAGES, INCOMING, RETAINED):
+        for shard in (
+            self.sessionsShard,
+            self.messagesShard,
+            self.incomingShard,
+            self.retainedShard,
+        ):
             await self.store.createShard(shard, {"compacted": True})
 
     async def _scan(self, shard: str) -> dict[bytes, bytes]:
@@ -140,35 +150,31 @@ class SessionPersistence:
 
     async def loadRetained(self) -> list[Message]:
         """Every stored retained message."""
-        return [decodeMessage(v)[0] for v in (await self._scan(RETAINED)).values()]
+        return [decodeMessage(v)[0] for v in (await self._scan(self.retainedShard)).values()]
 
     def saveRetained(self, message: Message) -> defer.Deferred[Any]:
         """Store (or, for an empty payload, delete) the retained message of its topic."""
         key = message.topic.encode()
         if not message.payload:
-            return self.store.deleteKey(RETAINED, key)
-        return self.store.upsert(RETAINED, key, encodeMessage(message))
+            return self.store.deleteKey(self.retainedShard, key)
+        return self.store.upsert(self.retainedShard, key, encodeMessage(message))
 
     # Sessions
 
     def saveSession(self, session: Session) -> defer.Deferred[Any]:
         """Write a session's record: expiry, subscriptions, when it went offline."""
-        record = {
-            "expiry": session.expiryInterval,
-            "offline": session.disconnectedAt,
-            "seq": session.nextSeq,
-            "subs": {f: o.toDict() for f, o in session.subscriptions.items()},
-        }
-        return self.store.upsert(SESSIONS, session.clientId.encode(), json.dumps(record).encode())
+        return self.store.upsert(
+            self.sessionsShard, session.clientId.encode(), sessionRecord(session)
+        )
 
     def deleteSession(self, session: Session) -> defer.Deferred[Any]:
         """Forget a session and everything held for it."""
         cid = session.clientId
-        writes = [self.store.deleteKey(SESSIONS, cid.encode())]
+        writes = [self.store.deleteKey(self.sessionsShard, cid.encode())]
         for seq in session.storedSeqs:
-            writes.append(self.store.deleteKey(MESSAGES, _subKey(cid, seq)))
+            writes.append(self.store.deleteKey(self.messagesShard, _subKey(cid, seq)))
         for pid in session.awaitingRel:
-            writes.append(self.store.deleteKey(INCOMING, _subKey(cid, pid)))
+            writes.append(self.store.deleteKey(self.incomingShard, _subKey(cid, pid)))
         session.storedSeqs.clear()
         return defer.DeferredList(writes, consumeErrors=True)
 
@@ -176,38 +182,35 @@ class SessionPersistence:
         self, session: Session, seq: int, message: Message, qos: int, sub: Any, pid: int, state: int
     ) -> defer.Deferred[Any]:
         """Hold a QoS 1/2 message for a persistent session (pid 0: still queued)."""
-        extra = {
-            "dq": qos,
-            "pid": pid,
-            "st": state,
-            "ids": list(sub.identifiers) if sub is not None else [],
-            "kr": bool(sub is not None and sub.keepRetain),
-        }
         session.storedSeqs.add(seq)
         return self.store.upsert(
-            MESSAGES, _subKey(session.clientId, seq), encodeMessage(message, extra)
+            self.messagesShard,
+            _subKey(session.clientId, seq),
+            deliveryValue(message, qos, sub, pid, state),
         )
 
     def deleteDelivery(self, session: Session, seq: int) -> defer.Deferred[Any]:
         """The message was acknowledged (or dropped): stop holding it."""
         session.storedSeqs.discard(seq)
-        return self.store.deleteKey(MESSAGES, _subKey(session.clientId, seq))
+        return self.store.deleteKey(self.messagesShard, _subKey(session.clientId, seq))
 
     def saveIncoming(self, session: Session, pid: int) -> defer.Deferred[Any]:
         """An incoming QoS 2 message was routed; PUBREL will clear it."""
-        return self.store.upsert(INCOMING, _subKey(session.clientId, pid), b"1")
+        return self.store.upsert(self.incomingShard, _subKey(session.clientId, pid), b"1")
 
     def deleteIncoming(self, session: Session, pid: int) -> defer.Deferred[Any]:
         """PUBREL arrived for an incoming QoS 2 message."""
-        return self.store.deleteKey(INCOMING, _subKey(session.clientId, pid))
+        return self.store.deleteKey(self.incomingShard, _subKey(session.clientId, pid))
 
     async def loadSessions(self) -> list[dict[str, Any]]:
         """Every stored session: its record plus held messages (in order) and incoming ids."""
-        sessions = {k.decode(): json.loads(v) for k, v in (await self._scan(SESSIONS)).items()}
+        sessions = {
+            k.decode(): json.loads(v) for k, v in (await self._scan(self.sessionsShard)).items()
+        }
         for record in sessions.values():
             record["messages"] = []
             record["incoming"] = []
-        for key, value in sorted((await self._scan(MESSAGES)).items()):
+        for key, value in sorted((await self._scan(self.messagesShard)).items()):
             cid, _, seq = key.rpartition(_SEP)
             record = sessions.get(cid.decode())
             if record is None:
@@ -217,9 +220,46 @@ class SessionPersistence:
                 qos=header["dq"], keepRetain=header["kr"], identifiers=tuple(header["ids"])
             )
             record["messages"].append((int(seq, 16), message, header, sub))
-        for key in (await self._scan(INCOMING)).keys():
+        for key in (await self._scan(self.incomingShard)).keys():
             cid, _, pid = key.rpartition(_SEP)
             record = sessions.get(cid.decode())
             if record is not None:
                 record["incoming"].append(int(pid, 16))
         return [{"clientId": cid, **record} for cid, record in sessions.items()]
+
+
+def sessionRecord(session: Session) -> bytes:
+    """The stored form of a session's record (C{mqtt/sessions} value)."""
+    record = {
+        "expiry": session.expiryInterval,
+        "offline": session.disconnectedAt,
+        "seq": session.nextSeq,
+        "subs": {f: o.toDict() for f, o in session.subscriptions.items()},
+    }
+    return json.dumps(record).encode()
+
+
+def deliveryValue(message: Message, qos: int, sub: Any, pid: int, state: int) -> bytes:
+    """The stored form of a message held for a session (C{mqtt/session-messages} value)."""
+    extra = {
+        "dq": qos,
+        "pid": pid,
+        "st": state,
+        "ids": list(sub.identifiers) if sub is not None else [],
+        "kr": bool(sub is not None and sub.keepRetain),
+    }
+    return encodeMessage(message, extra)
+
+
+def sessionRows(session: Session) -> list[tuple[str, bytes, bytes]]:
+    """Every (shard, key, value) a persistent session has in the store, as written by
+    L{SessionPersistence}: its record, its held messages, its incoming QoS 2 markers."""
+    cid = session.clientId
+    rows = [(SESSIONS, cid.encode(), sessionRecord(session))]
+    for pid, (message, qos, state, sub, seq) in session.inflight.items():
+        rows.append((MESSAGES, _subKey(cid, seq), deliveryValue(message, qos, sub, pid, state)))
+    for message, qos, sub, seq in session.queue:
+        rows.append((MESSAGES, _subKey(cid, seq), deliveryValue(message, qos, sub, 0, 0)))
+    for pid in session.awaitingRel:
+        rows.append((INCOMING, _subKey(cid, pid), b"1"))
+    return rows

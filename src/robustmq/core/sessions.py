@@ -168,6 +168,9 @@ class SessionRegistry:
         will, session.pendingWill = session.pendingWill, None
         if will is not None:
             self._broker.publishWill(will)
+        cluster = getattr(self._broker, "cluster", None)
+        if cluster is not None:
+            cluster.sessionEnded(session.clientId)
 
     def restore(self, records: list[dict[str, Any]]) -> int:
         """Rebuild offline persistent sessions from storage after a restart.
@@ -176,68 +179,111 @@ class SessionRegistry:
         (its held messages are deleted); the others get timers for what is
         left of their expiry.
         """
-        from collections import deque
-
-        from robustmq.core.subscription import SubscriptionOptions
-
         broker = self._broker
         now = broker.now()
-        restored = 0
         self.restoring = True
         try:
             for record in records:
-                session = Session(
-                    record["clientId"], False, self._settings, self._stats, now, broker
-                )
-                session.expiryInterval = record["expiry"]
-                session.disconnectedAt = record["offline"] or now
-                self._sessions[session.clientId] = session
-                for topicFilter, o in record["subs"].items():
-                    options = SubscriptionOptions(
-                        qos=o["qos"],
-                        noLocal=o["no_local"],
-                        keepRetain=o["retain_as_published"],
-                        retainHandling=o["retain_handling"],
-                        identifiers=tuple(o["identifiers"]),
-                    )
-                    try:
-                        broker.subscribe(session, topicFilter, options)
-                    except Exception as e:  # an exclusive filter taken twice, say
-                        self.log.warn(
-                            "not restoring subscription {f} of {c}: {e}",
-                            f=topicFilter,
-                            c=session.clientId,
-                            e=str(e),
-                        )
-                queue = deque()
-                nextSeq = record.get("seq", 1)
-                for seq, message, header, sub in record["messages"]:
-                    session.storedSeqs.add(seq)
-                    nextSeq = max(nextSeq, seq + 1)
-                    if header["pid"]:
-                        session.inflight[header["pid"]] = [
-                            message,
-                            header["dq"],
-                            header["st"],
-                            sub,
-                            seq,
-                        ]
-                    else:
-                        queue.append((message, header["dq"], sub, seq))
-                        session.queuedBytes += len(message.payload)
-                if queue:
-                    session.queue = queue
-                session.nextSeq = nextSeq
-                if record["incoming"]:
-                    session.awaitingRel = set(record["incoming"])
-                restored += 1
+                self._rebuild(record, now)
         finally:
             self.restoring = False
         broker.pendingWrites.clear()
         for session in list(self._sessions.values()):
             if session.connection is None:
                 self._arm(session, None)
-        return restored
+        return len(records)
+
+    def adopt(self, record: dict[str, Any]) -> Session:
+        """Take over a session that lived on another node (cluster hand-over or adoption).
+
+        C{record} has the shape L{restore} reads (see L{export}).  Unlike a
+        restore, the session is written to this node's storage; the writes
+        join C{broker.pendingWrites}.  An existing local session of the same
+        client id is discarded first.
+        """
+        existing = self._sessions.get(record["clientId"])
+        if existing is not None:
+            self.discard(existing)
+        broker = self._broker
+        session = self._rebuild(record, broker.now())
+        persistence = broker.persistence
+        if persistence is not None and session.expiryInterval:
+            broker.pendingWrites.append(persistence.saveSession(session))
+            for pid, (message, qos, state, sub, seq) in session.inflight.items():
+                broker.pendingWrites.append(
+                    persistence.saveDelivery(session, seq, message, qos, sub, pid, state)
+                )
+            for message, qos, sub, seq in session.queue:
+                broker.pendingWrites.append(
+                    persistence.saveDelivery(session, seq, message, qos, sub, 0, 0)
+                )
+            for pid in session.awaitingRel:
+                broker.pendingWrites.append(persistence.saveIncoming(session, pid))
+        if session.connection is None:
+            self._arm(session, None)
+        return session
+
+    def export(self, session: Session) -> dict[str, Any]:
+        """C{session} in the record shape of L{restore}/L{adopt} (held messages in order)."""
+        messages: list[tuple[int, Message, dict[str, Any], Any]] = []
+        for pid, (message, qos, state, sub, seq) in session.inflight.items():
+            messages.append((seq, message, {"pid": pid, "dq": qos, "st": state}, sub))
+        for message, qos, sub, seq in session.queue:
+            messages.append((seq, message, {"pid": 0, "dq": qos, "st": 0}, sub))
+        messages.sort(key=lambda m: m[0])
+        return {
+            "clientId": session.clientId,
+            "expiry": session.expiryInterval,
+            "offline": session.disconnectedAt,
+            "seq": session.nextSeq,
+            "subs": {f: o.toDict() for f, o in session.subscriptions.items()},
+            "messages": messages,
+            "incoming": list(session.awaitingRel),
+        }
+
+    def _rebuild(self, record: dict[str, Any], now: float) -> Session:
+        from collections import deque
+
+        from robustmq.core.subscription import SubscriptionOptions
+
+        broker = self._broker
+        session = Session(record["clientId"], False, self._settings, self._stats, now, broker)
+        session.expiryInterval = record["expiry"]
+        session.disconnectedAt = record["offline"] or now
+        self._sessions[session.clientId] = session
+        for topicFilter, o in record["subs"].items():
+            options = SubscriptionOptions(
+                qos=o["qos"],
+                noLocal=o["no_local"],
+                keepRetain=o["retain_as_published"],
+                retainHandling=o["retain_handling"],
+                identifiers=tuple(o["identifiers"]),
+            )
+            try:
+                broker.subscribe(session, topicFilter, options)
+            except Exception as e:  # an exclusive filter taken twice, say
+                self.log.warn(
+                    "not restoring subscription {f} of {c}: {e}",
+                    f=topicFilter,
+                    c=session.clientId,
+                    e=str(e),
+                )
+        queue = deque()
+        nextSeq = record.get("seq", 1)
+        for seq, message, header, sub in record["messages"]:
+            session.storedSeqs.add(seq)
+            nextSeq = max(nextSeq, seq + 1)
+            if header["pid"]:
+                session.inflight[header["pid"]] = [message, header["dq"], header["st"], sub, seq]
+            else:
+                queue.append((message, header["dq"], sub, seq))
+                session.queuedBytes += len(message.payload)
+        if queue:
+            session.queue = queue
+        session.nextSeq = nextSeq
+        if record["incoming"]:
+            session.awaitingRel = set(record["incoming"])
+        return session
 
     def stop(self) -> None:
         """Cancel every offline timer (shutdown)."""

@@ -628,6 +628,32 @@ class MQTTServerProtocol(Protocol):
             connack = self._connackProperties(packet, clientId if assigned else None, expiry)
         else:
             expiry = 0 if packet.cleanSession else settings.v3_persistent_session_expiry
+        cluster = getattr(broker, "cluster", None)
+        if cluster is not None:
+            # The session may live on another node: it is handed over first.
+            d = cluster.prepareSession(clientId, packet.cleanSession, expiry)
+            d.addCallback(lambda _: self._openSession(packet, clientId, expiry, connack))
+            d.addErrback(self._prepareFailed)
+            return
+        self._openSession(packet, clientId, expiry, connack)
+
+    def _prepareFailed(self, failure: Failure) -> None:
+        self.log.warn(
+            "{clientId}: session could not be taken over from another node: {error}",
+            clientId=self.clientId,
+            error=failure.getErrorMessage(),
+        )
+        if self.state == AUTHENTICATING and self.transport is not None:
+            self._refuse(Reason.SERVER_UNAVAILABLE, "session is on an unreachable node")
+
+    def _openSession(
+        self, packet: Connect, clientId: str, expiry: int, connack: dict[str, Any] | None
+    ) -> None:
+        if self.state != AUTHENTICATING or self.transport is None:
+            return
+        broker = self.broker
+        settings = self.settings
+        v5 = self._v5
         session, present = broker.sessions.open(clientId, packet.cleanSession, self, expiry)
         self.session = session
         maxInflight = settings.max_inflight

@@ -1,0 +1,689 @@
+"""A broker's membership in the cluster: routing across nodes, hand-over, adoption.
+
+L{ClusterNode} is a service beside the L{Broker} (which calls it through
+C{broker.cluster}).  It
+
+- registers this node with the placement center and follows its pushes
+  (L{PlacementClient}, this object is the handler);
+- listens for the other brokers (C{[cluster] bind:port}) and keeps a
+  L{PeerLink} to each live one;
+- mirrors local subscriptions into the placement center's route table and
+  routes every published message locally and to the nodes whose routes
+  match: ordinary subscribers on every matching node, each shared group on
+  one node chosen in turn among those with members, retained messages to
+  every broker;
+- claims each connecting client's session in the placement center and, if
+  another node had it, takes it over from there (L{handOver});
+- replicates persistent sessions and wills to one other broker, and adopts
+  a dead broker's sessions when it holds their copy (L{adopt}).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer
+from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+
+from robustmq.cluster import wire
+from robustmq.cluster.peers import FORWARD, FORWARD_FOR, PeerLink, makePeerFactory
+from robustmq.cluster.replication import (
+    WILLS,
+    ReplicaStore,
+    ReplicatingStore,
+    Replicator,
+)
+from robustmq.cluster.routes import LocalRoutes, RemoteRoutes
+from robustmq.config import Settings
+from robustmq.core.message import Message
+from robustmq.core.persistence import (
+    decodeMessage,
+    deliveryValue,
+    encodeMessage,
+    sessionRows,
+)
+from robustmq.core.shared import SharedGroup
+from robustmq.core.subscription import SubscriptionOptions, parseFilter
+from robustmq.placement.client import PlacementClient
+from robustmq.placement.records import NodeInfo
+from robustmq.placement.server import ClusterSecretChecker
+
+REPLICA_KEY = "replica."
+
+
+class TakeoverFailed(Exception):
+    """A session could not be handed over from the node that had it."""
+
+
+def packRecord(record: dict[str, Any]) -> list[bytes]:
+    """A session record (L{SessionRegistry.export} form) as PB-safe chunks."""
+    header = {k: v for k, v in record.items() if k != "messages"}
+    held = [
+        json.dumps([seq, h["pid"], h["dq"], h["st"]]).encode()
+        + b"\n"
+        + deliveryValue(message, h["dq"], sub, h["pid"], h["st"])
+        for seq, message, h, sub in record["messages"]
+    ]
+    return wire.pack([json.dumps(header).encode(), *held])
+
+
+def unpackRecord(chunks: list[bytes]) -> dict[str, Any]:
+    """The inverse of L{packRecord}."""
+    entries = wire.unpack(chunks)
+    record: dict[str, Any] = json.loads(entries[0])
+    messages = []
+    for entry in entries[1:]:
+        line, _, value = entry.partition(b"\n")
+        seq, pid, dq, st = json.loads(line)
+        message, header = decodeMessage(value)
+        sub = SubscriptionOptions(
+            qos=header["dq"], keepRetain=header["kr"], identifiers=tuple(header["ids"])
+        )
+        messages.append((seq, message, {"pid": pid, "dq": dq, "st": st}, sub))
+    record["messages"] = messages
+    return record
+
+
+class ClusterNode(Service):
+    """This broker in the cluster (see the module docstring)."""
+
+    log = Logger()
+
+    def __init__(self, settings: Settings, broker: Any, store: Any, reactor: Any) -> None:
+        self.settings = settings
+        self.cluster = settings.cluster
+        self.broker = broker
+        self.reactor = reactor
+        self.nodeId = settings.node.id
+        self.secret = settings.placement.cluster_secret
+        self.startedAt = time.time()
+        self.nodes: dict[str, NodeInfo] = {}
+        self.links: dict[str, PeerLink] = {}
+        self.remote = RemoteRoutes(self.nodeId, settings.mqtt.route_cache_size)
+        self.replicas = ReplicaStore(store)
+        self.replicator = Replicator(self)
+        #: origin node → the broker holding its replica (from the placement center's config)
+        self.replicaOf: dict[str, str] = {}
+        #: client id → (connection, stored will) of connected clients with a will
+        self._wills: dict[str, tuple[Any, bytes]] = {}
+        self._adoptions: dict[str, defer.Deferred[None]] = {}
+        self._handingOver: set[str] = set()
+        self._roundRobin: dict[str, int] = {}
+        self._registeredOnce = False
+        self.forwarded = 0
+        self.received = 0
+        self.dropped = 0
+        self.port: Any = None
+        self.placement = PlacementClient(settings.placement, self._info(), self, reactor)
+        self.routes = LocalRoutes(self.placement, reactor, self.cluster.takeover_timeout)
+        persistence = broker.persistence
+        if persistence is not None and self.cluster.replication:
+            persistence.store = ReplicatingStore(persistence.store, self.replicator)
+
+    # Identity
+
+    def advertise(self) -> str:
+        """Where the other brokers reach this one."""
+        if self.cluster.advertise:
+            return self.cluster.advertise
+        port = self.port.getHost().port if self.port is not None else self.cluster.port
+        return f"{self.cluster.bind}:{port}"
+
+    def _info(self) -> NodeInfo:
+        addresses = {"cluster": self.advertise()}
+        for listener in self.settings.listeners:
+            if listener.protocol == "mqtt" and listener.transport == "tcp":
+                addresses.setdefault("mqtt", f"{listener.bind}:{listener.port}")
+        if self.settings.http.enabled:
+            addresses["http"] = f"{self.settings.http.bind}:{self.settings.http.port}"
+        return NodeInfo(self.nodeId, tuple(self.settings.node.roles), addresses, self.startedAt)
+
+    # Service
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        endpoint = TCP4ServerEndpoint(self.reactor, self.cluster.port, interface=self.cluster.bind)
+        factory = makePeerFactory(self, ClusterSecretChecker(self.secret))
+        failures: list[Any] = []
+        endpoint.listen(factory).addCallbacks(self._listening, failures.append)
+        if failures:
+            failures[0].raiseException()
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        self.log.info("broker link listening on {address}", address=self.advertise())
+
+    def startService(self) -> None:
+        if self.port is None:
+            self.privilegedStartService()
+        super().startService()
+        self.placement.info = self._info()
+        # Register once storage is recovered: restored sessions' routes are known then.
+        self.broker.whenReady().addCallback(lambda _: self.placement.startService())
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.placement.running:
+            await self.placement.stopService()
+        for link in list(self.links.values()):
+            if link.running:
+                await link.stopService()
+        self.links.clear()
+        if self.port is not None:
+            port, self.port = self.port, None
+            await port.stopListening()
+
+    # Placement pushes (PlacementHandler)
+
+    def registered(self, snapshot: dict[str, list[Any]]) -> None:
+        self.nodes = {info.nodeId: info for info in snapshot["nodes"]}
+        self.remote.replace((entry.filter, entry.nodeIds) for entry in snapshot["routes"])
+        for entry in snapshot["config"]:
+            self.configChanged(entry)
+        for info in self.nodes.values():
+            self._follow(info)
+        self.routes.resync()
+        self.chooseReplica(force=True)
+        if not self._registeredOnce:
+            self._registeredOnce = True
+            defer.ensureDeferred(self._afterFirstRegistration()).addErrback(
+                lambda f: self.log.failure("syncing with the cluster after start failed", f)
+            )
+
+    def nodeChanged(self, info: NodeInfo) -> None:
+        previous = self.nodes.get(info.nodeId)
+        self.nodes[info.nodeId] = info
+        self._follow(info)
+        if info.state == "dead" and (previous is None or previous.state != "dead"):
+            self.log.warn("broker {node} is dead", node=info.nodeId)
+            self.remote.dropNode(info.nodeId)
+            defer.ensureDeferred(self._nodeDied(info.nodeId)).addErrback(
+                lambda f: self.log.failure("handling the death of {n} failed", f, n=info.nodeId)
+            )
+        self.chooseReplica()
+
+    def routeChanged(self, entry: Any) -> None:
+        self.remote.set(entry.filter, entry.nodeIds)
+
+    def configChanged(self, entry: Any) -> None:
+        if entry.key.startswith(REPLICA_KEY):
+            origin = entry.key[len(REPLICA_KEY) :]
+            holder = entry.value
+            old = self.replicaOf.get(origin)
+            self.replicaOf[origin] = holder
+            if old == self.nodeId and holder != self.nodeId and origin != self.nodeId:
+                # Another broker holds that node's copy now: ours is stale.
+                defer.ensureDeferred(self.replicas.reset(origin))
+
+    def sessionTakenOver(self, record: Any) -> None:
+        # The new owner normally asked us already (handOver); make sure the client is gone.
+        session = self.broker.sessions.get(record.clientId)
+        if session is not None and session.connection is not None:
+            if record.clientId not in self._handingOver:
+                session.connection.takeOver()
+
+    # Links
+
+    def _follow(self, info: NodeInfo) -> None:
+        """Keep a link to every live broker but this one."""
+        if info.nodeId == self.nodeId or "broker" not in info.roles:
+            return
+        address = info.addresses.get("cluster")
+        link = self.links.get(info.nodeId)
+        if info.state != "alive" or not address:
+            return
+        if link is None:
+            link = PeerLink(
+                self.nodeId,
+                info.nodeId,
+                address,
+                self.secret,
+                self.cluster.forward_batch_size,
+                self.cluster.forward_max_pending,
+                self.reactor,
+                self._dropped,
+            )
+            self.links[info.nodeId] = link
+            if self.running:
+                link.startService()
+        elif link.address != address:
+            link.address = address
+
+    def _dropped(self, count: int) -> None:
+        self.dropped += count
+
+    def aliveBrokers(self) -> list[str]:
+        """Live broker node ids (this one included), sorted."""
+        return sorted(
+            n.nodeId for n in self.nodes.values() if n.state == "alive" and "broker" in n.roles
+        )
+
+    def _alive(self, nodeId: str) -> bool:
+        info = self.nodes.get(nodeId)
+        return info is not None and info.state == "alive"
+
+    # Routing
+
+    def routeAdded(self, key: str) -> None:
+        d = self.routes.added(key)
+        if d is not None:
+            self.broker.pendingWrites.append(d)
+
+    def routeRemoved(self, key: str) -> None:
+        self.routes.removed(key)
+
+    def route(self, message: Message) -> int:
+        """Deliver C{message} here and forward it to every other node that wants it."""
+        broker = self.broker
+        topic = message.topic
+        if topic.startswith("$SYS/"):
+            return broker.routeLocally(message)  # type: ignore[no-any-return]
+        count: int = broker.routeLocally(message, sharedGroups=False)
+        normal, sharedRemote = self.remote.match(topic)
+        local: dict[str, Any] = {}
+        if broker.groups:
+            for subscriber, _ in broker.router.match(topic):
+                if subscriber.__class__ is SharedGroup:
+                    local[f"$share/{subscriber.name}/{subscriber.topicFilter}"] = subscriber
+        groups: dict[str, list[str]] = {}
+        if sharedRemote or local:
+            for key in set(sharedRemote) | set(local):
+                holders = set(sharedRemote.get(key, ()))
+                if key in local:
+                    holders.add(self.nodeId)
+                ordered = sorted(holders)
+                turn = self._roundRobin.get(key, 0)
+                self._roundRobin[key] = turn + 1
+                chosen = ordered[turn % len(ordered)]
+                if chosen == self.nodeId:
+                    local[key].deliver(message, message.qos)
+                else:
+                    groups.setdefault(chosen, []).append(key)
+                count += 1
+        targets = set(normal) | set(groups)
+        if message.retain:
+            targets.update(n for n in self.aliveBrokers() if n != self.nodeId)
+        for nodeId in targets:
+            flags = (wire.ROUTE if nodeId in normal else 0) | (wire.RETAIN if message.retain else 0)
+            self._send(nodeId, message, flags, groups.get(nodeId))
+        return count + len(normal)
+
+    def _send(self, nodeId: str, message: Message, flags: int, groups: list[str] | None) -> None:
+        link = self.links.get(nodeId)
+        if link is None:
+            self.dropped += 1
+            return
+        entry = wire.encodeForward(message, flags, groups)
+        waiter = link.send(FORWARD, entry, message.qos, (message, flags, groups))
+        self.forwarded += 1
+        broker = self.broker
+        if waiter is not None:
+            broker.pendingWrites.append(waiter)
+        if link.congested:
+            broker.congestion.append(link)
+
+    def receiveForward(self, origin: str, entries: list[bytes]) -> defer.Deferred[Any]:
+        """Messages another broker routed here; fires once their durable writes are done."""
+        broker = self.broker
+        outer, broker.pendingWrites = broker.pendingWrites, []
+        try:
+            for entry in entries:
+                message, flags, groups = wire.decodeForward(entry)
+                self.received += 1
+                if flags & wire.RETAIN:
+                    if broker.retained.update(message) and broker.persistence is not None:
+                        broker.pendingWrites.append(broker.persistence.saveRetained(message))
+                if flags & wire.ROUTE:
+                    broker.routeLocally(message, sharedGroups=False)
+                for key in groups:
+                    name, real, _ = parseFilter(key)
+                    group = broker.groups.get((name, real))
+                    if group is not None:
+                        group.deliver(message, message.qos)
+            writes = broker.pendingWrites
+        finally:
+            broker.pendingWrites = outer
+            # A remote publisher cannot be paused from here; the sender's link bounds it.
+            broker.congestion.clear()
+        return defer.gatherResults(writes, consumeErrors=True).addCallback(lambda _: None)
+
+    async def receiveForwardFor(self, origin: str, dead: str, entries: list[bytes]) -> None:
+        """Messages that were on their way to C{dead}: adopt its sessions first, then route."""
+        await self.adopt(dead)
+        await self.receiveForward(origin, entries)
+
+    # Sessions
+
+    def prepareSession(self, clientId: str, cleanStart: bool, expiry: int) -> defer.Deferred[None]:
+        """Claim C{clientId}'s session; if another node had it, take it over from there."""
+        d = defer.ensureDeferred(self._prepare(clientId, cleanStart, expiry))
+        d.addTimeout(self.cluster.takeover_timeout, self.reactor)
+        return d
+
+    async def _prepare(self, clientId: str, cleanStart: bool, expiry: int) -> None:
+        previous = await self.placement.call("claimSession", clientId, expiry)
+        if previous is None or previous.nodeId == self.nodeId:
+            return
+        owner = previous.nodeId
+        while True:
+            holder = owner if self._alive(owner) else self.replicaOf.get(owner)
+            if holder is None:
+                self.log.info(
+                    "{clientId}: its node {owner} is gone and kept no copy; new session",
+                    clientId=clientId,
+                    owner=owner,
+                )
+                return
+            if holder == self.nodeId:
+                await self.adopt(owner)
+                if cleanStart:
+                    session = self.broker.sessions.get(clientId)
+                    if session is not None:
+                        self.broker.sessions.discard(session)
+                return
+            link = self.links.get(holder)
+            if link is not None:
+                try:
+                    chunks = await link.call(
+                        "handOver",
+                        clientId,
+                        cleanStart,
+                        owner,
+                        timeout=self.cluster.takeover_timeout,
+                    )
+                except Exception as e:
+                    self.log.info(
+                        "{clientId}: hand-over from {holder} failed ({e}); retrying",
+                        clientId=clientId,
+                        holder=holder,
+                        e=str(e),
+                    )
+                else:
+                    if chunks:
+                        await self._install(unpackRecord(chunks))
+                    self.log.info(
+                        "{clientId}: session taken over from {holder}",
+                        clientId=clientId,
+                        holder=holder,
+                    )
+                    return
+            await deferLater(self.reactor, 0.2, lambda: None)
+
+    async def _install(self, record: dict[str, Any]) -> None:
+        broker = self.broker
+        outer, broker.pendingWrites = broker.pendingWrites, []
+        try:
+            broker.sessions.adopt(record)
+            writes = broker.pendingWrites
+        finally:
+            broker.pendingWrites = outer
+        await defer.gatherResults(writes, consumeErrors=True)
+
+    async def handOver(
+        self, caller: str, clientId: str, discard: bool, owner: str
+    ) -> list[bytes] | None:
+        """Give C{clientId}'s session to C{caller}: close its connection, export, forget it."""
+        if owner != self.nodeId:
+            await self.adopt(owner)
+        sessions = self.broker.sessions
+        session = sessions.get(clientId)
+        if session is None:
+            return None
+        self._handingOver.add(clientId)
+        try:
+            connection = session.connection
+            if connection is not None:
+                session.detach(self.broker.now())
+                connection.takeOver()
+            chunks = None if discard else packRecord(sessions.export(session))
+            self.log.info(
+                "{clientId}: session handed over to {caller}", clientId=clientId, caller=caller
+            )
+            broker = self.broker
+            outer, broker.pendingWrites = broker.pendingWrites, []
+            try:
+                sessions.discard(session)
+                writes = broker.pendingWrites
+            finally:
+                broker.pendingWrites = outer
+            await defer.gatherResults(writes, consumeErrors=True)
+            return chunks
+        finally:
+            self._handingOver.discard(clientId)
+
+    def sessionEnded(self, clientId: str) -> None:
+        if clientId in self._handingOver or not self.running:
+            return
+        d = defer.ensureDeferred(self.placement.call("releaseSession", clientId))
+        d.addErrback(lambda f: None)  # another node owns it now, or placement is away
+
+    # Wills (kept on the replica while the client is connected)
+
+    @property
+    def wills(self) -> dict[str, bytes]:
+        """Client id → stored will, of connected clients."""
+        return {cid: value for cid, (_, value) in self._wills.items()}
+
+    def connectionOpened(self, connection: Any) -> None:
+        will = getattr(connection, "will", None)
+        clientId = getattr(connection, "clientId", None)
+        if will is None or clientId is None:
+            return
+        value = encodeMessage(will)
+        self._wills[clientId] = (connection, value)
+        d = self.replicator.op(wire.UPSERT, WILLS, clientId.encode(), value)
+        if d is not None:
+            d.addErrback(lambda f: None)
+
+    def connectionClosed(self, connection: Any) -> None:
+        clientId = getattr(connection, "clientId", None)
+        held = self._wills.get(clientId) if clientId is not None else None
+        if held is None or held[0] is not connection:
+            return
+        del self._wills[clientId]  # type: ignore[arg-type]
+        d = self.replicator.op(wire.DELETE, WILLS, clientId.encode(), None)  # type: ignore[union-attr]
+        if d is not None:
+            d.addErrback(lambda f: None)
+
+    # Replication and adoption
+
+    def sessionRows(self) -> Iterable[tuple[str, bytes, bytes]]:
+        """Every stored row of this node's persistent sessions (for a full copy)."""
+        for session in self.broker.sessions:
+            if session.expiryInterval:
+                yield from sessionRows(session)
+
+    def chooseReplica(self, force: bool = False) -> None:
+        """Replicate to the next live broker after this one (in node-id order)."""
+        if not self.cluster.replication or self.broker.persistence is None:
+            return
+        ring = self.aliveBrokers()
+        target = None
+        if self.nodeId in ring and len(ring) > 1:
+            target = ring[(ring.index(self.nodeId) + 1) % len(ring)]
+        if target != self.replicator.target or force:
+            self.replicator.retarget(target, force=True)
+
+    def announceReplica(self, target: str) -> None:
+        d = defer.ensureDeferred(
+            self.placement.call("setConfig", f"{REPLICA_KEY}{self.nodeId}", target)
+        )
+        d.addErrback(lambda f: self.log.warn("announcing the replica failed: {e}", e=str(f.value)))
+
+    async def _nodeDied(self, nodeId: str) -> None:
+        link = self.links.pop(nodeId, None)
+        pending = []
+        if link is not None:
+            pending = link.abandon()
+            await link.stopService()
+        holder = self.replicaOf.get(nodeId)
+        if holder == self.nodeId or nodeId in await self.replicas.origins():
+            await self.adopt(nodeId)
+        # What was on its way to the dead node goes to whoever adopts its sessions.
+        target = self.links.get(holder) if holder and holder != self.nodeId else None
+        for entry in pending:
+            waiter = entry.waiter
+            if entry.kind == "replicate":
+                if waiter is not None and not waiter.called:
+                    waiter.callback(None)  # the replica is gone; a new one gets a full copy
+                continue
+            if holder == self.nodeId:
+                d: Any = self.receiveForward(nodeId, [entry.data])
+            elif target is not None:
+                d = target.send(f"{FORWARD_FOR}{nodeId}", entry.data, 1)
+            else:
+                d = defer.succeed(None)  # no copy of its sessions anywhere: nobody to deliver to
+            if waiter is not None and d is not None:
+                d.chainDeferred(waiter)
+
+    def adopt(self, origin: str) -> defer.Deferred[None]:
+        """Take over the sessions (and publish the wills) of dead C{origin} from our copy, once."""
+        d = self._adoptions.get(origin)
+        if d is None:
+            d = self._adoptions[origin] = defer.ensureDeferred(self._adopt(origin))
+            d.addErrback(self._adoptionFailed, origin)
+        result: defer.Deferred[None] = defer.Deferred()
+        d.addBoth(lambda r: (result.callback(None), r)[1])
+        return result
+
+    def _adoptionFailed(self, failure: Any, origin: str) -> None:
+        self.log.failure("adopting the sessions of {origin} failed", failure, origin=origin)
+        self._adoptions.pop(origin, None)
+
+    async def _adopt(self, origin: str) -> None:
+        deadline = self.reactor.seconds() + self.cluster.takeover_timeout
+        while self._alive(origin) or origin not in self.nodes:
+            if self.reactor.seconds() > deadline:
+                raise TakeoverFailed(f"{origin} is not declared dead")
+            await deferLater(self.reactor, 0.1, lambda: None)
+        if origin not in await self.replicas.origins():
+            return
+        records, wills = await self.replicas.load(origin)
+        broker = self.broker
+        for value in wills:
+            will, _ = decodeMessage(value)
+            broker.publishWill(will)
+        adopted = []
+        for record in records:
+            if broker.sessions.get(record["clientId"]) is not None:
+                continue  # its client is back here already
+            await self._install(record)
+            adopted.append(record)
+        for record in adopted:
+            clientId = record["clientId"]
+            current = await self.placement.call("lookupSession", clientId)
+            if current is None or current.nodeId == origin:
+                await self.placement.call("claimSession", clientId, record["expiry"])
+        self.log.warn(
+            "adopted {n} persistent sessions and published {w} wills of dead broker {origin}",
+            n=len(adopted),
+            w=len(wills),
+            origin=origin,
+        )
+        await self.replicas.reset(origin)
+
+    async def _afterFirstRegistration(self) -> None:
+        """Sessions restored from disk that another node took meanwhile are dropped; retained
+        messages are fetched from a live peer."""
+        broker = self.broker
+        for session in list(broker.sessions):
+            current = await self.placement.call("lookupSession", session.clientId)
+            if current is not None and current.nodeId != self.nodeId:
+                self.log.info(
+                    "{clientId}: session now lives on {node}; dropping the local copy",
+                    clientId=session.clientId,
+                    node=current.nodeId,
+                )
+                session.pendingWill = None
+                self._handingOver.add(session.clientId)
+                try:
+                    broker.sessions.discard(session)
+                finally:
+                    self._handingOver.discard(session.clientId)
+            elif current is None:
+                await self.placement.call("claimSession", session.clientId, session.expiryInterval)
+        for nodeId in self.aliveBrokers():
+            link = self.links.get(nodeId)
+            if link is None:
+                continue
+            try:
+                chunks = await link.call("retainedSnapshot", timeout=5.0)
+            except Exception as e:
+                self.log.info("no retained messages from {n}: {e}", n=nodeId, e=str(e))
+                continue
+            fetched = 0
+            for value in wire.unpack(chunks):
+                message, _ = decodeMessage(value)
+                if broker.retained.get(message.topic) is None and broker.retained.update(message):
+                    fetched += 1
+                    if broker.persistence is not None:
+                        broker._backgroundWrites()
+            self.log.info("fetched {n} retained messages from {node}", n=fetched, node=nodeId)
+            break
+
+    # Status
+
+    def retainedSnapshot(self) -> list[bytes]:
+        return wire.pack(encodeMessage(m) for m in self.broker.retained)
+
+    def localStatus(self) -> dict[str, Any]:
+        broker = self.broker
+        return {
+            "clients": len(broker.connections),
+            "sessions": len(broker.sessions),
+            "started_at": self.startedAt,
+            "forwarded": self.forwarded,
+            "received": self.received,
+            "dropped": self.dropped,
+        }
+
+    async def _remoteStatus(self, info: NodeInfo) -> dict[str, Any] | None:
+        if info.nodeId == self.nodeId:
+            return self.localStatus()
+        link = self.links.get(info.nodeId)
+        if link is None or info.state != "alive":
+            return None
+        try:
+            return await link.call("status", timeout=2.0)  # type: ignore[no-any-return]
+        except Exception:
+            return None
+
+    def status(self) -> defer.Deferred[list[dict[str, Any]]]:
+        """Every node the placement center knows, with this broker's view of it."""
+        return defer.ensureDeferred(self._status())
+
+    async def _status(self) -> list[dict[str, Any]]:
+        now = time.time()
+        rows = []
+        for info in sorted(self.nodes.values(), key=lambda n: n.nodeId):
+            remote = None
+            if "broker" in info.roles:
+                remote = await self._remoteStatus(info)
+            alive = info.state == "alive"
+            address = (
+                info.addresses.get("mqtt")
+                or info.addresses.get("cluster")
+                or info.addresses.get("placement")
+                or ""
+            )
+            rows.append(
+                {
+                    "node": info.nodeId,
+                    "roles": list(info.roles),
+                    "state": info.state,
+                    "address": address,
+                    "started_at": info.startedAt,
+                    "uptime": (now - info.startedAt) if alive and info.startedAt else None,
+                    "clients": None if remote is None else remote["clients"],
+                }
+            )
+        return rows
