@@ -636,6 +636,11 @@ def _checkPlacement(placement: PlacementSettings) -> None:
     for i, url in enumerate(placement.etcd_endpoints):
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"placement.etcd_endpoints[{i}]: {url!r} is not an http(s) URL")
+    if placement.tls_key and not placement.tls_cert:
+        raise ConfigError(
+            "placement.tls_key: set without placement.tls_cert "
+            "(the PB listener needs the certificate too to use TLS)"
+        )
 
 
 def _checkHTTP(http: HTTPSettings) -> None:

@@ -10,6 +10,10 @@ answers with L{NotLeaderError} naming the leader; the next attempt goes
 there.  Heartbeats run every C{heartbeat_interval} while connected; a
 heartbeat refused with L{NotRegisteredError} (declared dead meanwhile)
 registers again at once.
+
+With C{[placement] tls_ca} set, every connection is TLS and the placement
+node's certificate must chain to that CA and be valid for the host part of
+the address connected to (a C{servers} entry or a leader's C{advertise}).
 """
 
 from __future__ import annotations
@@ -18,16 +22,18 @@ from typing import Any, Protocol
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Protocol as _Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.spread import pb
 
-from robustmq.config import PlacementSettings
+from robustmq.config import ConfigError, PlacementSettings
 from robustmq.placement.errors import NotLeaderError, NotRegisteredError, isRemote
-from robustmq.placement.records import NodeInfo
+from robustmq.placement.records import NodeInfo, decodeBatch
+from robustmq.transports.tls import clientTLSOptions
 
 
 class PlacementHandler(Protocol):
@@ -72,15 +78,96 @@ class PlacementListener(pb.Referenceable):
     def remote_sessionTakenOver(self, record: Any) -> None:
         self._call("sessionTakenOver", record)
 
+    #: The handler method each pushed record type goes to.
+    PUSHES = {
+        "NodeInfo": "nodeChanged",
+        "RouteEntry": "routeChanged",
+        "ShardRecord": "shardChanged",
+        "ConfigEntry": "configChanged",
+        "SessionRecord": "sessionTakenOver",
+    }
+
+    def remote_updates(self, chunks: Any) -> None:
+        """A batch of pushes (L{robustmq.placement.records.encodeBatch}), handled in order."""
+        records = decodeBatch(
+            chunks, lambda t: getattr(self.handler, self.PUSHES.get(t, ""), None) is not None
+        )
+        for record in records:
+            self._call(self.PUSHES[record.typeName], record)
+
+
+class _AwaitGreeting(_Protocol):
+    """Holds a new connection back from the PB client until the placement node speaks.
+
+    A PB server speaks first (it offers its dialects).  A connection lost
+    before that (a failed TLS handshake or certificate check, a TLS service
+    dropping a plain-TCP client) fails the connection attempt instead of
+    reaching the PB client, so the ClientService retries with back-off.
+    """
+
+    def __init__(self, inner: Any, ready: Deferred[Any]) -> None:
+        self.inner = inner
+        self.ready = ready
+        self.greeted = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.greeted:
+            self.greeted = True
+            self.inner.makeConnection(self.transport)
+            self.inner.dataReceived(data)
+            if not self.ready.called:
+                self.ready.callback(self.inner)
+            return
+        self.inner.dataReceived(data)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if self.greeted:
+            self.inner.connectionLost(reason)
+        elif not self.ready.called:
+            self.ready.errback(reason)
+
+
+class _AwaitGreetingFactory(Factory):
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.protocols: list[_AwaitGreeting] = []
+        self.ready: Deferred[Any] = Deferred(self._cancel)
+
+    def buildProtocol(self, addr: Any) -> _AwaitGreeting:
+        protocol = _AwaitGreeting(self.inner.buildProtocol(addr), self.ready)
+        self.protocols.append(protocol)
+        return protocol
+
+    def _cancel(self, ready: Deferred[Any]) -> None:
+        for protocol in self.protocols:
+            if protocol.transport is not None:
+                protocol.transport.abortConnection()
+
 
 class _PlacementEndpoint:
-    """Connects to the configured placement nodes in turn, or to the leader named last."""
+    """Connects to the configured placement nodes in turn, or to the leader named last.
 
-    def __init__(self, reactor: Any, servers: tuple[str, ...]) -> None:
+    @param cafile: with a CA bundle, connect with TLS and verify the node's
+        certificate against it and against the host connected to.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, servers: tuple[str, ...], cafile: str = "") -> None:
         self.reactor = reactor
         self.servers = list(servers)
         self.index = 0
         self.hint = ""
+        self.cafile = cafile
+        if cafile:
+            self._tlsOptions("localhost")  # a missing or bad CA file fails at start-up
+
+    def _tlsOptions(self, host: str) -> Any:
+        # Read per connection: a replaced CA bundle is used from the next one on.
+        try:
+            return clientTLSOptions(host, cafile=self.cafile)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"placement.tls_ca: {self.cafile}: {e}") from None
 
     def connect(self, factory: Any) -> Deferred[Any]:
         if self.hint:
@@ -89,7 +176,27 @@ class _PlacementEndpoint:
             address = self.servers[self.index % len(self.servers)]
             self.index += 1
         host, _, port = address.rpartition(":")
-        return HostnameEndpoint(self.reactor, host.strip("[]"), int(port)).connect(factory)
+        host = host.strip("[]")
+        endpoint: Any = HostnameEndpoint(self.reactor, host, int(port))
+        if self.cafile:
+            try:
+                endpoint = wrapClientTLS(self._tlsOptions(host), endpoint)
+            except ConfigError:
+                return fail()
+        greeting = _AwaitGreetingFactory(factory)
+
+        def dropped(f: Any) -> Any:
+            if not f.check(CancelledError):
+                self.log.warn(
+                    "placement node {address} closed the connection before speaking PB "
+                    "(TLS refused, or TLS on one side only?): {error}",
+                    address=address,
+                    error=f.getErrorMessage(),
+                )
+            return f
+
+        d: Deferred[Any] = endpoint.connect(greeting)
+        return d.addCallback(lambda _: greeting.ready.addErrback(dropped))
 
 
 class _ConnectionFactory(Factory):
@@ -120,7 +227,7 @@ class PlacementClient(ClientService):
         self.handler = handler
         self.reactor = reactor
         self.listener = PlacementListener(handler)
-        self.endpoint = _PlacementEndpoint(reactor, settings.servers)
+        self.endpoint = _PlacementEndpoint(reactor, settings.servers, settings.tls_ca)
         self.perspective: Any = None
         self.registrations = 0
         self._waiting: list[Deferred[Any]] = []

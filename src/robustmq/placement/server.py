@@ -8,7 +8,8 @@ the node id that logged in, and every remote method acts as that node (a
 node cannot register, release or claim on behalf of another).
 
 L{makePlacementService} builds the service a placement node runs: open the
-backend, join the leader election, listen for PB on C{[placement] bind:port}.
+backend, join the leader election, listen for PB on C{[placement] bind:port}
+(over TLS when C{[placement] tls_cert} is set).
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ from weakref import WeakSet
 from twisted.application.service import Service
 from twisted.cred import checkers, credentials, portal
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
-from twisted.spread import pb
+from twisted.spread import banana, pb
 from zope.interface import implementer
 
 from robustmq.config import ConfigError, Settings
@@ -32,6 +34,7 @@ from robustmq.interfaces import IPlacementBackendPlugin
 from robustmq.placement.center import PlacementCenter
 from robustmq.placement.errors import LoginRefusedError
 from robustmq.placement.records import NODE_ID
+from robustmq.transports.tls import serverCertificateOptions
 
 
 @implementer(checkers.ICredentialsChecker)
@@ -157,15 +160,86 @@ class PlacementRealm:
         return pb.IPerspective, avatar, avatar.logout
 
 
-class PlacementServerFactory(pb.PBServerFactory):
-    """A PB server factory that remembers its connections, to drop them on stop."""
+@implementer(IHandshakeListener)
+class PlacementBroker(pb.Broker):
+    """The server side of one PB connection; over TLS, its handshake has a deadline.
 
-    def __init__(self, root: Any) -> None:
+    A peer that never completes the TLS handshake (a plain-TCP client waits
+    for PB's greeting, which TLS holds back until the handshake) is dropped
+    when the deadline passes, so its client sees the failure and retries.
+    A peer that does not speak PB at all is dropped with a warning rather
+    than an unhandled error.
+    """
+
+    log = Logger()
+    #: The pending handshake deadline (an IDelayedCall), None once met or with plain TCP.
+    deadline: Any = None
+    tls = False
+    handshakeDone = False
+
+    def handshakeCompleted(self) -> None:
+        self.handshakeDone = True
+        self._cancelDeadline()
+
+    def handshakeTimedOut(self) -> None:
+        self.deadline = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _cancelDeadline(self) -> None:
+        if self.deadline is not None and self.deadline.active():
+            self.deadline.cancel()
+        self.deadline = None
+
+    def dataReceived(self, chunk: bytes) -> None:
+        try:
+            super().dataReceived(chunk)
+        except (banana.BananaError, NotImplementedError) as e:
+            # Not PB at all: a TLS client at a plain-TCP service, a port scanner.
+            peer = self.transport.getPeer()
+            self.log.warn(
+                "placement: dropping {peer}, which does not speak PB: {error}",
+                peer=getattr(peer, "host", peer),
+                error=str(e),
+            )
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancelDeadline()
+        if self.tls and not self.handshakeDone:
+            peer = self.transport.getPeer() if self.transport is not None else None
+            self.log.info(
+                "placement: TLS handshake with {peer} failed: {error}",
+                peer=getattr(peer, "host", peer),
+                error=reason.getErrorMessage(),
+            )
+        super().connectionLost(reason)
+
+
+class PlacementServerFactory(pb.PBServerFactory):
+    """A PB server factory that remembers its connections, to drop them on stop.
+
+    @param handshakeTimeout: with TLS, seconds a connection may take to
+        complete its handshake (None: plain TCP, no deadline).
+    """
+
+    protocol = PlacementBroker
+
+    def __init__(
+        self, root: Any, reactor: Any = None, handshakeTimeout: float | None = None
+    ) -> None:
         super().__init__(root)
+        self.reactor = reactor
+        self.handshakeTimeout = handshakeTimeout
         self.connections: WeakSet[pb.Broker] = WeakSet()
 
-    def buildProtocol(self, addr: Any) -> pb.Broker:
-        broker = super().buildProtocol(addr)
+    def buildProtocol(self, addr: Any) -> PlacementBroker:
+        broker: PlacementBroker = super().buildProtocol(addr)
+        if self.handshakeTimeout is not None:
+            broker.tls = True
+            broker.deadline = self.reactor.callLater(
+                self.handshakeTimeout, broker.handshakeTimedOut
+            )
         self.connections.add(broker)
         return broker
 
@@ -188,6 +262,12 @@ class PlacementService(Service):
         self.reactor = reactor
         placement = settings.placement
         self.checker = ClusterSecretChecker(placement.cluster_secret)
+        # Read (and checked) now: bad files are a ConfigError at start-up.
+        self.tlsOptions: Any = None
+        if placement.tls_cert:
+            self.tlsOptions = serverCertificateOptions(
+                placement.tls_cert, placement.tls_key, "placement.tls_cert", "placement.tls_key"
+            )
         if backend is None:
             from robustmq.registry import findPlugin
 
@@ -207,10 +287,24 @@ class PlacementService(Service):
     async def _start(self) -> None:
         placement = self.settings.placement
         await self.backend.open()
-        endpoint = TCP4ServerEndpoint(self.reactor, placement.port, interface=placement.bind)
+        endpoint: Any
+        handshakeTimeout = None
+        if self.tlsOptions is not None:
+            endpoint = SSL4ServerEndpoint(
+                self.reactor, placement.port, self.tlsOptions, interface=placement.bind
+            )
+            # A node that cannot finish TLS within the time it may go silent
+            # is not going to: drop it, so its client sees the failure.
+            handshakeTimeout = placement.heartbeat_timeout
+        else:
+            endpoint = TCP4ServerEndpoint(self.reactor, placement.port, interface=placement.bind)
         # The PB root needs the center, the center needs the advertised port:
         # listen first with a factory whose portal is filled in right after.
-        self.factory = PlacementServerFactory(portal.Portal(PlacementRealm(None), [self.checker]))  # type: ignore[arg-type]
+        self.factory = PlacementServerFactory(
+            portal.Portal(PlacementRealm(None), [self.checker]),  # type: ignore[arg-type]
+            self.reactor,
+            handshakeTimeout,
+        )
         self.listening = await endpoint.listen(self.factory)
         self.port = self.listening.getHost().port
         self.center = PlacementCenter(self.backend, placement, self.reactor, self.advertise())
@@ -220,10 +314,11 @@ class PlacementService(Service):
         if self.backend.name == "embedded":
             await self.center.becameLeader  # the only placement node: leads at once
         self.log.info(
-            "placement service ({backend}) on {bind}:{port}",
+            "placement service ({backend}) on {bind}:{port}{tls}",
             backend=self.backend.name,
             bind=placement.bind,
             port=self.port,
+            tls=" (TLS)" if self.tlsOptions is not None else "",
         )
         self.ready.callback(None)
 
@@ -265,6 +360,7 @@ def embeddedDirectory(settings: Settings) -> str:
 __all__ = [
     "ClusterSecretChecker",
     "NodeAvatar",
+    "PlacementBroker",
     "PlacementRealm",
     "PlacementServerFactory",
     "PlacementService",

@@ -271,6 +271,47 @@ def clientTLSOptions(
     )
 
 
+def serverCertificateOptions(
+    certfile: str, keyfile: str, certKey: str, keyKey: str
+) -> ssl.CertificateOptions:
+    """Server TLS options from a PEM certificate chain and its key (TLS 1.2 and newer).
+
+    For TLS listeners that are not MQTT/Kafka/AMQP listeners (the placement
+    service's PB port).  C{keyfile} empty: the key is in C{certfile}.  A
+    missing or unusable file, or a key that is not the certificate's, is a
+    L{ConfigError} naming C{certKey} or C{keyKey} (the config keys they came from).
+    """
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    _checkFile(certKey, certfile)
+    if keyfile:
+        _checkFile(keyKey, keyfile)
+    keyName, keyPath = (keyKey, keyfile) if keyfile else (certKey, certfile)
+    with open(certfile, "rb") as f:
+        certPem = f.read()
+    with open(keyPath, "rb") as f:
+        keyPem = f.read()
+    try:
+        chain = x509.load_pem_x509_certificates(certPem)
+    except ValueError as e:
+        raise ConfigError(f"{certKey}: {certfile}: not a PEM certificate: {e}") from None
+    try:
+        privateKey = load_pem_private_key(keyPem, password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{keyName}: {keyPath}: no usable PEM private key: {e}") from None
+    # pyOpenSSL takes cryptography's objects (its own X509/PKey are deprecated).
+    options = ssl.CertificateOptions(
+        privateKey=privateKey,  # type: ignore[arg-type]
+        certificate=chain[0],  # type: ignore[arg-type]
+        extraCertChain=chain[1:],  # type: ignore[arg-type]
+    )
+    try:
+        options.getContext()  # checks that the key is the certificate's
+    except SSL.Error as e:
+        raise ConfigError(f"{keyName}: {keyPath}: not the key of {certfile}: {e}") from None
+    return options
+
+
 __all__ = [
     "ServerTLSContext",
     "ServerTLSFactory",
@@ -278,4 +319,5 @@ __all__ = [
     "TLSServerEndpoint",
     "certificateUsername",
     "clientTLSOptions",
+    "serverCertificateOptions",
 ]
