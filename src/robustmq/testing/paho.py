@@ -47,14 +47,21 @@ class PahoClient:
         protocol: int = mqtt.MQTTv311,
         cleanSession: bool = True,
         keepAlive: int = 60,
+        sessionExpiry: int = 0,
     ) -> None:
         self.port = port
+        self.v5 = protocol == mqtt.MQTTv5
+        #: MQTT 5: Clean Start and Session Expiry Interval sent on CONNECT
+        self.cleanStart = cleanSession
+        self.sessionExpiry = sessionExpiry
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=clientId,
             protocol=protocol,
-            clean_session=cleanSession,
+            clean_session=None if self.v5 else cleanSession,
         )
+        #: reason codes of every disconnection (MQTT 5: the server's DISCONNECT reason)
+        self.disconnectReasons: list[int] = []
         self.keepAlive = keepAlive
         self.messages: queue.Queue[Received] = queue.Queue()
         self.connected = threading.Event()
@@ -80,6 +87,7 @@ class PahoClient:
         self.connected.set()
 
     def _onDisconnect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        self.disconnectReasons.append(rc.value)
         self.connected.clear()
         self.disconnected.set()
 
@@ -103,7 +111,19 @@ class PahoClient:
         """Connect and wait for a successful CONNACK."""
         if will is not None:
             self.client.will_set(*will)
-        self.client.connect("127.0.0.1", self.port, keepalive=self.keepAlive)
+        if self.v5:
+            props = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+            if self.sessionExpiry:
+                props.SessionExpiryInterval = self.sessionExpiry
+            self.client.connect(
+                "127.0.0.1",
+                self.port,
+                keepalive=self.keepAlive,
+                clean_start=self.cleanStart,
+                properties=props,
+            )
+        else:
+            self.client.connect("127.0.0.1", self.port, keepalive=self.keepAlive)
         if not self._started:
             self.client.loop_start()
             self._started = True
