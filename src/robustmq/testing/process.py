@@ -41,10 +41,21 @@ class BrokerProcess:
     @ivar log: path of the node's log (its stdout and stderr).
     """
 
+    #: What the node is called in errors.
+    name = "broker"
+
     def __init__(
-        self, extraConfig: str = "", dataDir: str | None = None, port: int | None = None
+        self,
+        extraConfig: str = "",
+        dataDir: str | None = None,
+        port: int | None = None,
+        workdir: Path | None = None,
     ) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix="robustmq-test-"))
+        if workdir is None:
+            workdir = Path(tempfile.mkdtemp(prefix="robustmq-test-"))
+        else:
+            workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
         self.dataDir = dataDir or str(self.workdir / "data")
         self.port = port or freePort()
         self.extraConfig = extraConfig
@@ -53,11 +64,14 @@ class BrokerProcess:
         self.process: subprocess.Popen[bytes] | None = None
 
     def writeConfig(self) -> None:
-        """Write the TOML config: one MQTT/TCP listener on loopback, plus C{extraConfig}."""
+        """Write L{configText} to C{configPath}."""
+        self.configPath.write_text(self.configText())
+
+    def configText(self) -> str:
+        """The TOML config: one MQTT/TCP listener on loopback, plus C{extraConfig}."""
         # No admin API on 8080 unless the test asks for one (with a free port).
         noHTTP = "" if "[http]" in self.extraConfig else "[http]\nenabled = false"
-        self.configPath.write_text(
-            f"""
+        return f"""
 [node]
 data_dir = "{self.dataDir}"
 
@@ -73,10 +87,28 @@ port = {self.port}
 {self.extraConfig}
 {noHTTP}
 """
-        )
+
+    def readyLines(self) -> list[str]:
+        """Texts the log must show, since the latest start, before the node counts as ready."""
+        # Accepting sockets is not enough: wait until storage is recovered.
+        return ["[robustmq.core.broker.Broker#info] broker "]
+
+    @property
+    def pid(self) -> int | None:
+        """The node's process id while it runs (None before start and after stop)."""
+        return None if self.process is None else self.process.pid
+
+    def alive(self) -> bool:
+        """Whether the node's process was started and has not exited."""
+        return self.process is not None and self.process.poll() is None
 
     def start(self, timeout: float = 20.0) -> BrokerProcess:
         """Start the node and wait until its MQTT port accepts connections."""
+        self.spawn()
+        return self.waitReady(timeout)
+
+    def spawn(self) -> None:
+        """Write the config and start the process without waiting (see L{waitReady})."""
         self.writeConfig()
         # A restart appends to the same log: only lines written from now on count.
         self._logStart = self.log.stat().st_size if self.log.exists() else 0
@@ -89,12 +121,19 @@ port = {self.port}
             cwd=self.workdir,
         )
         logFile.close()
+
+    def waitReady(self, timeout: float = 20.0) -> BrokerProcess:
+        """Wait until the spawned node accepts connections on C{port} and logged L{readyLines}.
+
+        On failure or timeout the node is stopped and the error raised.
+        """
+        assert self.process is not None, "spawn() first"
         try:
             deadline = time.monotonic() + timeout
             while True:
                 if self.process.poll() is not None:
                     raise RuntimeError(
-                        f"broker exited with {self.process.returncode}:\n{self.output()}"
+                        f"{self.name} exited with {self.process.returncode}:\n{self.output()}"
                     )
                 try:
                     waitForPort("127.0.0.1", self.port, timeout=0.2)
@@ -102,8 +141,8 @@ port = {self.port}
                 except TimeoutError:
                     if time.monotonic() > deadline:
                         raise
-            # Accepting sockets is not enough: wait until storage is recovered.
-            self.waitForOutput("[robustmq.core.broker.Broker#info] broker ", max(1.0, deadline - time.monotonic()))
+            for line in self.readyLines():
+                self.waitForOutput(line, max(1.0, deadline - time.monotonic()))
         except BaseException:
             self.stop()
             raise
@@ -117,7 +156,7 @@ port = {self.port}
             if text in out:
                 return out
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.process.returncode}:\n{out}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{out}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{text!r} not logged within {timeout}s:\n{out[-2000:]}")
             time.sleep(0.05)
