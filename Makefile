@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 CONFIG ?= etc/robustmq.toml
 
-.PHONY: venv run test lint unit e2e system-deps bench compare clean
+.PHONY: venv run test lint unit e2e system-deps bench compare cluster-start cluster-stop clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: venv system-deps lint
 
 unit: venv
 	$(BIN)/pytest -p no:cacheprovider tests/unit
+
+## cluster-start: etcd, 3 placement nodes and 3 brokers on loopback (etc/cluster/README.md)
+cluster-start: venv
+	RMQ_VENV=$(abspath $(VENV)) bash etc/cluster/start.sh
+
+## cluster-stop: stop what cluster-start started
+cluster-stop:
+	bash etc/cluster/stop.sh
 
 ## compare: RobustMQ vs mosquitto side by side (see docs/performance.md)
 compare: venv system-deps

@@ -214,6 +214,46 @@ def _duration(seconds: float) -> str:
     return f"{d}d {h}h {m}m" if d else f"{h}h {m}m {s % 60}s" if h else f"{m}m {s % 60}s"
 
 
+CLUSTER_COLUMNS = [
+    ("NODE", "node"),
+    ("ROLES", "roles"),
+    ("STATE", "state"),
+    ("ADDRESS", "address"),
+    ("UPTIME", "uptime"),
+    ("CLIENTS", "clients"),
+]
+
+
+def renderCluster(members: Sequence[dict[str, Any]]) -> str:
+    """The C{cluster status} table: one row per member, then a count of alive and dead."""
+    rows = [
+        {
+            **m,
+            "roles": ",".join(m.get("roles") or []),
+            "uptime": None if m.get("uptime") is None else _duration(m["uptime"]),
+        }
+        for m in members
+    ]
+    alive = sum(1 for m in members if m.get("state") == "alive")
+    footer = f"({len(members)} node(s): {alive} alive, {len(members) - alive} dead)"
+    return f"{formatTable(rows, CLUSTER_COLUMNS)}\n{footer}"
+
+
+def _cluster(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    try:
+        result = api.call("GET", "/api/v1/cluster")
+    except CtlError as e:
+        if e.code != EXIT_NOT_FOUND:
+            raise
+        if "no such endpoint" in str(e):
+            why = f"the node at {api.url} has no cluster API (an older RobustMQ?)"
+        else:
+            why = f"{e} (the node at {api.url} runs with [cluster] enabled = false)"
+        raise CtlError(why, EXIT_NOT_FOUND) from None
+    out.emit(result, lambda r: renderCluster(r["data"]))
+    return 0
+
+
 def _listeners(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
     r = api.call("GET", "/api/v1/listeners")
     columns = [
@@ -585,6 +625,9 @@ def buildParser() -> argparse.ArgumentParser:
 
     sub.add_parser("status", help="node, cluster and counters").set_defaults(run=_status)
     sub.add_parser("listeners", help="listeners and their sockets").set_defaults(run=_listeners)
+    p = sub.add_parser("cluster", help="cluster status: every node, its roles, state and uptime")
+    p.add_argument("action", choices=("status",), nargs="?", default="status")
+    p.set_defaults(run=_cluster)
     sub.add_parser("config", help="effective configuration (secrets hidden)").set_defaults(
         run=_config
     )
@@ -704,4 +747,4 @@ def main(argv: list[str]) -> int:
         return 130
 
 
-__all__ = ["AdminClient", "CtlError", "buildParser", "formatTable", "main"]
+__all__ = ["AdminClient", "CtlError", "buildParser", "formatTable", "main", "renderCluster"]

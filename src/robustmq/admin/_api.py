@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 
 from robustmq.admin._http import (
@@ -38,6 +40,9 @@ if TYPE_CHECKING:
 
 #: Page size when a list request gives no C{limit}.
 DEFAULT_LIMIT = 100
+
+#: Seconds C{GET /api/v1/cluster} waits for the cluster's answer before a 504.
+CLUSTER_STATUS_TIMEOUT = 5.0
 
 #: The secrets of [http] that the config view hides.
 _SECRETS = ("token", "password")
@@ -144,6 +149,7 @@ class AdminAPI:
             Route("GET", "/metrics", self.prometheus),
             Route("GET", f"{v1}/status", self.status),
             Route("GET", f"{v1}/nodes", self.nodes),
+            Route("GET", f"{v1}/cluster", self.cluster),
             Route("GET", f"{v1}/listeners", self.listeners),
             Route("GET", f"{v1}/config", self.config),
             Route("GET", f"{v1}/clients", self.clients),
@@ -277,6 +283,29 @@ class AdminAPI:
     def nodes(self, request: server.Request, params: Params) -> Any:
         """Cluster members (one node until clustering lands)."""
         return {"data": [self._node()]}
+
+    def cluster(self, request: server.Request, params: Params) -> Any:
+        """The broker cluster's members as this node sees them; 404 on a node not in a cluster.
+
+        Each member is C{{node, roles, state ("alive" or "dead"), address,
+        started_at, uptime, clients}}, sorted by node id.
+        """
+        cluster = getattr(self.broker, "cluster", None)
+        if cluster is None:
+            raise APIError(404, "this node is not in a cluster")
+
+        def members(result: list[dict[str, Any]]) -> dict[str, Any]:
+            return {"data": sorted(result, key=lambda m: str(m.get("node", "")))}
+
+        def timedOut(failure: Failure) -> None:
+            failure.trap(defer.TimeoutError)
+            raise APIError(
+                504, f"the cluster did not answer within {CLUSTER_STATUS_TIMEOUT:g} seconds"
+            )
+
+        d = defer.maybeDeferred(cluster.status)
+        d.addTimeout(CLUSTER_STATUS_TIMEOUT, self.broker.reactor)
+        return d.addCallbacks(members, timedOut)
 
     def listeners(self, request: server.Request, params: Params) -> Any:
         """Every listener: protocol, transport, configured and bound address, open sockets."""
@@ -559,4 +588,4 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-__all__ = ["AdminAPI", "DEFAULT_LIMIT"]
+__all__ = ["AdminAPI", "CLUSTER_STATUS_TIMEOUT", "DEFAULT_LIMIT"]

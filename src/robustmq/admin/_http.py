@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hmac
+import inspect
 import ipaddress
 import json
 import re
@@ -19,7 +20,9 @@ from io import BytesIO
 from typing import Any
 from urllib.parse import unquote
 
+from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
@@ -53,7 +56,9 @@ class Route:
     A C{{name}} segment matches one path segment; with C{greedy} the last
     parameter takes the rest of the path, slashes included (retained topics).
     Handlers get the request and the decoded path parameters and return a
-    JSON-able value or a L{RawResponse}, or raise L{APIError}.
+    JSON-able value or a L{RawResponse}, or raise L{APIError}; a handler that
+    must wait returns a L{Deferred} (or a coroutine) of one of those, which may
+    fail with L{APIError}.
     """
 
     method: str
@@ -190,13 +195,58 @@ class AdminResource(Resource):
         request.setHeader(b"x-content-type-options", b"nosniff")
         try:
             result, code = self._dispatch(request, method, path)
-        except APIError as e:
+        except Exception:
+            result, code = self._error(request, Failure(), method, path)
+        if inspect.iscoroutine(result):
+            result = defer.ensureDeferred(result)
+        if isinstance(result, defer.Deferred):
+            self._renderLater(request, result, code, method, path)
+            return server.NOT_DONE_YET
+        return self._body(request, result, code, method)
+
+    def _error(
+        self, request: server.Request, failure: Failure, method: str, path: str
+    ) -> tuple[Any, int]:
+        """The JSON error answer for a handler's failure (logged unless an L{APIError})."""
+        e = failure.value
+        if isinstance(e, APIError):
             if e.code == 401:
                 request.setHeader(b"www-authenticate", self.auth.challenge)
-            result, code = {"error": {"code": e.code, "message": e.message}}, e.code
-        except Exception:
-            self.log.failure("admin API request {method} {path} failed", method=method, path=path)
-            result, code = {"error": {"code": 500, "message": "internal error (see node log)"}}, 500
+            return {"error": {"code": e.code, "message": e.message}}, e.code
+        self.log.failure(
+            "admin API request {method} {path} failed", failure, method=method, path=path
+        )
+        return {"error": {"code": 500, "message": "internal error (see node log)"}}, 500
+
+    def _renderLater(
+        self, request: server.Request, d: defer.Deferred[Any], code: int, method: str, path: str
+    ) -> None:
+        """Answer once C{d} fires; cancel it if the client goes away first."""
+        gone: list[bool] = []
+
+        def lost(reason: Failure) -> None:
+            gone.append(True)
+            d.cancel()
+
+        def answer(result: Any, code: int) -> None:
+            if gone:
+                return
+            try:
+                body = self._body(request, result, code, method)
+            except Exception:
+                body = self._body(request, *self._error(request, Failure(), method, path), method)
+            request.write(body)
+            request.finish()
+
+        def failed(failure: Failure) -> None:
+            if not gone:
+                answer(*self._error(request, failure, method, path))
+
+        request.notifyFinish().addErrback(lost)
+        d.addCallbacks(answer, failed, callbackArgs=(code,))
+
+    def _body(self, request: server.Request, result: Any, code: int, method: str) -> bytes:
+        """Set the status and headers for C{result}; returns the body to send."""
         if isinstance(result, RawResponse):
             request.setResponseCode(result.code)
             request.setHeader(b"content-type", result.contentType)
