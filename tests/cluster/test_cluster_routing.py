@@ -267,3 +267,22 @@ def test_sessionTakenOverByAnotherNodeWithQueuedMessages(
     if got == [b"after"]:
         got = payloads(third, 1)
     assert got == [b"third"]
+
+
+def test_clusterMetricsAndNodeList(cluster: LocalCluster) -> None:
+    b1 = cluster.brokers[0]
+    with urlopen(f"http://127.0.0.1:{b1.httpPort}/metrics") as r:
+        metrics = r.read().decode()
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line.startswith("robustmq_cluster_")
+    }
+    # Earlier tests in this module published from b1 to other nodes.
+    assert samples["robustmq_cluster_forwarded_messages_total"] > 0
+    assert samples['robustmq_cluster_nodes{state="alive"}'] == 5
+    assert 'robustmq_cluster_link_pending{peer="b2"}' in samples
+    with urlopen(f"http://127.0.0.1:{b1.httpPort}/api/v1/nodes") as r:
+        nodes = {n["id"]: n for n in json.load(r)["data"]}
+    assert set(nodes) == {"b1", "b2", "b3", "p1", "p2"}
+    assert nodes["b2"]["addresses"]["mqtt"] == f"127.0.0.1:{cluster.brokers[1].port}"

@@ -260,7 +260,7 @@ class AdminAPI:
         s = broker.stats
         return {
             "node": self._node(),
-            "cluster": {"mode": "single", "nodes": [self._node()]},
+            "cluster": self._membership(),
             "stats": {
                 "connections": s.clientsConnected,
                 "connections_max": s.clientsMaximum,
@@ -280,9 +280,27 @@ class AdminAPI:
             "time": time.time(),
         }
 
+    def _membership(self) -> dict[str, Any]:
+        cluster = getattr(self.broker, "cluster", None)
+        if cluster is None:
+            return {"mode": "single", "nodes": [self._node()]}
+        return {
+            "mode": "cluster",
+            "nodes": [
+                {
+                    "id": info.nodeId,
+                    "roles": list(info.roles),
+                    "state": info.state,
+                    "addresses": dict(info.addresses),
+                }
+                for info in sorted(cluster.nodes.values(), key=lambda n: n.nodeId)
+            ],
+        }
+
     def nodes(self, request: server.Request, params: Params) -> Any:
-        """Cluster members (one node until clustering lands)."""
-        return {"data": [self._node()]}
+        """Cluster members as the placement center last pushed them (this node alone if single);
+        C{/api/v1/cluster} adds uptimes and client counts."""
+        return {"data": self._membership()["nodes"]}
 
     def cluster(self, request: server.Request, params: Params) -> Any:
         """The broker cluster's members as this node sees them; 404 on a node not in a cluster.

@@ -153,6 +153,9 @@ class BrokerCollector(Collector):
             "Retained messages not kept because of max_retained_messages/max_retained_payload",
             value=broker.retained.refused,
         )
+        cluster = getattr(broker, "cluster", None)
+        if cluster is not None:
+            yield from _clusterMetrics(cluster)
 
     def _listenerMetrics(self) -> Iterator[Metric]:
         labels = ["listener", "protocol", "transport"]
@@ -222,6 +225,40 @@ def _wrapperWith(port: Any, attr: str) -> Any:
             return factory
         factory = getattr(factory, "wrappedFactory", None) or getattr(factory, "wrapped", None)
     return None
+
+
+def _clusterMetrics(cluster: Any) -> Iterator[Metric]:
+    """The broker cluster's links (docs/cluster.md)."""
+    yield CounterMetricFamily(
+        "robustmq_cluster_forwarded_messages",
+        "Messages this broker sent to other brokers",
+        value=cluster.forwarded,
+    )
+    yield CounterMetricFamily(
+        "robustmq_cluster_received_messages",
+        "Messages other brokers forwarded to this one",
+        value=cluster.received,
+    )
+    yield CounterMetricFamily(
+        "robustmq_cluster_dropped_messages",
+        "QoS 0 messages for other brokers dropped while their link was down",
+        value=cluster.dropped,
+    )
+    nodes = GaugeMetricFamily(
+        "robustmq_cluster_nodes", "Cluster nodes by state, as last pushed", labels=["state"]
+    )
+    states = [info.state for info in cluster.nodes.values()]
+    for state in ("alive", "dead"):
+        nodes.add_metric([state], states.count(state))
+    yield nodes
+    pending = GaugeMetricFamily(
+        "robustmq_cluster_link_pending",
+        "Messages forwarded to a broker and not yet acknowledged (bound: forward_max_pending)",
+        labels=["peer"],
+    )
+    for peer, link in sorted(cluster.links.items()):
+        pending.add_metric([peer], link.pending)
+    yield pending
 
 
 def _messageMetrics(stats: Stats) -> Iterator[Metric]:

@@ -663,11 +663,18 @@ class ClusterNode(Service):
 
     async def _status(self) -> list[dict[str, Any]]:
         now = time.time()
+        infos = sorted(self.nodes.values(), key=lambda n: n.nodeId)
+        # Ask every broker at once: one slow node must not hold up the rest.
+        answers = await defer.gatherResults(
+            [
+                defer.ensureDeferred(self._remoteStatus(info))
+                if "broker" in info.roles
+                else defer.succeed(None)
+                for info in infos
+            ]
+        )
         rows = []
-        for info in sorted(self.nodes.values(), key=lambda n: n.nodeId):
-            remote = None
-            if "broker" in info.roles:
-                remote = await self._remoteStatus(info)
+        for info, remote in zip(infos, answers, strict=True):
             alive = info.state == "alive"
             address = (
                 info.addresses.get("mqtt")
