@@ -27,7 +27,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
-from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
@@ -53,6 +53,7 @@ from robustmq.core.subscription import SubscriptionOptions, parseFilter
 from robustmq.placement.client import PlacementClient
 from robustmq.placement.records import NodeInfo
 from robustmq.placement.server import ClusterSecretChecker
+from robustmq.transports.tls import serverCertificateOptions
 
 REPLICA_KEY = "replica."
 
@@ -148,7 +149,20 @@ class ClusterNode(Service):
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
-        endpoint = TCP4ServerEndpoint(self.reactor, self.cluster.port, interface=self.cluster.bind)
+        placement = self.settings.placement
+        endpoint: Any
+        if placement.tls_cert:
+            # The broker links use the cluster's certificate, like the placement service.
+            options = serverCertificateOptions(
+                placement.tls_cert, placement.tls_key, "placement.tls_cert", "placement.tls_key"
+            )
+            endpoint = SSL4ServerEndpoint(
+                self.reactor, self.cluster.port, options, interface=self.cluster.bind
+            )
+        else:
+            endpoint = TCP4ServerEndpoint(
+                self.reactor, self.cluster.port, interface=self.cluster.bind
+            )
         factory = makePeerFactory(self, ClusterSecretChecker(self.secret))
         failures: list[Any] = []
         endpoint.listen(factory).addCallbacks(self._listening, failures.append)
@@ -157,7 +171,8 @@ class ClusterNode(Service):
 
     def _listening(self, port: Any) -> None:
         self.port = port
-        self.log.info("broker link listening on {address}", address=self.advertise())
+        tls = " (TLS)" if self.settings.placement.tls_cert else ""
+        self.log.info("broker link listening on {address}{tls}", address=self.advertise(), tls=tls)
 
     def startService(self) -> None:
         if self.port is None:
@@ -251,6 +266,7 @@ class ClusterNode(Service):
                 self.cluster.forward_max_pending,
                 self.reactor,
                 self._dropped,
+                self.settings.placement.tls_ca,
             )
             self.links[info.nodeId] = link
             if self.running:

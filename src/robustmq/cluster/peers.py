@@ -27,13 +27,14 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.cred import portal
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
 from robustmq.cluster import wire
+from robustmq.transports.tls import clientTLSOptions
 
 #: Batches one link may have in flight at once.
 MAX_CALLS = 4
@@ -99,15 +100,24 @@ def makePeerFactory(node: Any, checker: Any) -> pb.PBServerFactory:
 
 
 class _Endpoint:
-    """Connects to the peer's current address (it may change when the peer re-registers)."""
+    """Connects to the peer's current address (it may change when the peer re-registers).
 
-    def __init__(self, reactor: Any, address: str) -> None:
+    With a CA bundle the connection is TLS and the peer's certificate must be
+    issued by that CA for the host connected to.
+    """
+
+    def __init__(self, reactor: Any, address: str, cafile: str = "") -> None:
         self.reactor = reactor
         self.address = address
+        self.cafile = cafile
 
     def connect(self, factory: Any) -> Deferred[Any]:
         host, _, port = self.address.rpartition(":")
-        return HostnameEndpoint(self.reactor, host.strip("[]"), int(port)).connect(factory)
+        host = host.strip("[]")
+        endpoint: Any = HostnameEndpoint(self.reactor, host, int(port))
+        if self.cafile:
+            endpoint = wrapClientTLS(clientTLSOptions(host, cafile=self.cafile), endpoint)
+        return endpoint.connect(factory)  # type: ignore[no-any-return]
 
 
 class _ConnectionFactory(Factory):
@@ -154,6 +164,7 @@ class PeerLink(ClientService):
         maxPending: int,
         reactor: Any,
         onDrop: Callable[[int], None] = lambda n: None,
+        cafile: str = "",
     ) -> None:
         self.localId = localId
         self.peerId = peerId
@@ -162,7 +173,7 @@ class PeerLink(ClientService):
         self.maxPending = maxPending
         self.reactor = reactor
         self.onDrop = onDrop
-        self.endpoint = _Endpoint(reactor, address)
+        self.endpoint = _Endpoint(reactor, address, cafile)
         self.perspective: Any = None
         self.queue: deque[_Entry] = deque()
         #: call number -> entries of a batch in flight
