@@ -121,7 +121,16 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
 
         store = TimedShardStore(store)
     # Users, ACL rules and bans (docs/security.md); the chain runs in [auth] chain order.
-    security = Security.forNode(settings, reactor)
+    if cluster.enabled:
+        # Users, ACL rules and bans shared through the placement center.
+        import os
+
+        from robustmq.cluster.metadata import ClusterMetadataStore
+
+        path = os.path.join(settings.node.data_dir, "metadata", "security.sqlite3")
+        security = Security(settings, reactor, ClusterMetadataStore(path))
+    else:
+        security = Security.forNode(settings, reactor)
     auth = AuthChain(
         [
             findPlugin(IAuthenticatorPlugin, name, f"auth.chain[{i}]").build(settings, security)

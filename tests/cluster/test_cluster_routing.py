@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from urllib.request import urlopen
+from collections.abc import Callable, Iterator
+from urllib.request import Request, urlopen
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -286,3 +286,59 @@ def test_clusterMetricsAndNodeList(cluster: LocalCluster) -> None:
         nodes = {n["id"]: n for n in json.load(r)["data"]}
     assert set(nodes) == {"b1", "b2", "b3", "p1", "p2"}
     assert nodes["b2"]["addresses"]["mqtt"] == f"127.0.0.1:{cluster.brokers[1].port}"
+
+
+def post(port: int, path: str, body: dict) -> dict:
+    request = Request(
+        f"http://127.0.0.1:{port}{path}",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urlopen(request) as r:
+        return json.load(r)  # type: ignore[no-any-return]
+
+
+def refused(port: int, clientId: str, username: str | None = None, password: str = "") -> bool:
+    """Whether CONNECT is refused (paho reports a failure reason code)."""
+    client = PahoClient(port, clientId)
+    if username is not None:
+        client.client.username_pw_set(username, password)
+    try:
+        client.client.connect("127.0.0.1", port)
+        client.client.loop_start()
+        client._started = True
+        deadline = time.monotonic() + 5
+        while client.connectResult is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.connectResult is not None, "no CONNACK"
+        return bool(client.connectResult.is_failure)
+    finally:
+        client.stop()
+
+
+def eventually(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.1)
+
+
+def test_usersAndBansAreClusterWide(cluster: LocalCluster, uniq: str) -> None:
+    b1, b2, b3 = cluster.brokers
+    # A user added on b1 authenticates on b3: a wrong password is refused there.
+    post(b1.httpPort, "/api/v1/users", {"username": f"u{uniq}", "password": "right-pw"})
+    eventually(lambda: refused(b3.port, f"c-{uniq}", f"u{uniq}", "wrong-pw"), "user known on b3")
+    assert not refused(b3.port, f"c-{uniq}", f"u{uniq}", "right-pw")
+    # A ban made on b2 holds on b3 and b1.
+    banned = f"banned-{uniq}"
+    assert not refused(b1.port, banned)
+    post(b2.httpPort, "/api/v1/bans", {"kind": "clientid", "value": banned, "duration": 120})
+    eventually(lambda: refused(b3.port, banned), "ban in force on b3")
+    eventually(lambda: refused(b1.port, banned), "ban in force on b1")
+    # Lifted on b3: gone everywhere.
+    request = Request(
+        f"http://127.0.0.1:{b3.httpPort}/api/v1/bans/clientid/{banned}", method="DELETE"
+    )
+    urlopen(request).close()
+    eventually(lambda: not refused(b1.port, banned), "ban lifted on b1")

@@ -32,6 +32,8 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from robustmq.cluster import wire
+from robustmq.cluster.metadata import PREFIX as META_PREFIX
+from robustmq.cluster.metadata import ClusterMetadataStore
 from robustmq.cluster.peers import FORWARD, FORWARD_FOR, PeerLink, makePeerFactory
 from robustmq.cluster.replication import (
     WILLS,
@@ -123,6 +125,12 @@ class ClusterNode(Service):
         self.port: Any = None
         self.placement = PlacementClient(settings.placement, self._info(), self, reactor)
         self.routes = LocalRoutes(self.placement, reactor, self.cluster.takeover_timeout)
+        #: users, ACL rules and bans shared through the placement center (or None)
+        self.metadata = None
+        security = getattr(broker, "security", None)
+        if isinstance(getattr(security, "metadata", None), ClusterMetadataStore):
+            self.metadata = security.metadata  # type: ignore[union-attr]
+            self.metadata.node = self
         persistence = broker.persistence
         if persistence is not None and self.cluster.replication:
             persistence.store = ReplicatingStore(persistence.store, self.replicator)
@@ -203,7 +211,10 @@ class ClusterNode(Service):
         self.nodes = {info.nodeId: info for info in snapshot["nodes"]}
         self.remote.replace((entry.filter, entry.nodeIds) for entry in snapshot["routes"])
         for entry in snapshot["config"]:
-            self.configChanged(entry)
+            if not entry.key.startswith(META_PREFIX):
+                self.configChanged(entry)
+        if self.metadata is not None:
+            self.metadata.resync(snapshot["config"])
         for info in self.nodes.values():
             self._follow(info)
         self.routes.resync()
@@ -230,6 +241,10 @@ class ClusterNode(Service):
         self.remote.set(entry.filter, entry.nodeIds)
 
     def configChanged(self, entry: Any) -> None:
+        if entry.key.startswith(META_PREFIX):
+            if self.metadata is not None:
+                self.metadata.applyPushed(entry.key, entry.value)
+            return
         if entry.key.startswith(REPLICA_KEY):
             origin = entry.key[len(REPLICA_KEY) :]
             holder = entry.value
