@@ -58,6 +58,8 @@ from robustmq.placement.server import ClusterSecretChecker
 from robustmq.transports.tls import serverCertificateOptions
 
 REPLICA_KEY = "replica."
+#: "adopted.<dead node>" = the adopter, set once the adopted sessions' routes are in place
+ADOPTED_KEY = "adopted."
 
 
 class TakeoverFailed(Exception):
@@ -116,6 +118,8 @@ class ClusterNode(Service):
         #: client id → (connection, stored will) of connected clients with a will
         self._wills: dict[str, tuple[Any, bytes]] = {}
         self._adoptions: dict[str, defer.Deferred[None]] = {}
+        #: dead node -> its last routes, pointed at its adopter until the adopter's are in
+        self._ghosts: dict[str, RemoteRoutes] = {}
         self._handingOver: set[str] = set()
         self._roundRobin: dict[str, int] = {}
         self._registeredOnce = False
@@ -231,6 +235,16 @@ class ClusterNode(Service):
         self._follow(info)
         if info.state == "dead" and (previous is None or previous.state != "dead"):
             self.log.warn("broker {node} is dead", node=info.nodeId)
+            ghost = RemoteRoutes("", 1000)
+            for key, nodes in self.remote.items():
+                if info.nodeId in nodes:
+                    ghost.set(key, (info.nodeId,))
+            if len(ghost):
+                self._ghosts[info.nodeId] = ghost
+                # Bounded in time even if the adopter never announces itself.
+                self.reactor.callLater(
+                    2 * self.cluster.takeover_timeout, self._ghosts.pop, info.nodeId, None
+                )
             self.remote.dropNode(info.nodeId)
             defer.ensureDeferred(self._nodeDied(info.nodeId)).addErrback(
                 lambda f: self.log.failure("handling the death of {n} failed", f, n=info.nodeId)
@@ -244,6 +258,10 @@ class ClusterNode(Service):
         if entry.key.startswith(META_PREFIX):
             if self.metadata is not None:
                 self.metadata.applyPushed(entry.key, entry.value)
+            return
+        if entry.key.startswith(ADOPTED_KEY):
+            # The adopter's routes for that node's sessions are in place.
+            self._ghosts.pop(entry.key[len(ADOPTED_KEY) :], None)
             return
         if entry.key.startswith(REPLICA_KEY):
             origin = entry.key[len(REPLICA_KEY) :]
@@ -318,8 +336,16 @@ class ClusterNode(Service):
         topic = message.topic
         if topic.startswith("$SYS/"):
             return broker.routeLocally(message)  # type: ignore[no-any-return]
-        count: int = broker.routeLocally(message, sharedGroups=False)
         normal, sharedRemote = self.remote.match(topic)
+        #: holder node -> the dead node whose sessions it must adopt before routing
+        via: dict[str, str] = {}
+        if self._ghosts:
+            normal, sharedRemote, via = self._ghostTargets(topic, normal, sharedRemote)
+            dead = via.get(self.nodeId)
+            if dead is not None:
+                # We are adopting subscribers of this topic: route once they are here.
+                return self._routeAfterAdoption(dead, message)
+        count: int = broker.routeLocally(message, sharedGroups=False)
         local: dict[str, Any] = {}
         if broker.groups:
             for subscriber, _ in broker.router.match(topic):
@@ -345,16 +371,64 @@ class ClusterNode(Service):
             targets.update(n for n in self.aliveBrokers() if n != self.nodeId)
         for nodeId in targets:
             flags = (wire.ROUTE if nodeId in normal else 0) | (wire.RETAIN if message.retain else 0)
-            self._send(nodeId, message, flags, groups.get(nodeId))
+            self._send(nodeId, message, flags, groups.get(nodeId), via.get(nodeId))
         return count + len(normal)
 
-    def _send(self, nodeId: str, message: Message, flags: int, groups: list[str] | None) -> None:
+    def _ghostTargets(
+        self, topic: str, normal: frozenset[str], shared: dict[str, set[str]]
+    ) -> tuple[frozenset[str], dict[str, set[str]], dict[str, str]]:
+        """Add the routes of dead nodes whose sessions are being adopted, pointed at the
+        adopting nodes (until those announce that their own routes are in place)."""
+        via: dict[str, str] = {}
+        normalNodes = set(normal)
+        sharedNodes = {key: set(nodes) for key, nodes in shared.items()}
+        for dead, ghost in self._ghosts.items():
+            ghostNormal, ghostShared = ghost.match(topic)
+            if not ghostNormal and not ghostShared:
+                continue
+            holder = self.replicaOf.get(dead)
+            if holder is None or not (holder == self.nodeId or self._alive(holder)):
+                continue
+            via[holder] = dead
+            if ghostNormal:
+                normalNodes.add(holder)
+            for key in ghostShared:
+                sharedNodes.setdefault(key, set()).add(holder)
+        return frozenset(normalNodes), sharedNodes, via
+
+    def _routeAfterAdoption(self, dead: str, message: Message) -> int:
+        done: defer.Deferred[Any] = defer.Deferred()
+
+        def routeNow(_: Any) -> None:
+            broker = self.broker
+            outer, broker.pendingWrites = broker.pendingWrites, []
+            try:
+                self.route(message)
+                writes = broker.pendingWrites
+            finally:
+                broker.pendingWrites = outer
+                broker.congestion.clear()
+            defer.gatherResults(writes, consumeErrors=True).addBoth(done.callback)
+
+        self.adopt(dead).addCallback(routeNow)
+        self.broker.pendingWrites.append(done)
+        return 1
+
+    def _send(
+        self,
+        nodeId: str,
+        message: Message,
+        flags: int,
+        groups: list[str] | None,
+        via: str | None = None,
+    ) -> None:
         link = self.links.get(nodeId)
         if link is None:
             self.dropped += 1
             return
         entry = wire.encodeForward(message, flags, groups)
-        waiter = link.send(FORWARD, entry, message.qos, (message, flags, groups))
+        kind = FORWARD if via is None else FORWARD_FOR + via
+        waiter = link.send(kind, entry, message.qos, (message, flags, groups))
         self.forwarded += 1
         broker = self.broker
         if waiter is not None:
@@ -597,6 +671,8 @@ class ClusterNode(Service):
                 raise TakeoverFailed(f"{origin} is not declared dead")
             await deferLater(self.reactor, 0.1, lambda: None)
         if origin not in await self.replicas.origins():
+            self._ghosts.pop(origin, None)
+            await self.placement.call("setConfig", f"{ADOPTED_KEY}{origin}", self.nodeId)
             return
         records, wills = await self.replicas.load(origin)
         broker = self.broker
@@ -621,6 +697,8 @@ class ClusterNode(Service):
             origin=origin,
         )
         await self.replicas.reset(origin)
+        self._ghosts.pop(origin, None)
+        await self.placement.call("setConfig", f"{ADOPTED_KEY}{origin}", self.nodeId)
 
     async def _afterFirstRegistration(self) -> None:
         """Sessions restored from disk that another node took meanwhile are dropped; retained
