@@ -58,6 +58,8 @@ from robustmq.placement.server import ClusterSecretChecker
 from robustmq.transports.tls import serverCertificateOptions
 
 REPLICA_KEY = "replica."
+#: Shared groups whose round-robin turn is remembered (beyond it all turns restart).
+MAX_SHARED_TURNS = 100_000
 #: "adopted.<dead node>" = the adopter, set once the adopted sessions' routes are in place
 ADOPTED_KEY = "adopted."
 
@@ -359,6 +361,8 @@ class ClusterNode(Service):
                     holders.add(self.nodeId)
                 ordered = sorted(holders)
                 turn = self._roundRobin.get(key, 0)
+                if turn == 0 and len(self._roundRobin) >= MAX_SHARED_TURNS:
+                    self._roundRobin.clear()  # bound: forget every group's turn
                 self._roundRobin[key] = turn + 1
                 chosen = ordered[turn % len(ordered)]
                 if chosen == self.nodeId:
