@@ -34,6 +34,7 @@ from twisted.spread import pb
 from zope.interface import implementer
 
 from robustmq.cluster import wire
+from robustmq.placement.pbclient import dropFailedConnection, failLoginOnDisconnect
 from robustmq.transports.tls import clientTLSOptions
 
 #: Batches one link may have in flight at once.
@@ -216,19 +217,16 @@ class PeerLink(ClientService):
                 peer=self.peerId,
                 error=f.getErrorMessage(),
             )
-            # See PlacementClient._prepare: close it without confusing ClientService.
-            if hasattr(broker, "_lostNotification"):
-                broker._lostNotification = lambda reason: None
-            transport = getattr(broker, "transport", None)
-            if transport is not None:
-                transport.loseConnection()
+            dropFailedConnection(broker)
             return f
 
         return d.addErrback(failed)
 
     async def _login(self, broker: pb.Broker) -> None:
         creds = UsernamePassword(self.localId.encode(), self.secret.encode())
+        lost = failLoginOnDisconnect(broker)
         perspective = await broker.factory.login(creds)
+        broker.dontNotifyOnDisconnect(lost)
         broker.notifyOnDisconnect(lambda: self._lost(perspective))
         self.perspective = perspective
         self.log.info(

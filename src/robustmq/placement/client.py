@@ -32,6 +32,7 @@ from twisted.spread import pb
 
 from robustmq.config import ConfigError, PlacementSettings
 from robustmq.placement.errors import NotLeaderError, NotRegisteredError, isRemote
+from robustmq.placement.pbclient import dropFailedConnection, failLoginOnDisconnect
 from robustmq.placement.records import NodeInfo, decodeBatch
 from robustmq.transports.tls import clientTLSOptions
 
@@ -247,15 +248,7 @@ class PlacementClient(ClientService):
 
         def failed(f: Any) -> Any:
             self.log.warn("placement login/registration failed: {error}", error=f.getErrorMessage())
-            # ClientService counts the attempt as failed (so the back-off
-            # grows) but leaves the connection open, and its state machine
-            # has no transition for that connection's later loss: close it
-            # ourselves without notifying the machine.
-            if hasattr(broker, "_lostNotification"):
-                broker._lostNotification = lambda reason: None
-            transport = getattr(broker, "transport", None)
-            if transport is not None:
-                transport.loseConnection()
+            dropFailedConnection(broker)
             return f
 
         return d.addErrback(failed)
@@ -263,7 +256,9 @@ class PlacementClient(ClientService):
     async def _login(self, broker: pb.Broker) -> None:
         factory: pb.PBClientFactory = broker.factory
         creds = UsernamePassword(self.info.nodeId.encode(), self.settings.cluster_secret.encode())
+        lost = failLoginOnDisconnect(broker)
         perspective = await factory.login(creds, client=self.listener)
+        broker.dontNotifyOnDisconnect(lost)
         broker.notifyOnDisconnect(self._disconnected)
         await self._register(perspective)
 
