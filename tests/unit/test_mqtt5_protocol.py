@@ -74,6 +74,38 @@ def sub(h, cid, *filters, props=None, **kw) -> Client5:
     return c
 
 
+def dropWithWill(h: InMemoryBroker, clientId: str, sessionExpiry: int, willDelay: int) -> None:
+    """Connect C{clientId} with a will (b"gone" on will/<clientId>), then drop the connection."""
+    Client5(
+        h,
+        clientId,
+        willTopic=f"will/{clientId}",
+        willPayload=b"gone",
+        properties={"session_expiry_interval": sessionExpiry},
+        willProperties={"will_delay_interval": willDelay},
+    ).lose()
+
+
+def scramAuthentication(data: bytes) -> dict:
+    """The AUTH/CONNECT properties carrying one SCRAM-SHA-256 message."""
+    return {"authentication_method": "SCRAM-SHA-256", "authentication_data": data}
+
+
+def scramAsAlice(password: str) -> tuple[ScramClient, Client5]:
+    """Run SCRAM-SHA-256 as alice (whose password is s3cret) up to the client's final message.
+
+    Returns the client's SCRAM state and the connection; the server's verdict
+    (CONNACK) is the next packet received.
+    """
+    h = harness(scram_users=[{"username": "alice", "password": "s3cret"}])
+    client = ScramClient("alice", password)
+    c = Client5(h, "scram", properties=scramAuthentication(client.first()))
+    assert isinstance(c.connack, Auth) and c.connack.reasonCode == Reason.CONTINUE_AUTHENTICATION
+    serverFirst = c.connack.properties["authentication_data"]
+    c.send(Auth(Reason.CONTINUE_AUTHENTICATION, scramAuthentication(client.final(serverFirst))))
+    return client, c
+
+
 def test_connackAdvertisesCapabilities_MQTT_3_2_2():
     h = harness(max_qos=1, retain_available=False, wildcard_subscription=False)
     c = Client5(h, "a")
@@ -363,14 +395,7 @@ def test_departedSharedMemberMessagesRedelivered():
 def test_willDelay_MQTT_3_1_3_9():
     h = harness()
     w = sub(h, "w", ("will/#", 0))
-    Client5(
-        h,
-        "dies",
-        willTopic="will/dies",
-        willPayload=b"gone",
-        properties={"session_expiry_interval": 60},
-        willProperties={"will_delay_interval": 5},
-    ).lose()
+    dropWithWill(h, "dies", sessionExpiry=60, willDelay=5)
     h.clock.advance(4)
     assert w.received() == []
     h.clock.advance(2)
@@ -380,14 +405,7 @@ def test_willDelay_MQTT_3_1_3_9():
 def test_willNotSentWhenResumedInTime():
     h = harness()
     w = sub(h, "w", ("will/#", 0))
-    Client5(
-        h,
-        "back",
-        willTopic="will/back",
-        willPayload=b"gone",
-        properties={"session_expiry_interval": 60},
-        willProperties={"will_delay_interval": 5},
-    ).lose()
+    dropWithWill(h, "back", sessionExpiry=60, willDelay=5)
     h.clock.advance(2)
     Client5(h, "back", cleanSession=False, properties={"session_expiry_interval": 60})
     h.clock.advance(10)
@@ -397,14 +415,7 @@ def test_willNotSentWhenResumedInTime():
 def test_willAtSessionEndWhenSooner():
     h = harness()
     w = sub(h, "w", ("will/#", 0))
-    Client5(
-        h,
-        "short",
-        willTopic="will/short",
-        willPayload=b"gone",
-        properties={"session_expiry_interval": 2},
-        willProperties={"will_delay_interval": 30},
-    ).lose()
+    dropWithWill(h, "short", sessionExpiry=2, willDelay=30)
     h.clock.advance(2.5)
     assert [m.payload for m in w.received()] == [b"gone"]
 
@@ -483,28 +494,7 @@ def test_pubrecErrorEndsFlow():
 
 
 def test_scramEnhancedAuthentication_MQTT_4_12():
-    h = InMemoryBroker(
-        {"mqtt": {"sys_interval": 0, "scram_users": [{"username": "alice", "password": "s3cret"}]}}
-    )
-    client = ScramClient("alice", "s3cret")
-    c = Client5(
-        h,
-        "scram",
-        properties={
-            "authentication_method": "SCRAM-SHA-256",
-            "authentication_data": client.first(),
-        },
-    )
-    assert isinstance(c.connack, Auth) and c.connack.reasonCode == Reason.CONTINUE_AUTHENTICATION
-    c.send(
-        Auth(
-            Reason.CONTINUE_AUTHENTICATION,
-            {
-                "authentication_method": "SCRAM-SHA-256",
-                "authentication_data": client.final(c.connack.properties["authentication_data"]),
-            },
-        )
-    )
+    client, c = scramAsAlice("s3cret")
     [connack] = c.received()
     assert connack.returnCode == 0
     assert client.verify(connack.properties["authentication_data"])
@@ -512,27 +502,7 @@ def test_scramEnhancedAuthentication_MQTT_4_12():
 
 
 def test_scramWrongPassword():
-    h = InMemoryBroker(
-        {"mqtt": {"sys_interval": 0, "scram_users": [{"username": "alice", "password": "s3cret"}]}}
-    )
-    client = ScramClient("alice", "nope")
-    c = Client5(
-        h,
-        "scram",
-        properties={
-            "authentication_method": "SCRAM-SHA-256",
-            "authentication_data": client.first(),
-        },
-    )
-    c.send(
-        Auth(
-            Reason.CONTINUE_AUTHENTICATION,
-            {
-                "authentication_method": "SCRAM-SHA-256",
-                "authentication_data": client.final(c.connack.properties["authentication_data"]),
-            },
-        )
-    )
+    _, c = scramAsAlice("nope")
     [connack] = c.received()
     assert connack.returnCode == Reason.BAD_USER_NAME_OR_PASSWORD
 
