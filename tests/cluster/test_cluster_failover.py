@@ -16,6 +16,7 @@ from urllib.request import urlopen
 
 import paho.mqtt.client as mqtt
 import pytest
+from clusterclients import awaitRoute, connect, drain
 
 from robustmq.testing.cluster import BrokerNode, LocalCluster
 from robustmq.testing.paho import PahoClient
@@ -29,43 +30,6 @@ def clients() -> Iterator[list[PahoClient]]:
     yield made
     for client in made:
         client.stop()
-
-
-def connect(made: list[PahoClient], port: int, clientId: str, clean: bool = True) -> PahoClient:
-    client = PahoClient(port, clientId, mqtt.MQTTv311, clean)
-    made.append(client)
-    return client.connect()
-
-
-def awaitRoute(publisher: PahoClient, subscribers: list[PahoClient], topic: str) -> None:
-    """Publish probes until every subscriber has one (routes reached the publisher's node)."""
-    deadline = time.monotonic() + 15
-    pending = list(subscribers)
-    while pending:
-        assert time.monotonic() < deadline, "routes never reached the publisher's node"
-        publisher.publish(topic, b"probe", 1)
-        for s in list(pending):
-            try:
-                s.expect(0.2)
-                pending.remove(s)
-            except AssertionError:
-                pass
-    time.sleep(0.3)
-    for s in subscribers:
-        while not s.messages.empty():
-            s.messages.get()
-
-
-def drain(client: PahoClient, into: set[bytes], until: set[bytes], timeout: float) -> None:
-    """Collect payloads (other than probes) into C{into} until it holds C{until} or time ends."""
-    deadline = time.monotonic() + timeout
-    while not until <= into and time.monotonic() < deadline:
-        try:
-            msg = client.expect(0.2)
-        except AssertionError:
-            continue
-        if msg.payload != b"probe":
-            into.add(msg.payload)
 
 
 def test_brokerKilledUnderQos1LoadLosesNoAcknowledgedMessage(

@@ -14,6 +14,7 @@ from urllib.request import Request, urlopen
 
 import paho.mqtt.client as mqtt
 import pytest
+from clusterclients import awaitRoute, connect, payloads
 
 from robustmq.testing.cluster import LocalCluster
 from robustmq.testing.paho import PahoClient
@@ -40,57 +41,9 @@ def clients() -> Iterator[list[PahoClient]]:
         client.stop()
 
 
-def connect(
-    made: list[PahoClient],
-    port: int,
-    clientId: str,
-    protocol: int = mqtt.MQTTv311,
-    clean: bool = True,
-) -> PahoClient:
-    client = PahoClient(port, clientId, protocol, clean)
-    made.append(client)
-    return client.connect()
-
-
-def awaitRoute(publisher: PahoClient, subscriber: PahoClient, topic: str) -> None:
-    """Publish probes on C{topic} until one arrives: the subscriber's route reached the
-    publisher's node (routes propagate through the placement center just after SUBACK)."""
-    deadline = time.monotonic() + 15
-    while True:
-        publisher.publish(topic, b"probe", 1)
-        try:
-            msg = subscriber.expect(0.3)
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"route for {topic} never reached the publisher's node"
-                ) from None
-            continue
-        assert msg.payload == b"probe"
-        # Later probes may still be on their way: drain them.
-        while True:
-            try:
-                subscriber.expect(0.3)
-            except AssertionError:
-                return
-
-
 def clusterTable(port: int) -> dict[str, dict]:
     with urlopen(f"http://127.0.0.1:{port}/api/v1/cluster") as r:
         return {row["node"]: row for row in json.load(r)["data"]}
-
-
-def payloads(client: PahoClient, n: int, timeout: float = 15.0) -> list[bytes]:
-    """The next C{n} payloads other than route probes."""
-    deadline = time.monotonic() + timeout
-    got: list[bytes] = []
-    while len(got) < n:
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"only {len(got)} of {n} messages: {got[-3:]}"
-        msg = client.expect(remaining)
-        if msg.payload != b"probe":
-            got.append(msg.payload)
-    return got
 
 
 def test_everyNodeRegisteredAndListed(cluster: LocalCluster) -> None:
