@@ -241,7 +241,9 @@ class ACLSettings:
 
     no_match: str = field(default="allow", metadata=_choice("allow", "deny"))
     deny_action: str = field(default="ignore", metadata=_choice("ignore", "disconnect"))
-    sources: tuple[str, ...] = field(default=("store", "file"), metadata={"items": ("store", "file")})
+    sources: tuple[str, ...] = field(
+        default=("store", "file"), metadata={"items": ("store", "file")}
+    )
     file: str = ""
     sys_readable: bool = True
     max_rules: int = field(default=10_000, metadata=_range(1, None))
@@ -614,6 +616,12 @@ def _checkCluster(settings: Settings) -> None:
         raise ConfigError(
             "placement.cluster_secret: must be set when cluster.enabled is true "
             "(every node logs in with it)"
+        )
+    if cluster.enabled and cluster.takeover_timeout <= settings.placement.heartbeat_timeout:
+        raise ConfigError(
+            "cluster.takeover_timeout: must be longer than placement.heartbeat_timeout "
+            "(a client of a dead node waits for the node to be declared dead and its "
+            "sessions adopted)"
         )
     if "broker" not in settings.node.roles and not cluster.enabled:
         raise ConfigError(

@@ -130,6 +130,9 @@ def test_placementLeaderKilledClusterKeepsRouting(clients: list[PahoClient]) -> 
         awaitRoute(publisher2, [late], f"n/{uniq}/probe")
         publisher2.publish(f"n/{uniq}/t", b"after", 1)
         assert late.expect().payload == b"after"
+        # Clients never noticed: their connections stayed up throughout.
+        assert sub.connected.is_set() and not sub.disconnected.is_set()
+        assert publisher.connected.is_set() and not publisher.disconnected.is_set()
 
 
 PB_LOGIN = """

@@ -42,6 +42,18 @@ def test_shippedConfigLoads():
         ({"listeners": [{"port": 1}, {"port": 1}]}, "listeners[1].port: 0.0.0.0:1 is already used"),
         ({"listeners": {"port": 1}}, "listeners: expected an array of tables"),
         ({"node": {"roles": ["broker", "x"]}}, "node.roles: unknown value 'x'"),
+        ({"cluster": {"enabled": True}}, "placement.cluster_secret: must be set"),
+        ({"node": {"roles": ["placement"]}}, "node.roles: a node without the broker role"),
+        ({"cluster": {"bind": "host"}}, "cluster.bind: 'host' is not an IP address"),
+        ({"cluster": {"advertise": "nohost"}}, "cluster.advertise: 'nohost' is not 'host:port'"),
+        (
+            {
+                "cluster": {"enabled": True, "takeover_timeout": 3},
+                "placement": {"cluster_secret": "s", "heartbeat_timeout": 5},
+            },
+            "cluster.takeover_timeout: must be longer than placement.heartbeat_timeout",
+        ),
+        ({"placement": {"tls_key": "k.pem"}}, "placement.tls_key: set without placement.tls_cert"),
     ],
 )
 def test_badValuesNameTheKey(data, message):
