@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import crc32c
 from twisted.internet.address import IPv4Address
@@ -33,6 +34,47 @@ class _OnePassword:
 def _batch(n: int) -> bytes:
     tail = struct.pack(">hiqqqhii", 0, n - 1, 1000, 1000, -1, -1, -1, n) + b"\x00" * 7 * n
     return struct.pack(">qiibI", 0, 9 + len(tail), 0, 2, crc32c.crc32c(tail)) + tail
+
+
+def _produce(records: bytes, acks: int = 1) -> dict:
+    """A Produce body writing C{records} (a record batch) to partition 0 of topic "t"."""
+    return {
+        "acks": acks,
+        "timeout_ms": 1000,
+        "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": records}]}],
+    }
+
+
+def _longPoll(fetchOffset: int) -> dict:
+    """A Fetch body (v11 layout) for partition 0 of "t" that waits up to 5 s for one byte."""
+    return {
+        "replica_id": -1,
+        "max_wait_ms": 5000,
+        "min_bytes": 1,
+        "max_bytes": 1 << 20,
+        "isolation_level": 0,
+        "topics": [
+            {
+                "topic": "t",
+                "partitions": [
+                    {"partition": 0, "fetch_offset": fetchOffset, "partition_max_bytes": 1 << 20}
+                ],
+            }
+        ],
+    }
+
+
+#: A ListOffsets body asking for the end offset of partition 0 of "t".
+_LATEST_OFFSET = {
+    "replica_id": -1,
+    "topics": [{"name": "t", "partitions": [{"partition_index": 0, "timestamp": -1}]}],
+}
+
+
+def _sendPlain(proto: Any, authBytes: bytes) -> None:
+    """SaslHandshake for PLAIN (correlation id 1), then SaslAuthenticate with C{authBytes} (2)."""
+    proto.dataReceived(encodeRequest(17, 1, 1, {"mechanism": "PLAIN"}))
+    proto.dataReceived(encodeRequest(36, 2, 2, {"auth_bytes": authBytes}))
 
 
 class KafkaProtocolTests(TestCase):
@@ -70,6 +112,13 @@ class KafkaProtocolTests(TestCase):
         transport.clear()
         return frames
 
+    def connectWithTopic(self) -> tuple[Any, StringTransport]:
+        """A connection that created topic "t" (Metadata, correlation id 1); its answer is read."""
+        proto, t = self.connect()
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
+        self.responses(t)
+        return proto, t
+
     def test_apiVersionsTooNewThenSupported(self) -> None:
         """v9 gets the v0-layout UNSUPPORTED_VERSION; v3 then succeeds."""
         proto, t = self.connect()
@@ -93,27 +142,10 @@ class KafkaProtocolTests(TestCase):
 
     def test_acksZeroHasNoResponse(self) -> None:
         """Produce with acks=0 is stored but not answered; the next request is."""
-        proto, t = self.connect()
-        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
-        self.responses(t)
-        produce = {
-            "acks": 0,
-            "timeout_ms": 1000,
-            "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": _batch(4)}]}],
-        }
+        proto, t = self.connectWithTopic()
         proto.dataReceived(
-            encodeRequest(0, 7, 2, produce)
-            + encodeRequest(
-                2,
-                1,
-                3,
-                {
-                    "replica_id": -1,
-                    "topics": [
-                        {"name": "t", "partitions": [{"partition_index": 0, "timestamp": -1}]}
-                    ],
-                },
-            )
+            encodeRequest(0, 7, 2, _produce(_batch(4), acks=0))
+            + encodeRequest(2, 1, 3, _LATEST_OFFSET)
         )
         (only,) = self.responses(t)
         corr, body = decodeResponse(2, 1, only)
@@ -122,50 +154,21 @@ class KafkaProtocolTests(TestCase):
 
     def test_corruptBatchRefused(self) -> None:
         """A batch whose CRC does not match gets CORRUPT_MESSAGE."""
-        proto, t = self.connect()
-        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
-        self.responses(t)
+        proto, t = self.connectWithTopic()
         bad = bytearray(_batch(2))
         bad[-1] ^= 0xFF
-        produce = {
-            "acks": 1,
-            "timeout_ms": 1000,
-            "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": bytes(bad)}]}],
-        }
-        proto.dataReceived(encodeRequest(0, 7, 2, produce))
+        proto.dataReceived(encodeRequest(0, 7, 2, _produce(bytes(bad))))
         (frame,) = self.responses(t)
         body = decodeResponse(0, 7, frame)[1]
         self.assertEqual(body["responses"][0]["partition_responses"][0]["error_code"], 2)
 
     def test_fetchLongPollsUntilProduce(self) -> None:
         """A Fetch with min_bytes waits; a produce on another connection releases it."""
-        proto, t = self.connect()
-        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
-        self.responses(t)
-        fetch = {
-            "replica_id": -1,
-            "max_wait_ms": 5000,
-            "min_bytes": 1,
-            "max_bytes": 1 << 20,
-            "isolation_level": 0,
-            "topics": [
-                {
-                    "topic": "t",
-                    "partitions": [
-                        {"partition": 0, "fetch_offset": 0, "partition_max_bytes": 1 << 20}
-                    ],
-                }
-            ],
-        }
-        proto.dataReceived(encodeRequest(1, 11, 2, fetch))
+        proto, t = self.connectWithTopic()
+        proto.dataReceived(encodeRequest(1, 11, 2, _longPoll(0)))
         self.assertEqual(self.responses(t), [])
         other, t2 = self.connect()
-        produce = {
-            "acks": 1,
-            "timeout_ms": 1000,
-            "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": _batch(2)}]}],
-        }
-        other.dataReceived(encodeRequest(0, 7, 1, produce))
+        other.dataReceived(encodeRequest(0, 7, 1, _produce(_batch(2))))
         frames = self.responses(t)
         self.assertEqual(len(frames), 1)
         body = decodeResponse(1, 11, frames[0])[1]
@@ -180,41 +183,16 @@ class KafkaProtocolTests(TestCase):
         behind it would wait out the Fetch's max_wait_ms (a consumer's watermark
         query, commit or heartbeat on its fetch connection, every time).
         """
-        proto, t = self.connect()
-        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
+        proto, t = self.connectWithTopic()
+        proto.dataReceived(encodeRequest(0, 7, 2, _produce(_batch(3))))
         self.responses(t)
-        produce = {
-            "acks": 1,
-            "timeout_ms": 1000,
-            "topic_data": [{"name": "t", "partition_data": [{"index": 0, "records": _batch(3)}]}],
-        }
-        proto.dataReceived(encodeRequest(0, 7, 2, produce))
-        self.responses(t)
-        fetch = {
-            "replica_id": -1,
-            "max_wait_ms": 5000,
-            "min_bytes": 1,
-            "max_bytes": 1 << 20,
-            "isolation_level": 0,
-            "topics": [
-                {
-                    "topic": "t",
-                    "partitions": [
-                        {"partition": 0, "fetch_offset": 3, "partition_max_bytes": 1 << 20}
-                    ],
-                }
-            ],
-        }
-        listOffsets = {
-            "replica_id": -1,
-            "topics": [{"name": "t", "partitions": [{"partition_index": 0, "timestamp": -1}]}],
-        }
+        fetch = _longPoll(3)
         # the ListOffsets arrives while the Fetch is parked ...
         proto.dataReceived(encodeRequest(1, 11, 3, fetch))
         self.assertEqual(self.responses(t), [])
-        proto.dataReceived(encodeRequest(2, 1, 4, listOffsets))
+        proto.dataReceived(encodeRequest(2, 1, 4, _LATEST_OFFSET))
         # ... or in the same segment as it
-        proto.dataReceived(encodeRequest(1, 11, 5, fetch) + encodeRequest(2, 1, 6, listOffsets))
+        proto.dataReceived(encodeRequest(1, 11, 5, fetch) + encodeRequest(2, 1, 6, _LATEST_OFFSET))
         frames = self.responses(t)
         self.assertEqual([struct.unpack(">i", f[:4])[0] for f in frames], [3, 4, 5, 6])
         for fetched, listed in ((frames[0], frames[1]), (frames[2], frames[3])):
@@ -232,9 +210,7 @@ class KafkaProtocolTests(TestCase):
 
     def test_fetchTimesOutEmpty(self) -> None:
         """With nothing to read the Fetch answers when max_wait_ms passes on the clock."""
-        proto, t = self.connect()
-        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
-        self.responses(t)
+        proto, t = self.connectWithTopic()
         fetch = {
             "replica_id": -1,
             "max_wait_ms": 500,
@@ -258,16 +234,14 @@ class KafkaProtocolTests(TestCase):
         """With sasl_required, PLAIN through the auth chain: right password in, wrong one out."""
         self.makeNode({"sasl_required": True})
         proto, t = self.connect()
-        proto.dataReceived(encodeRequest(17, 1, 1, {"mechanism": "PLAIN"}))
-        proto.dataReceived(encodeRequest(36, 2, 2, {"auth_bytes": b"\x00alice\x00secret"}))
+        _sendPlain(proto, b"\x00alice\x00secret")
         proto.dataReceived(encodeRequest(3, 1, 3, {"topics": []}))
         frames = self.responses(t)
         self.assertEqual(decodeResponse(17, 1, frames[0])[1]["mechanisms"][0], "PLAIN")
         self.assertEqual(decodeResponse(36, 2, frames[1])[1]["error_code"], 0)
         self.assertEqual(len(frames), 3)
         bad, t2 = self.connect()
-        bad.dataReceived(encodeRequest(17, 1, 1, {"mechanism": "PLAIN"}))
-        bad.dataReceived(encodeRequest(36, 2, 2, {"auth_bytes": b"\x00alice\x00wrong"}))
+        _sendPlain(bad, b"\x00alice\x00wrong")
         frames = self.responses(t2)
         self.assertEqual(decodeResponse(36, 2, frames[1])[1]["error_code"], 58)
         self.clock.advance(0)
@@ -307,8 +281,7 @@ class KafkaProtocolTests(TestCase):
         self.makeNode({"sasl_required": True}, ({"username": "bob", "password": "pw"},))
         for password, code in ((b"pw", 0), (b"secret", 58)):
             proto, t = self.connect()
-            proto.dataReceived(encodeRequest(17, 1, 1, {"mechanism": "PLAIN"}))
-            proto.dataReceived(encodeRequest(36, 2, 2, {"auth_bytes": b"\x00bob\x00" + password}))
+            _sendPlain(proto, b"\x00bob\x00" + password)
             frames = self.responses(t)
             mechanisms = decodeResponse(17, 1, frames[0])[1]["mechanisms"]
             self.assertEqual(mechanisms, ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
