@@ -56,6 +56,28 @@ def _atEnd(consumer: Consumer) -> bool:
     return True
 
 
+def _kafkaPythonConsumer(bootstrap: str, topic: str) -> KafkaConsumer:
+    """A kafka-python consumer of C{topic} in the group of that name, committing by hand."""
+    return KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=topic,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=int(TIMEOUT * 1000),
+    )
+
+
+def _take(consumer: KafkaConsumer, n: int) -> list[int]:
+    """The next C{n} record values read as integers (fewer if TIMEOUT passes with none)."""
+    values: list[int] = []
+    for m in consumer:
+        values.append(int(m.value))
+        if len(values) == n:
+            break
+    return values
+
+
 def test_threeMemberRebalanceCommitResume(kafkaNode: KafkaNodeProcess, uniq: str) -> None:
     """Two members split six partitions, a third joins, one leaves; commits resume."""
     bootstrap = kafkaNode.bootstrap
@@ -148,19 +170,8 @@ def test_restartKeepsDataAndOffsets(uniq: str) -> None:
         for i in range(20):
             p.produce(uniq, value=b"%d" % i)
         assert p.flush(TIMEOUT) == 0
-        c = KafkaConsumer(
-            uniq,
-            bootstrap_servers=node.bootstrap,
-            group_id=uniq,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            consumer_timeout_ms=int(TIMEOUT * 1000),
-        )
-        first = []
-        for m in c:
-            first.append(int(m.value))
-            if len(first) == 20:
-                break
+        c = _kafkaPythonConsumer(node.bootstrap, uniq)
+        first = _take(c, 20)
         from kafka import OffsetAndMetadata, TopicPartition
 
         c.commit({TopicPartition(uniq, 0): OffsetAndMetadata(12, "", -1)})
@@ -168,19 +179,8 @@ def test_restartKeepsDataAndOffsets(uniq: str) -> None:
         assert first == list(range(20))
         node.stop()
         node.start()
-        c = KafkaConsumer(
-            uniq,
-            bootstrap_servers=node.bootstrap,
-            group_id=uniq,
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            consumer_timeout_ms=int(TIMEOUT * 1000),
-        )
-        rest = []
-        for m in c:
-            rest.append(int(m.value))
-            if len(rest) == 8:
-                break
+        c = _kafkaPythonConsumer(node.bootstrap, uniq)
+        rest = _take(c, 8)
         c.close()
         assert rest == list(range(12, 20))
     finally:
