@@ -635,7 +635,7 @@ class ClusterNode(Service):
             pending = link.abandon()
             await link.stopService()
         holder = self.replicaOf.get(nodeId)
-        if holder == self.nodeId or nodeId in await self.replicas.origins():
+        if holder == self.nodeId or (holder is None and nodeId in await self.replicas.origins()):
             await self.adopt(nodeId)
         # What was on its way to the dead node goes to whoever adopts its sessions.
         target = self.links.get(holder) if holder and holder != self.nodeId else None

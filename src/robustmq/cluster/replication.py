@@ -160,6 +160,8 @@ class ReplicaStore:
     def __init__(self, store: Any) -> None:
         self.store = store
         self._shards: set[str] = set()
+        #: per origin, fires when its latest batch is applied (batches apply in order)
+        self._tails: dict[str, defer.Deferred[Any]] = {}
 
     def _shard(self, origin: str, shard: str) -> str:
         name = replicaPrefix(origin) + shard
@@ -171,12 +173,32 @@ class ReplicaStore:
         return name
 
     def apply(self, origin: str, entries: list[bytes]) -> defer.Deferred[Any]:
-        """Apply a batch of row changes from C{origin}; fires once durable."""
-        writes = []
+        """Apply a batch of row changes from C{origin}, after its earlier batches; fires
+        once durable.  A reset in the batch completes before the rows after it."""
+        previous = self._tails.get(origin)
+        if previous is None:
+            d = defer.ensureDeferred(self._apply(origin, entries))
+        else:
+            d = previous.addBoth(lambda _: defer.ensureDeferred(self._apply(origin, entries)))
+        tail: defer.Deferred[Any] = defer.Deferred()
+        self._tails[origin] = tail
+
+        def settled(result: Any) -> Any:
+            if self._tails.get(origin) is tail:
+                del self._tails[origin]
+            tail.callback(None)
+            return result
+
+        return d.addBoth(settled)
+
+    async def _apply(self, origin: str, entries: list[bytes]) -> None:
+        writes: list[defer.Deferred[Any]] = []
         for entry in entries:
             op, shard, key, value = wire.decodeOp(entry)
             if op == RESET:
-                writes.append(defer.ensureDeferred(self.reset(origin)))
+                await defer.gatherResults(writes, consumeErrors=True)
+                writes = []
+                await self.reset(origin)
                 continue
             if shard not in REPLICATED and shard != WILLS:
                 raise ValueError(f"shard {shard!r} is not replicated")
@@ -186,7 +208,7 @@ class ReplicaStore:
                 writes.append(self.store.upsert(name, key, value))
             else:
                 writes.append(self.store.deleteKey(name, key))
-        return defer.gatherResults(writes, consumeErrors=True)
+        await defer.gatherResults(writes, consumeErrors=True)
 
     async def reset(self, origin: str) -> None:
         """Forget every row of C{origin}."""
