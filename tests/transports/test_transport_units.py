@@ -140,6 +140,19 @@ class ListenerConfigTests(unittest.TestCase):
                 serverEndpoint(reactor, listener(transport="tls", **keys), None, "listeners[3]")
             self.assertIn(key, str(e.exception))
 
+    def test_quicUnusableFilesNameTheKey(self) -> None:
+        c = certs()
+        cases = [
+            ({"certfile": "/nonexistent.pem", "keyfile": c["server_key"]}, "listeners[3].certfile"),
+            ({"certfile": c["server"], "keyfile": "/nonexistent.key"}, "listeners[3].keyfile"),
+            ({"certfile": c["server_key"], "keyfile": c["server_key"]}, "listeners[3].certfile"),
+            ({"certfile": c["server"], "keyfile": c["server"]}, "listeners[3].keyfile"),
+        ]
+        for keys, key in cases:
+            with self.assertRaises(ConfigError) as e:
+                serverEndpoint(reactor, listener(transport="quic", **keys), None, "listeners[3]")
+            self.assertIn(key, str(e.exception))
+
 
 class _Recorder(protocol.Protocol):
     """Server side: answers each read with the transport's certificate username."""

@@ -28,7 +28,6 @@ Bounds and back-pressure:
 from __future__ import annotations
 
 import ipaddress
-import os
 from typing import Any
 
 from aioquic.buffer import Buffer
@@ -57,7 +56,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from robustmq.config import ConfigError, ListenerSettings
+from robustmq.config import ListenerSettings
+from robustmq.transports.tls import loadCertificateChain, reloadedOrNone
 
 #: Application error code sent when the listener refuses or the protocol aborts.
 APPLICATION_ERROR = 0x1
@@ -80,43 +80,26 @@ class QuicServerSettings:
         self.configuration = self._build()
 
     def _build(self) -> QuicConfiguration:
+        """A fresh configuration from the files on disk; ConfigError naming the key if they are bad."""
         listener, key = self.listener, self.key
-        for name in ("certfile", "keyfile"):
-            path = getattr(listener, name)
-            if not path:
-                raise ConfigError(f"{key}.{name}: required")
-            if not os.path.isfile(path):
-                raise ConfigError(f"{key}.{name}: {path}: file not found")
+        chain, privateKey = loadCertificateChain(
+            listener.certfile, listener.keyfile, f"{key}.certfile", f"{key}.keyfile"
+        )
         configuration = QuicConfiguration(
             is_client=False,
             alpn_protocols=list(listener.alpn or (listener.protocol,)),
             idle_timeout=listener.quic_idle_timeout,
         )
-        try:
-            configuration.load_cert_chain(listener.certfile, listener.keyfile)
-        except Exception as e:
-            raise ConfigError(
-                f"{key}.certfile: {listener.certfile} / {listener.keyfile}: unusable: {e}"
-            ) from None
+        configuration.certificate = chain[0]
+        configuration.certificate_chain = chain[1:]
+        configuration.private_key = privateKey
         return configuration
 
     def reload(self) -> None:
         """Use the certificate files as they are now for new connections."""
-        try:
-            configuration = self._build()
-        except ConfigError as e:
-            self.log.error(
-                "{listener}: certificates not reloaded, keeping the current ones: {error}",
-                listener=self.listener.label,
-                error=str(e),
-            )
-            return
-        self.configuration = configuration
-        self.log.info(
-            "{listener}: reloaded QUIC certificate {certfile}",
-            listener=self.listener.label,
-            certfile=self.listener.certfile,
-        )
+        configuration = reloadedOrNone(self._build, self.listener, self.log, "QUIC")
+        if configuration is not None:
+            self.configuration = configuration
 
 
 def _address(addr: Any) -> IPv4Address | IPv6Address:

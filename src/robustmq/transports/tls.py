@@ -16,9 +16,13 @@ were made with, so a reload never drops anyone.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from cryptography.x509.oid import NameOID
 from OpenSSL import SSL
 from twisted.internet import ssl
@@ -39,12 +43,78 @@ from robustmq.config import ConfigError, ListenerSettings
 #: OpenSSL names of the protocol versions a listener may start from.
 _MIN_VERSIONS = {"1.2": SSL.TLS1_2_VERSION, "1.3": SSL.TLS1_3_VERSION}
 
+_T = TypeVar("_T")
+
 
 def _checkFile(key: str, path: str) -> None:
     if not path:
         raise ConfigError(f"{key}: required")
     if not os.path.isfile(path):
         raise ConfigError(f"{key}: {path}: file not found")
+
+
+def _readFile(key: str, path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ConfigError(f"{key}: {path}: cannot be read: {e.strerror}") from None
+
+
+def loadCertificateChain(
+    certfile: str, keyfile: str, certKey: str, keyKey: str
+) -> tuple[list[x509.Certificate], PrivateKeyTypes]:
+    """A PEM certificate chain (the server's certificate first) and its private key.
+
+    For servers that take cryptography's objects rather than an OpenSSL
+    context: L{serverCertificateOptions} and the QUIC listeners.  C{keyfile}
+    empty: the key is in C{certfile}.  A missing, unreadable or unparsable
+    file is a L{ConfigError} naming C{certKey} or C{keyKey} (the config keys
+    the paths came from).  Whether the key is the certificate's is not
+    checked here.
+    """
+    _checkFile(certKey, certfile)
+    if keyfile:
+        _checkFile(keyKey, keyfile)
+    keyName, keyPath = (keyKey, keyfile) if keyfile else (certKey, certfile)
+    certPem = _readFile(certKey, certfile)
+    keyPem = _readFile(keyName, keyPath)
+    try:
+        chain = x509.load_pem_x509_certificates(certPem)
+    except ValueError as e:
+        raise ConfigError(f"{certKey}: {certfile}: not a PEM certificate: {e}") from None
+    try:
+        privateKey = load_pem_private_key(keyPem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as e:
+        raise ConfigError(f"{keyName}: {keyPath}: no usable PEM private key: {e}") from None
+    return chain, privateKey
+
+
+def reloadedOrNone(
+    build: Callable[[], _T], listener: ListenerSettings, log: Logger, kind: str
+) -> _T | None:
+    """C{build()} run again to reload a listener's certificate files.
+
+    Returns what it built, or None when the files are bad now: the error is
+    logged and the caller keeps what it has, so a bad reload never stops a
+    listener.  C{kind} names the certificate in the log line (C{"TLS"}).
+    """
+    try:
+        built = build()
+    except ConfigError as e:
+        log.error(
+            "{listener}: certificates not reloaded, keeping the current ones: {error}",
+            listener=listener.label,
+            error=str(e),
+        )
+        return None
+    log.info(
+        "{listener}: reloaded {kind} certificate {certfile}",
+        listener=listener.label,
+        kind=kind,
+        certfile=listener.certfile,
+    )
+    return built
 
 
 def certificateUsername(cert: x509.Certificate, source: str) -> str | None:
@@ -140,21 +210,9 @@ class ServerTLSContext:
 
     def reload(self) -> None:
         """Re-read certificate, key and CA files; on error keep the old context and log."""
-        try:
-            context = self._build()
-        except ConfigError as e:
-            self.log.error(
-                "{listener}: certificates not reloaded, keeping the current ones: {error}",
-                listener=self.listener.label,
-                error=str(e),
-            )
-            return
-        self.context = context
-        self.log.info(
-            "{listener}: reloaded TLS certificate {certfile}",
-            listener=self.listener.label,
-            certfile=self.listener.certfile,
-        )
+        context = reloadedOrNone(self._build, self.listener, self.log, "TLS")
+        if context is not None:
+            self.context = context
 
 
 def _verified(connection: Any, cert: Any, errno: int, depth: int, ok: int) -> bool:
@@ -281,24 +339,7 @@ def serverCertificateOptions(
     missing or unusable file, or a key that is not the certificate's, is a
     L{ConfigError} naming C{certKey} or C{keyKey} (the config keys they came from).
     """
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    _checkFile(certKey, certfile)
-    if keyfile:
-        _checkFile(keyKey, keyfile)
-    keyName, keyPath = (keyKey, keyfile) if keyfile else (certKey, certfile)
-    with open(certfile, "rb") as f:
-        certPem = f.read()
-    with open(keyPath, "rb") as f:
-        keyPem = f.read()
-    try:
-        chain = x509.load_pem_x509_certificates(certPem)
-    except ValueError as e:
-        raise ConfigError(f"{certKey}: {certfile}: not a PEM certificate: {e}") from None
-    try:
-        privateKey = load_pem_private_key(keyPem, password=None)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{keyName}: {keyPath}: no usable PEM private key: {e}") from None
+    chain, privateKey = loadCertificateChain(certfile, keyfile, certKey, keyKey)
     # pyOpenSSL takes cryptography's objects (its own X509/PKey are deprecated).
     options = ssl.CertificateOptions(
         privateKey=privateKey,  # type: ignore[arg-type]
@@ -308,6 +349,7 @@ def serverCertificateOptions(
     try:
         options.getContext()  # checks that the key is the certificate's
     except SSL.Error as e:
+        keyName, keyPath = (keyKey, keyfile) if keyfile else (certKey, certfile)
         raise ConfigError(f"{keyName}: {keyPath}: not the key of {certfile}: {e}") from None
     return options
 
@@ -319,5 +361,7 @@ __all__ = [
     "TLSServerEndpoint",
     "certificateUsername",
     "clientTLSOptions",
+    "loadCertificateChain",
+    "reloadedOrNone",
     "serverCertificateOptions",
 ]
