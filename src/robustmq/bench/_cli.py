@@ -65,6 +65,22 @@ def _batching(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _cluster(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--sub-port",
+        type=int,
+        default=None,
+        help="subscribers' MQTT port, e.g. another broker of a cluster (default: --port)",
+    )
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.0,
+        help="seconds between the subscribers' SUBACKs and the start of publishing, "
+        "e.g. for a cluster's new route to reach the publishers' broker (default 0)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``bench`` subcommand."""
     parser = argparse.ArgumentParser(
@@ -78,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _messages(thr, count=1_000_000, duration=60.0)
     _flow(thr)
     _batching(thr)
+    _cluster(thr)
     thr.add_argument("--publishers", type=int, default=1)
     thr.add_argument("--subscribers", type=int, default=1)
     thr.add_argument(
@@ -104,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(lat)
     _messages(lat, count=10_000, duration=60.0)
     lat.add_argument("--rate", type=float, default=1000.0, help="msg/s (default %(default)s)")
+    _cluster(lat)
 
     con = sub.add_parser("conn", help="idle connections, broker RSS per connection")
     _common(con)
@@ -145,6 +163,8 @@ def _run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         sub_procs=getattr(args, "sub_procs", 0),
         idle=args.idle,
         coalesce=getattr(args, "coalesce", 0.0),
+        sub_port=getattr(args, "sub_port", None),
+        settle=getattr(args, "settle", 0.0),
     )
     return _throughput.run(spec)
 
@@ -162,6 +182,8 @@ def _run_latency(args: argparse.Namespace) -> dict[str, Any]:
             duration=args.duration,
             idle=args.idle,
             connect_timeout=args.connect_timeout,
+            sub_port=args.sub_port,
+            settle=args.settle,
         )
     )
 
@@ -201,6 +223,8 @@ def main(argv: list[str]) -> int:
         check_loopback(args.host)
         if getattr(args, "count", 1) < 1 or getattr(args, "size", 0) < 0:
             raise BenchError("--count must be positive and --size not negative")
+        if getattr(args, "settle", 0.0) < 0:
+            raise BenchError("--settle must not be negative")
         result = {"mode": args.mode, **_RUNNERS[args.mode](args)}
     except BenchError as exc:
         print(f"robustmq bench {args.mode}: {exc}", file=sys.stderr)

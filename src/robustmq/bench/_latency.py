@@ -42,6 +42,8 @@ class LatencySpec:
     idle: float = 3.0
     keepalive: int = 60
     connect_timeout: float = 10.0
+    sub_port: int | None = None  # None: the publisher's port (another broker of a cluster)
+    settle: float = 0.0  # seconds from the subscriber's SUBACK to the first message
 
 
 def _receive_stamps(sock: socket.socket, spec: LatencySpec) -> list[int]:
@@ -92,9 +94,8 @@ def _receive_stamps(sock: socket.socket, spec: LatencySpec) -> list[int]:
 
 def _sub_job(spec: LatencySpec) -> Callable[..., dict[str, Any]]:
     def job(ready: Callable[[], None], go: multiprocessing.synchronize.Event) -> dict[str, Any]:
-        sock = open_session(
-            spec.host, spec.port, "bench-lat-sub", spec.keepalive, spec.connect_timeout
-        )
+        port = spec.port if spec.sub_port is None else spec.sub_port
+        sock = open_session(spec.host, port, "bench-lat-sub", spec.keepalive, spec.connect_timeout)
         try:
             subscribe(sock, spec.topic, spec.qos, spec.connect_timeout)
             ready()
@@ -166,6 +167,8 @@ def run(spec: LatencySpec) -> dict[str, Any]:
     try:
         group.start("latency-subscriber", _sub_job(spec))
         group.wait_ready(["latency-subscriber"], spec.connect_timeout)
+        if spec.settle:
+            time.sleep(spec.settle)
         sock = open_session(
             spec.host, spec.port, "bench-lat-pub", spec.keepalive, spec.connect_timeout
         )

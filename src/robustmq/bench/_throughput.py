@@ -8,6 +8,7 @@ measures the broker end to end and not the generator's send buffers.
 from __future__ import annotations
 
 import multiprocessing.synchronize
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,8 @@ class ThroughputSpec:
     sub_procs: int = 0  # 0: one per usable CPU, at most one per subscriber
     idle: float = 3.0
     coalesce: float = 0.001  # subscribers' nap per busy wake-up
+    sub_port: int | None = None  # None: the publishers' port (another broker of a cluster)
+    settle: float = 0.0  # seconds from the subscribers' SUBACKs to the publishers' start
 
 
 def _pub_job(spec: PubSpec, index: int) -> Job:
@@ -69,7 +72,7 @@ def run(spec: ThroughputSpec) -> dict[str, Any]:
     expected_each = pub.count * max(1, spec.publishers)
     sub_spec = SubSpec(
         host=pub.host,
-        port=pub.port,
+        port=pub.port if spec.sub_port is None else spec.sub_port,
         topic=pub.topic,
         qos=pub.qos,
         size=pub.size,
@@ -90,6 +93,8 @@ def run(spec: ThroughputSpec) -> dict[str, Any]:
             group.start(name, _sub_job(sub_spec, indices))
             sub_names.append(name)
         group.wait_ready(sub_names, pub.connect_timeout * max(1, spec.subscribers))
+        if spec.settle and sub_names:
+            time.sleep(spec.settle)
         pub_names = []
         for i in range(spec.publishers):
             name = f"publisher-{i}"
