@@ -135,35 +135,18 @@ class RawClient:
         self,
         clientId: str,
         protocolLevel: int = MQTT311,
-        cleanSession: bool = True,
-        keepAlive: int = 60,
-        willTopic: str | None = None,
-        willPayload: bytes | None = None,
-        willQos: int = 0,
-        willRetain: bool = False,
-        username: str | None = None,
-        password: bytes | None = None,
-        protocolName: str | None = None,
+        *,
         timeout: float | None = None,
+        **fields: Any,
     ) -> Connack:
-        """Send CONNECT and return the CONNACK."""
-        self.send(
-            encodeConnect(
-                Connect(
-                    clientId,
-                    protocolLevel=protocolLevel,
-                    cleanSession=cleanSession,
-                    keepAlive=keepAlive,
-                    willTopic=willTopic,
-                    willPayload=willPayload,
-                    willQos=willQos,
-                    willRetain=willRetain,
-                    username=username,
-                    password=password,
-                    protocolName=protocolName,
-                )
-            )
-        )
+        """Send CONNECT and return the CONNACK.
+
+        @param fields: the rest of the CONNECT, as L{Connect}'s keyword
+            arguments (C{cleanSession}, C{keepAlive}, C{willTopic},
+            C{willPayload}, C{willQos}, C{willRetain}, C{username},
+            C{password}, C{protocolName}), with L{Connect}'s defaults.
+        """
+        self.send(encodeConnect(Connect(clientId, protocolLevel, **fields)))
         return self.expect(Connack, timeout)
 
     def subscribe(self, topics: list[tuple[str, int]], timeout: float | None = None) -> Suback:
