@@ -48,6 +48,20 @@ def waitForLog(broker: BrokerProcess, *needles: str, timeout: float = TIMEOUT) -
         time.sleep(0.05)
 
 
+def _connected(c: RawClient, cid: str, cleanSession: bool = True) -> RawClient:
+    """C{c} after a CONNECT as C{cid} that the broker accepted."""
+    assert c.connect(cid, cleanSession=cleanSession).returnCode == 0
+    return c
+
+
+def _subscribed(
+    c: RawClient, cid: str, topic: str, qos: int, cleanSession: bool = True
+) -> RawClient:
+    """C{c} connected as C{cid} and subscribed to C{topic} at C{qos}."""
+    _connected(c, cid, cleanSession).subscribe([(topic, qos)])
+    return c
+
+
 # CONNECT and CONNACK
 
 
@@ -136,8 +150,7 @@ def test_persistent_session_queues_qos1_and_qos2_but_not_qos0(rawFactory: Raw, u
     assert c.subscribe([(topic, 2)]).returnCodes == [2]
     c.disconnect()
     assert c.waitClosed() == []
-    pub = rawFactory()
-    pub.connect(f"{uniq}-pub")
+    pub = _connected(rawFactory(), f"{uniq}-pub")
     pub.publish(topic, b"zero", 0)
     pub.publish(topic, b"one", 1)
     pub.publish(topic, b"two", 2)
@@ -160,11 +173,8 @@ def test_session_takeover(broker: BrokerProcess, rawFactory: Raw, uniq: str) -> 
     """MQTT-3.1.4-2: a second CONNECT with the same id closes the first connection."""
     cid = f"{uniq}-dup"
     topic = f"{uniq}/t"
-    first = rawFactory()
-    first.connect(cid, cleanSession=False)
-    first.subscribe([(topic, 1)])
-    pub = rawFactory()
-    pub.connect(f"{uniq}-pub")
+    first = _subscribed(rawFactory(), cid, topic, 1, cleanSession=False)
+    pub = _connected(rawFactory(), f"{uniq}-pub")
     pub.publish(topic, b"in-flight", 1)
     unacked = first.expectPublish()
     assert (unacked.payload, unacked.dup) == (b"in-flight", False)
@@ -190,11 +200,8 @@ def test_unacked_qos1_resent_with_dup_and_same_packet_id(
     """MQTT-4.4.0-1: on reconnect with clean session 0, unacknowledged PUBLISHes are resent."""
     cid = f"{uniq}-sub"
     topic = f"{uniq}/t"
-    sub = rawFactory()
-    sub.connect(cid, cleanSession=False)
-    sub.subscribe([(topic, 1)])
-    pub = rawFactory()
-    pub.connect(f"{uniq}-pub")
+    sub = _subscribed(rawFactory(), cid, topic, 1, cleanSession=False)
+    pub = _connected(rawFactory(), f"{uniq}-pub")
     pub.publish(topic, b"unacked", 1)
     first = sub.expectPublish()
     assert (first.payload, first.qos, first.dup) == (b"unacked", 1, False)
@@ -228,11 +235,8 @@ def test_unacked_qos2_pubrel_resent_on_reconnect(rawFactory: Raw, uniq: str) -> 
     """A QoS 2 delivery past PUBREC resumes with PUBREL (MQTT-4.4.0-1)."""
     cid = f"{uniq}-sub"
     topic = f"{uniq}/t"
-    sub = rawFactory()
-    sub.connect(cid, cleanSession=False)
-    sub.subscribe([(topic, 2)])
-    pub = rawFactory()
-    pub.connect(f"{uniq}-pub")
+    sub = _subscribed(rawFactory(), cid, topic, 2, cleanSession=False)
+    pub = _connected(rawFactory(), f"{uniq}-pub")
     pub.publish(topic, b"exactly-once", 2)
     packet = sub.expectPublish()
     assert (packet.payload, packet.qos) == (b"exactly-once", 2)
@@ -252,11 +256,8 @@ def test_unacked_qos2_pubrel_resent_on_reconnect(rawFactory: Raw, uniq: str) -> 
 def test_inbound_qos2_duplicate_delivered_once(rawFactory: Raw, uniq: str) -> None:
     """The same packet id re-sent before PUBREL is not routed twice (MQTT-4.3.3-2)."""
     topic = f"{uniq}/t"
-    sub = rawFactory()
-    sub.connect(f"{uniq}-sub")
-    sub.subscribe([(topic, 2)])
-    pub = rawFactory()
-    pub.connect(f"{uniq}-pub")
+    sub = _subscribed(rawFactory(), f"{uniq}-sub", topic, 2)
+    pub = _connected(rawFactory(), f"{uniq}-pub")
     pub.send(encodePublish(topic.encode(), b"once", 2, packetId=7))
     pub.expectAck(PUBREC, 7)
     pub.send(encodePublish(topic.encode(), b"once", 2, dup=True, packetId=7))
@@ -281,9 +282,7 @@ def test_inbound_qos2_duplicate_delivered_once(rawFactory: Raw, uniq: str) -> No
 @pytest.mark.parametrize("level", [MQTT31, MQTT311], ids=["v31", "v311"])
 def test_will_published_when_socket_closes(rawFactory: Raw, uniq: str, level: int) -> None:
     willTopic = f"{uniq}/will"
-    watcher = rawFactory()
-    watcher.connect(f"{uniq}-watcher")
-    watcher.subscribe([(willTopic, 2)])
+    watcher = _subscribed(rawFactory(), f"{uniq}-watcher", willTopic, 2)
     dying = rawFactory()
     ack = dying.connect(
         f"{uniq}-dying", level, willTopic=willTopic, willPayload=b"bye", willQos=2, willRetain=True
@@ -293,24 +292,19 @@ def test_will_published_when_socket_closes(rawFactory: Raw, uniq: str, level: in
     will = watcher.expectPublish()
     assert (will.topic, will.payload, will.qos, will.retain) == (willTopic, b"bye", 2, False)
     watcher.ack(will)
-    late = rawFactory()
-    late.connect(f"{uniq}-late")
-    late.subscribe([(willTopic, 1)])
+    late = _subscribed(rawFactory(), f"{uniq}-late", willTopic, 1)
     retained = late.expectPublish()
     assert (retained.payload, retained.qos, retained.retain) == (b"bye", 1, True)
 
 
 def test_will_not_published_after_disconnect_raw(rawFactory: Raw, uniq: str) -> None:
     willTopic = f"{uniq}/will"
-    watcher = rawFactory()
-    watcher.connect(f"{uniq}-watcher")
-    watcher.subscribe([(f"{uniq}/#", 1)])
+    watcher = _subscribed(rawFactory(), f"{uniq}-watcher", f"{uniq}/#", 1)
     leaving = rawFactory()
     leaving.connect(f"{uniq}-leaving", willTopic=willTopic, willPayload=b"bye", willQos=1)
     leaving.disconnect()
     assert leaving.waitClosed() == []
-    pub = rawFactory()
-    pub.connect(f"{uniq}-pub")
+    pub = _connected(rawFactory(), f"{uniq}-pub")
     pub.publish(f"{uniq}/sentinel", b"end", 1)
     packet = watcher.expectPublish()
     assert packet.topic == f"{uniq}/sentinel"
@@ -320,9 +314,7 @@ def test_will_published_on_keepalive_timeout(
     broker: BrokerProcess, rawFactory: Raw, uniq: str
 ) -> None:
     willTopic = f"{uniq}/will"
-    watcher = rawFactory()
-    watcher.connect(f"{uniq}-watcher")
-    watcher.subscribe([(willTopic, 1)])
+    watcher = _subscribed(rawFactory(), f"{uniq}-watcher", willTopic, 1)
     silent = rawFactory()
     silent.connect(f"{uniq}-silent", keepAlive=1, willTopic=willTopic, willPayload=b"timeout")
     will = watcher.expectPublish(timeout=4.0)
@@ -366,11 +358,6 @@ def test_keepalive_zero_disables_the_timer(rawFactory: Raw, uniq: str) -> None:
 
 
 # Bad input closes only the offending connection
-
-
-def _connected(c: RawClient, cid: str) -> RawClient:
-    assert c.connect(cid).returnCode == 0
-    return c
 
 
 BAD_INPUT: dict[str, tuple[bool, bytes, tuple[str, ...]]] = {
@@ -437,8 +424,7 @@ def test_bad_input_closes_only_that_connection(
 
 def test_oversize_packet_just_under_the_limit_is_accepted(rawFactory: Raw, uniq: str) -> None:
     topic = f"{uniq}/big"
-    sub = _connected(rawFactory(), f"{uniq}-sub")
-    sub.subscribe([(topic, 0)])
+    sub = _subscribed(rawFactory(), f"{uniq}-sub", topic, 0)
     pub = _connected(rawFactory(), f"{uniq}-pub")
     header = len(encodePublish(topic.encode(), b""))
     payload = b"y" * (SHARED_MAX_PACKET_SIZE - header - 2)  # remaining length grows by 2
