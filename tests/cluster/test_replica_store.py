@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
+import shutil
+import tempfile
 from typing import Any
 
 from twisted.internet import defer, reactor
@@ -25,9 +26,9 @@ def sessionRow(clientId: str, subs: dict[str, Any] | None = None) -> bytes:
 
 class ReplicaStoreTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
-        settings = settingsFromMapping(
-            {"storage": {"backend": "segment", "data_dir": os.path.abspath(self.mktemp())}}
-        )
+        directory = tempfile.mkdtemp(prefix="robustmq-replica-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        settings = settingsFromMapping({"storage": {"backend": "segment", "data_dir": directory}})
         self.store = findPlugin(IShardStorePlugin, "segment", "storage.backend").build(
             settings, reactor
         )
