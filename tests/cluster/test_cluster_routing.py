@@ -209,6 +209,8 @@ def test_sessionTakenOverByAnotherNodeWithQueuedMessages(
     assert payloads(second, 1) == [b"after"]
     # A connection with the same client id on another node takes over: the old one
     # is closed with reason 0x8E (Session taken over).
+    # (paho reconnects by itself after a second: keep the old client from taking it back)
+    second.client.reconnect_delay_set(min_delay=120, max_delay=120)
     third = roamer(0)
     assert third.sessionPresent is True
     assert second.disconnected.wait(5)

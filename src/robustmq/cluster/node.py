@@ -97,6 +97,26 @@ def unpackRecord(chunks: list[bytes]) -> dict[str, Any]:
     return record
 
 
+class _Drain:
+    """Waits, like a paused publisher, for the sessions a forwarded batch congested."""
+
+    def __init__(self, sessions: list[Any]) -> None:
+        self.done: defer.Deferred[None] = defer.Deferred()
+        self.blockedOn: set[Any] = set()
+        for session in sessions:
+            if session.congested and session not in self.blockedOn:
+                session.addWaiter(self)
+                self.blockedOn.add(session)
+        if not self.blockedOn:
+            self.done.callback(None)
+
+    def congestionCleared(self, session: Any) -> None:
+        """A session drained (or gave up waiting: congestion_timeout)."""
+        self.blockedOn.discard(session)
+        if not self.blockedOn and not self.done.called:
+            self.done.callback(None)
+
+
 class ClusterNode(Service):
     """This broker in the cluster (see the module docstring)."""
 
@@ -120,6 +140,8 @@ class ClusterNode(Service):
         #: client id → (connection, stored will) of connected clients with a will
         self._wills: dict[str, tuple[Any, bytes]] = {}
         self._adoptions: dict[str, defer.Deferred[None]] = {}
+        #: origin broker -> fires when its latest forwarded batch no longer holds the link
+        self._inbound: dict[str, defer.Deferred[None]] = {}
         #: dead node -> its last routes, pointed at its adopter until the adopter's are in
         self._ghosts: dict[str, RemoteRoutes] = {}
         self._handingOver: set[str] = set()
@@ -441,7 +463,48 @@ class ClusterNode(Service):
             broker.congestion.append(link)
 
     def receiveForward(self, origin: str, entries: list[bytes]) -> defer.Deferred[Any]:
-        """Messages another broker routed here; fires once their durable writes are done."""
+        """Messages another broker routed here; the answer fires once their durable writes
+        are done and the sessions they filled have drained.
+
+        Back-pressure across the link: a batch that leaves local sessions
+        congested holds its answer, and the origin's next batches wait
+        (queued here, at most the sender's calls in flight) until those
+        sessions drain — as a local publisher would stop being read.  The
+        sender's PUBACKs wait for the answer, and its link fills up to
+        C{forward_max_pending}, where its publishers pause.
+        """
+        answer: defer.Deferred[Any] = defer.Deferred()
+        released: defer.Deferred[None] = defer.Deferred()
+        previous = self._inbound.get(origin)
+        self._inbound[origin] = released
+
+        def run(_: Any = None) -> None:
+            try:
+                writes, drained = self._routeBatch(entries)
+            except Exception:
+                released.callback(None)
+                answer.errback()
+                return
+            drained.addCallback(lambda _: released.callback(None))
+            d = defer.gatherResults([*writes, drained], consumeErrors=True)
+            d.addCallbacks(lambda _: answer.callback(None), answer.errback)
+
+        def forget(_: Any) -> None:
+            if self._inbound.get(origin) is released:
+                del self._inbound[origin]
+
+        released.addCallback(forget)
+        if previous is None or previous.called:
+            run()
+        else:
+            previous.addCallback(run)
+        return answer
+
+    def _routeBatch(
+        self, entries: list[bytes]
+    ) -> tuple[list[defer.Deferred[Any]], defer.Deferred[None]]:
+        """Route forwarded entries here: (their durable writes, fired when what they
+        congested has drained)."""
         broker = self.broker
         outer, broker.pendingWrites = broker.pendingWrites, []
         try:
@@ -459,11 +522,13 @@ class ClusterNode(Service):
                     if group is not None:
                         group.deliver(message, message.qos)
             writes = broker.pendingWrites
+            congested = [s for s in broker.congestion if s.congested]
         finally:
             broker.pendingWrites = outer
-            # A remote publisher cannot be paused from here; the sender's link bounds it.
             broker.congestion.clear()
-        return defer.gatherResults(writes, consumeErrors=True).addCallback(lambda _: None)
+        if not congested:
+            return writes, defer.succeed(None)
+        return writes, _Drain(congested).done
 
     async def receiveForwardFor(self, origin: str, dead: str, entries: list[bytes]) -> None:
         """Messages that were on their way to C{dead}: adopt its sessions first, then route."""

@@ -12,14 +12,22 @@ import struct
 from collections.abc import Iterable
 
 from robustmq.core.message import Message
-from robustmq.core.persistence import decodeMessage, encodeMessage
+from robustmq.core.persistence import propertiesFromJson, propertiesToJson
 
 #: Largest piece of a packed batch (below banana's 640 KiB string limit).
 CHUNK = 512 * 1024
 
 _LEN = struct.Struct("!I")
 _FORWARD = struct.Struct("!BH")
+#: A forwarded message: QoS, bits (retain, has expiry), timestamp, expiry, lengths of
+#: topic, origin and properties (JSON, only when there are any); then the payload.
+_MESSAGE = struct.Struct("!BBddHHI")
+_RETAINED = 1
+_EXPIRES = 2
 _OP = struct.Struct("!BHI")
+
+#: Key of the encoded message in C{Message.encodings}.
+_CACHE_KEY = "cluster-link"
 
 #: Forward flags: route to the receiver's ordinary subscribers; store as retained.
 ROUTE = 1
@@ -55,10 +63,67 @@ def unpack(chunks: list[bytes]) -> list[bytes]:
     return entries
 
 
+def encodeMessage(message: Message) -> bytes:
+    """A message for the broker link: a fixed binary header, no JSON unless it has
+    MQTT 5 properties (the per-message cost that matters when forwarding)."""
+    topic = message.topic.encode()
+    origin = message.origin.encode() if message.origin is not None else b"\xff"
+    props = (
+        json.dumps(propertiesToJson(message.properties), separators=(",", ":")).encode()
+        if message.properties
+        else b""
+    )
+    bits = (_RETAINED if message.retain else 0) | (_EXPIRES if message.expiresAt else 0)
+    header = _MESSAGE.pack(
+        message.qos,
+        bits,
+        message.timestamp,
+        message.expiresAt or 0.0,
+        len(topic),
+        len(origin),
+        len(props),
+    )
+    return b"".join((header, topic, origin, props, message.payload))
+
+
+def decodeMessage(data: bytes, offset: int = 0) -> Message:
+    """The inverse of L{encodeMessage}."""
+    qos, bits, timestamp, expiresAt, nTopic, nOrigin, nProps = _MESSAGE.unpack_from(data, offset)
+    at = offset + _MESSAGE.size
+    topic = data[at : at + nTopic].decode()
+    at += nTopic
+    rawOrigin = data[at : at + nOrigin]
+    at += nOrigin
+    props = propertiesFromJson(json.loads(data[at : at + nProps])) if nProps else None
+    at += nProps
+    message = Message(
+        topic,
+        data[at:],
+        qos,
+        bool(bits & _RETAINED),
+        timestamp,
+        props,
+        None if rawOrigin == b"\xff" else rawOrigin.decode(),
+    )
+    message.expiresAt = expiresAt if bits & _EXPIRES else None
+    return message
+
+
 def encodeForward(message: Message, flags: int, groups: list[str] | None = None) -> bytes:
-    """One forwarded message: flags, the shared groups (C{$share/g/f}) to deliver to, the message."""
+    """One forwarded message: flags, the shared groups (C{$share/g/f}) to deliver to, the message.
+
+    The encoded message is cached on the message (C{encodings}), so a message
+    forwarded to several brokers is encoded once.
+    """
+    cache = message.encodings
+    body = cache.get(_CACHE_KEY) if cache is not None else None
+    if body is None:
+        body = encodeMessage(message)
+        if cache is None:
+            message.encodings = cache = {}
+        cache[_CACHE_KEY] = body
     names = json.dumps(groups).encode() if groups else b""
-    return _FORWARD.pack(flags, len(names)) + names + encodeMessage(message)
+    return _FORWARD.pack(flags, len(names)) + names + body
 
 
 def decodeForward(entry: bytes) -> tuple[Message, int, list[str]]:
@@ -66,8 +131,7 @@ def decodeForward(entry: bytes) -> tuple[Message, int, list[str]]:
     flags, n = _FORWARD.unpack_from(entry)
     start = _FORWARD.size
     groups = json.loads(entry[start : start + n]) if n else []
-    message, _ = decodeMessage(entry[start + n :])
-    return message, flags, groups
+    return decodeMessage(entry, start + n), flags, groups
 
 
 def encodeOp(op: int, shard: str, key: bytes, value: bytes | None) -> bytes:

@@ -41,7 +41,8 @@ _HEADER = struct.Struct("!I")
 _SEP = b"\x00"
 
 
-def _jsonable(props: dict[str, Any] | None) -> dict[str, Any] | None:
+def propertiesToJson(props: dict[str, Any] | None) -> dict[str, Any] | None:
+    """MQTT 5 properties in a JSON-able form (bytes as base64); None when empty."""
     if not props:
         return None
     out: dict[str, Any] = {}
@@ -53,7 +54,8 @@ def _jsonable(props: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _unjson(props: dict[str, Any] | None) -> dict[str, Any] | None:
+def propertiesFromJson(props: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The inverse of L{propertiesToJson}."""
     if not props:
         return None
     out: dict[str, Any] = {}
@@ -76,7 +78,7 @@ def encodeMessage(message: Message, extra: dict[str, Any] | None = None) -> byte
         "ts": message.timestamp,
         "x": message.expiresAt,
         "o": message.origin,
-        "p": _jsonable(message.properties),
+        "p": propertiesToJson(message.properties),
     }
     if extra:
         header.update(extra)
@@ -94,7 +96,7 @@ def decodeMessage(data: bytes) -> tuple[Message, dict[str, Any]]:
         header["q"],
         header["r"],
         header["ts"],
-        _unjson(header["p"]),
+        propertiesFromJson(header["p"]),
         header["o"],
     )
     m.expiresAt = header["x"]

@@ -1,0 +1,51 @@
+"""How brokers pack forwarded messages and store operations (robustmq.cluster.wire)."""
+
+from __future__ import annotations
+
+import pytest
+
+from robustmq.cluster import wire
+from robustmq.core.message import Message
+
+
+def test_forwardedMessageRoundTrip() -> None:
+    props = {
+        "message_expiry_interval": 30,
+        "user_property": [("k", "v"), ("k", "w")],
+        "correlation_data": b"\x00\x01",
+        "content_type": "text/plain",
+    }
+    message = Message("a/é/b", b"\x00payload", 2, True, 1234.5, props, "client-ü")
+    entry = wire.encodeForward(message, wire.ROUTE | wire.RETAIN, ["$share/g/a/#"])
+    got, flags, groups = wire.decodeForward(entry)
+    assert (flags, groups) == (wire.ROUTE | wire.RETAIN, ["$share/g/a/#"])
+    assert (got.topic, got.payload, got.qos, got.retain) == ("a/é/b", b"\x00payload", 2, True)
+    assert (got.timestamp, got.origin) == (1234.5, "client-ü")
+    assert got.expiresAt == message.expiresAt == 1264.5
+    assert got.properties == props
+
+
+def test_plainMessageHasNoOriginNoExpiryAndIsEncodedOnce() -> None:
+    message = Message("t", b"", 0, False, 1.0)
+    first = wire.encodeForward(message, wire.ROUTE)
+    assert wire.encodeForward(message, wire.ROUTE) == first
+    got, flags, groups = wire.decodeForward(first)
+    assert (got.origin, got.expiresAt, got.properties, groups) == (None, None, None, [])
+
+
+def test_batchesSurviveChunking() -> None:
+    entries = [b"x" * (700 * 1024), b"", b"small"]
+    chunks = wire.pack(entries)
+    assert all(len(c) <= wire.CHUNK for c in chunks)
+    assert wire.unpack(chunks) == entries
+    with pytest.raises(ValueError):
+        wire.unpack([b"\x00\x00\x00\x09abc"])
+    with pytest.raises(ValueError):
+        wire.unpack("not a list")  # type: ignore[arg-type]
+
+
+def test_storeOperationsRoundTrip() -> None:
+    op = wire.encodeOp(wire.UPSERT, "mqtt/sessions", b"c\x001", b"value")
+    assert wire.decodeOp(op) == (wire.UPSERT, "mqtt/sessions", b"c\x001", b"value")
+    op = wire.encodeOp(wire.DELETE, "mqtt/sessions", b"c", None)
+    assert wire.decodeOp(op) == (wire.DELETE, "mqtt/sessions", b"c", None)
