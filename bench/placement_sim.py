@@ -3,17 +3,20 @@ The placement center under 1,000 simulated broker nodes and many session records
 
 Starts a placement service (embedded backend, in a temporary data directory)
 in a subprocess, then from this process logs in C{--nodes} simulated
-brokers over PB on loopback, each registering and heartbeating every
-C{--interval} seconds.  It measures heartbeat round trips while idle for
-C{--idle-seconds}, then claims session records (C{claimSession}, one client
-id each, C{--window} calls outstanding, spread over the nodes) until
-C{--sessions} records exist or C{--session-seconds} have passed, measuring
-heartbeats meanwhile.  Prints a markdown report: heartbeat latency
-percentiles, claim rate, the service's resident memory (VmRSS) and the size
-of its SQLite file.
+brokers over PB on loopback, C{--register-window} at a time (as the brokers
+of a cluster start together; 1 registers them one after the other, at most
+C{--register-seconds}), each heartbeating every C{--interval} seconds from
+the moment it registered.  It measures heartbeat round trips while the nodes
+register and while idle for C{--idle-seconds}, then claims session records
+(C{claimSession}, one client id each, C{--window} calls outstanding, spread
+over the nodes) until C{--sessions} records exist or C{--session-seconds}
+have passed, measuring heartbeats meanwhile.  Prints a markdown report:
+heartbeat latency percentiles per phase, claim rate, the service's resident
+memory (VmRSS) and the size of its SQLite file.  C{--profile FILE} writes a
+cProfile of the placement service (its reactor thread).
 
     .venv/bin/python bench/placement_sim.py [--nodes 1000] [--sessions 1000000]
-        [--session-seconds 100] [--idle-seconds 15]
+        [--session-seconds 100] [--idle-seconds 15] [--register-window 50]
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from typing import Any
 SECRET = "bench-secret"
 
 
-def serve(port: int, dataDir: str, timeout: float) -> None:
-    """The subprocess: one placement node until killed."""
+def serve(port: int, dataDir: str, timeout: float, profile: str = "") -> None:
+    """The subprocess: one placement node until killed (SIGTERM stops it cleanly)."""
     from twisted.internet import reactor
 
     from robustmq.config import settingsFromMapping
@@ -53,6 +56,12 @@ def serve(port: int, dataDir: str, timeout: float) -> None:
     service.ready.addCallback(lambda _: print("READY", flush=True))
     reactor.callWhenRunning(service.startService)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    if profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+        reactor.addSystemEventTrigger("after", "shutdown", profiler.dump_stats, profile)
+        profiler.enable()
     reactor.run()
 
 
@@ -81,7 +90,7 @@ def percentiles(samples: list[float]) -> str:
 async def simulate(args: argparse.Namespace, port: int, pid: int, dbPath: str) -> list[str]:
     from twisted.cred.credentials import UsernamePassword
     from twisted.internet import reactor
-    from twisted.internet.defer import DeferredList, ensureDeferred
+    from twisted.internet.defer import DeferredList, DeferredSemaphore, ensureDeferred
     from twisted.internet.endpoints import TCP4ClientEndpoint
     from twisted.internet.task import LoopingCall, deferLater
     from twisted.spread import pb
@@ -92,7 +101,13 @@ async def simulate(args: argparse.Namespace, port: int, pid: int, dbPath: str) -
     report = []
     rssStart = rss(pid)
     perspectives: list[Any] = []
-    samples: list[float] = []
+    #: (when sent, round trip) of every answered heartbeat: each phase
+    #: reports the beats sent during it, wherever they were answered.
+    samples: list[tuple[float, float]] = []
+
+    def sentBetween(start: float, end: float) -> list[float]:
+        return [rtt for sent, rtt in samples if start <= sent < end]
+
     failures = [0]
 
     def beat(p: Any) -> None:
@@ -103,13 +118,13 @@ async def simulate(args: argparse.Namespace, port: int, pid: int, dbPath: str) -
             failures[0] += 1
             return
         d.addCallbacks(
-            lambda _: samples.append(time.monotonic() - t0),
+            lambda _: samples.append((t0, time.monotonic() - t0)),
             lambda f: failures.__setitem__(0, failures[0] + 1),
         )
 
-    loops = []
-    started = time.monotonic()
-    for i in range(args.nodes):
+    loops: list[Any] = []
+
+    async def join(i: int) -> None:
         factory = pb.PBClientFactory()
         await TCP4ClientEndpoint(reactor, "127.0.0.1", port).connect(factory)
         p = await factory.login(UsernamePassword(f"sim-{i}".encode(), SECRET.encode()))
@@ -123,13 +138,31 @@ async def simulate(args: argparse.Namespace, port: int, pid: int, dbPath: str) -
         loop = LoopingCall(beat, p)
         reactor.callLater(random.random() * args.interval, loop.start, args.interval)
         loops.append(loop)
-    report.append(
-        f"- {args.nodes} nodes logged in and registered in {time.monotonic() - started:.1f} s"
+
+    started = time.monotonic()
+    # Nodes start together, as brokers of a cluster do, at most
+    # --register-window registering at a time (1: one after the other).
+    limit = DeferredSemaphore(args.register_window)
+    joined = DeferredList(
+        [limit.run(lambda i=i: ensureDeferred(join(i))) for i in range(args.nodes)],
+        fireOnOneErrback=True,
+        consumeErrors=True,
     )
-    samples[:] = []
+    await joined.addTimeout(args.register_seconds, reactor)
+    report.append(
+        f"- {args.nodes} nodes logged in and registered in {time.monotonic() - started:.1f} s "
+        f"({args.register_window} at a time)"
+    )
+    registered = time.monotonic()
     await deferLater(reactor, args.idle_seconds, lambda: None)
-    idle, samples[:] = list(samples), []
-    report.append(f"- heartbeat round trip, idle: {percentiles(idle)}")
+    report.append(
+        "- heartbeat round trip while nodes register: "
+        + percentiles(sentBetween(started, registered))
+    )
+    report.append(
+        "- heartbeat round trip, idle: "
+        + percentiles(sentBetween(registered, registered + args.idle_seconds))
+    )
     rssIdle = rss(pid)
 
     claimed = [0]
@@ -151,7 +184,7 @@ async def simulate(args: argparse.Namespace, port: int, pid: int, dbPath: str) -
         consumeErrors=True,
     )
     elapsed = time.monotonic() - t0
-    loaded = list(samples)
+    loaded = sentBetween(t0, t0 + elapsed)
     for loop in loops:
         if loop.running:
             loop.stop()
@@ -187,14 +220,23 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1_000_000)
     parser.add_argument("--session-seconds", type=float, default=100.0)
     parser.add_argument("--idle-seconds", type=float, default=15.0)
+    parser.add_argument(
+        "--register-seconds", type=float, default=300.0, help="bound of the registration phase"
+    )
     parser.add_argument("--interval", type=float, default=1.0)
-    parser.add_argument("--window", type=int, default=500)
+    parser.add_argument("--window", type=int, default=500, help="claims outstanding")
+    parser.add_argument(
+        "--register-window", type=int, default=50, help="nodes registering at a time"
+    )
+    parser.add_argument(
+        "--profile", default="", help="write a cProfile of the placement service to this file"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.port, args.data_dir, args.interval * 10)
+        serve(args.port, args.data_dir, args.interval * 10, args.profile)
         return
 
     from twisted.internet import defer, task
@@ -214,6 +256,8 @@ def main() -> None:
             workdir,
             "--interval",
             str(args.interval),
+            "--profile",
+            os.path.abspath(args.profile) if args.profile else "",
         ],
         stdout=subprocess.PIPE,
         text=True,

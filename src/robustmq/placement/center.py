@@ -25,10 +25,27 @@ L{NotLeaderError} naming the leader's address, and clients go there
 C{"placement"}, bound to this placement node's own lease.
 
 Changes are pushed to the nodes' listeners (L{pb.Referenceable}s handed
-over at registration), never polled: C{nodeChanged}, C{routeChanged},
-C{shardChanged}, C{configChanged}, C{sessionTakenOver}.  Unacknowledged
-pushes per node are bounded by C{max_pending_pushes}; at the bound the node
-is disconnected, and re-registering gives it a fresh snapshot.
+over at registration), never polled.  A change is encoded once
+(L{encodeRecord}) and queued for every node it concerns; at the end of the
+reactor turn each node with queued changes gets them in one
+C{updates(chunks)} call (L{encodeBatch}; its L{PlacementListener} turns each
+record into C{nodeChanged}, C{routeChanged}, C{shardChanged},
+C{configChanged} or C{sessionTakenOver}).  A node has at most one such call
+unacknowledged; what is queued meanwhile goes in its next call, so a slow
+node gets fewer, larger batches.  Records queued or unacknowledged per node
+are bounded by C{max_pending_pushes}; at the bound the node is
+disconnected, and re-registering gives it a fresh snapshot.
+
+The leader keeps C{nodes/}, C{routes/}, C{shards/}, C{config/} and
+C{alive/} in memory (L{_PrefixCache}: the stored bytes and the decoded
+record of each key), so registration snapshots, listings and scheduling do
+not re-read and re-decode the backend.  They are loaded when leadership
+starts (until then reads go to the backend), written through by the
+leader's own writes, and checked against the backend's watches: an event
+that disagrees with the cache makes the key be read again.  Each prefix
+holds at most L{CACHE_LIMIT} entries; a prefix that outgrows it is no
+longer cached and is read from the backend instead.  Session records and
+offsets are never cached: they stay in the backend only.
 """
 
 from __future__ import annotations
@@ -37,13 +54,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.spread import pb
 
 from robustmq.config import PlacementSettings
 from robustmq.placement.errors import (
+    InvalidRecordError,
     LeaseNotFoundError,
     LimitError,
     NotLeaderError,
@@ -52,32 +72,177 @@ from robustmq.placement.errors import (
 )
 from robustmq.placement.kv import keyOf, lastPart
 from robustmq.placement.records import (
+    SNAPSHOT_SECTIONS,
     ConfigEntry,
+    EncodedSnapshot,
     GroupOffset,
     NodeInfo,
     RouteEntry,
     SessionRecord,
     ShardRecord,
     decodeRecord,
+    encodeBatch,
     encodeRecord,
 )
 
 ELECTION = "placement"
 #: Attempts of one read-modify-write before giving up (contention bound).
 CAS_ATTEMPTS = 32
+#: Most keys one prefix cache holds (each costs about half a KiB: the stored
+#: bytes, the decoded record, the dict slot); a prefix that outgrows it is
+#: read from the backend instead.
+CACHE_LIMIT = 100_000
+#: Seconds before a key whose re-read failed is read again.
+REFRESH_RETRY = 1.0
+
+#: A watch event value that never matches the cache (forces a re-read).
+_UNKNOWN = object()
 
 
 class _Member:
-    """A registered node as the leader sees it."""
+    """A registered node as the leader sees it.
 
-    __slots__ = ("info", "listener", "lease", "pending", "avatar")
+    @ivar queue: encoded records not yet sent to it (the same bytes objects
+        are queued for every node).
+    @ivar inFlight: records in its unacknowledged C{updates} call (0: none).
+    @ivar ready: whether it waits in the center's list of nodes to send to.
+    """
+
+    __slots__ = ("info", "listener", "lease", "avatar", "queue", "inFlight", "ready")
 
     def __init__(self, info: NodeInfo, listener: Any, lease: int, avatar: Any) -> None:
         self.info = info
         self.listener = listener
         self.lease = lease
-        self.pending = 0
         self.avatar = avatar
+        self.queue: list[bytes] = []
+        self.inFlight = 0
+        self.ready = False
+
+    @property
+    def pending(self) -> int:
+        """Pushed records queued or not yet acknowledged."""
+        return len(self.queue) + self.inFlight
+
+
+class _PrefixCache:
+    """The records under one key prefix, as the leader keeps them in memory.
+
+    C{entries} maps a key to its stored bytes, decoded record and the
+    revision they were read or written at (None when unknown: writes by
+    compare-and-set, which the backend orders for us).  It is written only
+    with what the backend holds: the listing when leadership starts, the
+    leader's own writes, and re-reads of keys a watch reported.
+    """
+
+    __slots__ = (
+        "prefix",
+        "cls",
+        "entries",
+        "enabled",
+        "loaded",
+        "suspects",
+        "refreshing",
+        "_order",
+    )
+
+    log = Logger()
+
+    def __init__(self, prefix: str, cls: type | None) -> None:
+        self.prefix = prefix
+        self.cls = cls
+        self.entries: dict[str, tuple[bytes, Any, int | None]] = {}
+        #: False once the prefix outgrew L{CACHE_LIMIT} (until leadership starts again).
+        self.enabled = True
+        self.loaded = False
+        #: Keys a watch reported since the last check: key -> value seen (None: deleted).
+        self.suspects: dict[str, Any] = {}
+        #: Keys being re-read: key -> the token of the newest re-read.
+        self.refreshing: dict[str, object] = {}
+        self._order: list[str] | None = None
+
+    @property
+    def usable(self) -> bool:
+        return self.loaded and self.enabled
+
+    def reset(self) -> None:
+        """Forget everything (leadership ended or starts)."""
+        self.entries.clear()
+        self.suspects.clear()
+        self.refreshing.clear()
+        self.enabled = True
+        self.loaded = False
+        self._order = None
+
+    def load(self, kvs: list[Any]) -> None:
+        """Fill from a listing of the prefix (before any write of this leadership)."""
+        for kv in kvs:
+            self._store(kv.key, kv.value, None, kv.modRevision)
+        self.loaded = True
+
+    def set(
+        self, key: str, raw: bytes | None, record: Any = None, revision: int | None = None
+    ) -> None:
+        """The backend holds C{raw} (None: nothing) under C{key}, as of C{revision} if known."""
+        self.refreshing.pop(key, None)  # a re-read begun earlier may be older
+        if not self.usable:
+            return
+        if raw is None:
+            if self.entries.pop(key, None) is not None:
+                self._order = None
+            return
+        self._store(key, raw, record, revision)
+
+    def _store(self, key: str, raw: bytes, record: Any, revision: int | None) -> None:
+        old = self.entries.get(key)
+        if old is not None and None not in (old[2], revision) and revision < old[2]:  # type: ignore[operator]
+            return  # a put answered out of order
+        if record is None and self.cls is not None:
+            try:
+                record = decodeRecord(raw, self.cls)
+            except InvalidRecordError as e:
+                self.log.warn("placement: {key} is not a valid record: {error}", key=key, error=e)
+                if self.entries.pop(key, None) is not None:
+                    self._order = None
+                return
+        if old is None:
+            if len(self.entries) >= CACHE_LIMIT:
+                self.log.warn(
+                    "placement: more than {limit} keys under {prefix}; reading them from the "
+                    "backend from now on",
+                    limit=CACHE_LIMIT,
+                    prefix=self.prefix,
+                )
+                self.enabled = False
+                self.entries.clear()
+                self.suspects.clear()
+                self._order = None
+                return
+            self._order = None
+        self.entries[key] = (raw, record, revision)
+
+    def raw(self, key: str) -> bytes | None:
+        entry = self.entries.get(key)
+        return None if entry is None else entry[0]
+
+    def get(self, key: str) -> Any:
+        entry = self.entries.get(key)
+        return None if entry is None else entry[1]
+
+    def _keys(self) -> list[str]:
+        if self._order is None:
+            self._order = sorted(self.entries)
+        return self._order
+
+    def rawValues(self) -> list[bytes]:
+        """The stored bytes of every key, in key order (as the backend lists them)."""
+        entries = self.entries
+        return [entries[k][0] for k in self._keys()]
+
+    def records(self) -> list[Any]:
+        """The records of every key, in key order."""
+        entries = self.entries
+        return [entries[k][1] for k in self._keys()]
 
 
 class PlacementCenter:
@@ -103,6 +268,21 @@ class PlacementCenter:
         self._campaign: Deferred[None] | None = None
         self._watches: list[Any] = []
         self._stopping = False
+        #: Incremented when leadership ends: work begun in an earlier term stops.
+        self._term = 0
+        self._nodes = _PrefixCache("nodes/", NodeInfo)
+        self._routes = _PrefixCache("routes/", RouteEntry)
+        self._shards = _PrefixCache("shards/", ShardRecord)
+        self._config = _PrefixCache("config/", ConfigEntry)
+        #: The liveness keys (their values are empty).
+        self._alive = _PrefixCache("alive/", None)
+        #: In the order of the snapshot's sections (records.SNAPSHOT_SECTIONS).
+        self._sections = (self._nodes, self._routes, self._shards, self._config)
+        self._caches = (*self._sections, self._alive)
+        #: Members with records queued and no push in flight.
+        self._ready: list[_Member] = []
+        self._flushCall: IDelayedCall | None = None
+        self._checkCall: IDelayedCall | None = None
         #: Called with no argument when leadership is lost (the server drops connections).
         self.onStepDown: Callable[[], None] = lambda: None
         self.becameLeader: Deferred[None] = Deferred()
@@ -121,9 +301,17 @@ class PlacementCenter:
         self._keeper.clock = self.reactor
         self._keeper.start(max(self.settings.heartbeat_timeout / 3, 0.05), now=False)
         self._campaign = self.backend.campaign(ELECTION, self.advertise, self._lease)
-        self._campaign.addCallbacks(
-            lambda _: ensureDeferred(self._lead()), lambda f: f.trap(Exception) and None
-        )
+        self._campaign.addCallbacks(self._won, lambda f: f.trap(Exception) and None)
+
+    def _won(self, _: Any) -> None:
+        ensureDeferred(self._lead()).addErrback(self._leadFailed)
+
+    def _leadFailed(self, failure: Any) -> None:
+        self.log.failure("taking up placement leadership failed; campaigning again", failure)
+        if not self._stopping:
+            ensureDeferred(self._stepDown(again=True)).addErrback(
+                lambda f: self.log.failure("campaigning again failed", f)
+            )
 
     def _keepOwnLease(self) -> Deferred[None]:
         d = self.backend.keepAlive(self._lease)
@@ -145,17 +333,56 @@ class PlacementCenter:
             self.log.warn("placement leadership moved to {leader}", leader=leader)
             ensureDeferred(self._stepDown(again=True))
 
+    async def _watch(self, term: int, prefix: str, onPut: Any, onDelete: Any) -> bool:
+        """Watch C{prefix} for this term; False if the term ended meanwhile."""
+        watch = await self.backend.watch(prefix, onPut, onDelete)
+        if term != self._term or self._stopping:
+            watch.stop()
+            return False
+        self._watches.append(watch)
+        return True
+
     async def _lead(self) -> None:
         if self._stopping:
             return
+        term = self._term
         self.leading = True
         self.leaderAddress = self.advertise
         self.log.info("placement node {address} is the leader", address=self.advertise)
-        self._watches.append(await self.backend.watch("alive/", lambda kv: None, self._aliveGone))
+        # Watch first, then list: a change made in between is both listed and
+        # reported.  Until a prefix is listed, reads of it go to the backend.
+        for cache in self._caches:
+            cache.reset()
+
+        def onDelete(cache: _PrefixCache, key: str) -> None:
+            self._suspect(cache, key, None)
+            if cache is self._alive:
+                self._aliveGone(key)
+
+        watching = await _all(
+            [
+                ensureDeferred(
+                    self._watch(
+                        term,
+                        cache.prefix,
+                        lambda kv, cache=cache: self._suspect(cache, kv.key, kv.value),
+                        lambda key, cache=cache: onDelete(cache, key),
+                    )
+                )
+                for cache in self._caches
+            ]
+        )
+        if not all(watching):
+            return
+        listed = await _all([self.backend.list(cache.prefix) for cache in self._caches])
+        if term != self._term or self._stopping:
+            return
+        for cache, kvs in zip(self._caches, listed, strict=True):
+            cache.load(kvs)
+        self._scheduleCheck(0)
         # Nodes that went silent while nobody led: their lease is gone.
-        alive = {lastPart(kv.key) for kv in await self.backend.list("alive/")}
-        for kv in await self.backend.list("nodes/"):
-            info = decodeRecord(kv.value, NodeInfo)
+        alive = await self._aliveIds()
+        for info in await self._records(self._nodes):
             if info.state == "alive" and info.nodeId not in alive:
                 await self._declareDead(info.nodeId)
         if not self.becameLeader.called:
@@ -163,6 +390,7 @@ class PlacementCenter:
 
     async def _stepDown(self, again: bool) -> None:
         wasLeading, self.leading = self.leading, False
+        self._term += 1
         for watch in self._watches[1:]:
             watch.stop()
         del self._watches[1:]
@@ -171,6 +399,13 @@ class PlacementCenter:
         if self._campaign is not None and not self._campaign.called:
             self._campaign.cancel()
         self.members.clear()
+        self._ready.clear()
+        for call in (self._flushCall, self._checkCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._flushCall = self._checkCall = None
+        for cache in self._caches:
+            cache.reset()
         if wasLeading:
             self.onStepDown()
         if again and not self._stopping:
@@ -204,38 +439,153 @@ class PlacementCenter:
             raise NotRegisteredError(f"node {nodeId} is not registered")
         return member
 
+    # The caches
+
+    def _suspect(self, cache: _PrefixCache, key: str, value: Any) -> None:
+        """A watch reported C{key}: compare it with the cache at the end of this turn.
+
+        Not sooner: the event may be the echo of a write of ours whose result
+        is about to be written through.  The event's value is never stored
+        (it may be an old one arriving late); a mismatch re-reads the key.
+        """
+        if cache.enabled:
+            cache.suspects[key] = value
+            self._scheduleCheck(0)
+
+    def _scheduleCheck(self, delay: float) -> None:
+        if self._checkCall is None:
+            self._checkCall = self.reactor.callLater(delay, self._checkSuspects)
+
+    def _checkSuspects(self) -> None:
+        self._checkCall = None
+        for cache in self._caches:
+            if not cache.usable:
+                continue  # still loading: checked once loaded
+            suspects, cache.suspects = cache.suspects, {}
+            for key, value in suspects.items():
+                if value is _UNKNOWN or cache.raw(key) != value:
+                    ensureDeferred(self._refresh(cache, key))
+
+    async def _refresh(self, cache: _PrefixCache, key: str) -> None:
+        """Read C{key} again; stored unless one of our writes (or a newer re-read) came first."""
+        token = object()
+        cache.refreshing[key] = token
+        try:
+            kv = await self.backend.get(key)
+        except Exception as e:
+            if cache.refreshing.get(key) is token:
+                del cache.refreshing[key]
+                self.log.warn("placement: re-reading {key} failed: {error}", key=key, error=str(e))
+                if cache.usable:
+                    cache.suspects[key] = _UNKNOWN
+                    self._scheduleCheck(REFRESH_RETRY)
+            return
+        if cache.refreshing.get(key) is token:
+            if kv is None:
+                cache.set(key, None)
+            else:
+                cache.set(key, kv.value, None, kv.modRevision)
+
+    async def _records(self, cache: _PrefixCache) -> list[Any]:
+        if cache.usable:
+            return cache.records()
+        return [decodeRecord(kv.value, cache.cls) for kv in await self.backend.list(cache.prefix)]
+
+    async def _rawValues(self, cache: _PrefixCache) -> list[bytes]:
+        if cache.usable:
+            return cache.rawValues()
+        return [kv.value for kv in await self.backend.list(cache.prefix)]
+
+    async def _cached(self, cache: _PrefixCache, key: str) -> Any:
+        if cache.usable:
+            return cache.get(key)
+        return await self._get(key, cache.cls)
+
+    async def _put(
+        self, cache: _PrefixCache, key: str, record: Any, raw: bytes | None = None, lease: int = 0
+    ) -> None:
+        raw = encodeRecord(record) if raw is None else raw
+        revision = await self.backend.put(key, raw, lease)
+        cache.set(key, raw, record, revision if isinstance(revision, int) else None)
+
+    async def _aliveIds(self) -> set[str]:
+        """Ids of the nodes whose liveness key exists."""
+        if self._alive.usable:
+            keys: Any = self._alive.entries
+        else:
+            keys = [kv.key for kv in await self.backend.list(self._alive.prefix)]
+        return {lastPart(key) for key in keys}
+
     # Pushes
 
-    def _push(self, method: str, record: Any, exclude: str | None = None) -> None:
+    def _push(self, record: Any, exclude: str | None = None) -> None:
+        """Send C{record} to every registered node but C{exclude} (batched per turn)."""
+        data = encodeRecord(record)
         for nodeId, member in list(self.members.items()):
-            if nodeId == exclude or member.listener is None:
-                continue
-            if member.pending >= self.settings.max_pending_pushes:
-                self.log.warn(
-                    "node {node} has {count} unacknowledged placement updates; disconnecting it",
-                    node=nodeId,
-                    count=member.pending,
-                )
-                self._disconnect(member)
-                continue
-            member.pending += 1
-            d = member.listener.callRemote(method, record)
-            d.addBoth(self._pushed, member, nodeId, method)
+            if nodeId != exclude:
+                self._queue(member, data)
 
-    def _pushed(self, result: Any, member: _Member, nodeId: str, method: str) -> None:
-        member.pending -= 1
-        if hasattr(result, "check") and not result.check(
+    def _queue(self, member: _Member, data: bytes) -> None:
+        if member.listener is None or not self.leading:
+            return
+        if member.pending >= self.settings.max_pending_pushes:
+            self.log.warn(
+                "node {node} has {count} unacknowledged placement updates; disconnecting it",
+                node=member.info.nodeId,
+                count=member.pending,
+            )
+            self._disconnect(member)
+            return
+        member.queue.append(data)
+        self._schedule(member)
+
+    def _schedule(self, member: _Member) -> None:
+        if member.inFlight or member.ready:
+            return
+        member.ready = True
+        self._ready.append(member)
+        if self._flushCall is None:
+            self._flushCall = self.reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flushCall = None
+        ready, self._ready = self._ready, []
+        for member in ready:
+            member.ready = False
+            self._send(member)
+
+    def _send(self, member: _Member) -> None:
+        listener = member.listener
+        if self.members.get(member.info.nodeId) is not member or listener is None:
+            member.queue.clear()  # replaced, dead or disconnected: a snapshot follows
+            return
+        if member.inFlight or not member.queue:
+            return
+        batch, member.queue = member.queue, []
+        member.inFlight = len(batch)
+        try:
+            d = listener.callRemote("updates", encodeBatch(batch))
+        except pb.DeadReferenceError:
+            member.inFlight = 0
+            return
+        d.addBoth(self._pushed, member)
+
+    def _pushed(self, result: Any, member: _Member) -> None:
+        member.inFlight = 0
+        if isinstance(result, Failure) and not result.check(
             pb.PBConnectionLost, pb.DeadReferenceError
         ):
             self.log.warn(
-                "push {method} to node {node} failed: {error}",
-                method=method,
-                node=nodeId,
+                "push to node {node} failed: {error}",
+                node=member.info.nodeId,
                 error=result.getErrorMessage(),
             )
+        if member.queue:
+            self._schedule(member)
 
     def _disconnect(self, member: _Member) -> None:
         listener, member.listener = member.listener, None
+        member.queue.clear()
         broker = getattr(listener, "broker", None)
         if broker is not None and broker.transport is not None:
             broker.transport.loseConnection()
@@ -245,36 +595,46 @@ class PlacementCenter:
         member = self.members.get(nodeId)
         if member is not None and member.avatar is avatar:
             member.listener = None
+            member.queue.clear()
 
     # Registration and liveness
 
     async def register(
         self, nodeId: str, info: NodeInfo, listener: Any, avatar: Any = None
-    ) -> dict[str, list[Any]]:
-        """Add or re-add a node; fires with a snapshot of nodes, routes, shards and config."""
+    ) -> EncodedSnapshot:
+        """Add or re-add a node; fires with a snapshot of nodes, routes, shards and config
+        (an L{EncodedSnapshot}: the node receives a L{robustmq.placement.records.Snapshot})."""
         self._requireLeader()
         if not isinstance(info, NodeInfo) or info.nodeId != nodeId:
             raise PermissionDeniedError(f"node {nodeId} may only register itself")
         if nodeId not in self.members and len(self.members) >= self.settings.max_nodes:
             raise LimitError(f"{self.settings.max_nodes} nodes registered (max_nodes)")
         info = NodeInfo(info.nodeId, info.roles, info.addresses, info.startedAt, "alive")
-        lease = await self.backend.grantLease(self.settings.heartbeat_timeout)
-        await self.backend.put(keyOf("nodes", nodeId), encodeRecord(info))
+        key = keyOf("nodes", nodeId)
+        raw = encodeRecord(info)
+        # The lease and the node record do not depend on each other: one commit.
+        lease, revision = await _all(
+            [self.backend.grantLease(self.settings.heartbeat_timeout), self.backend.put(key, raw)]
+        )
+        self._nodes.set(key, raw, info, revision)
         # Re-attach the liveness key to the new lease before ending the old one,
         # so a re-registration never looks like a death.
-        await self.backend.put(keyOf("alive", nodeId), b"", lease)
+        await self._put(self._alive, keyOf("alive", nodeId), None, b"", lease)
+        self._requireLeader()  # still: the writes took a while
         old = self.members.get(nodeId)
         self.members[nodeId] = _Member(info, listener, lease, avatar)
-        if old is not None and old.lease != lease:
-            await self.backend.revokeLease(old.lease)
+        if old is not None:
+            old.queue.clear()
+            if old.lease != lease:
+                await self.backend.revokeLease(old.lease)
         self.log.info("node {node} registered", node=nodeId)
-        self._push("nodeChanged", info, exclude=nodeId)
-        return {
-            "nodes": await self.listNodes(),
-            "routes": await self._list("routes/", RouteEntry),
-            "shards": await self._list("shards/", ShardRecord),
-            "config": await self._list("config/", ConfigEntry),
-        }
+        self._push(info, exclude=nodeId)
+        return EncodedSnapshot(
+            {
+                name: await self._rawValues(cache)
+                for name, cache in zip(SNAPSHOT_SECTIONS, self._sections, strict=True)
+            }
+        )
 
     async def heartbeat(self, nodeId: str) -> float:
         """Keep the node alive; fires with the timeout it must beat."""
@@ -288,57 +648,76 @@ class PlacementCenter:
         return self.settings.heartbeat_timeout
 
     def _aliveGone(self, key: str) -> None:
+        if not self.leading:
+            return  # a leader that starts checks every node
         ensureDeferred(self._declareDead(lastPart(key), check=True)).addErrback(
             lambda f: self.log.failure("declaring a node dead failed", f)
         )
 
     async def _declareDead(self, nodeId: str, check: bool = False) -> None:
-        if check and await self.backend.get(keyOf("alive", nodeId)) is not None:
+        aliveKey = keyOf("alive", nodeId)
+        if check and await self.backend.get(aliveKey) is not None:
             return  # re-registered meanwhile
-        kv = await self.backend.get(keyOf("nodes", nodeId))
+        self._alive.set(aliveKey, None)
+        key = keyOf("nodes", nodeId)
+        info = await self._cached(self._nodes, key)
         member = self.members.pop(nodeId, None)
-        if kv is None:
+        if info is None:
             return
-        info = decodeRecord(kv.value, NodeInfo)
         dead = NodeInfo(info.nodeId, info.roles, info.addresses, info.startedAt, "dead")
-        await self.backend.put(keyOf("nodes", nodeId), encodeRecord(dead))
+        await self._put(self._nodes, key, dead)
         self.log.warn("node {node} declared dead (no heartbeat)", node=nodeId)
-        self._push("nodeChanged", dead)
+        self._push(dead)
         if member is not None:
             self._disconnect(member)
-        for entry in await self._list("routes/", RouteEntry):
+        for entry in await self._records(self._routes):
             if nodeId in entry.nodeIds:
                 await self._changeRoute(entry.filter, nodeId, add=False)
-        for shard in await self._list("shards/", ShardRecord):
+        for shard in await self._records(self._shards):
             if shard.leader == nodeId:
                 await self._moveShard(shard.shard, shard)
 
     async def listNodes(self, nodeId: str | None = None) -> list[NodeInfo]:
         if nodeId is not None:
             self._member(nodeId)
-        return await self._list("nodes/", NodeInfo)
-
-    async def _list(self, prefix: str, cls: Any) -> list[Any]:
-        return [decodeRecord(kv.value, cls) for kv in await self.backend.list(prefix)]
+        return await self._records(self._nodes)
 
     async def _get(self, key: str, cls: Any) -> Any:
         kv = await self.backend.get(key)
         return None if kv is None else decodeRecord(kv.value, cls)
 
     async def _update(
-        self, key: str, change: Callable[[bytes | None], Awaitable[bytes | None] | bytes | None]
+        self,
+        key: str,
+        change: Callable[[bytes | None], Awaitable[bytes | None] | bytes | None],
+        cache: _PrefixCache | None = None,
     ) -> bool:
-        """Read-modify-write C{key} with compare-and-set; True if it changed."""
+        """Read-modify-write C{key} with compare-and-set; True if it changed.
+
+        With a C{cache}, the first attempt takes the current value from it
+        (the compare-and-set checks it); a stale or unchanged value is read
+        from the backend again.
+        """
+        fromCache = cache is not None and cache.usable
         for _ in range(CAS_ATTEMPTS):
-            kv = await self.backend.get(key)
-            current = None if kv is None else kv.value
+            if fromCache:
+                current = cache.raw(key)  # type: ignore[union-attr]
+            else:
+                kv = await self.backend.get(key)
+                current = None if kv is None else kv.value
             new = change(current)
             if hasattr(new, "__await__"):
                 new = await new  # type: ignore[misc]
             if new == current:
+                if fromCache:
+                    fromCache = False
+                    continue
                 return False
             if await self.backend.compareAndSet(key, current, new):
+                if cache is not None:
+                    cache.set(key, new)  # type: ignore[arg-type]
                 return True
+            fromCache = False
         raise LimitError(f"{key}: too much contention ({CAS_ATTEMPTS} attempts)")
 
     # Cluster config
@@ -346,13 +725,13 @@ class PlacementCenter:
     async def setConfig(self, nodeId: str, key: str, value: str) -> ConfigEntry:
         self._member(nodeId)
         entry = ConfigEntry(key, value)
-        await self.backend.put(keyOf("config", key), encodeRecord(entry))
-        self._push("configChanged", entry)
+        await self._put(self._config, keyOf("config", key), entry)
+        self._push(entry)
         return entry
 
     async def getConfig(self, nodeId: str, key: str) -> ConfigEntry | None:
         self._member(nodeId)
-        return await self._get(keyOf("config", key), ConfigEntry)
+        return await self._cached(self._config, keyOf("config", key))  # type: ignore[no-any-return]
 
     # Sessions
 
@@ -362,21 +741,21 @@ class PlacementCenter:
         """Make C{nodeId} the owner of C{clientId}'s session; fires with the previous record."""
         self._member(nodeId)
         record = SessionRecord(clientId, nodeId, expiryInterval, time.time())
+        key = keyOf("sessions", clientId)
+        raw = encodeRecord(record)
+        # A client id without a record (a new client) costs one operation.
+        if await self.backend.compareAndSet(key, None, raw):
+            return None
         previous: list[SessionRecord | None] = [None]
 
         def change(current: bytes | None) -> bytes:
             previous[0] = None if current is None else decodeRecord(current, SessionRecord)
-            return encodeRecord(record)
+            return raw
 
-        await self._update(keyOf("sessions", clientId), change)
+        await self._update(key, change)
         old = previous[0]
         if old is not None and old.nodeId != nodeId and old.nodeId in self.members:
-            member = self.members[old.nodeId]
-            if member.listener is not None:
-                member.pending += 1
-                member.listener.callRemote("sessionTakenOver", record).addBoth(
-                    self._pushed, member, old.nodeId, "sessionTakenOver"
-                )
+            self._queue(self.members[old.nodeId], raw)
         return old
 
     async def releaseSession(self, nodeId: str, clientId: str) -> bool:
@@ -392,7 +771,7 @@ class PlacementCenter:
 
     async def lookupSession(self, nodeId: str, clientId: str) -> SessionRecord | None:
         self._member(nodeId)
-        return await self._get(keyOf("sessions", clientId), SessionRecord)
+        return await self._get(keyOf("sessions", clientId), SessionRecord)  # type: ignore[no-any-return]
 
     # Routes
 
@@ -415,21 +794,21 @@ class PlacementCenter:
             result[:] = [entry]
             return encodeRecord(entry) if nodes else None
 
-        if await self._update(keyOf("routes", topicFilter), change):
-            self._push("routeChanged", result[0], exclude=nodeId)
+        if await self._update(keyOf("routes", topicFilter), change, self._routes):
+            self._push(result[0], exclude=nodeId)
         return result[0]
 
     async def listRoutes(self, nodeId: str) -> list[RouteEntry]:
         self._member(nodeId)
-        return await self._list("routes/", RouteEntry)
+        return await self._records(self._routes)
 
     # Shards
 
     async def _liveBrokers(self) -> list[str]:
-        alive = {lastPart(kv.key) for kv in await self.backend.list("alive/")}
+        alive = await self._aliveIds()
         return sorted(
             info.nodeId
-            for info in await self._list("nodes/", NodeInfo)
+            for info in await self._records(self._nodes)
             if info.nodeId in alive and "broker" in info.roles
         )
 
@@ -448,7 +827,7 @@ class PlacementCenter:
                 result[:] = [record]
                 return raw
             load = dict.fromkeys(live, 0)
-            for other in await self._list("shards/", ShardRecord):
+            for other in await self._records(self._shards):
                 if other.leader in load:
                     load[other.leader] += 1
             leader = min(live, key=lambda n: (load[n], n)) if live else ""
@@ -457,19 +836,19 @@ class PlacementCenter:
             result[:] = [new]
             return encodeRecord(new)
 
-        if await self._update(keyOf("shards", shard), change):
+        if await self._update(keyOf("shards", shard), change, self._shards):
             self.log.info(
                 "shard {shard} led by {leader} (epoch {epoch})",
                 shard=shard,
                 leader=result[0].leader or "nobody",
                 epoch=result[0].epoch,
             )
-            self._push("shardChanged", result[0])
+            self._push(result[0])
         return result[0]
 
     async def getShard(self, nodeId: str, shard: str) -> ShardRecord | None:
         self._member(nodeId)
-        return await self._get(keyOf("shards", shard), ShardRecord)
+        return await self._cached(self._shards, keyOf("shards", shard))  # type: ignore[no-any-return]
 
     # Consumer-group offsets
 
@@ -483,7 +862,16 @@ class PlacementCenter:
 
     async def fetchOffset(self, nodeId: str, group: str, shard: str) -> GroupOffset | None:
         self._member(nodeId)
-        return await self._get(keyOf("offsets", group, shard), GroupOffset)
+        return await self._get(keyOf("offsets", group, shard), GroupOffset)  # type: ignore[no-any-return]
 
 
-__all__ = ["ELECTION", "PlacementCenter"]
+async def _all(deferreds: list[Deferred[Any]]) -> list[Any]:
+    """The results of C{deferreds}, run together; the first failure is raised as is."""
+    try:
+        return await gatherResults(deferreds, consumeErrors=True)  # type: ignore[no-any-return]
+    except FirstError as e:
+        e.subFailure.raiseException()
+        raise  # not reached
+
+
+__all__ = ["CACHE_LIMIT", "ELECTION", "PlacementCenter"]

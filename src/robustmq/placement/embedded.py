@@ -304,7 +304,8 @@ class EmbeddedBackend(ElectionMixin):
             self._flush()
 
     def _dispatch(self, kind: str, what: Any) -> None:
-        for watcher in list(self._watchers):
+        key = what.key if kind == "put" else what
+        for watcher in [w for w in self._watchers if key.startswith(w.prefix)]:
             if kind == "put":
                 watcher.deliverPut(what)
             else:

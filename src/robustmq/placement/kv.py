@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote, unquote
@@ -67,10 +68,14 @@ class Watcher:
                 self.log.failure("placement watch callback for {prefix} failed", prefix=self.prefix)
 
 
+#: Parts that percent-encoding leaves as they are.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*\Z")
+
+
 def keyOf(*parts: str) -> str:
     """A backend key from path parts, each percent-encoded so that a client
     id or topic filter containing C{/} cannot collide with another key."""
-    return "/".join(quote(p, safe="") for p in parts)
+    return "/".join(p if _UNRESERVED.match(p) else quote(p, safe="") for p in parts)
 
 
 def lastPart(key: str) -> str:
