@@ -293,3 +293,34 @@ class BatchingTests(TestCase):
 
 def _routeKey(entry: RouteEntry) -> str:
     return keyOf("routes", entry.filter)
+
+
+def test_listenerHoldsPushesUntilTheSnapshotIsHandedOver() -> None:
+    """Pushes that arrive before registered(snapshot) runs are newer than the snapshot:
+    the listener keeps them back and hands them over after it, in order."""
+    from robustmq.placement.client import PlacementListener
+    from robustmq.placement.records import RouteEntry
+
+    calls: list[tuple[str, Any]] = []
+
+    class Handler:
+        def registered(self, snapshot: Any) -> None:
+            calls.append(("registered", snapshot))
+
+        def routeChanged(self, entry: Any) -> None:
+            calls.append(("routeChanged", entry.nodeIds))
+
+    listener = PlacementListener(Handler())
+    listener.hold()
+    listener.remote_routeChanged(RouteEntry("a/#", ("n1",)))
+    listener.remote_routeChanged(RouteEntry("a/#", ("n1", "n2")))
+    assert calls == []
+    listener.handler.registered("snapshot")
+    listener.release()
+    listener.remote_routeChanged(RouteEntry("a/#", ("n2",)))
+    assert calls == [
+        ("registered", "snapshot"),
+        ("routeChanged", ("n1",)),
+        ("routeChanged", ("n1", "n2")),
+        ("routeChanged", ("n2",)),
+    ]

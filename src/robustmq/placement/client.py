@@ -55,8 +55,23 @@ class PlacementListener(pb.Referenceable):
 
     def __init__(self, handler: Any) -> None:
         self.handler = handler
+        #: pushes received while a registration's snapshot is not yet handed over
+        self._held: list[tuple[str, Any]] | None = None
+
+    def hold(self) -> None:
+        """Keep pushes back until L{release}: they are newer than the snapshot coming."""
+        self._held = []
+
+    def release(self) -> None:
+        """Hand over the pushes held since L{hold}, in order (after the snapshot)."""
+        held, self._held = self._held, None
+        for name, record in held or ():
+            self._call(name, record)
 
     def _call(self, name: str, record: Any) -> None:
+        if self._held is not None:
+            self._held.append((name, record))
+            return
         method = getattr(self.handler, name, None)
         if method is not None:
             try:
@@ -263,9 +278,13 @@ class PlacementClient(ClientService):
         await self._register(perspective)
 
     async def _register(self, perspective: Any) -> None:
+        # Pushes that arrive before the snapshot reaches the handler are newer than
+        # it: hold them, or the snapshot would overwrite them (see _announce).
+        self.listener.hold()
         try:
             snapshot = await perspective.callRemote("register", self.info, self.listener)
         except Exception as e:
+            self.listener.release()
             leader = _leaderHint(e)
             if leader is not None:
                 self.log.info(
@@ -287,6 +306,7 @@ class PlacementClient(ClientService):
 
     def _announce(self, perspective: Any, snapshot: dict[str, list[Any]]) -> None:
         if self.perspective is not perspective:
+            self.listener.release()
             return  # lost again meanwhile
         registered = getattr(self.handler, "registered", None)
         if registered is not None:
@@ -294,6 +314,7 @@ class PlacementClient(ClientService):
                 registered(snapshot)
             except Exception:
                 self.log.failure("placement handler registered() failed")
+        self.listener.release()
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(perspective)
