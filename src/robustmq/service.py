@@ -144,15 +144,16 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     broker = Broker(settings, reactor, store=store, auth=auth, authMechanisms=mechanisms)
     broker.security = security  # type: ignore[attr-defined]
     broker.setName("broker")
-    broker.setServiceParent(top)
     if cluster.enabled:
-        # After the broker, so it stops before it (MultiService stops in reverse order).
+        # Before the broker, so it is told to stop after it (MultiService stops in
+        # reverse order): the broker closes its clients first, then the node leaves.
         from robustmq.cluster.node import ClusterNode
 
         node = ClusterNode(settings, broker, store, reactor)
         broker.cluster = node
         node.setName("cluster")
         node.setServiceParent(top)
+    broker.setServiceParent(top)
     if settings.mqtt.sys_interval > 0:
         SysTopicsService(broker, settings.mqtt.sys_interval).setServiceParent(top)
     # Re-reads the certificates of tls, wss and quic listeners on SIGHUP.

@@ -189,3 +189,38 @@ def test_wrongClusterSecretIsRefused(tmp_path: Path) -> None:
             assert pbLogin(good.clusterPort, "b9", cluster.secret) == "ok"
         finally:
             intruder.stop()
+
+
+def test_gracefulStopHandsSessionsOverAtOnce(clients: list[PahoClient]) -> None:
+    """SIGTERM: the broker leaves the cluster, its replica adopts its persistent sessions
+    at once (long before the 30 s heartbeat timeout), and no will is published."""
+    uniq = uuid.uuid4().hex[:8]
+    slow = {"cluster": {"takeover_timeout": 40}}
+    with LocalCluster(
+        placements=0, brokers=3, backend="embedded", heartbeatTimeout=30.0, brokerConfig=slow
+    ) as cluster:
+        b1, b2, b3 = cluster.brokers
+        sub = connect(clients, b2.port, f"stay-{uniq}", clean=False)
+        sub.subscribe(f"g/{uniq}/#", 1)
+        willed = PahoClient(b2.port, f"willed-{uniq}")
+        clients.append(willed)
+        willed.connect(will=(f"gwill/{uniq}", b"should not fire", 1, False))
+        watcher = connect(clients, b1.port, f"watch-{uniq}")
+        watcher.subscribe(f"gwill/{uniq}", 1)
+        publisher = connect(clients, b1.port, f"pub-{uniq}")
+        awaitRoute(publisher, sub, f"g/{uniq}/probe")
+        sub.disconnect()
+        sub.stop()
+        for i in range(5):
+            publisher.publish(f"g/{uniq}/t", f"q{i}".encode(), 1)
+        willed.client.reconnect_delay_set(min_delay=120, max_delay=120)
+        started = time.monotonic()
+        assert cluster.stop(b2) in (0, -15)
+        assert "declared dead (left the cluster)" in b1.output()
+        again = connect(clients, b1.port, f"stay-{uniq}", clean=False)
+        assert time.monotonic() - started < 15, "the session waited for the heartbeat timeout"
+        assert again.sessionPresent is True
+        got: set[bytes] = set()
+        drain(again, got, {f"q{i}".encode() for i in range(5)}, 10)
+        assert got == {f"q{i}".encode() for i in range(5)}
+        watcher.expectNothing(1.0)

@@ -223,6 +223,25 @@ class ClusterNode(Service):
         return defer.ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        # The broker (stopped just before us) is closing its clients: no will is
+        # published on shutdown, so take the wills off the replica, let the links
+        # carry what the closing caused, then leave: the placement center declares
+        # this node dead now and its replica adopts the persistent sessions at once
+        # (instead of after heartbeat_timeout).
+        for clientId in list(self._wills):
+            del self._wills[clientId]
+            d = self.replicator.op(wire.DELETE, WILLS, clientId.encode(), None)
+            if d is not None:
+                d.addErrback(lambda f: None)
+        await self._drainLinks(2.0)
+        if self.placement.perspective is not None:
+            try:
+                call = defer.ensureDeferred(self.placement.call("leave"))
+                call.addTimeout(3.0, self.reactor)
+                await call
+                self.log.info("left the cluster")
+            except Exception as e:  # the connection closes as the leave completes
+                self.log.info("leaving the cluster: {e}", e=str(e) or type(e).__name__)
         if self.placement.running:
             await self.placement.stopService()
         for link in list(self.links.values()):
@@ -232,6 +251,18 @@ class ClusterNode(Service):
         if self.port is not None:
             port, self.port = self.port, None
             await port.stopListening()
+
+    async def _drainLinks(self, timeout: float) -> None:
+        """Wait (at most C{timeout}) until every link has sent and had answered all it holds."""
+        deadline = self.reactor.seconds() + timeout
+        while self.reactor.seconds() < deadline:
+            await deferLater(self.reactor, 0.05, lambda: None)
+            if not any(
+                link.queue or link.inflight
+                for link in self.links.values()
+                if link.perspective is not None
+            ):
+                return
 
     # Placement pushes (PlacementHandler)
 

@@ -654,7 +654,20 @@ class PlacementCenter:
             lambda f: self.log.failure("declaring a node dead failed", f)
         )
 
-    async def _declareDead(self, nodeId: str, check: bool = False) -> None:
+    async def leave(self, nodeId: str) -> None:
+        """The node is stopping cleanly: declare it dead now, not after
+        C{heartbeat_timeout}, so that what it did moves at once (its routes,
+        shards, and — on the brokers — its sessions)."""
+        member = self._member(nodeId)
+        await self._declareDead(nodeId, why="left the cluster")
+        try:
+            await self.backend.revokeLease(member.lease)
+        except LeaseNotFoundError:
+            pass
+
+    async def _declareDead(
+        self, nodeId: str, check: bool = False, why: str = "no heartbeat"
+    ) -> None:
         aliveKey = keyOf("alive", nodeId)
         if check and await self.backend.get(aliveKey) is not None:
             return  # re-registered meanwhile
@@ -662,11 +675,11 @@ class PlacementCenter:
         key = keyOf("nodes", nodeId)
         info = await self._cached(self._nodes, key)
         member = self.members.pop(nodeId, None)
-        if info is None:
-            return
+        if info is None or (info.state == "dead" and member is None):
+            return  # already declared (a leave, then its lease's end)
         dead = NodeInfo(info.nodeId, info.roles, info.addresses, info.startedAt, "dead")
         await self._put(self._nodes, key, dead)
-        self.log.warn("node {node} declared dead (no heartbeat)", node=nodeId)
+        self.log.warn("node {node} declared dead ({why})", node=nodeId, why=why)
         self._push(dead)
         if member is not None:
             self._disconnect(member)

@@ -90,6 +90,10 @@ class NodeAvatar(pb.Avatar):
         """Keep this node alive."""
 
     @_remote
+    def perspective_leave(self) -> None:
+        """This node stops cleanly: declare it dead at once."""
+
+    @_remote
     def perspective_listNodes(self) -> None:
         """Every known node, alive or dead."""
 
