@@ -24,6 +24,7 @@ from robustmq.core.sessions import SessionRegistry
 from robustmq.core.shared import SharedGroup
 from robustmq.core.stats import Stats
 from robustmq.core.subscription import SubscriptionOptions, parseFilter
+from robustmq.core.timers import TimerHeap
 from robustmq.interfaces import IShardStore
 
 
@@ -87,6 +88,8 @@ class Broker(Service):
         self.openSockets = 0
         #: the node's part in a broker cluster (robustmq.cluster.ClusterNode), or None
         self.cluster: Any = None
+        #: long-lived per-connection timers (keep-alive) on one reactor timer
+        self.timers = TimerHeap(reactor)
 
     def callLater(self, delay: float, f: Any, *args: Any) -> Any:
         """Schedule C{f} on the broker's reactor (used by sessions)."""

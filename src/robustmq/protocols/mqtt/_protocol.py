@@ -727,7 +727,7 @@ class MQTTServerProtocol(Protocol):
             assert connack is not None
             connack["server_keep_alive"] = self.keepAlive
         if self.keepAlive:
-            self._timer = self.reactor.callLater(self.keepAlive * 1.5, self._checkKeepAlive)
+            self._timer = self.broker.timers.callLater(self.keepAlive * 1.5, self._checkKeepAlive)
         self._write(encodeConnack(present, Reason.SUCCESS, connack))
         self.state = CONNECTED
         self.connectedAt = self.reactor.seconds()
@@ -819,7 +819,7 @@ class MQTTServerProtocol(Protocol):
             if self.transport is not None:
                 self.transport.abortConnection()
         else:
-            self._timer = self.reactor.callLater(limit - idle, self._checkKeepAlive)
+            self._timer = self.broker.timers.callLater(limit - idle, self._checkKeepAlive)
 
     # PUBLISH and acknowledgements
 
