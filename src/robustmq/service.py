@@ -143,6 +143,20 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     }
     broker = Broker(settings, reactor, store=store, auth=auth, authMechanisms=mechanisms)
     broker.security = security  # type: ignore[attr-defined]
+
+    # A new ban (made here, or pushed from the cluster) closes the clients it covers.
+    def banned(kind: str, key: str, value: Any) -> None:
+        if value is None:
+            return
+        if value.get("kind") == "clientid":
+            # One client id: look its connection up instead of scanning every one.
+            session = broker.sessions.get(value.get("value", ""))
+            connection = session.connection if session is not None else None
+            security.disconnectBanned([connection] if connection is not None else [])
+        else:
+            security.disconnectBanned(broker.connections)
+
+    security.metadata.watch("bans", banned)
     broker.setName("broker")
     if cluster.enabled:
         # Before the broker, so it is told to stop after it (MultiService stops in

@@ -285,10 +285,16 @@ def test_usersAndBansAreClusterWide(cluster: LocalCluster, uniq: str) -> None:
     post(b1.httpPort, "/api/v1/users", {"username": f"u{uniq}", "password": "right-pw"})
     eventually(lambda: refused(b3.port, f"c-{uniq}", f"u{uniq}", "wrong-pw"), "user known on b3")
     assert not refused(b3.port, f"c-{uniq}", f"u{uniq}", "right-pw")
-    # A ban made on b2 holds on b3 and b1.
+    # A ban made on b2 holds on b3 and b1, and closes the client where it is connected.
     banned = f"banned-{uniq}"
     assert not refused(b1.port, banned)
+    victim = PahoClient(b3.port, banned).connect()
+    victim.client.reconnect_delay_set(min_delay=120, max_delay=120)
     post(b2.httpPort, "/api/v1/bans", {"kind": "clientid", "value": banned, "duration": 120})
+    try:
+        assert victim.disconnected.wait(10), "the banned client stayed connected on b3"
+    finally:
+        victim.stop()
     eventually(lambda: refused(b3.port, banned), "ban in force on b3")
     eventually(lambda: refused(b1.port, banned), "ban in force on b1")
     # Lifted on b3: gone everywhere.

@@ -350,6 +350,33 @@ def test_banAndUnban(node):
     assert ctl(node, "ban", "del", "username", "bob").returncode == 0
 
 
+def test_banDisconnectsConnectedClients(node):
+    """A ban closes the connections it covers at once (MQTT 5: DISCONNECT 0x98)."""
+    reasons: list[int] = []
+    byId = Paho(node["port"], uniq("kickme"))
+    byId.client.on_disconnect = lambda c, u, f, rc, p: reasons.append(rc.value)
+    assert byId.connect("alice", ALICE_PW) == 0
+    byName = Paho(node["port"], uniq("b"))
+    assert byName.connect("bob", BOB_PW) == 0
+    byName.connected.clear()
+    bystander = Paho(node["port"], uniq("a"))
+    assert bystander.connect("alice", ALICE_PW) == 0
+    bystander.connected.clear()
+    cid = byId.client._client_id.decode()
+    assert ctl(node, "ban", "add", "clientid", cid, "--duration", "60").returncode == 0
+    deadline = time.monotonic() + TIMEOUT
+    while not reasons and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert reasons[:1] == [0x98]
+    assert ctl(node, "ban", "add", "username", "bob", "--duration", "60").returncode == 0
+    assert byName.connected.wait(TIMEOUT), "bob stayed connected"  # set by on_disconnect
+    assert not bystander.connected.wait(0.5)  # nobody else was touched
+    for client in (byId, byName, bystander):
+        client.client.loop_stop()
+    assert ctl(node, "ban", "del", "clientid", cid).returncode == 0
+    assert ctl(node, "ban", "del", "username", "bob").returncode == 0
+
+
 def test_userPasswdAndDel(node):
     assert ctl(node, "user", "add", "carol", stdin="carol-first-pw\n").returncode == 0
     assert ctl(node, "user", "passwd", "carol", stdin="carol-second-pw\n").returncode == 0

@@ -71,6 +71,26 @@ class Security:
         """Nothing persisted (tests, in-process brokers)."""
         return cls(settings, reactor, MemoryMetadataStore())
 
+    def disconnectBanned(self, connections: Any) -> int:
+        """Close the connected clients a ban now covers (a ban made here or pushed
+        from the cluster); returns how many.  Connections without C{kick} are skipped."""
+        closed = 0
+        for connection in list(connections):
+            kick = getattr(connection, "kick", None)
+            if kick is None:
+                continue
+            peer = getattr(connection, "peer", "") or ""
+            why = self.bans.check(
+                getattr(connection, "clientId", None),
+                getattr(connection, "username", None),
+                peer.rsplit(":", 1)[0],
+            )
+            if why is not None:
+                self.log.info("disconnecting a banned client: {why}", why=why)
+                kick(why)
+                closed += 1
+        return closed
+
     # What protocols ask
 
     def acceptConnection(self) -> bool:

@@ -292,6 +292,10 @@ class MQTTServerProtocol(Protocol):
         self.will = None
         self._disconnect(Reason.SERVER_SHUTTING_DOWN, "server shutting down")
 
+    def kick(self, why: str) -> None:
+        """An administrator (or a ban) ends this connection (MQTT 5: DISCONNECT 0x98)."""
+        self._disconnect(Reason.ADMINISTRATIVE_ACTION, why)
+
     def takeOver(self) -> None:
         """Another connection took this client id (MQTT-3.1.4-2)."""
         self._disconnect(Reason.SESSION_TAKEN_OVER, "session taken over by a new connection")
