@@ -224,3 +224,32 @@ def test_gracefulStopHandsSessionsOverAtOnce(clients: list[PahoClient]) -> None:
         drain(again, got, {f"q{i}".encode() for i in range(5)}, 10)
         assert got == {f"q{i}".encode() for i in range(5)}
         watcher.expectNothing(1.0)
+
+
+def test_aBrokerThatDiesTwiceIsAdoptedTwice(clients: list[PahoClient]) -> None:
+    """Killed, restarted, killed again: its new persistent sessions are adopted again."""
+    uniq = uuid.uuid4().hex[:8]
+    with LocalCluster(placements=0, brokers=3, backend="embedded") as cluster:
+        b1, b2, b3 = cluster.brokers
+        publisher = connect(clients, b1.port, f"pub-{uniq}")
+        for round in (1, 2):
+            cid = f"twice{round}-{uniq}"
+            sub = connect(clients, b2.port, cid, clean=False)
+            sub.client.reconnect_delay_set(min_delay=120, max_delay=120)
+            sub.subscribe(f"tw{round}/{uniq}/#", 1)
+            awaitRoute(publisher, sub, f"tw{round}/{uniq}/probe")
+            sub.disconnect()
+            sub.stop()
+            for i in range(3):
+                publisher.publish(f"tw{round}/{uniq}/t", f"r{round}m{i}".encode(), 1)
+            cluster.kill(b2)
+            again = connect(clients, b3.port, cid, clean=False)
+            assert again.sessionPresent is True, f"round {round}: session not adopted"
+            got: set[bytes] = set()
+            expected = {f"r{round}m{i}".encode() for i in range(3)}
+            drain(again, got, expected, 10)
+            assert got == expected, f"round {round}"
+            again.disconnect()
+            again.stop()
+            if round == 1:
+                cluster.restart(b2)

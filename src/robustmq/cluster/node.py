@@ -267,7 +267,13 @@ class ClusterNode(Service):
     # Placement pushes (PlacementHandler)
 
     def registered(self, snapshot: dict[str, list[Any]]) -> None:
-        self.nodes = {info.nodeId: info for info in snapshot["nodes"]}
+        fresh = {info.nodeId: info for info in snapshot["nodes"]}
+        for nodeId, info in fresh.items():
+            old = self.nodes.get(nodeId)
+            if info.state == "alive" and old is not None and old.state == "dead":
+                self._adoptions.pop(nodeId, None)
+                self._ghosts.pop(nodeId, None)
+        self.nodes = fresh
         self.remote.replace((entry.filter, entry.nodeIds) for entry in snapshot["routes"])
         for entry in snapshot["config"]:
             if not entry.key.startswith(META_PREFIX):
@@ -287,6 +293,10 @@ class ClusterNode(Service):
     def nodeChanged(self, info: NodeInfo) -> None:
         previous = self.nodes.get(info.nodeId)
         self.nodes[info.nodeId] = info
+        if info.state == "alive" and previous is not None and previous.state == "dead":
+            # Back (restarted): if it dies again, its new sessions are adopted again.
+            self._adoptions.pop(info.nodeId, None)
+            self._ghosts.pop(info.nodeId, None)
         self._follow(info)
         if info.state == "dead" and (previous is None or previous.state != "dead"):
             self.log.warn("broker {node} is dead", node=info.nodeId)
