@@ -223,6 +223,21 @@ def test_jwtValidExpiredForged(node):
     assert Paho(node["port"], uniq("other")).connect("device", wrongClient) == 0x86
 
 
+def test_connectionEndsWhenItsTokenExpires(node):
+    cid = uniq("jwtexp")
+    token = jwt.encode({"exp": time.time() + 1.5, "clientid": cid}, JWT_SECRET, "HS256")
+    reasons: list[int] = []
+    c = Paho(node["port"], cid)
+    c.client.on_disconnect = lambda cl, u, f, rc, p: reasons.append(rc.value)
+    c.client.reconnect_delay_set(min_delay=120, max_delay=120)
+    assert c.connect("device", token) == 0
+    deadline = time.monotonic() + 10
+    while not reasons and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c.client.loop_stop()
+    assert reasons[:1] == [0x87]  # Not authorized: credentials expired
+
+
 def _httpCount(node) -> int:
     with urllib.request.urlopen(node["http"] + "/count", timeout=5) as r:
         return int(json.loads(r.read())["count"])

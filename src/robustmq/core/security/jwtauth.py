@@ -116,6 +116,9 @@ class JWTAuthenticator:
                 return self._deny(credentials, f"bad acl claim: {e}")
         if claims.get("superuser") is True:
             credentials.attributes["superuser"] = True
+        if isinstance(claims.get("exp"), int | float):
+            # The connection ends when the token does (see the MQTT protocol).
+            credentials.attributes["expires_at"] = float(claims["exp"]) + self.leeway
         return ALLOW
 
     def _deny(self, credentials: Credentials, why: str) -> str:

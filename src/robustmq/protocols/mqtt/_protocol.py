@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 import uuid
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -120,6 +121,7 @@ class MQTTServerProtocol(Protocol):
     # attributes included, so they are set in __init__).
     __slots__ = (
         "_acks",
+        "_authExpiry",
         "_blockedOn",
         "_closeReason",
         "_held",
@@ -154,6 +156,8 @@ class MQTTServerProtocol(Protocol):
     def __init__(self, broker: Broker, listener: ListenerSettings, reactor: Any) -> None:
         self.transport: Any = None
         self.connected = 0
+        #: wall-clock time the credentials expire (a JWT's exp), then its timer
+        self._authExpiry: Any = None
         self.broker = broker
         self.listener = listener
         self.reactor = reactor
@@ -219,6 +223,9 @@ class MQTTServerProtocol(Protocol):
         if self._throttled is not None:
             self._throttled.cancel()
             self._throttled = None
+        if self._authExpiry is not None and hasattr(self._authExpiry, "cancel"):
+            self._authExpiry.cancel()
+        self._authExpiry = None
         if self.factory is not None:
             self.factory.connectionEnded(self)
         for session in self._blockedOn:
@@ -658,6 +665,8 @@ class MQTTServerProtocol(Protocol):
         self.access = security.access(
             clientId, self.username, self.peer.rsplit(":", 1)[0], attributes
         )
+        if attributes and attributes.get("expires_at") is not None:
+            self._authExpiry = float(attributes["expires_at"])
         self._limiter = security.publishLimiter()
         v5 = self._v5
         props = packet.properties
@@ -751,6 +760,16 @@ class MQTTServerProtocol(Protocol):
         session.attach(self)
         self._autoSubscribe(session)
         self._resumeReading()
+        if self._authExpiry is not None:
+            # Credentials with an expiry (a JWT's exp): the connection ends with them.
+            left = max(0.0, self._authExpiry - time.time())
+            self._authExpiry = broker.timers.callLater(left, self._credentialsExpired)
+
+    def _credentialsExpired(self) -> None:
+        self._authExpiry = None
+        if self.state == CONNECTED:
+            self.log.info("client {clientId}: credentials expired", clientId=self.clientId)
+            self._disconnect(Reason.NOT_AUTHORIZED, "credentials expired")
 
     def _connackProperties(
         self, packet: Connect, assignedId: str | None, expiry: int
