@@ -173,6 +173,8 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     # Re-reads the certificates of tls, wss and quic listeners on SIGHUP.
     reloader = CertificateReloader(reactor)
     reloader.setServiceParent(top)
+    if settings.acl.file and "file" in settings.acl.sources:
+        reloader.register(_AclFile(security))
     for i, listener in enumerate(settings.listeners):
         plugin = findPlugin(IProtocolPlugin, listener.protocol, f"listeners[{i}].protocol")
         if listener.transport not in plugin.transports:
@@ -206,3 +208,13 @@ def _placementMembership(settings: Settings, reactor: Any) -> IService:
         settings.node.id, tuple(settings.node.roles), {"placement": address}, time.time()
     )
     return PlacementClient(placement, info, None, reactor)
+
+
+class _AclFile:
+    """Re-reads the ACL rule file on SIGHUP, with the certificates."""
+
+    def __init__(self, security: Security) -> None:
+        self.security = security
+
+    def reload(self) -> None:
+        self.security.reloadAclFile()

@@ -4,7 +4,9 @@ real node; the HTTP authentication server is a twisted.web process on a free por
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -471,3 +473,25 @@ def test_connectionLimitRefusesTheExtraClient():
         node.waitForOutput("refused: connection limit reached")
         first.close()
         second.close()
+
+
+def test_aclFileReloadedOnSighup(tmp_path: Path) -> None:
+    rules = tmp_path / "acl.toml"
+    rules.write_text('[[rules]]\npermission = "deny"\naction = "publish"\ntopics = ["locked/#"]\n')
+    with BrokerProcess(f'[acl]\nno_match = "allow"\nfile = "{rules}"\n') as node:
+        c = Paho(node.port, uniq("acl"))
+        assert c.connect() == 0
+        assert c.publish("locked/x", b"x")[1] == 0x87
+        rules.write_text(
+            '[[rules]]\npermission = "deny"\naction = "publish"\ntopics = ["other/#"]\n'
+        )
+        os.kill(node.pid, signal.SIGHUP)
+        node.waitForOutput("ACL file", 10)
+        assert c.publish("locked/x", b"x")[1] in (0, 0x10)
+        assert c.publish("other/x", b"x")[1] == 0x87
+        # A broken file keeps the rules in force.
+        rules.write_text("[[rules]\nnot toml")
+        os.kill(node.pid, signal.SIGHUP)
+        node.waitForOutput("reload failed", 10)
+        assert c.publish("other/x", b"x")[1] == 0x87
+        c.close()

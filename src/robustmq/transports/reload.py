@@ -44,12 +44,14 @@ class CertificateReloader(Service):
 
     def reloadAll(self) -> None:
         """Re-read every registered certificate (errors are logged, not raised)."""
-        self.log.info("reloading certificates of {count} listener(s)", count=len(self.reloadables))
+        self.log.info(
+            "SIGHUP: reloading {count} certificate or rule file(s)", count=len(self.reloadables)
+        )
         for reloadable in self.reloadables:
             try:
                 reloadable.reload()
             except Exception:
-                self.log.failure("certificate reload failed")
+                self.log.failure("reload failed (the previous files stay in use)")
 
     def _onSignal(self, signum: int, frame: Any) -> None:
         self.reactor.callFromThread(self.reloadAll)

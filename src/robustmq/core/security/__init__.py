@@ -71,6 +71,14 @@ class Security:
         """Nothing persisted (tests, in-process brokers)."""
         return cls(settings, reactor, MemoryMetadataStore())
 
+    def reloadAclFile(self) -> None:
+        """Re-read C{[acl] file} (on SIGHUP); a file that does not load keeps the old
+        rules and raises, which the reloader logs."""
+        path = self.settings.acl.file
+        rules = loadRuleFile(path)
+        self.acl.setFileRules(rules)
+        self.log.info("ACL file {path} reloaded: {n} rules", path=path, n=len(rules))
+
     def disconnectBanned(self, connections: Any) -> int:
         """Close the connected clients a ban now covers (a ban made here or pushed
         from the cluster); returns how many.  Connections without C{kick} are skipped."""

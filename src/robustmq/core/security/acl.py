@@ -257,6 +257,11 @@ class ACL:
     def _changed(self, kind: str, key: str, value: Any) -> None:
         self._reload()
 
+    def setFileRules(self, rules: Iterable[Rule]) -> None:
+        """Replace the rules of the file source (a re-read of C{[acl] file})."""
+        self.fileRules = list(rules)
+        self._reload()
+
     @property
     def open(self) -> bool:
         """No rules at all and a default of allow: nothing to decide."""
