@@ -253,3 +253,40 @@ def test_aBrokerThatDiesTwiceIsAdoptedTwice(clients: list[PahoClient]) -> None:
             again.stop()
             if round == 1:
                 cluster.restart(b2)
+
+
+def test_aBrokerDeclaredDeadWhileAliveGivesItsSessionsUp(clients: list[PahoClient]) -> None:
+    """A broker frozen past the heartbeat timeout is declared dead and adopted; when it
+    wakes up it drops the adopted sessions and closes their clients (0x8E), which
+    reconnect and get what was queued meanwhile: no split brain."""
+    import os
+    import signal as signals
+
+    uniq = uuid.uuid4().hex[:8]
+    with LocalCluster(placements=0, brokers=3, backend="embedded") as cluster:
+        b1, b2, b3 = cluster.brokers
+        cid = f"frozen-{uniq}"
+        sub = PahoClient(b2.port, cid, mqtt.MQTTv5, cleanSession=False, sessionExpiry=300)
+        clients.append(sub)
+        sub.connect()
+        sub.subscribe(f"fz/{uniq}/#", 1)
+        publisher = connect(clients, b1.port, f"pub-{uniq}")
+        awaitRoute(publisher, sub, f"fz/{uniq}/probe")
+        assert b2.pid is not None
+        os.kill(b2.pid, signals.SIGSTOP)
+        try:
+            deadline = time.monotonic() + 20
+            while "adopted 1 persistent sessions" not in b3.output():
+                assert time.monotonic() < deadline, "b2's session was not adopted"
+                time.sleep(0.1)
+            for i in range(3):
+                publisher.publish(f"fz/{uniq}/t", f"f{i}".encode(), 1)
+        finally:
+            os.kill(b2.pid, signals.SIGCONT)
+        # b2 wakes up, gives the session up (closing its client), the client reconnects
+        # (paho does, to b2) and the session comes back with the queued messages.
+        got: set[bytes] = set()
+        drain(sub, got, {f"f{i}".encode() for i in range(3)}, 30)
+        assert got == {f"f{i}".encode() for i in range(3)}
+        assert 0x8E in sub.disconnectReasons
+        assert "dropping the local copy" in b2.output()

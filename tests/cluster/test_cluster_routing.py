@@ -24,7 +24,9 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
-    with LocalCluster(placements=2, brokers=3, backend="etcd") as c:
+    # No test here kills a node: a longer heartbeat timeout keeps a loaded machine
+    # from declaring a busy broker dead in the middle of a test.
+    with LocalCluster(placements=2, brokers=3, backend="etcd", heartbeatTimeout=5.0) as c:
         yield c
 
 

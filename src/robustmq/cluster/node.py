@@ -147,6 +147,8 @@ class ClusterNode(Service):
         self._handingOver: set[str] = set()
         self._roundRobin: dict[str, int] = {}
         self._registeredOnce = False
+        #: the "adopted.<this node>" mark last seen: a new one means we were adopted
+        self._adoptedMark: str | None = None
         self.forwarded = 0
         self.received = 0
         self.dropped = 0
@@ -284,6 +286,16 @@ class ClusterNode(Service):
             self._follow(info)
         self.routes.resync()
         self.chooseReplica(force=True)
+        mark = next(
+            (e.value for e in snapshot["config"] if e.key == f"{ADOPTED_KEY}{self.nodeId}"), None
+        )
+        if self._registeredOnce and mark != self._adoptedMark:
+            # Declared dead while we were away, and adopted: others own our sessions now.
+            self.log.warn("this node was declared dead and its sessions adopted; dropping them")
+            defer.ensureDeferred(self._dropSessionsOwnedElsewhere()).addErrback(
+                lambda f: self.log.failure("dropping adopted sessions failed", f)
+            )
+        self._adoptedMark = mark
         if not self._registeredOnce:
             self._registeredOnce = True
             defer.ensureDeferred(self._afterFirstRegistration()).addErrback(
@@ -782,7 +794,9 @@ class ClusterNode(Service):
             await deferLater(self.reactor, 0.1, lambda: None)
         if origin not in await self.replicas.origins():
             self._ghosts.pop(origin, None)
-            await self.placement.call("setConfig", f"{ADOPTED_KEY}{origin}", self.nodeId)
+            await self.placement.call(
+                "setConfig", f"{ADOPTED_KEY}{origin}", f"{self.nodeId} {time.time()!r}"
+            )
             return
         records, wills = await self.replicas.load(origin)
         broker = self.broker
@@ -808,14 +822,19 @@ class ClusterNode(Service):
         )
         await self.replicas.reset(origin)
         self._ghosts.pop(origin, None)
-        await self.placement.call("setConfig", f"{ADOPTED_KEY}{origin}", self.nodeId)
+        await self.placement.call(
+            "setConfig", f"{ADOPTED_KEY}{origin}", f"{self.nodeId} {time.time()!r}"
+        )
 
-    async def _afterFirstRegistration(self) -> None:
-        """Sessions restored from disk that another node took meanwhile are dropped; retained
-        messages are fetched from a live peer."""
+    async def _dropSessionsOwnedElsewhere(self) -> None:
+        """Local sessions that another node took (adopted while this one was away or
+        declared dead) are dropped, without their wills; their clients, if connected,
+        are closed with the takeover reason and reconnect to the owner."""
         broker = self.broker
         for session in list(broker.sessions):
             current = await self.placement.call("lookupSession", session.clientId)
+            if broker.sessions.get(session.clientId) is not session:
+                continue  # gone or replaced meanwhile
             if current is not None and current.nodeId != self.nodeId:
                 self.log.info(
                     "{clientId}: session now lives on {node}; dropping the local copy",
@@ -825,11 +844,22 @@ class ClusterNode(Service):
                 session.pendingWill = None
                 self._handingOver.add(session.clientId)
                 try:
+                    connection = session.connection
+                    if connection is not None:
+                        session.detach(broker.now())
+                        connection.will = None
+                        connection.takeOver()
                     broker.sessions.discard(session)
                 finally:
                     self._handingOver.discard(session.clientId)
             elif current is None:
                 await self.placement.call("claimSession", session.clientId, session.expiryInterval)
+
+    async def _afterFirstRegistration(self) -> None:
+        """Sessions restored from disk that another node took meanwhile are dropped; retained
+        messages are fetched from a live peer."""
+        await self._dropSessionsOwnedElsewhere()
+        broker = self.broker
         for nodeId in self.aliveBrokers():
             link = self.links.get(nodeId)
             if link is None:
@@ -845,6 +875,7 @@ class ClusterNode(Service):
                 if broker.retained.get(message.topic) is None and broker.retained.update(message):
                     fetched += 1
                     if broker.persistence is not None:
+                        broker.pendingWrites.append(broker.persistence.saveRetained(message))
                         broker._backgroundWrites()
             self.log.info("fetched {n} retained messages from {node}", n=fetched, node=nodeId)
             break
