@@ -286,7 +286,11 @@ def test_usersAndBansAreClusterWide(cluster: LocalCluster, uniq: str) -> None:
     # A user added on b1 authenticates on b3: a wrong password is refused there.
     post(b1.httpPort, "/api/v1/users", {"username": f"u{uniq}", "password": "right-pw"})
     eventually(lambda: refused(b3.port, f"c-{uniq}", f"u{uniq}", "wrong-pw"), "user known on b3")
-    assert not refused(b3.port, f"c-{uniq}", f"u{uniq}", "right-pw")
+    # (retried: a CONNECT may meet a busy placement center on a loaded machine)
+    eventually(
+        lambda: not refused(b3.port, f"c-{uniq}", f"u{uniq}", "right-pw"),
+        "the right password accepted on b3",
+    )
     # A ban made on b2 holds on b3 and b1, and closes the client where it is connected.
     banned = f"banned-{uniq}"
     assert not refused(b1.port, banned)
