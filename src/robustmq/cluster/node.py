@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import Service
@@ -475,18 +475,25 @@ class ClusterNode(Service):
                 sharedNodes.setdefault(key, set()).add(holder)
         return frozenset(normalNodes), sharedNodes, via
 
+    def _writesOf(self, call: Callable[[], Any]) -> list[defer.Deferred[Any]]:
+        """Run C{call} with a fresh C{broker.pendingWrites} and return the durable writes
+        it caused (the packet being handled, if any, keeps its own list)."""
+        broker = self.broker
+        outer, broker.pendingWrites = broker.pendingWrites, []
+        try:
+            call()
+            return broker.pendingWrites
+        finally:
+            broker.pendingWrites = outer
+
     def _routeAfterAdoption(self, dead: str, message: Message) -> int:
         done: defer.Deferred[Any] = defer.Deferred()
 
         def routeNow(_: Any) -> None:
-            broker = self.broker
-            outer, broker.pendingWrites = broker.pendingWrites, []
             try:
-                self.route(message)
-                writes = broker.pendingWrites
+                writes = self._writesOf(lambda: self.route(message))
             finally:
-                broker.pendingWrites = outer
-                broker.congestion.clear()
+                self.broker.congestion.clear()
             defer.gatherResults(writes, consumeErrors=True).addBoth(done.callback)
 
         self.adopt(dead).addCallback(routeNow)
@@ -559,8 +566,8 @@ class ClusterNode(Service):
         """Route forwarded entries here: (their durable writes, fired when what they
         congested has drained)."""
         broker = self.broker
-        outer, broker.pendingWrites = broker.pendingWrites, []
-        try:
+
+        def route() -> None:
             for entry in entries:
                 message, flags, groups = wire.decodeForward(entry)
                 self.received += 1
@@ -574,10 +581,11 @@ class ClusterNode(Service):
                     group = broker.groups.get((name, real))
                     if group is not None:
                         group.deliver(message, message.qos)
-            writes = broker.pendingWrites
+
+        try:
+            writes = self._writesOf(route)
             congested = [s for s in broker.congestion if s.congested]
         finally:
-            broker.pendingWrites = outer
             broker.congestion.clear()
         if not congested:
             return writes, defer.succeed(None)
@@ -646,13 +654,7 @@ class ClusterNode(Service):
             await deferLater(self.reactor, 0.2, lambda: None)
 
     async def _install(self, record: dict[str, Any]) -> None:
-        broker = self.broker
-        outer, broker.pendingWrites = broker.pendingWrites, []
-        try:
-            broker.sessions.adopt(record)
-            writes = broker.pendingWrites
-        finally:
-            broker.pendingWrites = outer
+        writes = self._writesOf(lambda: self.broker.sessions.adopt(record))
         await defer.gatherResults(writes, consumeErrors=True)
 
     async def handOver(
@@ -675,13 +677,7 @@ class ClusterNode(Service):
             self.log.info(
                 "{clientId}: session handed over to {caller}", clientId=clientId, caller=caller
             )
-            broker = self.broker
-            outer, broker.pendingWrites = broker.pendingWrites, []
-            try:
-                sessions.discard(session)
-                writes = broker.pendingWrites
-            finally:
-                broker.pendingWrites = outer
+            writes = self._writesOf(lambda: sessions.discard(session))
             await defer.gatherResults(writes, consumeErrors=True)
             return chunks
         finally:
