@@ -114,6 +114,8 @@ class ClusterSettings:
     forward_max_pending: int = field(default=100_000, metadata=_range(1, None))
     replication: bool = True
     takeover_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
+    handover_window: float = field(default=10.0, metadata=_range(0.5, 3600))
+    handover_track_limit: int = field(default=100_000, metadata=_range(1, None))
 
 
 @dataclass(frozen=True)

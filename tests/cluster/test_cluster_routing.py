@@ -7,6 +7,7 @@ client ids.  Tests that kill nodes live in test_cluster_failover.py.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -14,7 +15,7 @@ from urllib.request import Request, urlopen
 
 import paho.mqtt.client as mqtt
 import pytest
-from clusterclients import awaitRoute, connect, payloads
+from clusterclients import PROBE, awaitRoute, connect, payloads
 
 from robustmq.testing.cluster import LocalCluster
 from robustmq.testing.paho import PahoClient
@@ -224,6 +225,89 @@ def test_sessionTakenOverByAnotherNodeWithQueuedMessages(
     if got == [b"after"]:
         got = payloads(third, 1)
     assert got == [b"third"]
+
+
+def test_sessionMovingBetweenNodesUnderTrafficMissesNothing(
+    cluster: LocalCluster, clients: list[PahoClient], uniq: str
+) -> None:
+    """A persistent session bounces between two nodes while a third publishes QoS 1:
+    every acknowledged message reaches it, whatever the route tables said meanwhile
+    (the brokers it left send on what still reaches them: cluster/moves.py)."""
+    cid = f"bouncer-{uniq}"
+    topic = f"b/{uniq}/t"
+    publisher = connect(clients, cluster.brokers[1].port, f"pub-{uniq}")
+    acknowledged: list[bytes] = []
+    stop = threading.Event()
+
+    def publish() -> None:
+        pending: list[tuple[bytes, mqtt.MQTTMessageInfo]] = []
+        for i in range(20_000):
+            if stop.is_set():
+                break
+            payload = f"n{i}".encode()
+            pending.append((payload, publisher.client.publish(topic, payload, 1)))
+            if len(pending) >= 10:
+                for done, info in pending:
+                    info.wait_for_publish(10)
+                    if info.is_published():
+                        acknowledged.append(done)
+                pending.clear()
+                time.sleep(0.002)
+        for done, info in pending:
+            info.wait_for_publish(10)
+            if info.is_published():
+                acknowledged.append(done)
+
+    received: set[bytes] = set()
+    current: PahoClient | None = None
+
+    def moveTo(node: int) -> PahoClient:
+        nonlocal current
+        client = PahoClient(
+            cluster.brokers[node].port, cid, mqtt.MQTTv5, cleanSession=False, sessionExpiry=300
+        )
+        clients.append(client)
+        if current is not None:
+            # The old connection is taken over; paho must not reconnect by itself.
+            current.client.reconnect_delay_set(min_delay=120, max_delay=120)
+        client.connect()
+        if current is not None:
+            assert current.disconnected.wait(5)
+            collect(current)
+        current = client
+        return client
+
+    def collect(client: PahoClient) -> None:
+        while not client.messages.empty():
+            payload = client.messages.get().payload
+            if payload != PROBE:
+                received.add(payload)
+
+    first = moveTo(0)
+    first.subscribe(f"b/{uniq}/#", 1)
+    awaitRoute(publisher, first, f"b/{uniq}/probe")
+    sender = threading.Thread(target=publish, daemon=True)
+    sender.start()
+    try:
+        for move in range(8):
+            time.sleep(0.15)
+            moveTo(2 if move % 2 == 0 else 0)
+    finally:
+        time.sleep(0.3)
+        stop.set()
+        sender.join(30)
+    assert not sender.is_alive()
+    assert len(acknowledged) > 100
+    last = current
+    assert last is not None
+    deadline = time.monotonic() + 20
+    while not set(acknowledged) <= received and time.monotonic() < deadline:
+        try:
+            received.add(last.expect(0.2).payload)
+        except AssertionError:
+            pass
+    missing = [p for p in acknowledged if p not in received]
+    assert missing == [], f"{len(missing)} of {len(acknowledged)} acknowledged messages lost"
 
 
 def test_clusterMetricsAndNodeList(cluster: LocalCluster) -> None:

@@ -16,9 +16,11 @@ def test_forwardedMessageRoundTrip() -> None:
         "content_type": "text/plain",
     }
     message = Message("a/é/b", b"\x00payload", 2, True, 1234.5, props, "client-ü")
-    entry = wire.encodeForward(message, wire.ROUTE | wire.RETAIN, ["$share/g/a/#"])
-    got, flags, groups = wire.decodeForward(entry)
+    targets = wire.encodeTargets({"b3", "b1"})
+    entry = wire.encodeForward(message, wire.ROUTE | wire.RETAIN, ["$share/g/a/#"], targets)
+    got, flags, groups, rawTargets = wire.decodeForward(entry)
     assert (flags, groups) == (wire.ROUTE | wire.RETAIN, ["$share/g/a/#"])
+    assert wire.decodeTargets(rawTargets) == {"b1", "b3"}
     assert (got.topic, got.payload, got.qos, got.retain) == ("a/é/b", b"\x00payload", 2, True)
     assert (got.timestamp, got.origin) == (1234.5, "client-ü")
     assert got.expiresAt == message.expiresAt == 1264.5
@@ -29,8 +31,9 @@ def test_plainMessageHasNoOriginNoExpiryAndIsEncodedOnce() -> None:
     message = Message("t", b"", 0, False, 1.0)
     first = wire.encodeForward(message, wire.ROUTE)
     assert wire.encodeForward(message, wire.ROUTE) == first
-    got, flags, groups = wire.decodeForward(first)
+    got, flags, groups, targets = wire.decodeForward(first)
     assert (got.origin, got.expiresAt, got.properties, groups) == (None, None, None, [])
+    assert wire.decodeTargets(targets) == frozenset()
 
 
 def test_batchesSurviveChunking() -> None:

@@ -135,7 +135,11 @@ def test_largePublishAcrossChunks():
         (b"\x38\x04\x00\x01ax", MalformedPacket, "MQTT-3.3.1-2"),  # DUP on QoS 0
         (b"\x80\x06\x00\x01\x00\x01a\x00", MalformedPacket, "MQTT-2.2.2-2"),  # SUBSCRIBE flags
         (b"\x82\x02\x00\x01", ProtocolViolation, "MQTT-3.8.3-3"),  # no filters
-        (b"\x82\x06\x00\x01\x00\x01a\x03", MalformedPacket, "MQTT-3-8.3-4"),  # QoS 3 (the spec id has this typo)
+        (
+            b"\x82\x06\x00\x01\x00\x01a\x03",
+            MalformedPacket,
+            "MQTT-3-8.3-4",
+        ),  # QoS 3 (the spec id has this typo)
         (b"\x30\x05\x00\x03a+b", ProtocolViolation, "MQTT-3.3.2-2"),  # wildcard topic
         (b"\x30\x04\x00\x02\xc3\x28", MalformedPacket, "MQTT-1.5.3-1"),  # bad UTF-8
         (b"\x30\x03\x00\x01\x00", MalformedPacket, "MQTT-1.5.3-2"),  # U+0000

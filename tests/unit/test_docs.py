@@ -18,7 +18,9 @@ def test_everyKeyDocumentedAndShipped():
         if section == "listeners":
             keys = keys[0]
         for key in keys:
-            assert f"| `{key}` |" in reference, f"{section}.{key} missing from docs/configuration.md"
+            assert f"| `{key}` |" in reference, (
+                f"{section}.{key} missing from docs/configuration.md"
+            )
             if section not in ("listeners",):
                 assert key in shipped.get(section, {}) or section in ("placement",), (
                     f"{section}.{key} missing from etc/robustmq.toml"

@@ -240,6 +240,11 @@ def _clusterMetrics(cluster: Any) -> Iterator[Metric]:
         value=cluster.received,
     )
     yield CounterMetricFamily(
+        "robustmq_cluster_redirected_messages",
+        "Messages sent on to a session that had just moved to another broker",
+        value=cluster.redirected,
+    )
+    yield CounterMetricFamily(
         "robustmq_cluster_dropped_messages",
         "QoS 0 messages for other brokers dropped while their link was down",
         value=cluster.dropped,

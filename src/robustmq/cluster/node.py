@@ -34,6 +34,7 @@ from twisted.logger import Logger
 from robustmq.cluster import wire
 from robustmq.cluster.metadata import PREFIX as META_PREFIX
 from robustmq.cluster.metadata import ClusterMetadataStore
+from robustmq.cluster.moves import AllBut, Moves, routeKeys
 from robustmq.cluster.peers import FORWARD, FORWARD_FOR, PeerLink, makePeerFactory
 from robustmq.cluster.replication import (
     WILLS,
@@ -145,6 +146,14 @@ class ClusterNode(Service):
         #: dead node -> its last routes, pointed at its adopter until the adopter's are in
         self._ghosts: dict[str, RemoteRoutes] = {}
         self._handingOver: set[str] = set()
+        #: sessions that moved between brokers a moment ago (moves.py)
+        self.moves = Moves(
+            self.nodeId, self.cluster.handover_window, self.cluster.handover_track_limit, reactor
+        )
+        #: client id -> deliveries waiting for its session, being handed over to us
+        self._arriving: dict[str, list[Callable[[], None]]] = {}
+        #: the routing nodes of a message (encoded), per set of remote routing nodes
+        self._targetNames: dict[frozenset[str], bytes] = {}
         self._roundRobin: dict[str, int] = {}
         self._registeredOnce = False
         #: the "adopted.<this node>" mark last seen: a new one means we were adopted
@@ -152,6 +161,7 @@ class ClusterNode(Service):
         self.forwarded = 0
         self.received = 0
         self.dropped = 0
+        self.redirected = 0
         self.port: Any = None
         self.placement = PlacementClient(settings.placement, self._info(), self, reactor)
         self.routes = LocalRoutes(self.placement, reactor, self.cluster.takeover_timeout)
@@ -422,7 +432,13 @@ class ClusterNode(Service):
             if dead is not None:
                 # We are adopting subscribers of this topic: route once they are here.
                 return self._routeAfterAdoption(dead, message)
-        count: int = broker.routeLocally(message, sharedGroups=False)
+        moves = self.moves
+        if moves:
+            routing = normal | {self.nodeId}
+            count: int = broker.routeLocally(message, False, moves.answeredElsewhere(routing))
+            self._redirect(message, routing)
+        else:
+            count = broker.routeLocally(message, sharedGroups=False)
         local: dict[str, Any] = {}
         if broker.groups:
             for subscriber, _ in broker.router.match(topic):
@@ -448,10 +464,69 @@ class ClusterNode(Service):
         targets = set(normal) | set(groups)
         if message.retain:
             targets.update(n for n in self.aliveBrokers() if n != self.nodeId)
+        names = self._targetsOf(normal) if normal else b""
         for nodeId in targets:
-            flags = (wire.ROUTE if nodeId in normal else 0) | (wire.RETAIN if message.retain else 0)
-            self._send(nodeId, message, flags, groups.get(nodeId), via.get(nodeId))
+            if nodeId in normal:
+                flags = wire.ROUTE | (wire.RETAIN if message.retain else 0)
+                self._send(nodeId, message, flags, groups.get(nodeId), via.get(nodeId), names)
+            else:
+                flags = wire.RETAIN if message.retain else 0
+                self._send(nodeId, message, flags, groups.get(nodeId), via.get(nodeId))
         return count + len(normal)
+
+    def _targetsOf(self, normal: frozenset[str]) -> bytes:
+        """The brokers routing a message to their ordinary subscribers: this one and C{normal}."""
+        names = self._targetNames.get(normal)
+        if names is None:
+            if len(self._targetNames) >= 1024:
+                self._targetNames.clear()
+            names = self._targetNames[normal] = wire.encodeTargets(normal | {self.nodeId})
+        return names
+
+    def _redirect(self, message: Message, routing: frozenset[str]) -> None:
+        """Send C{message} on to the sessions that left here and that we answer for."""
+        for nodeId, clientIds in self.moves.redirects(message.topic, routing).items():
+            self.redirected += len(clientIds)
+            self._send(nodeId, message, wire.SESSION, clientIds)
+
+    def _deliverMoved(self, clientId: str, message: Message) -> None:
+        """A message redirected to C{clientId}'s session only (it moved, see moves.py)."""
+        broker = self.broker
+        waiting = self._arriving.get(clientId)
+        if waiting is not None:
+            # Being handed over to us: deliver once it is here.
+            done: defer.Deferred[Any] = defer.Deferred()
+
+            def deliver() -> None:
+                try:
+                    writes = self._writesOf(lambda: self._deliverMoved(clientId, message))
+                finally:
+                    broker.congestion.clear()
+                defer.gatherResults(writes, consumeErrors=True).addBoth(done.callback)
+
+            waiting.append(deliver)
+            broker.pendingWrites.append(done)
+            return
+        session = broker.sessions.get(clientId)
+        if session is not None:
+            broker.routeLocally(message, False, AllBut(session))
+            return
+        nodeId = self.moves.nextHop(clientId)
+        if nodeId is not None and nodeId != self.nodeId:
+            self.redirected += 1
+            self._send(nodeId, message, wire.SESSION, [clientId])
+            return
+        self.dropped += 1
+        self.log.info(
+            "{clientId}: a message on {topic} sent on to its session found no session here",
+            clientId=clientId,
+            topic=message.topic,
+        )
+
+    def _arrivalDone(self, clientId: str) -> None:
+        """The hand-over of C{clientId}'s session to us ended: run what waited for it."""
+        for deliver in self._arriving.pop(clientId, ()):
+            deliver()
 
     def _ghostTargets(
         self, topic: str, normal: frozenset[str], shared: dict[str, set[str]]
@@ -507,12 +582,13 @@ class ClusterNode(Service):
         flags: int,
         groups: list[str] | None,
         via: str | None = None,
+        targets: bytes = b"",
     ) -> None:
         link = self.links.get(nodeId)
         if link is None:
             self.dropped += 1
             return
-        entry = wire.encodeForward(message, flags, groups)
+        entry = wire.encodeForward(message, flags, groups, targets)
         kind = FORWARD if via is None else FORWARD_FOR + via
         waiter = link.send(kind, entry, message.qos, (message, flags, groups))
         self.forwarded += 1
@@ -566,21 +642,37 @@ class ClusterNode(Service):
         """Route forwarded entries here: (their durable writes, fired when what they
         congested has drained)."""
         broker = self.broker
+        moves = self.moves
 
         def route() -> None:
             for entry in entries:
-                message, flags, groups = wire.decodeForward(entry)
+                message, flags, names, rawTargets = wire.decodeForward(entry)
                 self.received += 1
+                if flags & wire.SESSION:
+                    for clientId in names:
+                        self._deliverMoved(clientId, message)
+                    continue
                 if flags & wire.RETAIN:
                     if broker.retained.update(message) and broker.persistence is not None:
                         broker.pendingWrites.append(broker.persistence.saveRetained(message))
                 if flags & wire.ROUTE:
-                    broker.routeLocally(message, sharedGroups=False)
-                for key in groups:
+                    if moves:
+                        routing = wire.decodeTargets(rawTargets)
+                        broker.routeLocally(message, False, moves.answeredElsewhere(routing))
+                        self._redirect(message, routing)
+                    else:
+                        broker.routeLocally(message, sharedGroups=False)
+                for key in names:
                     name, real, _ = parseFilter(key)
                     group = broker.groups.get((name, real))
                     if group is not None:
                         group.deliver(message, message.qos)
+                    elif moves:
+                        # Its last member here moved away a moment ago.
+                        nodeId = moves.sharedRedirect(key)
+                        if nodeId is not None:
+                            self.redirected += 1
+                            self._send(nodeId, message, 0, [key])
 
         try:
             writes = self._writesOf(route)
@@ -609,6 +701,14 @@ class ClusterNode(Service):
         if previous is None or previous.nodeId == self.nodeId:
             return
         owner = previous.nodeId
+        self._arriving.setdefault(clientId, [])
+        try:
+            await self._takeOver(clientId, cleanStart, owner)
+        finally:
+            self._arrivalDone(clientId)
+
+    async def _takeOver(self, clientId: str, cleanStart: bool, owner: str) -> None:
+        """Bring C{clientId}'s session here from C{owner} (or from its copy, if it died)."""
         while True:
             holder = owner if self._alive(owner) else self.replicaOf.get(owner)
             if holder is None:
@@ -654,7 +754,10 @@ class ClusterNode(Service):
             await deferLater(self.reactor, 0.2, lambda: None)
 
     async def _install(self, record: dict[str, Any]) -> None:
+        clientId = record["clientId"]
         writes = self._writesOf(lambda: self.broker.sessions.adopt(record))
+        self.moves.arrive(clientId, record.get("trail") or ())
+        self._arrivalDone(clientId)
         await defer.gatherResults(writes, consumeErrors=True)
 
     async def handOver(
@@ -673,7 +776,13 @@ class ClusterNode(Service):
             if connection is not None:
                 session.detach(self.broker.now())
                 connection.takeOver()
-            chunks = None if discard else packRecord(sessions.export(session))
+            chunks = None
+            if not discard:
+                record = sessions.export(session)
+                # What still reaches us for it goes on to the caller (moves.py).
+                record["trail"] = self.moves.depart(clientId, caller, session.subscriptions)
+                self._holdRoutes(session.subscriptions)
+                chunks = packRecord(record)
             self.log.info(
                 "{clientId}: session handed over to {caller}", clientId=clientId, caller=caller
             )
@@ -682,6 +791,19 @@ class ClusterNode(Service):
             return chunks
         finally:
             self._handingOver.discard(clientId)
+
+    def _holdRoutes(self, filters: Iterable[str]) -> None:
+        """Keep our routes for a session that left for half the hand-over window, so that
+        the route table never lacks both its old and its new broker."""
+        normal, shared = routeKeys(filters)
+        keys = normal + shared
+        for key in keys:
+            self.routes.added(key)
+        self.reactor.callLater(self.cluster.handover_window / 2, self._releaseRoutes, keys)
+
+    def _releaseRoutes(self, keys: list[str]) -> None:
+        for key in keys:
+            self.routes.removed(key)
 
     def sessionEnded(self, clientId: str) -> None:
         if clientId in self._handingOver or not self.running:
@@ -890,6 +1012,7 @@ class ClusterNode(Service):
             "forwarded": self.forwarded,
             "received": self.received,
             "dropped": self.dropped,
+            "redirected": self.redirected,
         }
 
     async def _remoteStatus(self, info: NodeInfo) -> dict[str, Any] | None:

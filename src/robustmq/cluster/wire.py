@@ -18,7 +18,8 @@ from robustmq.core.persistence import propertiesFromJson, propertiesToJson
 CHUNK = 512 * 1024
 
 _LEN = struct.Struct("!I")
-_FORWARD = struct.Struct("!BH")
+#: A forward's header: flags, lengths of the names (JSON) and of the targets.
+_FORWARD = struct.Struct("!BHH")
 #: A forwarded message: QoS, bits (retain, has expiry), timestamp, expiry, lengths of
 #: topic, origin and properties (JSON, only when there are any); then the payload.
 _MESSAGE = struct.Struct("!BBddHHI")
@@ -29,9 +30,11 @@ _OP = struct.Struct("!BHI")
 #: Key of the encoded message in C{Message.encodings}.
 _CACHE_KEY = "cluster-link"
 
-#: Forward flags: route to the receiver's ordinary subscribers; store as retained.
+#: Forward flags: route to the receiver's ordinary subscribers; store as retained;
+#: deliver to the sessions named (a message redirected after a hand-over, see moves.py).
 ROUTE = 1
 RETAIN = 2
+SESSION = 4
 
 UPSERT = 0
 DELETE = 1
@@ -109,11 +112,16 @@ def decodeMessage(data: bytes, offset: int = 0) -> Message:
     return message
 
 
-def encodeForward(message: Message, flags: int, groups: list[str] | None = None) -> bytes:
-    """One forwarded message: flags, the shared groups (C{$share/g/f}) to deliver to, the message.
+def encodeForward(
+    message: Message, flags: int, names: list[str] | None = None, targets: bytes = b""
+) -> bytes:
+    """One forwarded message: flags, names, targets, the message.
 
-    The encoded message is cached on the message (C{encodings}), so a message
-    forwarded to several brokers is encoded once.
+    C{names} are the shared groups (C{$share/g/f}) to deliver to, or with
+    L{SESSION} the client ids.  C{targets} are the brokers that route this
+    message to their ordinary subscribers (L{encodeTargets}).  The encoded
+    message is cached on the message (C{encodings}), so a message forwarded
+    to several brokers is encoded once.
     """
     cache = message.encodings
     body = cache.get(_CACHE_KEY) if cache is not None else None
@@ -122,16 +130,28 @@ def encodeForward(message: Message, flags: int, groups: list[str] | None = None)
         if cache is None:
             message.encodings = cache = {}
         cache[_CACHE_KEY] = body
-    names = json.dumps(groups).encode() if groups else b""
-    return _FORWARD.pack(flags, len(names)) + names + body
+    packed = json.dumps(names).encode() if names else b""
+    return b"".join((_FORWARD.pack(flags, len(packed), len(targets)), packed, targets, body))
 
 
-def decodeForward(entry: bytes) -> tuple[Message, int, list[str]]:
-    """The inverse of L{encodeForward}."""
-    flags, n = _FORWARD.unpack_from(entry)
+def decodeForward(entry: bytes) -> tuple[Message, int, list[str], bytes]:
+    """The inverse of L{encodeForward}: (message, flags, names, targets as encoded)."""
+    flags, nNames, nTargets = _FORWARD.unpack_from(entry)
     start = _FORWARD.size
-    groups = json.loads(entry[start : start + n]) if n else []
-    return decodeMessage(entry, start + n), flags, groups
+    names = json.loads(entry[start : start + nNames]) if nNames else []
+    start += nNames
+    targets = entry[start : start + nTargets]
+    return decodeMessage(entry, start + nTargets), flags, names, targets
+
+
+def encodeTargets(nodeIds: Iterable[str]) -> bytes:
+    """A set of node ids for L{encodeForward}."""
+    return ",".join(sorted(nodeIds)).encode()
+
+
+def decodeTargets(raw: bytes) -> frozenset[str]:
+    """The inverse of L{encodeTargets}."""
+    return frozenset(raw.decode().split(",")) if raw else frozenset()
 
 
 def encodeOp(op: int, shard: str, key: bytes, value: bytes | None) -> bytes:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from typing import Any
 
 from twisted.application.service import Service
@@ -144,13 +144,18 @@ class Broker(Service):
             return self.cluster.route(message)  # type: ignore[no-any-return]
         return self.routeLocally(message)
 
-    def routeLocally(self, message: Message, sharedGroups: bool = True) -> int:
-        """Deliver C{message} to this node's subscribers (shared groups only if asked)."""
+    def routeLocally(
+        self, message: Message, sharedGroups: bool = True, skip: Container[Any] | None = None
+    ) -> int:
+        """Deliver C{message} to this node's subscribers (shared groups only if asked),
+        except those in C{skip}."""
         matches = self.router.match(message.topic)
         mqos = message.qos
         origin = message.origin
         for subscriber, options in matches:
             if not sharedGroups and subscriber.__class__ is SharedGroup:
+                continue
+            if skip is not None and subscriber in skip:
                 continue
             if options.noLocal and origin is not None and subscriber.clientId == origin:
                 # MQTT-3.8.3-3: not to the publishing client's own No Local subscriptions.
