@@ -227,6 +227,48 @@ def test_sessionTakenOverByAnotherNodeWithQueuedMessages(
     assert got == [b"third"]
 
 
+def test_delayedWillIsDroppedWhenTheSessionResumesOnAnotherNode(
+    cluster: LocalCluster, clients: list[PahoClient], uniq: str
+) -> None:
+    """MQTT-3.1.2-8: a new connection for the session before the Will Delay ends deletes
+    the will, also when that connection is on another broker."""
+    watcher = connect(clients, cluster.brokers[1].port, f"watch-{uniq}")
+    watcher.subscribe(f"will/{uniq}/#", 1)
+
+    def withDelayedWill(node: int, name: str) -> PahoClient:
+        client = PahoClient(
+            cluster.brokers[node].port, f"{name}-{uniq}", mqtt.MQTTv5, False, sessionExpiry=300
+        )
+        clients.append(client)
+        props = mqtt.Properties(mqtt.PacketTypes.WILLMESSAGE)
+        props.WillDelayInterval = 30
+        client.client.will_set(f"will/{uniq}/{name}", name.encode(), 1, properties=props)
+        client.client.reconnect_delay_set(min_delay=120, max_delay=120)
+        return client.connect()
+
+    # Offline with its will pending (DISCONNECT 0x04 keeps the will), then back elsewhere.
+    gone = withDelayedWill(0, "offline")
+    gone.client.disconnect(reasoncode=mqtt.ReasonCode(mqtt.PacketTypes.DISCONNECT, identifier=4))
+    assert gone.disconnected.wait(5)
+    back = PahoClient(cluster.brokers[2].port, f"offline-{uniq}", mqtt.MQTTv5, False, 0, 300)
+    clients.append(back)
+    assert back.connect().sessionPresent is True
+    # Connected, and its client id connects on another broker (taken over).
+    live = withDelayedWill(0, "online")
+    other = PahoClient(cluster.brokers[2].port, f"online-{uniq}", mqtt.MQTTv5, False, 0, 300)
+    clients.append(other)
+    assert other.connect().sessionPresent is True
+    assert live.disconnected.wait(5)
+    # A will without delay, published after those moves by the same broker, arrives
+    # after anything they wrongly published (one link, in order).
+    control = PahoClient(cluster.brokers[0].port, f"control-{uniq}", mqtt.MQTTv5)
+    clients.append(control)
+    control.client.will_set(f"will/{uniq}/control", b"control", 1)
+    control.connect()
+    control.client.disconnect(reasoncode=mqtt.ReasonCode(mqtt.PacketTypes.DISCONNECT, identifier=4))
+    assert [m.payload for m in watcher.untilTopic(f"will/{uniq}/control")] == []
+
+
 def test_sessionMovingBetweenNodesUnderTrafficMissesNothing(
     cluster: LocalCluster, clients: list[PahoClient], uniq: str
 ) -> None:

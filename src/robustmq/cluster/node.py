@@ -775,9 +775,12 @@ class ClusterNode(Service):
             connection = session.connection
             if connection is not None:
                 session.detach(self.broker.now())
+                if not discard and getattr(connection, "willDelay", 0) > 0:
+                    connection.will = None  # resumed before its delay ended (MQTT-3.1.2-8)
                 connection.takeOver()
             chunks = None
             if not discard:
+                session.pendingWill = None  # likewise for an offline session's pending will
                 record = sessions.export(session)
                 # What still reaches us for it goes on to the caller (moves.py).
                 record["trail"] = self.moves.depart(clientId, caller, session.subscriptions)
