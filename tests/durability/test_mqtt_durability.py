@@ -195,3 +195,64 @@ def test_acknowledgedMessagesSurviveSigkill(dataDir):
     finally:
         second.cleanup()
         first.cleanup()
+
+
+def test_pendingDelayedWillSurvivesRestartUnlessTheSessionResumes(dataDir):
+    """MQTT 5 Will Delay: an offline session's will is stored with the session; after a
+    restart it is published when due, unless its client came back first."""
+    port = freePort()
+    uid = uuid.uuid4().hex[:8]
+
+    def client(name: str) -> mqtt.Client:
+        c = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"{name}-{uid}", protocol=mqtt.MQTTv5
+        )
+        props = mqtt.Properties(mqtt.PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 300
+        return c, props
+
+    def goAwayWithWill(name: str) -> None:
+        c, props = client(name)
+        willProps = mqtt.Properties(mqtt.PacketTypes.WILLMESSAGE)
+        willProps.WillDelayInterval = 4
+        c.will_set(f"will/{uid}/{name}", name.encode(), 1, retain=True, properties=willProps)
+        c.connect("127.0.0.1", port, clean_start=False, properties=props)
+        c.loop_start()
+        c.publish(f"x/{uid}", b"", 1).wait_for_publish(TIMEOUT)  # connected
+        # DISCONNECT 0x04: close and keep the will.
+        c.disconnect(reasoncode=mqtt.ReasonCode(mqtt.PacketTypes.DISCONNECT, identifier=4))
+        c.loop_stop()
+
+    first = node(dataDir, port).start()
+    try:
+        goAwayWithWill("back")
+        goAwayWithWill("gone")
+    finally:
+        assert first.stop() in (0, -signal.SIGTERM)
+    second = node(dataDir, port).start()
+    try:
+        back, props = client("back")
+        resumed: queue.Queue = queue.Queue()
+        back.on_connect = lambda c, u, flags, rc, p: resumed.put(flags.session_present)
+        back.connect("127.0.0.1", port, clean_start=False, properties=props)
+        back.loop_start()
+        assert resumed.get(timeout=TIMEOUT) is True
+        watcher = Sub(port, f"watch-{uid}", mqtt.MQTTv5)
+        watcher.connect()
+        watcher.subscribe(f"will/{uid}/#", 1)
+        deadline = time.monotonic() + 20
+        got: list[mqtt.MQTTMessage] = []
+        while not any(m.topic.endswith("/gone") for m in got) and time.monotonic() < deadline:
+            got += watcher.drain(quiet=0.2)
+        assert [m.payload for m in got] == [b"gone"]
+        # "back" was due no later than "gone": its will, retained, would be here.
+        late = Sub(port, f"late-{uid}", mqtt.MQTTv5)
+        late.connect()
+        late.subscribe(f"will/{uid}/#", 1)
+        assert [m.payload for m in late.drain(quiet=1.0)] == [b"gone"]
+        for c in (watcher, late):
+            c.close()
+        back.disconnect()
+        back.loop_stop()
+    finally:
+        second.cleanup()

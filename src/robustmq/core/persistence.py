@@ -238,7 +238,26 @@ def sessionRecord(session: Session) -> bytes:
         "seq": session.nextSeq,
         "subs": {f: o.toDict() for f, o in session.subscriptions.items()},
     }
+    will = pendingWillToJson(session)
+    if will is not None:
+        record["will"] = will
     return json.dumps(record).encode()
+
+
+def pendingWillToJson(session: Session) -> dict[str, Any] | None:
+    """An offline session's delayed will (MQTT 5 Will Delay Interval) and when it is due."""
+    will = session.pendingWill
+    if will is None:
+        return None
+    return {"due": session.willDueAt, "message": base64.b64encode(encodeMessage(will)).decode()}
+
+
+def pendingWillFromJson(value: dict[str, Any] | None) -> tuple[Message, float] | None:
+    """The inverse of L{pendingWillToJson}: (will, when it is due)."""
+    if not value:
+        return None
+    will, _ = decodeMessage(base64.b64decode(value["message"]))
+    return will, float(value["due"])
 
 
 def deliveryValue(message: Message, qos: int, sub: Any, pid: int, state: int) -> bytes:

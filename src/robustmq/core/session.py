@@ -70,6 +70,7 @@ class Session:
         "_hub",
         "expiryInterval",
         "pendingWill",
+        "willDueAt",
         "_timer",
         "nextSeq",
         "storedSeqs",
@@ -116,6 +117,8 @@ class Session:
         self.expiryInterval = 0 if clean else NEVER_EXPIRES
         #: a will waiting for its Will Delay Interval (MQTT 5), published unless resumed
         self.pendingWill: Message | None = None
+        #: when C{pendingWill} is due (the broker's clock, seconds)
+        self.willDueAt: float | None = None
         #: the session-expiry or will-delay timer while offline
         self._timer: Any = None
         #: sequence numbers of messages held in durable storage (persistent sessions)
@@ -396,6 +399,7 @@ class Session:
         self.disconnectedAt = None
         self.cancelTimer()
         self.pendingWill = None
+        self.willDueAt = None
         for pid, (message, qos, state, sub, seq) in list(self.inflight.items()):
             if self.connection is not connection:
                 return

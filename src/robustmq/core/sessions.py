@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from robustmq.config import MQTTSettings
 from robustmq.core.message import Message
+from robustmq.core.persistence import pendingWillFromJson, pendingWillToJson
 from robustmq.core.session import NEVER_EXPIRES, Session
 from robustmq.core.stats import Stats
 
@@ -72,9 +73,13 @@ class SessionRegistry:
                 existing = None
         if existing is not None:
             existing.clean = cleanStart
-            expiryChanged = existing.expiryInterval != expiryInterval
+            changed = existing.expiryInterval != expiryInterval
             existing.expiryInterval = expiryInterval
-            if expiryChanged:
+            if existing.pendingWill is not None:
+                # Resumed before its will delay ended: the will is deleted (MQTT-3.1.2-8).
+                existing.pendingWill = existing.willDueAt = None
+                changed = True
+            if changed:
                 self._save(existing)
             return existing, True
         session = Session(
@@ -121,6 +126,7 @@ class SessionRegistry:
             broker.publishWill(will)
             will = None
         session.pendingWill = will
+        session.willDueAt = broker.now() + willDelay if will is not None else None
         self._save(session)
         self._arm(session, willDelay if will is not None else None)
 
@@ -136,12 +142,20 @@ class SessionRegistry:
         else:
             session.cancelTimer()
 
+    def _willLeft(self, session: Session, now: float) -> float | None:
+        """Seconds until a pending will is due (None: no will pending)."""
+        if session.pendingWill is None:
+            return None
+        return max(0.0, (session.willDueAt or now) - now)
+
     def _willDue(self, session: Session) -> None:
         will, session.pendingWill = session.pendingWill, None
+        session.willDueAt = None
         session.setTimer(None)
         if will is not None:
             self._broker.publishWill(will)
         if self._sessions.get(session.clientId) is session and session.connection is None:
+            self._save(session)  # without the will: a restart must not publish it again
             self._arm(session, None)
 
     def _expire(self, session: Session) -> None:
@@ -190,7 +204,7 @@ class SessionRegistry:
         broker.pendingWrites.clear()
         for session in list(self._sessions.values()):
             if session.connection is None:
-                self._arm(session, None)
+                self._arm(session, self._willLeft(session, now))
         return len(records)
 
     def adopt(self, record: dict[str, Any]) -> Session:
@@ -220,7 +234,7 @@ class SessionRegistry:
             for pid in session.awaitingRel:
                 broker.pendingWrites.append(persistence.saveIncoming(session, pid))
         if session.connection is None:
-            self._arm(session, None)
+            self._arm(session, self._willLeft(session, broker.now()))
         return session
 
     def export(self, session: Session) -> dict[str, Any]:
@@ -239,6 +253,7 @@ class SessionRegistry:
             "subs": {f: o.toDict() for f, o in session.subscriptions.items()},
             "messages": messages,
             "incoming": list(session.awaitingRel),
+            "will": pendingWillToJson(session),
         }
 
     def _rebuild(self, record: dict[str, Any], now: float) -> Session:
@@ -250,6 +265,9 @@ class SessionRegistry:
         session = Session(record["clientId"], False, self._settings, self._stats, now, broker)
         session.expiryInterval = record["expiry"]
         session.disconnectedAt = record["offline"] or now
+        pending = pendingWillFromJson(record.get("will"))
+        if pending is not None:
+            session.pendingWill, session.willDueAt = pending
         self._sessions[session.clientId] = session
         for topicFilter, o in record["subs"].items():
             options = SubscriptionOptions(
