@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -13,12 +14,45 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: Ports handed out by L{freePort} in this process (never handed out twice).
+_handedOut: set[int] = set()
+
+
+def _ephemeralRange() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
 
 def freePort(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on C{host}."""
+    """A TCP port that was free a moment ago on C{host}.
+
+    Chosen below the kernel's ephemeral range when there is room: a port the
+    kernel hands out for binding to 0 can be taken by any outgoing connection
+    (a test's client) before the node under test binds it.
+    """
+    low, _ = _ephemeralRange()
+    rng = random.Random()
+    if low > 12_000:
+        for _ in range(200):
+            port = rng.randrange(10_000, low)
+            if port in _handedOut:
+                continue
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _handedOut.add(port)
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
-        return int(s.getsockname()[1])
+        port = int(s.getsockname()[1])
+    _handedOut.add(port)
+    return port
 
 
 def waitForPort(host: str, port: int, timeout: float = 15.0) -> None:
