@@ -45,8 +45,16 @@ def test_brokerKilledUnderQos1LoadLosesNoAcknowledgedMessage(
         willed = PahoClient(b2.port, f"willed-{uniq}")
         clients.append(willed)
         willed.connect(will=(f"will/{uniq}", b"b2 died", 1, False))
+        # A persistent session whose will has a delay: not published when b2 dies.
+        delayed = PahoClient(b2.port, f"delayed-{uniq}", mqtt.MQTTv5, False, sessionExpiry=300)
+        clients.append(delayed)
+        willProps = mqtt.Properties(mqtt.PacketTypes.WILLMESSAGE)
+        willProps.WillDelayInterval = 120
+        delayed.client.will_set(f"will/{uniq}/delayed", b"too soon", 1, properties=willProps)
+        delayed.client.reconnect_delay_set(min_delay=120, max_delay=120)
+        delayed.connect()
         watcher = connect(clients, b1.port, f"watch-{uniq}")
-        watcher.subscribe(f"will/{uniq}", 1)
+        watcher.subscribe(f"will/{uniq}/#", 1)
         publisher = connect(clients, b1.port, f"pub-{uniq}")
         awaitRoute(publisher, subs, f"dur/{uniq}/probe")
 
@@ -83,9 +91,11 @@ def test_brokerKilledUnderQos1LoadLosesNoAcknowledgedMessage(
         acked = {f"m{n}".encode() for n, info in enumerate(infos) if info.is_published()}
         assert len(acked) == total, "every publish is acknowledged once b2's death is handled"
 
-        # The will of b2's client fires elsewhere.
+        # The will of b2's client fires elsewhere; the delayed one waits for its delay
+        # (the adopter publishes both in the same turn if it does not).
         msg = watcher.expect(10)
         assert (msg.topic, msg.payload) == (f"will/{uniq}", b"b2 died")
+        watcher.expectNothing(1.0)
 
         # The persistent subscribers come back on other nodes and get every acknowledged message.
         for i, node in enumerate((b3, b1)):

@@ -826,7 +826,8 @@ class ClusterNode(Service):
         clientId = getattr(connection, "clientId", None)
         if will is None or clientId is None:
             return
-        value = encodeMessage(will)
+        delay = getattr(connection, "willDelay", 0)
+        value = encodeMessage(will, {"delay": delay} if delay else None)
         self._wills[clientId] = (connection, value)
         d = self.replicator.op(wire.UPSERT, WILLS, clientId.encode(), value)
         if d is not None:
@@ -921,15 +922,21 @@ class ClusterNode(Service):
             return
         records, wills = await self.replicas.load(origin)
         broker = self.broker
-        for value in wills:
-            will, _ = decodeMessage(value)
-            broker.publishWill(will)
         adopted = []
         for record in records:
             if broker.sessions.get(record["clientId"]) is not None:
                 continue  # its client is back here already
             await self._install(record)
             adopted.append(record)
+        for value in wills:
+            will, header = decodeMessage(value)
+            delay = header.get("delay", 0)
+            session = broker.sessions.get(will.origin) if delay and will.origin else None
+            if session is not None and session.connection is None and session.expiryInterval:
+                # Its connection ended with the node: the delay runs from now.
+                broker.sessions.deferWill(session, will, delay)
+            else:
+                broker.publishWill(will)
         for record in adopted:
             clientId = record["clientId"]
             current = await self.placement.call("lookupSession", clientId)

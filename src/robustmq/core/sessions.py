@@ -130,7 +130,7 @@ class SessionRegistry:
         self._save(session)
         self._arm(session, willDelay if will is not None else None)
 
-    def _arm(self, session: Session, willDelay: int | None) -> None:
+    def _arm(self, session: Session, willDelay: float | None) -> None:
         """Schedule the next offline event: the will (if sooner) or the session's end."""
         expiry = session.expiryInterval
         sinceOffline = self._broker.now() - (session.disconnectedAt or self._broker.now())
@@ -141,6 +141,13 @@ class SessionRegistry:
             session.setTimer(self._broker.callLater(remaining, self._expire, session))
         else:
             session.cancelTimer()
+
+    def deferWill(self, session: Session, will: Message, delay: float) -> None:
+        """Give offline C{session} a will due in C{delay} seconds (unless it resumes first)."""
+        session.pendingWill = will
+        session.willDueAt = self._broker.now() + delay
+        self._save(session)
+        self._arm(session, delay)
 
     def _willLeft(self, session: Session, now: float) -> float | None:
         """Seconds until a pending will is due (None: no will pending)."""
