@@ -79,13 +79,28 @@ class KafkaServerProtocol(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peerHost = getattr(peer, "host", str(peer))
+        #: host:port, and the client.id of the latest request (for admin listings)
+        self.peer = f"{self.peerHost}:{getattr(peer, 'port', '')}"
+        self.clientId: str | None = None
+        # Registered so that listings count it and shutdown closes it.
+        self.node.broker.connectionOpened(self)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._closed = True
         self._queue.clear()
         self._releaseFetch()
+        self.node.broker.connectionClosed(self)
         if self.factory is not None:
             self.factory.connectionEnded(self)
+
+    @property
+    def username(self) -> str | None:
+        """The SASL principal, once authenticated."""
+        return self.principal
+
+    def shutdown(self) -> None:
+        """The node is stopping: close the connection (Kafka has no goodbye message)."""
+        self._close()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closed:
@@ -167,6 +182,8 @@ class KafkaServerProtocol(Protocol):
             )
             self._close()
             return None
+        if req.clientId:
+            self.clientId = req.clientId
         if not self.authenticated and req.apiKey not in _NO_AUTH_NEEDED:
             self.log.warn(
                 "{peer}: {api} before SASL authentication; closing",
