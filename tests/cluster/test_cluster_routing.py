@@ -269,12 +269,14 @@ def test_delayedWillIsDroppedWhenTheSessionResumesOnAnotherNode(
     assert [m.payload for m in watcher.untilTopic(f"will/{uniq}/control")] == []
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["subscription", "shared-group"])
 def test_sessionMovingBetweenNodesUnderTrafficMissesNothing(
-    cluster: LocalCluster, clients: list[PahoClient], uniq: str
+    cluster: LocalCluster, clients: list[PahoClient], uniq: str, shared: bool
 ) -> None:
     """A persistent session bounces between two nodes while a third publishes QoS 1:
     every acknowledged message reaches it, whatever the route tables said meanwhile
-    (the brokers it left send on what still reaches them: cluster/moves.py)."""
+    (the brokers it left send on what still reaches them: cluster/moves.py).  Also as
+    the only member of a shared group (the group's turn may fall on a broker it left)."""
     cid = f"bouncer-{uniq}"
     topic = f"b/{uniq}/t"
     publisher = connect(clients, cluster.brokers[1].port, f"pub-{uniq}")
@@ -326,7 +328,7 @@ def test_sessionMovingBetweenNodesUnderTrafficMissesNothing(
                 received.add(payload)
 
     first = moveTo(0)
-    first.subscribe(f"b/{uniq}/#", 1)
+    first.subscribe(f"$share/g{uniq}/b/{uniq}/#" if shared else f"b/{uniq}/#", 1)
     awaitRoute(publisher, first, f"b/{uniq}/probe")
     sender = threading.Thread(target=publish, daemon=True)
     sender.start()

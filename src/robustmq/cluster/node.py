@@ -362,9 +362,8 @@ class ClusterNode(Service):
     def sessionTakenOver(self, record: Any) -> None:
         # The new owner normally asked us already (handOver); make sure the client is gone.
         session = self.broker.sessions.get(record.clientId)
-        if session is not None and session.connection is not None:
-            if record.clientId not in self._handingOver:
-                session.connection.takeOver()
+        if session is not None and record.clientId not in self._handingOver:
+            self._closeMovedConnection(session, discard=False)
 
     # Links
 
@@ -489,23 +488,36 @@ class ClusterNode(Service):
             self.redirected += len(clientIds)
             self._send(nodeId, message, wire.SESSION, clientIds)
 
+    def _afterArrivals(
+        self, waiting: list[list[Callable[[], None]]], then: Callable[[], None]
+    ) -> None:
+        """Run C{then} once the hand-overs to us behind C{waiting} have ended; the packet
+        being handled is acknowledged after that (and the writes C{then} causes)."""
+        broker = self.broker
+        done: defer.Deferred[Any] = defer.Deferred()
+        left = [len(waiting)]
+
+        def one() -> None:
+            left[0] -= 1
+            if left[0]:
+                return
+            try:
+                writes = self._writesOf(then)
+            finally:
+                broker.congestion.clear()
+            defer.gatherResults(writes, consumeErrors=True).addBoth(done.callback)
+
+        for callbacks in waiting:
+            callbacks.append(one)
+        broker.pendingWrites.append(done)
+
     def _deliverMoved(self, clientId: str, message: Message) -> None:
         """A message redirected to C{clientId}'s session only (it moved, see moves.py)."""
         broker = self.broker
         waiting = self._arriving.get(clientId)
         if waiting is not None:
             # Being handed over to us: deliver once it is here.
-            done: defer.Deferred[Any] = defer.Deferred()
-
-            def deliver() -> None:
-                try:
-                    writes = self._writesOf(lambda: self._deliverMoved(clientId, message))
-                finally:
-                    broker.congestion.clear()
-                defer.gatherResults(writes, consumeErrors=True).addBoth(done.callback)
-
-            waiting.append(deliver)
-            broker.pendingWrites.append(done)
+            self._afterArrivals([waiting], lambda: self._deliverMoved(clientId, message))
             return
         session = broker.sessions.get(clientId)
         if session is not None:
@@ -522,6 +534,29 @@ class ClusterNode(Service):
             clientId=clientId,
             topic=message.topic,
         )
+
+    def _deliverToMovedGroup(self, key: str, message: Message, wait: bool = True) -> None:
+        """A shared group's message for a group that has no member here: its last member
+        here moved away (send it on), or one is being handed over to us (wait for it)."""
+        name, real, _ = parseFilter(key)
+        group = self.broker.groups.get((name, real))
+        if group is not None:
+            group.deliver(message, message.qos)
+            return
+        nodeId = self.moves.sharedRedirect(key)
+        if nodeId is not None and nodeId != self.nodeId:
+            self.redirected += 1
+            self._send(nodeId, message, 0, [key])
+            return
+        if wait and self._arriving:
+            # We do not know which arriving session brings the group: wait for them all.
+            self._afterArrivals(
+                list(self._arriving.values()),
+                lambda: self._deliverToMovedGroup(key, message, wait=False),
+            )
+            return
+        self.dropped += 1
+        self.log.info("a message for shared group {key} found no member here", key=key)
 
     def _arrivalDone(self, clientId: str) -> None:
         """The hand-over of C{clientId}'s session to us ended: run what waited for it."""
@@ -667,12 +702,8 @@ class ClusterNode(Service):
                     group = broker.groups.get((name, real))
                     if group is not None:
                         group.deliver(message, message.qos)
-                    elif moves:
-                        # Its last member here moved away a moment ago.
-                        nodeId = moves.sharedRedirect(key)
-                        if nodeId is not None:
-                            self.redirected += 1
-                            self._send(nodeId, message, 0, [key])
+                    elif moves or self._arriving:
+                        self._deliverToMovedGroup(key, message)
 
         try:
             writes = self._writesOf(route)
@@ -772,12 +803,7 @@ class ClusterNode(Service):
             return None
         self._handingOver.add(clientId)
         try:
-            connection = session.connection
-            if connection is not None:
-                session.detach(self.broker.now())
-                if not discard and getattr(connection, "willDelay", 0) > 0:
-                    connection.will = None  # resumed before its delay ended (MQTT-3.1.2-8)
-                connection.takeOver()
+            self._closeMovedConnection(session, discard)
             chunks = None
             if not discard:
                 session.pendingWill = None  # likewise for an offline session's pending will
@@ -794,6 +820,13 @@ class ClusterNode(Service):
             return chunks
         finally:
             self._handingOver.discard(clientId)
+
+    def _closeMovedConnection(self, session: Any, discard: bool) -> None:
+        """Close the connection of a session another broker takes (0x8E).  Unless the
+        session is discarded there (Clean Start), it resumes there: a will with a delay
+        is deleted (MQTT-3.1.2-8); one without is published as the connection closes."""
+        delayed = getattr(session.connection, "willDelay", 0) > 0
+        self.broker.sessions.takeOverConnection(session, keepWill=discard or not delayed)
 
     def _holdRoutes(self, filters: Iterable[str]) -> None:
         """Keep our routes for a session that left for half the hand-over window, so that
@@ -972,11 +1005,7 @@ class ClusterNode(Service):
                 session.pendingWill = None
                 self._handingOver.add(session.clientId)
                 try:
-                    connection = session.connection
-                    if connection is not None:
-                        session.detach(broker.now())
-                        connection.will = None
-                        connection.takeOver()
+                    broker.sessions.takeOverConnection(session, keepWill=False)
                     broker.sessions.discard(session)
                 finally:
                     self._handingOver.discard(session.clientId)

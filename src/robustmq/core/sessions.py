@@ -65,9 +65,8 @@ class SessionRegistry:
         if existing is not None:
             old = existing.connection
             if old is not None and old is not connection:
-                existing.detach(self._broker.now())
                 self.log.info("client {clientId} taken over by a new connection", clientId=clientId)
-                old.takeOver()
+                self.takeOverConnection(existing)
             if cleanStart:
                 self.discard(existing)
                 existing = None
@@ -89,6 +88,21 @@ class SessionRegistry:
         self._sessions[clientId] = session
         self._save(session)
         return session, False
+
+    def takeOverConnection(self, session: Session, keepWill: bool = True) -> None:
+        """Close C{session}'s connection as taken over (MQTT 5: DISCONNECT 0x8E).
+
+        The session is detached first, so that the closing connection leaves
+        it as it is (its shared-group messages stay in it); without
+        C{keepWill} the connection's will is dropped.
+        """
+        connection = session.connection
+        if connection is None:
+            return
+        session.detach(self._broker.now())
+        if not keepWill:
+            connection.will = None
+        connection.takeOver()
 
     def _save(self, session: Session) -> None:
         persistence = self._broker.persistence
