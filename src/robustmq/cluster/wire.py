@@ -7,6 +7,7 @@ chunks of at most L{CHUNK} bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 from collections.abc import Iterable
@@ -149,8 +150,9 @@ def encodeTargets(nodeIds: Iterable[str]) -> bytes:
     return ",".join(sorted(nodeIds)).encode()
 
 
+@functools.lru_cache(maxsize=1024)
 def decodeTargets(raw: bytes) -> frozenset[str]:
-    """The inverse of L{encodeTargets}."""
+    """The inverse of L{encodeTargets} (the few distinct sets are decoded once)."""
     return frozenset(raw.decode().split(",")) if raw else frozenset()
 
 
