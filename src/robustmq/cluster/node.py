@@ -806,7 +806,8 @@ class ClusterNode(Service):
             self._closeMovedConnection(session, discard)
             chunks = None
             if not discard:
-                session.pendingWill = None  # likewise for an offline session's pending will
+                # It resumes there: an offline session's pending will is deleted too.
+                session.pendingWill = session.willDueAt = None
                 record = sessions.export(session)
                 # What still reaches us for it goes on to the caller (moves.py).
                 record["trail"] = self.moves.depart(clientId, caller, session.subscriptions)
