@@ -227,7 +227,7 @@ def test_sessionTakenOverByAnotherNodeWithQueuedMessages(
     assert got == [b"third"]
 
 
-def test_delayedWillIsDroppedWhenTheSessionResumesOnAnotherNode(
+def test_delayedWillIsDroppedWhenTheClientConnectsOnAnotherNode(
     cluster: LocalCluster, clients: list[PahoClient], uniq: str
 ) -> None:
     """MQTT-3.1.2-8: a new connection for the session before the Will Delay ends deletes
@@ -253,6 +253,14 @@ def test_delayedWillIsDroppedWhenTheSessionResumesOnAnotherNode(
     back = PahoClient(cluster.brokers[2].port, f"offline-{uniq}", mqtt.MQTTv5, False, 0, 300)
     clients.append(back)
     assert back.connect().sessionPresent is True
+    # Offline with its will pending, then a Clean Start connection elsewhere: the session
+    # ends there, but a new connection came before the delay, so no will either.
+    fresh = withDelayedWill(0, "fresh")
+    fresh.client.disconnect(reasoncode=mqtt.ReasonCode(mqtt.PacketTypes.DISCONNECT, identifier=4))
+    assert fresh.disconnected.wait(5)
+    anew = PahoClient(cluster.brokers[2].port, f"fresh-{uniq}", mqtt.MQTTv5, True)
+    clients.append(anew)
+    assert anew.connect().sessionPresent is False
     # Connected, and its client id connects on another broker (taken over).
     live = withDelayedWill(0, "online")
     other = PahoClient(cluster.brokers[2].port, f"online-{uniq}", mqtt.MQTTv5, False, 0, 300)

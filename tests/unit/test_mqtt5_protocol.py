@@ -412,6 +412,38 @@ def test_willNotSentWhenResumedInTime():
     assert w.received() == []
 
 
+def test_newConnectionWithCleanStartAlsoDeletesADelayedWill_MQTT_3_1_2_8():
+    h = harness()
+    w = sub(h, "w", ("will/#", 0))
+    # Offline with its will waiting, then a Clean Start connection: the session ends,
+    # but the new connection came before the delay, so the will is deleted.
+    dropWithWill(h, "fresh", sessionExpiry=60, willDelay=5)
+    h.clock.advance(2)
+    Client5(h, "fresh", cleanSession=True)
+    # Still connected when a Clean Start connection takes over (the old socket closes).
+    live = Client5(
+        h,
+        "live",
+        willTopic="will/live",
+        willPayload=b"gone",
+        properties={"session_expiry_interval": 60},
+        willProperties={"will_delay_interval": 5},
+    )
+    Client5(h, "live", cleanSession=True)
+    live.lose()
+    h.clock.advance(10)
+    assert w.received() == []
+
+
+def test_takeoverPublishesAWillWithoutDelay():
+    h = harness()
+    w = sub(h, "w", ("will/#", 0))
+    old = Client5(h, "nodelay", willTopic="will/nodelay", willPayload=b"gone")
+    Client5(h, "nodelay")
+    old.lose()
+    assert [m.payload for m in w.received()] == [b"gone"]
+
+
 def test_willAtSessionEndWhenSooner():
     h = harness()
     w = sub(h, "w", ("will/#", 0))

@@ -363,7 +363,7 @@ class ClusterNode(Service):
         # The new owner normally asked us already (handOver); make sure the client is gone.
         session = self.broker.sessions.get(record.clientId)
         if session is not None and record.clientId not in self._handingOver:
-            self._closeMovedConnection(session, discard=False)
+            self._closeMovedConnection(session)
 
     # Links
 
@@ -803,11 +803,11 @@ class ClusterNode(Service):
             return None
         self._handingOver.add(clientId)
         try:
-            self._closeMovedConnection(session, discard)
+            self._closeMovedConnection(session)
+            # The client connected there: a pending will is deleted (MQTT-3.1.2-8).
+            session.pendingWill = session.willDueAt = None
             chunks = None
             if not discard:
-                # It resumes there: an offline session's pending will is deleted too.
-                session.pendingWill = session.willDueAt = None
                 record = sessions.export(session)
                 # What still reaches us for it goes on to the caller (moves.py).
                 record["trail"] = self.moves.depart(clientId, caller, session.subscriptions)
@@ -822,12 +822,12 @@ class ClusterNode(Service):
         finally:
             self._handingOver.discard(clientId)
 
-    def _closeMovedConnection(self, session: Any, discard: bool) -> None:
-        """Close the connection of a session another broker takes (0x8E).  Unless the
-        session is discarded there (Clean Start), it resumes there: a will with a delay
-        is deleted (MQTT-3.1.2-8); one without is published as the connection closes."""
+    def _closeMovedConnection(self, session: Any) -> None:
+        """Close the connection of a session another broker takes (0x8E): its client
+        connected there, so a will with a delay is deleted (MQTT-3.1.2-8); one without
+        is published as the connection closes."""
         delayed = getattr(session.connection, "willDelay", 0) > 0
-        self.broker.sessions.takeOverConnection(session, keepWill=discard or not delayed)
+        self.broker.sessions.takeOverConnection(session, keepWill=not delayed)
 
     def _holdRoutes(self, filters: Iterable[str]) -> None:
         """Keep our routes for a session that left for half the hand-over window, so that

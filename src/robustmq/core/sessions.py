@@ -68,6 +68,9 @@ class SessionRegistry:
                 self.log.info("client {clientId} taken over by a new connection", clientId=clientId)
                 self.takeOverConnection(existing)
             if cleanStart:
+                # A new connection deletes a will still waiting for its delay
+                # (MQTT-3.1.2-8), also when it discards the session.
+                existing.pendingWill = existing.willDueAt = None
                 self.discard(existing)
                 existing = None
         if existing is not None:
@@ -122,11 +125,10 @@ class SessionRegistry:
         """
         broker = self._broker
         if session.connection is not connection:
-            # Taken over.  A resumed session suppresses a delayed will; an ended one does not.
-            if will is not None:
-                resumed = self._sessions.get(session.clientId) is session
-                if not (resumed and willDelay > 0):
-                    broker.publishWill(will)
+            # Taken over: a new connection for the client id deletes a will that would
+            # wait for a delay (MQTT-3.1.2-8); one without a delay is due now.
+            if will is not None and willDelay <= 0:
+                broker.publishWill(will)
             return
         session.detach(broker.now())
         broker.redeliverShared(session)
