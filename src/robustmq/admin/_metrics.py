@@ -246,7 +246,8 @@ def _clusterMetrics(cluster: Any) -> Iterator[Metric]:
     )
     yield CounterMetricFamily(
         "robustmq_cluster_dropped_messages",
-        "QoS 0 messages for other brokers dropped while their link was down",
+        "QoS 0 messages for other brokers dropped while their link was down, and messages "
+        "sent on to a moved session or group that found none",
         value=cluster.dropped,
     )
     nodes = GaugeMetricFamily(
