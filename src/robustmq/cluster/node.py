@@ -625,7 +625,7 @@ class ClusterNode(Service):
             return
         entry = wire.encodeForward(message, flags, groups, targets)
         kind = FORWARD if via is None else FORWARD_FOR + via
-        waiter = link.send(kind, entry, message.qos, (message, flags, groups))
+        waiter = link.send(kind, entry, message.qos)
         self.forwarded += 1
         broker = self.broker
         if waiter is not None:

@@ -133,16 +133,15 @@ class _ConnectionFactory(Factory):
 class _Entry:
     """One queued item: packed bytes, who waits for it, and whether a loss may drop it."""
 
-    __slots__ = ("kind", "data", "waiter", "droppable", "message")
+    __slots__ = ("kind", "data", "waiter", "droppable")
 
     def __init__(
-        self, kind: str, data: bytes, waiter: Deferred[Any] | None, droppable: bool, message: Any
+        self, kind: str, data: bytes, waiter: Deferred[Any] | None, droppable: bool
     ) -> None:
         self.kind = kind
         self.data = data
         self.waiter = waiter
         self.droppable = droppable
-        self.message = message
 
 
 class PeerLink(ClientService):
@@ -289,7 +288,7 @@ class PeerLink(ClientService):
 
     # Queue
 
-    def send(self, kind: str, data: bytes, qos: int, message: Any = None) -> Deferred[Any] | None:
+    def send(self, kind: str, data: bytes, qos: int) -> Deferred[Any] | None:
         """Queue one entry; for QoS > 0 (and replication) returns a Deferred fired on the reply.
 
         A QoS 0 entry is dropped (None) when the link is down.
@@ -300,7 +299,7 @@ class PeerLink(ClientService):
             self.onDrop(1)
             return None
         waiter: Deferred[Any] | None = None if droppable else Deferred()
-        self.queue.append(_Entry(kind, data, waiter, droppable, message))
+        self.queue.append(_Entry(kind, data, waiter, droppable))
         if isForward:
             self.pending += 1
             if self.pending >= self.maxPending and not self.congested:
