@@ -432,7 +432,7 @@ class ClusterNode(Service):
                 # We are adopting subscribers of this topic: route once they are here.
                 return self._routeAfterAdoption(dead, message)
         moves = self.moves
-        if moves:
+        if moves.arrived or moves.departed:
             routing = normal | {self.nodeId}
             count: int = broker.routeLocally(message, False, moves.answeredElsewhere(routing))
             self._redirect(message, routing)
@@ -460,9 +460,12 @@ class ClusterNode(Service):
                 else:
                     groups.setdefault(chosen, []).append(key)
                 count += 1
-        targets = set(normal) | set(groups)
-        if message.retain:
-            targets.update(n for n in self.aliveBrokers() if n != self.nodeId)
+        targets: Iterable[str] = normal
+        if groups or message.retain:
+            every = set(normal) | set(groups)
+            if message.retain:
+                every.update(n for n in self.aliveBrokers() if n != self.nodeId)
+            targets = every
         names = self._targetsOf(normal) if normal else b""
         for nodeId in targets:
             if nodeId in normal:
