@@ -538,14 +538,17 @@ class ClusterNode(Service):
             topic=message.topic,
         )
 
-    def _deliverToMovedGroup(self, key: str, message: Message, wait: bool = True) -> None:
-        """A shared group's message for a group that has no member here: its last member
-        here moved away (send it on), or one is being handed over to us (wait for it)."""
+    def _deliverToGroup(self, key: str, message: Message, wait: bool = True) -> None:
+        """A message for shared group C{key} (chosen here by the publishing broker).  With
+        no member here: its last member moved away (send it on), or one is being handed
+        over to us (wait for those hand-overs)."""
         name, real, _ = parseFilter(key)
         group = self.broker.groups.get((name, real))
         if group is not None:
             group.deliver(message, message.qos)
             return
+        if not (self.moves or self._arriving):
+            return  # its last member left: the route change is on its way to the publisher
         nodeId = self.moves.sharedRedirect(key)
         if nodeId is not None and nodeId != self.nodeId:
             self.redirected += 1
@@ -555,7 +558,7 @@ class ClusterNode(Service):
             # We do not know which arriving session brings the group: wait for them all.
             self._afterArrivals(
                 list(self._arriving.values()),
-                lambda: self._deliverToMovedGroup(key, message, wait=False),
+                lambda: self._deliverToGroup(key, message, wait=False),
             )
             return
         self.dropped += 1
@@ -701,12 +704,7 @@ class ClusterNode(Service):
                     else:
                         broker.routeLocally(message, sharedGroups=False)
                 for key in names:
-                    name, real, _ = parseFilter(key)
-                    group = broker.groups.get((name, real))
-                    if group is not None:
-                        group.deliver(message, message.qos)
-                    elif moves or self._arriving:
-                        self._deliverToMovedGroup(key, message)
+                    self._deliverToGroup(key, message)
 
         try:
             writes = self._writesOf(route)
