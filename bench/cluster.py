@@ -53,6 +53,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from robustmq.bench._report import cpuModel  # noqa: E402
 from robustmq.testing.cluster import ClusterNode, LocalCluster  # noqa: E402
 
 SIZE = 64
@@ -164,16 +165,14 @@ class Runner:
         sub = b2 if cross else b1
         return ["--port", str(b1.port), "--sub-port", str(sub.port), "--settle", str(SETTLE)]
 
+    def loadArgs(self, mode: str, case: Case, cross: bool) -> list[str]:
+        """What every run of C{robustmq bench <mode>} here starts with."""
+        qos, size = str(case.qos), str(SIZE)
+        return [mode, *self.ports(cross), "--topic", TOPIC, "--qos", qos, "--size", size]
+
     def throughputArgs(self, case: Case, cross: bool, count: int, duration: float) -> list[str]:
         return [
-            "throughput",
-            *self.ports(cross),
-            "--topic",
-            TOPIC,
-            "--qos",
-            str(case.qos),
-            "--size",
-            str(SIZE),
+            *self.loadArgs("throughput", case, cross),
             "--subscribers",
             str(case.subscribers),
             "--count",
@@ -196,14 +195,7 @@ class Runner:
         else:
             count = int(LATENCY_RATE * self.seconds)
             argv = [
-                "latency",
-                *self.ports(cross),
-                "--topic",
-                TOPIC,
-                "--qos",
-                str(case.qos),
-                "--size",
-                str(SIZE),
+                *self.loadArgs("latency", case, cross),
                 "--rate",
                 str(LATENCY_RATE),
                 "--count",
@@ -293,14 +285,8 @@ def ratio(cross: float | None, same: float | None) -> str:
 
 
 def machine() -> str:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return (
-        f"{cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
+        f"{cpuModel()}, {os.cpu_count()} CPUs, Linux {platform.release()}, "
         f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start"
     )
 

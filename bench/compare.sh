@@ -193,6 +193,8 @@ done
 "$PY" - "$TMP" "$CONNS" "$QUICK" <<'EOF'
 import json, os, platform, subprocess, sys
 
+from robustmq.bench._report import cpuModel
+
 tmp, conns, quick = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
 
 def load(broker, test):
@@ -216,12 +218,7 @@ def fmt(v):
         return "n/a"
     return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3f}"
 
-cpu = "?"
-with open("/proc/cpuinfo") as f:
-    for line in f:
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
+cpu = cpuModel()
 print(f"Machine: {cpu}, {os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}"
       + (" (quick mode: small counts, not for publishing)" if quick else ""))
 print()

@@ -8,6 +8,18 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 
+def cpuModel() -> str:
+    """The CPU's model name, for benchmark reports ("?" without /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
 def percentile(ordered: Sequence[int], fraction: float) -> int:
     """Nearest-rank percentile of an already sorted sequence (0 when empty)."""
     if not ordered:
