@@ -16,15 +16,17 @@ from typing import Any
 
 #: Ports handed out by L{freePort} in this process (never handed out twice).
 _handedOut: set[int] = set()
+#: Its own generator: test plugins re-seed the global one identically for every test.
+_random = random.Random()
 
 
-def _ephemeralRange() -> tuple[int, int]:
-    """The kernel's range for outgoing connections' local ports."""
+def _ephemeralLow() -> int:
+    """The lowest port the kernel gives outgoing connections."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
+        low, _ = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low)
     except (OSError, ValueError):
-        return 32768, 60999
+        return 32768
 
 
 def freePort(host: str = "127.0.0.1") -> int:
@@ -34,11 +36,10 @@ def freePort(host: str = "127.0.0.1") -> int:
     kernel hands out for binding to 0 can be taken by any outgoing connection
     (a test's client) before the node under test binds it.
     """
-    low, _ = _ephemeralRange()
-    rng = random.Random()
+    low = _ephemeralLow()
     if low > 12_000:
         for _ in range(200):
-            port = rng.randrange(10_000, low)
+            port = _random.randrange(10_000, low)
             if port in _handedOut:
                 continue
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
