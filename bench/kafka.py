@@ -1,6 +1,6 @@
 """Kafka throughput: confluent-kafka against a real node, next to the store's raw append speed.
 
-Usage: .venv/bin/python bench/kafka.py [--records 50000] [--size 1024]
+Usage: .venv/bin/python bench/kafka.py [--records 50000] [--size 1024] [--backlog-mb 0]
 
 Starts a node (segment store, sync "interval") with a Kafka listener on a free
 loopback port, produces C{--records} records of C{--size} bytes with
@@ -8,6 +8,10 @@ confluent-kafka (batches as librdkafka builds them, linger 5 ms), consumes
 them back, and in the same run appends the same records straight into a
 L{SegmentShardStore} in this process (batches of 1000, as a producer's batch
 becomes one append).  Prints MB/s and records/s for each.
+
+With C{--backlog-mb N} it also produces N MiB into a second topic first and
+then times one consumer (assigned partition 0 from offset 0, no group)
+reading that whole backlog: the "catch up from the start" case.
 """
 
 from __future__ import annotations
@@ -55,8 +59,47 @@ def rawAppend(records: int, size: int) -> float:
     return result[0]
 
 
-def kafkaRun(records: int, size: int) -> tuple[float, float]:
-    """Seconds to produce, then to consume, C{records} through a node."""
+def _produce(p: object, topic: str, records: int, value: bytes) -> float:
+    start = time.perf_counter()
+    for _ in range(records):
+        while True:
+            try:
+                p.produce(topic, value=value)  # type: ignore[attr-defined]
+                break
+            except BufferError:
+                p.poll(0.01)  # type: ignore[attr-defined]
+    assert p.flush(300) == 0  # type: ignore[attr-defined]
+    return time.perf_counter() - start
+
+
+def backlogRun(node: object, megabytes: int, size: int) -> tuple[int, float]:
+    """Produce C{megabytes} MiB to a fresh topic, then time reading it all from offset 0."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    bootstrap = node.bootstrap  # type: ignore[attr-defined]
+    n = megabytes * 1024 * 1024 // size
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": 1})
+    _produce(p, "backlog", n, b"y" * size)
+    c = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "backlog", "enable.auto.commit": False}
+    )
+    c.assign([TopicPartition("backlog", 0, 0)])
+    got = 0
+    start = time.perf_counter()
+    deadline = time.monotonic() + 600
+    while got < n and time.monotonic() < deadline:
+        for m in c.consume(min(10000, n - got), 1.0):
+            if not m.error():
+                got += 1
+    secs = time.perf_counter() - start
+    c.close()
+    return got, secs
+
+
+def kafkaRun(
+    records: int, size: int, backlogMb: int = 0
+) -> tuple[float, float, tuple[int, float] | None]:
+    """Seconds to produce, then to consume, C{records} through a node (and the backlog run)."""
     from confluent_kafka import Consumer, Producer
     from kafkanode import KafkaNodeProcess
 
@@ -90,12 +133,16 @@ def kafkaRun(records: int, size: int) -> tuple[float, float]:
         start = time.perf_counter()
         deadline = time.monotonic() + 300
         while got < records + 1 and time.monotonic() < deadline:
-            for m in c.consume(10000, 1.0):
+            # Ask for at most what is left: consume() returns when it has that
+            # many or when its timeout passes, so asking for more would time
+            # the wait for records that never come (it did, up to one second).
+            for m in c.consume(min(10000, records + 1 - got), 1.0):
                 if not m.error():
                     got += 1
         consumed = time.perf_counter() - start
         c.close()
-        return produced, consumed
+        backlog = backlogRun(node, backlogMb, size) if backlogMb else None
+        return produced, consumed, backlog
     finally:
         node.cleanup()
 
@@ -104,11 +151,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=50_000)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--backlog-mb", type=int, default=0)
     args = parser.parse_args()
     n, size = args.records, args.size
     mb = n * size / 1e6
     raw = rawAppend(n, size)
-    produced, consumed = kafkaRun(n, size)
+    produced, consumed, backlog = kafkaRun(n, size, args.backlog_mb)
     print(f"records: {n} x {size} B ({mb:.1f} MB)")
     for label, secs in (
         ("store raw append", raw),
@@ -117,6 +165,14 @@ def main() -> None:
     ):
         print(f"{label:18s} {mb / secs:8.1f} MB/s {n / secs:10.0f} records/s")
     print(f"produce / raw append: {raw / produced:.0%}")
+    print(f"consume / produce: {produced / consumed:.0%}")
+    if backlog is not None:
+        got, secs = backlog
+        mbs = got * size / 1e6
+        print(
+            f"backlog from offset 0: {got} records, {mbs:.1f} MB in {secs:.2f} s: "
+            f"{mbs / secs:.1f} MB/s {got / secs:.0f} records/s"
+        )
 
 
 if __name__ == "__main__":

@@ -442,20 +442,31 @@ class KafkaServerProtocol(Protocol):
                 start, end = await topics.store.offsets(part.shard)
                 latest = part.lastStable() if committed else end
                 ts = p["timestamp"]
+                stamp = -1
                 if ts == -2:
                     offset = start
                 elif ts == -1:
                     offset = latest
-                elif ts == -3:
-                    offset = max(start, end - 1)
                 else:
-                    found = await topics.store.offsetForTimestamp(part.shard, ts)
-                    offset = -1 if found is None else found
+                    try:
+                        if ts == -3:  # MAX_TIMESTAMP (KIP-734)
+                            found = await topics.maxTimestamp(part, latest)
+                        else:
+                            found = await topics.offsetForTime(part, ts, latest)
+                    except InvalidRecord as e:
+                        self.log.warn(
+                            "{shard}: unreadable batch in a timestamp lookup: {error}",
+                            shard=part.shard,
+                            error=str(e),
+                        )
+                        r["error_code"] = E.CORRUPT_MESSAGE
+                        continue
+                    offset, stamp = found if found is not None else (-1, -1)
                 if req.apiVersion == 0:
                     r["old_style_offsets"] = [offset] if offset >= 0 else []
                 else:
                     r["offset"] = offset
-                    r["timestamp"] = ts if ts >= 0 and offset >= 0 else -1
+                    r["timestamp"] = stamp
                     r["leader_epoch"] = 0
             out.append({"name": t["name"], "partitions": presp})
         return {"throttle_time_ms": 0, "topics": out}

@@ -13,9 +13,10 @@ records instead: the batch, then C{n - 1} empty placeholders whose C{key} is
 the 4-byte distance back to the batch's first record.  Reads understand
 both layouts (so do partitions written before span records existed).
 
-Every stored record carries its batch's C{maxTimestamp}; a timestamp
-lookup therefore answers with the first offset of the first batch holding
-a record at or after the time (Kafka answers with the record itself).
+Every stored record carries its batch's C{maxTimestamp}, so the store's
+timestamp lookup finds the first batch holding a record at or after a
+time; L{TopicManager.offsetForTime} then reads that batch's records
+(decompressing if needed) to answer with the record itself, as Kafka does.
 """
 
 from __future__ import annotations
@@ -32,7 +33,12 @@ from twisted.python.failure import Failure
 
 from robustmq.interfaces import ISpanShardStore
 from robustmq.protocols.kafka import _errors as E
-from robustmq.protocols.kafka._records import BatchHeader, controlBatch, rewriteBaseOffset
+from robustmq.protocols.kafka._records import (
+    BatchHeader,
+    controlBatch,
+    recordTimestamps,
+    rewriteBaseOffset,
+)
 
 if TYPE_CHECKING:
     from robustmq.config import KafkaSettings
@@ -98,7 +104,7 @@ class _ProducerState:
 class Partition:
     """One partition's offsets, waiting fetches and transaction state."""
 
-    __slots__ = ("shard", "nextOffset", "waiters", "ongoing", "aborted", "epoch")
+    __slots__ = ("shard", "nextOffset", "waiters", "ongoing", "aborted", "epoch", "maxTime")
 
     def __init__(self, shard: str, nextOffset: int) -> None:
         self.shard = shard
@@ -109,6 +115,9 @@ class Partition:
         #: (producerId, firstOffset, lastOffset) of aborted transactions, oldest first
         self.aborted: list[tuple[int, int, int]] = []
         self.epoch = 0
+        #: (largest record timestamp, base offset of the first batch holding it),
+        #: None until first asked for (then read once from the log, kept up to date)
+        self.maxTime: tuple[int, int] | None = None
 
     def lastStable(self) -> int:
         """The last stable offset: the first offset of the oldest open transaction."""
@@ -416,6 +425,8 @@ class TopicManager:
         base = part.nextOffset
         part.nextOffset += n
         ts = h.maxTimestamp if h.maxTimestamp >= 0 else int(time.time() * 1000)
+        if part.maxTime is not None and not h.control and h.maxTimestamp > part.maxTime[0]:
+            part.maxTime = (h.maxTimestamp, base)
         batch = {"timestamp": ts, "value": rewriteBaseOffset(data, base, part.epoch)}
         also: list[defer.Deferred[Any]] = []
         if h.producerId >= 0 and not h.control:
@@ -525,3 +536,92 @@ class TopicManager:
             if offset >= upTo:
                 break
         return out
+
+    # -- offsets by time (ListOffsets) ------------------------------------
+
+    async def _batchAt(self, part: Partition, offset: int) -> tuple[int, int, bytes] | None:
+        """C{(baseOffset, span, batch)} of the stored batch holding C{offset} or the next one."""
+        recs = await self.store.read(part.shard, offset, 2, 1)
+        for r in recs:
+            v = r["value"]
+            if v is None and r["key"] is not None:
+                # a placeholder (no span support): its batch starts earlier
+                head = r["offset"] - _DELTA.unpack(r["key"])[0]
+                got = await self.store.read(part.shard, head, 1, 1)
+                if got and got[0]["offset"] == head and got[0]["value"] is not None:
+                    return head, _spanOf(got[0]["value"]), got[0]["value"]
+                continue
+            if v is not None:
+                return r["offset"], r.get("span", 1), v
+        return None
+
+    async def offsetForTime(self, part: Partition, ts: int, upTo: int) -> tuple[int, int] | None:
+        """C{(offset, timestamp)} of the first record at or after C{ts} below C{upTo}.
+
+        KIP-79: the record itself, not the first offset of its batch.  The
+        store's lookup (by each batch's C{maxTimestamp}) finds the first batch
+        that holds such a record; its records are read to find the one.
+        """
+        start, _ = await self.store.offsets(part.shard)
+        found = await self.store.offsetForTimestamp(part.shard, ts)
+        offset = found
+        for _ in range(10_000):
+            if offset is None or offset >= upTo:
+                return None
+            got = await self._batchAt(part, offset)
+            if got is None:
+                return None
+            base, span, batch = got
+            if not BatchHeader(batch, 0).control:
+                for delta, t in recordTimestamps(batch):
+                    o = base + delta
+                    if t >= ts and o >= max(start, offset):
+                        return (o, t) if o < upTo else None
+            offset = base + span
+        return None
+
+    async def maxTimestamp(self, part: Partition, upTo: int) -> tuple[int, int] | None:
+        """C{(offset, timestamp)} of the record with the largest timestamp (KIP-734), or None.
+
+        The first time a partition is asked, its whole log is read once to
+        find the batch; appends keep it current after that.
+        """
+        start, _ = await self.store.offsets(part.shard)
+        if part.maxTime is None or part.maxTime[1] < start:
+            part.maxTime = await self._scanMaxTime(part, start)
+        if part.maxTime is None:
+            return None
+        ts, base = part.maxTime
+        got = await self._batchAt(part, base)
+        if got is None:
+            return None
+        base, _, batch = got
+        for delta, t in recordTimestamps(batch):
+            o = base + delta
+            if t == ts and o >= start:
+                return (o, t) if o < upTo else None
+        return None
+
+    async def _scanMaxTime(self, part: Partition, start: int) -> tuple[int, int] | None:
+        best: tuple[int, int] | None = None
+        offset = start
+        _, end = await self.store.offsets(part.shard)
+        while offset < end:
+            recs = await self.store.read(
+                part.shard, offset, self.settings.fetch_max_records, 4 << 20
+            )
+            if not recs:
+                break
+            for r in recs:
+                v = r["value"]
+                if v is not None and len(v) >= 61:
+                    h = BatchHeader(v, 0)
+                    if not h.control and (best is None or h.maxTimestamp > best[0]):
+                        best = (h.maxTimestamp, r["offset"])
+            last = recs[-1]
+            offset = last["offset"] + last.get("span", 1)
+        return best
+
+
+def _spanOf(batch: bytes) -> int:
+    return BatchHeader(batch, 0).lastOffsetDelta + 1
