@@ -58,6 +58,7 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     18: (0, 3),  # ApiVersions
     19: (0, 7),  # CreateTopics
     20: (0, 6),  # DeleteTopics
+    21: (0, 1),  # DeleteRecords
     22: (0, 4),  # InitProducerId
     23: (0, 4),  # OffsetForLeaderEpoch
     24: (0, 3),  # AddPartitionsToTxn
@@ -65,9 +66,17 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     26: (0, 3),  # EndTxn
     28: (0, 3),  # TxnOffsetCommit
     32: (0, 4),  # DescribeConfigs
+    33: (0, 2),  # AlterConfigs
+    35: (0, 3),  # DescribeLogDirs
     36: (0, 2),  # SaslAuthenticate
     37: (0, 3),  # CreatePartitions
     42: (0, 2),  # DeleteGroups
+    43: (0, 2),  # ElectLeaders
+    44: (0, 0),  # IncrementalAlterConfigs
+    45: (0, 0),  # AlterPartitionReassignments
+    46: (0, 0),  # ListPartitionReassignments
+    50: (0, 0),  # DescribeUserScramCredentials
+    51: (0, 0),  # AlterUserScramCredentials
 }
 
 _REQ_HEADER = None

@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from robustmq.protocols.kafka import _errors as E
+from robustmq.protocols.kafka._configs import ConfigStore
 from robustmq.protocols.kafka._groups import GroupCoordinator
 from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
 
@@ -224,7 +225,7 @@ class KafkaNode:
         self.auth = broker.auth
         if broker.store is None:
             raise RuntimeError("the Kafka protocol needs a shard store ([storage])")
-        self.topics = TopicManager(broker.store, self.settings)
+        self.topics = TopicManager(broker.store, self.settings, broker.settings.storage)
         self.groups = GroupCoordinator(self.settings, reactor)
         self.txns = TransactionCoordinator(self)
         self.saslRequired = self.settings.sasl_required
@@ -235,35 +236,17 @@ class KafkaNode:
         await self.txns.restore()
 
     @property
+    def configs(self) -> ConfigStore:
+        """Dynamic configs (AlterConfigs) of topics, the broker and groups."""
+        return self.topics.configs
+
+    def groupConfigsChanged(self, group: str) -> None:
+        """A group's configs changed (share and KIP-848 groups read them when needed)."""
+
+    @property
     def knownGroups(self) -> set[str]:
         """Groups with committed offsets, including those from before a restart."""
         return self.topics.knownGroups
-
-    def topicDefaults(self) -> dict[str, str]:
-        """Topic configs as DescribeConfigs reports them when not set on the topic."""
-        st = self.broker.settings.storage
-        return {
-            "retention.ms": str(st.retention_ms or -1),
-            "retention.bytes": str(st.retention_bytes or -1),
-            "cleanup.policy": "delete",
-            "max.message.bytes": str(self.settings.max_request_size),
-            "message.timestamp.type": "CreateTime",
-            "compression.type": "producer",
-        }
-
-    def brokerConfigs(self) -> dict[str, str]:
-        """Broker configs reported by DescribeConfigs (read-only)."""
-        s = self.settings
-        return {
-            "broker.id": str(s.broker_id),
-            "auto.create.topics.enable": str(s.auto_create_topics).lower(),
-            "num.partitions": str(s.default_partitions),
-            "socket.request.max.bytes": str(s.max_request_size),
-            "group.min.session.timeout.ms": str(s.group_min_session_timeout_ms),
-            "group.max.session.timeout.ms": str(s.group_max_session_timeout_ms),
-            "group.initial.rebalance.delay.ms": str(s.group_initial_rebalance_delay_ms),
-            "transaction.max.timeout.ms": str(s.transaction_max_timeout_ms),
-        }
 
 
 _NODES: weakref.WeakKeyDictionary[Any, KafkaNode] = weakref.WeakKeyDictionary()

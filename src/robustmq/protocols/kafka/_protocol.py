@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 from robustmq.core.auth import Credentials
 from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
 from robustmq.protocols.kafka import _errors as E
+from robustmq.protocols.kafka._admin import AdminHandlers
 from robustmq.protocols.kafka._codec import (
     FrameTooLarge,
     KafkaParser,
@@ -50,7 +51,7 @@ _NO_AUTH_NEEDED = frozenset({17, 18, 36})
 _UNKNOWN_OPS = -2147483648
 
 
-class KafkaServerProtocol(Protocol):
+class KafkaServerProtocol(AdminHandlers, Protocol):
     """Serves Kafka requests for one client connection."""
 
     log = Logger()
@@ -708,7 +709,7 @@ class KafkaServerProtocol(Protocol):
             )
             r: dict[str, Any] = {"name": t["name"], "error_code": code, "error_message": msg}
             if code == E.NONE:
-                r["num_partitions"] = n if n > 0 else self.settings.default_partitions
+                r["num_partitions"] = n if n > 0 else topics.defaultPartitions()
                 r["replication_factor"] = 1
                 r["configs"] = [
                     {
@@ -743,49 +744,6 @@ class KafkaServerProtocol(Protocol):
                 t["name"], t["count"], b["validate_only"]
             )
             out.append({"name": t["name"], "error_code": code, "error_message": msg})
-        return {"throttle_time_ms": 0, "results": out}
-
-    async def handle_describe_configs(self, req: Request) -> dict[str, Any]:
-        topics = self.node.topics
-        out = []
-        for res in req.body["resources"]:
-            r: dict[str, Any] = {
-                "error_code": E.NONE,
-                "error_message": None,
-                "resource_type": res["resource_type"],
-                "resource_name": res["resource_name"],
-                "configs": [],
-            }
-            keys = res["configuration_keys"]
-            values: dict[str, tuple[str, bool]] = {}
-            if res["resource_type"] == 2:  # topic
-                t = topics.topics.get(res["resource_name"])
-                if t is None:
-                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
-                else:
-                    values = {k: (v, False) for k, v in t.configs.items()}
-                    for k, v in self.node.topicDefaults().items():
-                        values.setdefault(k, (v, True))
-            elif res["resource_type"] == 4:  # broker
-                values = {k: (v, True) for k, v in self.node.brokerConfigs().items()}
-            else:
-                r["error_code"] = E.INVALID_REQUEST
-            for k, (v, isDefault) in sorted(values.items()):
-                if keys is not None and k not in keys:
-                    continue
-                r["configs"].append(
-                    {
-                        "name": k,
-                        "value": v,
-                        "read_only": res["resource_type"] == 4,
-                        "is_default": isDefault,
-                        "config_source": 5 if isDefault else 1,
-                        "is_sensitive": False,
-                        "synonyms": [],
-                        "documentation": None,
-                    }
-                )
-            out.append(r)
         return {"throttle_time_ms": 0, "results": out}
 
     # -- idempotent and transactional producers --------------------------

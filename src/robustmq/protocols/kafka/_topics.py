@@ -31,8 +31,9 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from robustmq.interfaces import ISpanShardStore
+from robustmq.interfaces import IShardAdminStore, ISpanShardStore
 from robustmq.protocols.kafka import _errors as E
+from robustmq.protocols.kafka._configs import TOPIC, ConfigError, ConfigStore, topicKeys
 from robustmq.protocols.kafka._records import (
     BatchHeader,
     controlBatch,
@@ -41,7 +42,7 @@ from robustmq.protocols.kafka._records import (
 )
 
 if TYPE_CHECKING:
-    from robustmq.config import KafkaSettings
+    from robustmq.config import KafkaSettings, StorageSettings
     from robustmq.interfaces import IShardStore
 
 __all__ = ["Partition", "TopicManager", "shardName"]
@@ -148,8 +149,12 @@ class TopicManager:
 
     log = Logger()
 
-    def __init__(self, store: IShardStore, settings: KafkaSettings) -> None:
+    def __init__(
+        self, store: IShardStore, settings: KafkaSettings, storage: StorageSettings | None = None
+    ) -> None:
         self.store = store
+        #: the node's storage settings (retention defaults of a reconfigured shard)
+        self.settings_storage = storage
         #: one stored record per batch (else a placeholder per further record)
         self.spans = ISpanShardStore.providedBy(store)
         self.settings = settings
@@ -171,6 +176,10 @@ class TopicManager:
         #: called with (partition, producer id, first offset) when a transaction
         #: first writes to a partition; may return a Deferred to wait for
         self.txnStarted: Any = None
+        #: dynamic configs (AlterConfigs) of topics, the broker and groups
+        self.configs = ConfigStore(store)
+        #: shard configs can be changed after creation (retention)
+        self.adminStore = IShardAdminStore.providedBy(store)
 
     # -- start-up --------------------------------------------------------
 
@@ -206,11 +215,15 @@ class TopicManager:
                 continue
             counts.setdefault(topic, set()).add(int(part))
             configs.setdefault(topic, dict(cfg.get("kafka_configs") or {}))
+        await self.configs.load(shards)
         for topic, parts in counts.items():
             n = 0
             while n in parts:
                 n += 1
-            self.topics[topic] = Topic(topic, n, configs[topic])
+            own = configs[topic]
+            if topic in self.configs.topics:
+                own = dict(self.configs.topics[topic])  # altered since creation
+            self.topics[topic] = Topic(topic, n, own)
         if GROUPS_SHARD not in shards:
             await self.store.createShard(GROUPS_SHARD, {"compacted": True})
         self.knownGroups.update(
@@ -267,14 +280,76 @@ class TopicManager:
     # -- topics ----------------------------------------------------------
 
     def _shardConfig(self, configs: dict[str, str]) -> dict[str, Any]:
+        """The shard config of a topic's partitions: its configs, retention from them
+        or from the broker's dynamic C{log.retention.*} (else the store's default)."""
         cfg: dict[str, Any] = {"kafka_configs": dict(configs)}
-        if "retention.ms" in configs:
-            ms = int(configs["retention.ms"])
-            cfg["retention_ms"] = 0 if ms < 0 else ms
-        if "retention.bytes" in configs:
-            b = int(configs["retention.bytes"])
-            cfg["retention_bytes"] = 0 if b < 0 else b
+        broker = self.configs.broker
+        for topicKey, brokerKey, shardKey in (
+            ("retention.ms", "log.retention.ms", "retention_ms"),
+            ("retention.bytes", "log.retention.bytes", "retention_bytes"),
+        ):
+            value = configs.get(topicKey, broker.get(brokerKey))
+            if value is not None:
+                n = int(value)
+                cfg[shardKey] = 0 if n < 0 else n
         return cfg
+
+    def defaultPartitions(self) -> int:
+        """Partitions of an auto-created topic (C{num.partitions}, dynamic or configured)."""
+        return int(self.configs.broker.get("num.partitions", self.settings.default_partitions))
+
+    def autoCreateEnabled(self) -> bool:
+        """C{auto.create.topics.enable}, dynamic or configured."""
+        value = self.configs.broker.get("auto.create.topics.enable")
+        return self.settings.auto_create_topics if value is None else value == "true"
+
+    async def setTopicConfigs(self, name: str, values: dict[str, str]) -> None:
+        """Replace a topic's configs (AlterConfigs): persisted, retention applied to its shards."""
+        topic = self.topics[name]
+        topic.configs = dict(values)
+        await self.configs.save(TOPIC, name, topic.configs)
+        await self._reconfigure(topic)
+
+    async def brokerDefaultsChanged(self) -> None:
+        """The broker's dynamic C{log.retention.*} changed: topics without their own follow."""
+        for topic in list(self.topics.values()):
+            if "retention.ms" not in topic.configs or "retention.bytes" not in topic.configs:
+                await self._reconfigure(topic)
+
+    async def _reconfigure(self, topic: Topic) -> None:
+        if not self.adminStore:
+            return
+        cfg = self._shardConfig(topic.configs)
+        st = self.settings_storage
+        cfg.setdefault("retention_ms", st.retention_ms if st is not None else 0)
+        cfg.setdefault("retention_bytes", st.retention_bytes if st is not None else 0)
+        for p in range(topic.partitions):
+            await self.store.configureShard(shardName(topic.name, p), cfg)
+
+    async def deleteRecordsBefore(self, part: Partition, offset: int) -> int:
+        """DeleteRecords: records below C{offset} go; fires with the new log start offset."""
+        start = await self.store.deleteBefore(part.shard, offset)
+        if part.maxTime is not None and part.maxTime[1] < start:
+            part.maxTime = None
+        self.log.info("{shard}: records before {offset} deleted", shard=part.shard, offset=start)
+        return int(start)
+
+    async def partitionSize(self, part: Partition) -> int:
+        """Bytes the partition occupies in the store (summed from its records if the store cannot say)."""
+        if self.adminStore:
+            return int(await self.store.shardSize(part.shard))
+        total = 0
+        offset, end = await self.store.offsets(part.shard)
+        while offset < end:
+            recs = await self.store.read(
+                part.shard, offset, self.settings.fetch_max_records, 4 << 20
+            )
+            if not recs:
+                break
+            total += sum(len(r["value"] or b"") + len(r["key"] or b"") for r in recs)
+            last = recs[-1]
+            offset = last["offset"] + last.get("span", 1)
+        return total
 
     async def createTopic(
         self, name: str, partitions: int, configs: dict[str, str], validateOnly: bool = False
@@ -285,15 +360,18 @@ class TopicManager:
         if name in self.topics:
             return E.TOPIC_ALREADY_EXISTS, f"topic {name!r} already exists"
         if partitions == -1:
-            partitions = self.settings.default_partitions
+            partitions = self.defaultPartitions()
         if partitions < 1 or partitions > self.settings.max_partitions_per_topic:
             return (
                 E.INVALID_PARTITIONS,
                 f"partitions must be 1..{self.settings.max_partitions_per_topic}",
             )
         try:
+            configs = {
+                k: topicKeys[k].validate(v) if k in topicKeys else v for k, v in configs.items()
+            }
             cfg = self._shardConfig(configs)
-        except ValueError as e:
+        except (ConfigError, ValueError) as e:
             return E.INVALID_CONFIG, str(e)
         if validateOnly:
             return E.NONE, None
@@ -311,9 +389,9 @@ class TopicManager:
         """Create C{name} with the defaults if auto-creation is on; True if it exists."""
         if name in self.topics:
             return True
-        if not self.settings.auto_create_topics:
+        if not self.autoCreateEnabled():
             return False
-        code, _ = await self.createTopic(name, self.settings.default_partitions, {})
+        code, _ = await self.createTopic(name, self.defaultPartitions(), {})
         return code in (E.NONE, E.TOPIC_ALREADY_EXISTS)
 
     async def deleteTopic(self, name: str) -> int:
@@ -334,6 +412,7 @@ class TopicManager:
                 del self._producers[key]
                 self._forget(PRODUCER_STATE_SHARD, _key(*key))
             await self.store.deleteShard(shard)
+        await self.configs.forget(TOPIC, name)
         self.log.info("topic {topic} deleted", topic=name)
         return E.NONE
 
