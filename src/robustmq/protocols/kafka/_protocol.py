@@ -524,6 +524,7 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
             b.get("rebalance_timeout_ms", -1),
             b["protocol_type"],
             [(p["name"], p["metadata"]) for p in b["protocols"]],
+            requireKnownMemberId=req.apiVersion >= 4,
         )
         body = dict(body)
         body.setdefault("member_id", b["member_id"])
