@@ -45,7 +45,7 @@ class KafkaServerFactory(ConnectionLimitedFactory):
         for p in list(self.open):
             if p.transport is not None:
                 p.transport.loseConnection()
-        self.node.groups.stop()
+        self.node.stop()
 
 
 @implementer(IPlugin, IProtocolPlugin)

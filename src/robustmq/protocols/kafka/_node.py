@@ -11,6 +11,7 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from robustmq.protocols.kafka import _errors as E
@@ -25,13 +26,15 @@ __all__ = ["KafkaNode", "TransactionCoordinator", "nodeFor"]
 
 
 class _Txn:
-    __slots__ = ("txnId", "pid", "epoch", "partitions", "groups", "offsets", "timeoutMs")
+    __slots__ = ("txnId", "pid", "epoch", "partitions", "groups", "offsets", "timeoutMs", "started")
 
     def __init__(self, txnId: str, pid: int, timeoutMs: int) -> None:
         self.txnId = txnId
         self.pid = pid
         self.epoch = 0
         self.timeoutMs = timeoutMs
+        #: reactor time when the open transaction added its first partition or group
+        self.started: float | None = None
         self.partitions: dict[str, Partition] = {}
         self.groups: set[str] = set()
         #: group -> [(shard, offset, metadata)] to commit with the transaction
@@ -46,6 +49,7 @@ class _Txn:
                 "timeout": self.timeoutMs,
                 "partitions": {s: p.ongoing.get(self.pid, -1) for s, p in self.partitions.items()},
                 "groups": sorted(self.groups),
+                "started": self.started,
                 "offsets": {
                     g: [[s, o, base64.b64encode(m).decode()] for s, o, m in offs]
                     for g, offs in self.offsets.items()
@@ -92,6 +96,9 @@ class TransactionCoordinator:
                 if first >= 0:
                     part.ongoing[txn.pid] = int(first)
             txn.groups = set(state["groups"])
+            if txn.partitions or txn.groups:
+                # the clock of the previous run is gone: the timeout restarts now
+                txn.started = self.node.reactor.seconds()
             txn.offsets = {
                 g: [(s, int(o), base64.b64decode(m)) for s, o, m in offs]
                 for g, offs in state["offsets"].items()
@@ -149,8 +156,33 @@ class TransactionCoordinator:
             return E.PRODUCER_FENCED if epoch < txn.epoch else E.INVALID_PRODUCER_EPOCH, None
         return E.NONE, txn
 
+    def _begin(self, txn: _Txn) -> None:
+        if txn.started is None:
+            txn.started = self.node.reactor.seconds()
+
+    def expire(self) -> defer.Deferred[None]:
+        """Abort every transaction open longer than its timeout (Kafka's
+        C{transaction.timeout.ms}); its epoch is bumped so the abandoned
+        producer is fenced (its next request gets PRODUCER_FENCED)."""
+        return defer.ensureDeferred(self._expire())
+
+    async def _expire(self) -> None:
+        now = self.node.reactor.seconds()
+        for txn in list(self.txns.values()):
+            if txn.started is None or now - txn.started < txn.timeoutMs / 1000:
+                continue
+            self.log.info(
+                "transaction of {txnId} open for more than {ms} ms: aborting it",
+                txnId=txn.txnId,
+                ms=txn.timeoutMs,
+            )
+            txn.epoch += 1  # fence the producer that abandoned it (KIP-98)
+            await self._finish(txn, commit=False)
+
     async def addPartition(self, txnId: str, pid: int, epoch: int, part: Partition) -> int:
         code, txn = self._check(txnId, pid, epoch)
+        if txn is not None:
+            self._begin(txn)
         if txn is not None and part.shard not in txn.partitions:
             txn.partitions[part.shard] = part
             await _wait(self.save(txn))
@@ -163,6 +195,8 @@ class TransactionCoordinator:
 
     async def addGroup(self, txnId: str, pid: int, epoch: int, group: str) -> int:
         code, txn = self._check(txnId, pid, epoch)
+        if txn is not None:
+            self._begin(txn)
         if txn is not None and group not in txn.groups:
             txn.groups.add(group)
             await _wait(self.save(txn))
@@ -205,6 +239,7 @@ class TransactionCoordinator:
         txn.partitions = {}
         txn.groups = set()
         txn.offsets = {}
+        txn.started = None
         await _wait(self.save(txn))
 
 
@@ -229,6 +264,22 @@ class KafkaNode:
         self.groups = GroupCoordinator(self.settings, reactor)
         self.txns = TransactionCoordinator(self)
         self.saslRequired = self.settings.sasl_required
+        self._txnCheck = LoopingCall(self._checkTransactions)
+        self._txnCheck.clock = reactor
+        self._txnCheck.start(self.settings.transaction_check_interval_ms / 1000, now=False)
+
+    def _checkTransactions(self) -> defer.Deferred[None] | None:
+        if not self.topics._loaded:
+            return None
+        return self.txns.expire().addErrback(
+            lambda f: self.log.failure("aborting timed-out transactions", f)
+        )
+
+    def stop(self) -> None:
+        """Stop the node's timers (its listeners stopped)."""
+        if self._txnCheck.running:
+            self._txnCheck.stop()
+        self.groups.stop()
 
     async def ready(self) -> None:
         """Returns once topics and the previous run's producer state are loaded."""

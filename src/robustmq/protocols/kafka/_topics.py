@@ -557,9 +557,12 @@ class TopicManager:
         from robustmq.protocols.kafka._records import iterBatches
 
         h = next(iterBatches(data))
+        if not commit:
+            # Listed before the marker is appended: a long-polling read_committed
+            # Fetch woken by the append must already see the transaction as aborted.
+            part.aborted.append((pid, first, part.nextOffset))
         base, d = self.append(part, data, h)
         if not commit:
-            part.aborted.append((pid, first, base))
             if self.persist:
                 await self.store.upsert(ABORTED_SHARD, _key(part.shard, pid, first), b"%d" % base)
             excess = len(part.aborted) - self.settings.max_aborted_transactions
