@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._configs import ConfigStore
+from robustmq.protocols.kafka._fetchsessions import FetchSessionCache
 from robustmq.protocols.kafka._groups import GroupCoordinator
 from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
 
@@ -263,6 +264,8 @@ class KafkaNode:
         self.topics = TopicManager(broker.store, self.settings, broker.settings.storage)
         self.groups = GroupCoordinator(self.settings, reactor)
         self.txns = TransactionCoordinator(self)
+        self.fetchSessions = FetchSessionCache(self.settings.max_fetch_sessions)
+        self.topics.topicDeleted = self.fetchSessions.forgetTopic
         self.saslRequired = self.settings.sasl_required
         self._txnCheck = LoopingCall(self._checkTransactions)
         self._txnCheck.clock = reactor

@@ -35,10 +35,11 @@ from robustmq.protocols.kafka._codec import (
     apiVersionsBody,
     apiVersionsError,
     decodeRequest,
-    encodeResponse,
+    encodeResponseParts,
 )
-from robustmq.protocols.kafka._records import InvalidRecord, iterBatches
-from robustmq.protocols.kafka._schema import DecodeError
+from robustmq.protocols.kafka._fetchsessions import FetchPartition
+from robustmq.protocols.kafka._records import BatchHeader, InvalidRecord, iterBatches
+from robustmq.protocols.kafka._schema import DecodeError, Spliced
 from robustmq.protocols.kafka._topics import GROUPS_SHARD
 
 if TYPE_CHECKING:
@@ -153,19 +154,24 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
         if self._closed:
             return
         if result is not None:
-            self.node.broker.stats.kafkaBytesSent += len(result)
-            self.transport.write(result)  # type: ignore[union-attr]
+            self.node.broker.stats.kafkaBytesSent += sum(len(p) for p in result)
+            try:
+                self.transport.writeSequence(result)  # type: ignore[union-attr]
+            except Exception:
+                self.log.failure("{peer}: writing a response failed; closing", peer=self.peerHost)
+                self._close()
+                return
         if self._paused and len(self._queue) <= self.settings.max_pending_requests // 2:
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
         self._pump()
 
-    async def _process(self, frame: bytes) -> bytes | None:
+    async def _process(self, frame: bytes) -> list[Any] | None:
         try:
             req = decodeRequest(frame)
         except UnsupportedVersion as e:
             if e.apiKey == 18:
-                return apiVersionsError(e.correlationId)
+                return [apiVersionsError(e.correlationId)]
             self.log.warn(
                 "{peer}: unsupported api {key} version {version}; closing",
                 peer=self.peerHost,
@@ -198,7 +204,7 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
         body = await handler(req)
         if body is None:
             return None
-        return encodeResponse(req.apiKey, req.apiVersion, req.correlationId, body)
+        return encodeResponseParts(req.apiKey, req.apiVersion, req.correlationId, body)
 
     # -- helpers ---------------------------------------------------------
 
@@ -219,11 +225,27 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
         if req.apiVersion == 0 and not wanted:
             wanted = None
         allowCreate = b.get("allow_auto_topic_creation", True)
+        out = []
         if wanted is None:
             names = sorted(topics.topics)
         else:
-            names = [t["name"] for t in wanted if t.get("name") is not None]
-        out = []
+            names = []
+            for t in wanted:
+                if t.get("name") is not None:
+                    names.append(t["name"])
+                elif t.get("topic_id") is not None:  # v10+: by id (KIP-516)
+                    known = topics.byId.get(t["topic_id"])
+                    if known is None:
+                        out.append(
+                            {
+                                "error_code": E.UNKNOWN_TOPIC_ID,
+                                "name": None if req.apiVersion >= 12 else "",
+                                "topic_id": t["topic_id"],
+                                "partitions": [],
+                            }
+                        )
+                    else:
+                        names.append(known)
         bid = self.settings.broker_id
         for name in names:
             if name not in topics.topics and allowCreate:
@@ -238,6 +260,7 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
                 {
                     "error_code": E.NONE,
                     "name": name,
+                    "topic_id": t.topicId,
                     "is_internal": False,
                     "partitions": [
                         {
@@ -331,15 +354,62 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
     # -- Fetch -----------------------------------------------------------
 
     async def handle_fetch(self, req: Request) -> dict[str, Any]:
+        """Fetch: stored batches as they are, long-polling, with fetch sessions (KIP-227).
+
+        From v13 topics are named by id (KIP-516).  The batches go into the
+        response as L{Spliced} parts, written with C{writeSequence} without
+        being joined or re-encoded.
+        """
         b = req.body
+        v = req.apiVersion
+        topics = self.node.topics
         reactor = self.node.reactor
         committed = b.get("isolation_level", 0) == 1
         maxWait = min(max(b["max_wait_ms"], 0), self.settings.max_wait_ms) / 1000
         minBytes = b["min_bytes"]
         maxBytes = b.get("max_bytes", 0x7FFFFFFF)
+        byIds = v >= 13
+        asked: list[FetchPartition] = []
+        unknownIds: list[dict[str, Any]] = []
+        for t in b["topics"]:
+            name = topics.byId.get(t["topic_id"]) if byIds else t["topic"]
+            if name is None:
+                unknownIds.append(
+                    {
+                        "topic_id": t["topic_id"],
+                        "partitions": [
+                            _partitionError(fp["partition"], E.UNKNOWN_TOPIC_ID)
+                            for fp in t["partitions"]
+                        ],
+                    }
+                )
+                continue
+            tid = topics.topics[name].topicId if name in topics.topics else None
+            for fp in t["partitions"]:
+                asked.append(
+                    FetchPartition(
+                        name, tid, fp["partition"], fp["fetch_offset"], fp["partition_max_bytes"]
+                    )
+                )
+        forgotten = []
+        for t in b.get("forgotten_topics_data") or []:
+            name = topics.byId.get(t["topic_id"]) if byIds else t["topic"]
+            if name is not None:
+                forgotten.extend((name, p) for p in t["partitions"])
+        code, session, wanted = self.node.fetchSessions.resolve(
+            b.get("session_id", 0), b.get("session_epoch", -1), asked, forgotten
+        )
+        if code != E.NONE:
+            return {
+                "throttle_time_ms": 0,
+                "error_code": code,
+                "session_id": 0,
+                "responses": [],
+            }
+        incremental = session is not None and b.get("session_epoch", -1) > 0
         deadline = reactor.seconds() + maxWait
         for _attempt in range(1000):
-            responses, total, parts = await self._fetchOnce(b["topics"], committed, maxBytes)
+            answers, total, parts = await self._fetchOnce(wanted, committed, maxBytes)
             remaining = deadline - reactor.seconds()
             # Responses go out in request order, so a Fetch that waits also delays
             # every request pipelined behind it (ListOffsets, commits, heartbeats):
@@ -361,69 +431,78 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
                     p.waiters.remove(wake)
             if self._closed:
                 break
+        responses: list[dict[str, Any]] = []
+        byTopic: dict[str, dict[str, Any]] = {}
+        for fp, r in answers:
+            if incremental and not (
+                r["records"]
+                or r["error_code"]
+                or (r["high_watermark"], r["last_stable_offset"], r["log_start_offset"])
+                != (fp.hw, fp.lso, fp.start)
+            ):
+                continue  # nothing new for this partition: left out (KIP-227)
+            fp.hw, fp.lso, fp.start = (
+                r["high_watermark"],
+                r["last_stable_offset"],
+                r["log_start_offset"],
+            )
+            t = byTopic.get(fp.topic)
+            if t is None:
+                t = {"topic": fp.topic, "topic_id": fp.topicId, "partitions": []}
+                byTopic[fp.topic] = t
+                responses.append(t)
+            t["partitions"].append(r)
         return {
             "throttle_time_ms": 0,
             "error_code": E.NONE,
-            "session_id": 0,
-            "responses": responses,
+            "session_id": session.sessionId if session is not None else 0,
+            "responses": responses + unknownIds,
         }
 
     async def _fetchOnce(
-        self, wanted: list[dict[str, Any]], committed: bool, maxBytes: int
-    ) -> tuple[list[dict[str, Any]], int, list[Any]]:
+        self, wanted: list[FetchPartition], committed: bool, maxBytes: int
+    ) -> tuple[list[tuple[FetchPartition, dict[str, Any]]], int, list[Any]]:
         topics = self.node.topics
         total = 0
         parts = []
-        responses = []
-        for t in wanted:
-            name = t["topic"]
-            presp = []
-            for fp in t["partitions"]:
-                r: dict[str, Any] = {
-                    "partition_index": fp["partition"],
-                    "error_code": E.NONE,
-                    "high_watermark": -1,
-                    "last_stable_offset": -1,
-                    "log_start_offset": -1,
-                    "aborted_transactions": None,
-                    "records": b"",
-                }
-                presp.append(r)
-                part = await topics.partition(name, fp["partition"])
-                if part is None:
-                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
-                    continue
-                parts.append(part)
-                start, end = await topics.store.offsets(part.shard)
-                lso = part.lastStable()
-                r["high_watermark"] = end
-                r["last_stable_offset"] = lso
-                r["log_start_offset"] = start
-                offset = fp["fetch_offset"]
-                if offset < start or offset > end:
-                    r["error_code"] = E.OFFSET_OUT_OF_RANGE
-                    continue
-                upTo = lso if committed else end
-                budget = min(fp["partition_max_bytes"], maxBytes - total)
-                if budget <= 0 and total:
-                    continue
-                batches = await topics.read(part, offset, budget, upTo)
-                if committed:
-                    r["aborted_transactions"] = [
-                        {"producer_id": pid, "first_offset": first}
-                        for pid, first, last in part.aborted
-                        if last >= offset and first < upTo
-                    ]
-                if batches:
-                    data = b"".join(batches)
-                    r["records"] = data
-                    total += len(data)
-                    # Whole batches: one fetched from its middle counts all its records.
-                    self.node.broker.stats.kafkaSent += sum(
-                        h.count for h in iterBatches(data, check=False) if not h.control
-                    )
-            responses.append({"topic": name, "partitions": presp})
-        return responses, total, parts
+        answers = []
+        for fp in wanted:
+            r = _partitionError(fp.index, E.NONE)
+            answers.append((fp, r))
+            part = await topics.partition(fp.topic, fp.index)
+            if part is None:
+                r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
+                continue
+            parts.append(part)
+            start, end = await topics.store.offsets(part.shard)
+            lso = part.lastStable()
+            r["high_watermark"] = end
+            r["last_stable_offset"] = lso
+            r["log_start_offset"] = start
+            offset = fp.fetchOffset
+            if offset < start or offset > end:
+                r["error_code"] = E.OFFSET_OUT_OF_RANGE
+                continue
+            upTo = lso if committed else end
+            budget = min(fp.maxBytes, maxBytes - total)
+            if budget <= 0 and total:
+                continue
+            batches = await topics.read(part, offset, budget, upTo)
+            if committed:
+                r["aborted_transactions"] = [
+                    {"producer_id": pid, "first_offset": first}
+                    for pid, first, last in part.aborted
+                    if last >= offset and first < upTo
+                ]
+            if batches:
+                records = Spliced(batches)
+                r["records"] = records
+                total += records.size
+                # Whole batches: one fetched from its middle counts all its records.
+                self.node.broker.stats.kafkaSent += sum(
+                    h.count for h in map(_header, batches) if not h.control
+                )
+        return answers, total, parts
 
     # -- ListOffsets, OffsetForLeaderEpoch ------------------------------
 
@@ -906,6 +985,23 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
 
     def __repr__(self) -> str:
         return f"<KafkaServerProtocol {getattr(self, 'peerHost', '?')}>"
+
+
+def _partitionError(index: int, code: int) -> dict[str, Any]:
+    """A Fetch response partition with no data (yet)."""
+    return {
+        "partition_index": index,
+        "error_code": code,
+        "high_watermark": -1,
+        "last_stable_offset": -1,
+        "log_start_offset": -1,
+        "aborted_transactions": None,
+        "records": b"",
+    }
+
+
+def _header(batch: bytes) -> BatchHeader:
+    return BatchHeader(batch, 0)
 
 
 def _fire(d: defer.Deferred[None]) -> None:

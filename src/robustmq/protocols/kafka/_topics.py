@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import struct
 import time
+import uuid
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
@@ -134,14 +135,23 @@ class Partition:
 
 
 class Topic:
-    """A topic's partition count and configs (as given at creation)."""
+    """A topic's id, partition count and configs."""
 
-    __slots__ = ("name", "partitions", "configs")
+    __slots__ = ("name", "partitions", "configs", "topicId")
 
-    def __init__(self, name: str, partitions: int, configs: dict[str, str]) -> None:
+    def __init__(
+        self, name: str, partitions: int, configs: dict[str, str], topicId: uuid.UUID
+    ) -> None:
         self.name = name
         self.partitions = partitions
         self.configs = configs
+        #: the topic id (KIP-516): new for every topic created, kept in its shards' config
+        self.topicId = topicId
+
+
+def legacyTopicId(name: str) -> uuid.UUID:
+    """The id of a topic created before ids were stored: derived from its name."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, "robustmq:kafka-topic:" + name)
 
 
 class TopicManager:
@@ -159,6 +169,8 @@ class TopicManager:
         self.spans = ISpanShardStore.providedBy(store)
         self.settings = settings
         self.topics: dict[str, Topic] = {}
+        #: topic id -> topic name (Metadata v10+, Fetch v13+, KIP-848, KIP-932)
+        self.byId: dict[uuid.UUID, str] = {}
         self.partitions: dict[str, Partition] = {}
         self._loaded = False
         self._readyWaiters: list[defer.Deferred[None]] = []
@@ -178,6 +190,8 @@ class TopicManager:
         self.txnStarted: Any = None
         #: dynamic configs (AlterConfigs) of topics, the broker and groups
         self.configs = ConfigStore(store)
+        #: called with a topic's name when it is deleted (fetch sessions, groups)
+        self.topicDeleted: Any = None
         #: shard configs can be changed after creation (retention)
         self.adminStore = IShardAdminStore.providedBy(store)
 
@@ -207,6 +221,7 @@ class TopicManager:
         shards = await self.store.listShards()
         counts: dict[str, set[int]] = {}
         configs: dict[str, dict[str, str]] = {}
+        ids: dict[str, uuid.UUID] = {}
         for name, cfg in shards.items():
             if not name.startswith(PREFIX):
                 continue
@@ -215,6 +230,8 @@ class TopicManager:
                 continue
             counts.setdefault(topic, set()).add(int(part))
             configs.setdefault(topic, dict(cfg.get("kafka_configs") or {}))
+            if cfg.get("kafka_topic_id"):
+                ids.setdefault(topic, uuid.UUID(cfg["kafka_topic_id"]))
         await self.configs.load(shards)
         for topic, parts in counts.items():
             n = 0
@@ -223,7 +240,9 @@ class TopicManager:
             own = configs[topic]
             if topic in self.configs.topics:
                 own = dict(self.configs.topics[topic])  # altered since creation
-            self.topics[topic] = Topic(topic, n, own)
+            t = Topic(topic, n, own, ids.get(topic) or legacyTopicId(topic))
+            self.topics[topic] = t
+            self.byId[t.topicId] = topic
         if GROUPS_SHARD not in shards:
             await self.store.createShard(GROUPS_SHARD, {"compacted": True})
         self.knownGroups.update(
@@ -320,6 +339,7 @@ class TopicManager:
         if not self.adminStore:
             return
         cfg = self._shardConfig(topic.configs)
+        cfg["kafka_topic_id"] = str(topic.topicId)
         st = self.settings_storage
         cfg.setdefault("retention_ms", st.retention_ms if st is not None else 0)
         cfg.setdefault("retention_bytes", st.retention_bytes if st is not None else 0)
@@ -375,7 +395,10 @@ class TopicManager:
             return E.INVALID_CONFIG, str(e)
         if validateOnly:
             return E.NONE, None
-        self.topics[name] = Topic(name, partitions, dict(configs))
+        topicId = uuid.uuid4()
+        cfg["kafka_topic_id"] = str(topicId)
+        self.topics[name] = Topic(name, partitions, dict(configs), topicId)
+        self.byId[topicId] = name
         try:
             for p in range(partitions):
                 await self.store.createShard(shardName(name, p), cfg)
@@ -399,6 +422,9 @@ class TopicManager:
         topic = self.topics.pop(name, None)
         if topic is None:
             return E.UNKNOWN_TOPIC_OR_PARTITION
+        self.byId.pop(topic.topicId, None)
+        if self.topicDeleted is not None:
+            self.topicDeleted(name)
         for p in range(topic.partitions):
             shard = shardName(name, p)
             part = self.partitions.pop(shard, None)
@@ -430,6 +456,7 @@ class TopicManager:
         if validateOnly:
             return E.NONE, None
         cfg = self._shardConfig(topic.configs)
+        cfg["kafka_topic_id"] = str(topic.topicId)
         for p in range(topic.partitions, count):
             await self.store.createShard(shardName(name, p), cfg)
         topic.partitions = count
