@@ -52,15 +52,15 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     1: (4, 16),  # Fetch (v13+: topic ids)
     2: (0, 7),  # ListOffsets
     3: (0, 12),  # Metadata (v10+: topic ids)
-    8: (0, 8),  # OffsetCommit
-    9: (0, 8),  # OffsetFetch
+    8: (0, 9),  # OffsetCommit (v9: KIP-848 member epochs)
+    9: (0, 9),  # OffsetFetch
     10: (0, 4),  # FindCoordinator
     11: (0, 7),  # JoinGroup
     12: (0, 4),  # Heartbeat
     13: (0, 4),  # LeaveGroup
     14: (0, 5),  # SyncGroup
     15: (0, 5),  # DescribeGroups
-    16: (0, 4),  # ListGroups
+    16: (0, 5),  # ListGroups (v5: group types, KIP-848)
     17: (0, 1),  # SaslHandshake
     18: (0, 3),  # ApiVersions
     19: (0, 7),  # CreateTopics
@@ -84,6 +84,8 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     46: (0, 0),  # ListPartitionReassignments
     50: (0, 0),  # DescribeUserScramCredentials
     51: (0, 0),  # AlterUserScramCredentials
+    68: (0, 1),  # ConsumerGroupHeartbeat (KIP-848)
+    69: (0, 0),  # ConsumerGroupDescribe
 }
 
 _REQ_HEADER = None

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._configs import ConfigStore
+from robustmq.protocols.kafka._consumergroups import ConsumerGroupCoordinator
 from robustmq.protocols.kafka._fetchsessions import FetchSessionCache
 from robustmq.protocols.kafka._groups import GroupCoordinator
 from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
@@ -265,7 +266,9 @@ class KafkaNode:
         self.groups = GroupCoordinator(self.settings, reactor)
         self.txns = TransactionCoordinator(self)
         self.fetchSessions = FetchSessionCache(self.settings.max_fetch_sessions)
-        self.topics.topicDeleted = self.fetchSessions.forgetTopic
+        self.consumerGroups = ConsumerGroupCoordinator(self)
+        self.topics.topicDeleted = self._topicDeleted
+        self.topics.topicsChanged = self.consumerGroups.topicsChanged
         self.saslRequired = self.settings.sasl_required
         self._txnCheck = LoopingCall(self._checkTransactions)
         self._txnCheck.clock = reactor
@@ -278,11 +281,16 @@ class KafkaNode:
             lambda f: self.log.failure("aborting timed-out transactions", f)
         )
 
+    def _topicDeleted(self, name: str) -> None:
+        self.fetchSessions.forgetTopic(name)
+        self.consumerGroups.topicsChanged()
+
     def stop(self) -> None:
         """Stop the node's timers (its listeners stopped)."""
         if self._txnCheck.running:
             self._txnCheck.stop()
         self.groups.stop()
+        self.consumerGroups.stop()
 
     async def ready(self) -> None:
         """Returns once topics and the previous run's producer state are loaded."""

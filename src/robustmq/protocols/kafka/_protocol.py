@@ -37,6 +37,7 @@ from robustmq.protocols.kafka._codec import (
     decodeRequest,
     encodeResponseParts,
 )
+from robustmq.protocols.kafka._consumergroups import ConsumerGroupHandlers
 from robustmq.protocols.kafka._fetchsessions import FetchPartition
 from robustmq.protocols.kafka._records import BatchHeader, InvalidRecord, iterBatches
 from robustmq.protocols.kafka._schema import DecodeError, Spliced
@@ -52,7 +53,7 @@ _NO_AUTH_NEEDED = frozenset({17, 18, 36})
 _UNKNOWN_OPS = -2147483648
 
 
-class KafkaServerProtocol(AdminHandlers, Protocol):
+class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, Protocol):
     """Serves Kafka requests for one client connection."""
 
     log = Logger()
@@ -651,9 +652,11 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
     async def handle_offset_commit(self, req: Request) -> dict[str, Any]:
         b = req.body
         group = b["group_id"]
-        code = self.node.groups.checkCommit(
-            group, b.get("generation_id_or_member_epoch", -1), b.get("member_id", "")
-        )
+        generation = b.get("generation_id_or_member_epoch", -1)
+        memberId = b.get("member_id", "")
+        code = self.node.consumerGroups.checkCommit(group, memberId, generation)
+        if code is None:  # not a KIP-848 group: the classic coordinator decides
+            code = self.node.groups.checkCommit(group, generation, memberId)
         out = await self._commit(group, b["topics"], code)
         return {"throttle_time_ms": 0, "topics": out}
 
@@ -734,27 +737,39 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
         out = []
         for g in req.body["groups"]:
             d = groups.describe(g)
-            if d["group_state"] == "Dead" and g in self.node.knownGroups:
+            modern = self.node.consumerGroups.groups.get(g)
+            if d["group_state"] == "Dead" and modern is not None:
+                # a KIP-848 group seen through the classic API (as Kafka shows it)
+                d["group_state"] = modern.state
+                d["protocol_type"] = "consumer"
+            elif d["group_state"] == "Dead" and g in self.node.knownGroups:
                 d["group_state"] = "Empty"
             out.append(d)
         return {"throttle_time_ms": 0, "groups": out}
 
     async def handle_list_groups(self, req: Request) -> dict[str, Any]:
         groups = self.node.groups.groups
+        modern = self.node.consumerGroups.groups
         states = req.body.get("states_filter") or []
+        types = {t.lower() for t in req.body.get("types_filter") or []}
         out = []
-        names = set(groups) | self.node.knownGroups
+        names = set(groups) | set(modern) | self.node.knownGroups
         for name in sorted(names):
             g = groups.get(name)
-            state = g.state if g is not None else "Empty"
-            if states and state not in states:
+            if name in modern and (g is None or not g.members):
+                state, kind, ptype = modern[name].state, "consumer", "consumer"
+            else:
+                state = g.state if g is not None else "Empty"
+                kind = "classic"
+                ptype = (g.protocolType if g is not None else None) or "consumer"
+            if (states and state not in states) or (types and kind not in types):
                 continue
             out.append(
                 {
                     "group_id": name,
-                    "protocol_type": (g.protocolType if g is not None else None) or "consumer",
+                    "protocol_type": ptype,
                     "group_state": state,
-                    "group_type": "classic",
+                    "group_type": kind,
                 }
             )
         return {"throttle_time_ms": 0, "error_code": E.NONE, "groups": out}
@@ -763,12 +778,13 @@ class KafkaServerProtocol(AdminHandlers, Protocol):
         out = []
         store = self.node.topics.store
         for name in req.body["groups_names"]:
-            code = self.node.groups.delete(name)
+            modern = self.node.consumerGroups.delete(name)
+            code = modern if modern is not None else self.node.groups.delete(name)
             if code == E.NONE:
                 if name in self.node.knownGroups:
                     self.node.knownGroups.discard(name)
                     await store.deleteKey(GROUPS_SHARD, name.encode())
-                else:
+                elif modern is None:
                     code = E.GROUP_ID_NOT_FOUND
             out.append({"group_id": name, "error_code": code})
         return {"throttle_time_ms": 0, "results": out}

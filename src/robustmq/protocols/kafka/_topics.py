@@ -192,6 +192,8 @@ class TopicManager:
         self.configs = ConfigStore(store)
         #: called with a topic's name when it is deleted (fetch sessions, groups)
         self.topicDeleted: Any = None
+        #: called when a topic is created or grows (KIP-848 groups reassign)
+        self.topicsChanged: Any = None
         #: shard configs can be changed after creation (retention)
         self.adminStore = IShardAdminStore.providedBy(store)
 
@@ -406,6 +408,8 @@ class TopicManager:
             self.log.failure("creating topic {topic}", topic=name)
             return E.UNKNOWN_SERVER_ERROR, str(e)
         self.log.info("topic {topic} created with {n} partitions", topic=name, n=partitions)
+        if self.topicsChanged is not None:
+            self.topicsChanged()
         return E.NONE, None
 
     async def autoCreate(self, name: str) -> bool:
@@ -460,6 +464,8 @@ class TopicManager:
         for p in range(topic.partitions, count):
             await self.store.createShard(shardName(name, p), cfg)
         topic.partitions = count
+        if self.topicsChanged is not None:
+            self.topicsChanged()
         return E.NONE, None
 
     async def partition(self, topic: str, index: int) -> Partition | None:
