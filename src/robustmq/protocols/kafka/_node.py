@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
-import weakref
 from typing import TYPE_CHECKING, Any
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -24,7 +24,7 @@ from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager,
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
 
-__all__ = ["KafkaNode", "TransactionCoordinator", "nodeFor"]
+__all__ = ["KafkaNode", "TransactionCoordinator"]
 
 
 class _Txn:
@@ -250,10 +250,16 @@ async def _wait(d: defer.Deferred[Any] | None) -> None:
         await d
 
 
-class KafkaNode:
-    """Everything the Kafka listeners of one broker share."""
+class KafkaNode(Service):
+    """Everything the Kafka listeners of one broker share: topics, groups, transactions.
+
+    The node's Kafka service (L{IProtocolPlugin.buildNodeService}): started
+    after the broker and stopped after the last Kafka listener, so closing
+    one listener never stops the group coordinator the others use.
+    """
 
     log = Logger()
+    name = "kafka"
 
     def __init__(self, broker: Broker, reactor: Any) -> None:
         self.broker = broker
@@ -272,7 +278,12 @@ class KafkaNode:
         self.saslRequired = self.settings.sasl_required
         self._txnCheck = LoopingCall(self._checkTransactions)
         self._txnCheck.clock = reactor
-        self._txnCheck.start(self.settings.transaction_check_interval_ms / 1000, now=False)
+
+    def startService(self) -> None:
+        """Start looking for abandoned transactions (transaction.timeout.ms, KIP-98)."""
+        super().startService()
+        if not self._txnCheck.running:
+            self._txnCheck.start(self.settings.transaction_check_interval_ms / 1000, now=False)
 
     def _checkTransactions(self) -> defer.Deferred[None] | None:
         if not self.topics._loaded:
@@ -285,8 +296,9 @@ class KafkaNode:
         self.fetchSessions.forgetTopic(name)
         self.consumerGroups.topicsChanged()
 
-    def stop(self) -> None:
-        """Stop the node's timers (its listeners stopped)."""
+    def stopService(self) -> None:
+        """The node is stopping: cancel the transaction check and group timers."""
+        super().stopService()
         if self._txnCheck.running:
             self._txnCheck.stop()
         self.groups.stop()
@@ -309,14 +321,3 @@ class KafkaNode:
     def knownGroups(self) -> set[str]:
         """Groups with committed offsets, including those from before a restart."""
         return self.topics.knownGroups
-
-
-_NODES: weakref.WeakKeyDictionary[Any, KafkaNode] = weakref.WeakKeyDictionary()
-
-
-def nodeFor(broker: Broker, reactor: Any) -> KafkaNode:
-    """The one L{KafkaNode} of C{broker} (created on first use)."""
-    node = _NODES.get(broker)
-    if node is None:
-        node = _NODES[broker] = KafkaNode(broker, reactor)
-    return node
