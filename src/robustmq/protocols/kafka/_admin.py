@@ -46,6 +46,7 @@ class AdminHandlers:
     def _describeResource(
         self, rtype: int, name: str, keys: list[str] | None, synonyms: bool
     ) -> tuple[int, str | None, list[dict[str, Any]]]:
+        rtype = _configType(rtype)
         node = self.node
         dyn = node.configs
         static = C.staticBrokerValues(node)
@@ -129,9 +130,11 @@ class AdminHandlers:
         return {"throttle_time_ms": 0, "results": results}
 
     def _keysOf(self, rtype: int) -> dict[str, C.ConfigKey]:
+        rtype = _configType(rtype)
         return {C.TOPIC: C.topicKeys, C.BROKER: C.brokerKeys, C.GROUP: C.groupKeys}[rtype]
 
     def _checkResource(self, rtype: int, name: str) -> tuple[int, str | None]:
+        rtype = _configType(rtype)
         if rtype == C.TOPIC:
             if name not in self.node.topics.topics:
                 return E.UNKNOWN_TOPIC_OR_PARTITION, f"topic {name!r} does not exist"
@@ -146,12 +149,14 @@ class AdminHandlers:
         return E.NONE, None
 
     def _current(self, rtype: int, name: str) -> dict[str, str]:
+        rtype = _configType(rtype)
         if rtype == C.TOPIC:
             return dict(self.node.topics.topics[name].configs)
         return dict(self.node.configs.of(rtype, name))
 
     def _validated(self, rtype: int, values: dict[str, str]) -> dict[str, str]:
         """Check every name and value; raise L{C.ConfigError} for the first bad one."""
+        rtype = _configType(rtype)
         known = self._keysOf(rtype)
         out = {}
         for k, v in values.items():
@@ -165,6 +170,7 @@ class AdminHandlers:
 
     async def _apply(self, rtype: int, name: str, values: dict[str, str]) -> None:
         """Store the new config set of one resource and make it take effect."""
+        rtype = _configType(rtype)
         node = self.node
         if rtype == C.TOPIC:
             await node.topics.setTopicConfigs(name, values)
@@ -501,3 +507,8 @@ class AdminHandlers:
                 {"user": n, "error_code": c, "error_message": m} for n, (c, m) in results.items()
             ],
         }
+
+
+def _configType(rtype: int) -> int:
+    """librdkafka sends its GROUP resource type (3, as in ACLs) for group configs; Kafka's is 32."""
+    return C.GROUP if rtype == 3 else rtype

@@ -86,6 +86,9 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     51: (0, 0),  # AlterUserScramCredentials
     68: (0, 1),  # ConsumerGroupHeartbeat (KIP-848)
     69: (0, 0),  # ConsumerGroupDescribe
+    76: (1, 1),  # ShareGroupHeartbeat (KIP-932)
+    78: (1, 1),  # ShareFetch
+    79: (1, 1),  # ShareAcknowledge
 }
 
 _REQ_HEADER = None

@@ -19,6 +19,7 @@ from robustmq.protocols.kafka._configs import ConfigStore
 from robustmq.protocols.kafka._consumergroups import ConsumerGroupCoordinator
 from robustmq.protocols.kafka._fetchsessions import FetchSessionCache
 from robustmq.protocols.kafka._groups import GroupCoordinator
+from robustmq.protocols.kafka._sharegroups import ShareGroupCoordinator
 from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
 
 if TYPE_CHECKING:
@@ -273,6 +274,7 @@ class KafkaNode(Service):
         self.txns = TransactionCoordinator(self)
         self.fetchSessions = FetchSessionCache(self.settings.max_fetch_sessions)
         self.consumerGroups = ConsumerGroupCoordinator(self)
+        self.shareGroups = ShareGroupCoordinator(self)
         self.topics.topicDeleted = self._topicDeleted
         self.topics.topicsChanged = self.consumerGroups.topicsChanged
         self.saslRequired = self.settings.sasl_required
@@ -303,6 +305,7 @@ class KafkaNode(Service):
             self._txnCheck.stop()
         self.groups.stop()
         self.consumerGroups.stop()
+        self.shareGroups.stop()
 
     async def ready(self) -> None:
         """Returns once topics and the previous run's producer state are loaded."""

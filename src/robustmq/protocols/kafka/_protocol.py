@@ -41,6 +41,7 @@ from robustmq.protocols.kafka._consumergroups import ConsumerGroupHandlers
 from robustmq.protocols.kafka._fetchsessions import FetchPartition
 from robustmq.protocols.kafka._records import BatchHeader, InvalidRecord, iterBatches
 from robustmq.protocols.kafka._schema import DecodeError, Spliced
+from robustmq.protocols.kafka._sharegroups import ShareGroupHandlers
 from robustmq.protocols.kafka._topics import GROUPS_SHARD
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ _NO_AUTH_NEEDED = frozenset({17, 18, 36})
 _UNKNOWN_OPS = -2147483648
 
 
-class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, Protocol):
+class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandlers, Protocol):
     """Serves Kafka requests for one client connection."""
 
     log = Logger()
@@ -753,10 +754,13 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, Protocol):
         states = req.body.get("states_filter") or []
         types = {t.lower() for t in req.body.get("types_filter") or []}
         out = []
-        names = set(groups) | set(modern) | self.node.knownGroups
+        share = self.node.shareGroups.groups
+        names = set(groups) | set(modern) | set(share) | self.node.knownGroups
         for name in sorted(names):
             g = groups.get(name)
-            if name in modern and (g is None or not g.members):
+            if name in share:
+                state, kind, ptype = share[name].state, "share", "share"
+            elif name in modern and (g is None or not g.members):
                 state, kind, ptype = modern[name].state, "consumer", "consumer"
             else:
                 state = g.state if g is not None else "Empty"
