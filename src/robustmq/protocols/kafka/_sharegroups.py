@@ -176,10 +176,9 @@ class ShareGroupCoordinator:
                 "error_code": E.INVALID_REQUEST,
                 "error_message": "group and member ids are required",
             }
-        if (
-            self.node.groups.groups.get(groupId) is not None
-            or groupId in self.node.consumerGroups.groups
-        ):
+        classic = self.node.groups.groups.get(groupId)
+        modern = self.node.consumerGroups.groups.get(groupId)
+        if (classic is not None and classic.members) or (modern is not None and modern.members):
             return {
                 **out,
                 "error_code": E.INCONSISTENT_GROUP_PROTOCOL,
