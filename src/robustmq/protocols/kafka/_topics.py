@@ -623,7 +623,10 @@ class TopicManager:
             if used >= budget:
                 break
             recs = await store.read(
-                part.shard, offset, self.settings.fetch_max_records, budget - used + 4096
+                part.shard,
+                offset,
+                self.settings.fetch_max_records,
+                min(budget - used, self.settings.fetch_read_bytes) + 4096,
             )
             if not recs:
                 break
