@@ -101,12 +101,12 @@ class FetchSessionCache:
         if epoch == 0:
             if self.maxSessions <= 0:
                 return E.NONE, None, changed
-            session = FetchSession(self._newId())
-            session.update(changed, [])
-            self._sessions[session.sessionId] = session
+            fresh = FetchSession(self._newId())
+            fresh.update(changed, [])
+            self._sessions[fresh.sessionId] = fresh
             while len(self._sessions) > self.maxSessions:
                 self._sessions.popitem(last=False)
-            return E.NONE, session, list(session.partitions.values())
+            return E.NONE, fresh, list(fresh.partitions.values())
         session = self._sessions.get(sessionId)
         if session is None:
             return E.FETCH_SESSION_ID_NOT_FOUND, None, []

@@ -19,6 +19,7 @@ from robustmq.protocols.kafka._configs import ConfigStore
 from robustmq.protocols.kafka._consumergroups import ConsumerGroupCoordinator
 from robustmq.protocols.kafka._fetchsessions import FetchSessionCache
 from robustmq.protocols.kafka._groups import GroupCoordinator
+from robustmq.protocols.kafka._mappings import KafkaMappings
 from robustmq.protocols.kafka._sharegroups import ShareGroupCoordinator
 from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
 
@@ -260,7 +261,7 @@ class KafkaNode(Service):
     """
 
     log = Logger()
-    name = "kafka"
+    name = "kafka"  # type: ignore[assignment]
 
     def __init__(self, broker: Broker, reactor: Any) -> None:
         self.broker = broker
@@ -280,10 +281,14 @@ class KafkaNode(Service):
         self.saslRequired = self.settings.sasl_required
         self._txnCheck = LoopingCall(self._checkTransactions)
         self._txnCheck.clock = reactor
+        #: Kafka topics mapped to MQTT topic filters ([[mappings]], docs/topic-space.md)
+        self.mappings = KafkaMappings(self, broker.settings.mappings)
 
     def startService(self) -> None:
-        """Start looking for abandoned transactions (transaction.timeout.ms, KIP-98)."""
+        """Put the MQTT → Kafka mappings in the broker's router; start looking for
+        abandoned transactions (transaction.timeout.ms, KIP-98)."""
         super().startService()
+        self.mappings.start()
         if not self._txnCheck.running:
             self._txnCheck.start(self.settings.transaction_check_interval_ms / 1000, now=False)
 
@@ -306,6 +311,7 @@ class KafkaNode(Service):
         self.groups.stop()
         self.consumerGroups.stop()
         self.shareGroups.stop()
+        self.mappings.stop()
 
     async def ready(self) -> None:
         """Returns once topics and the previous run's producer state are loaded."""

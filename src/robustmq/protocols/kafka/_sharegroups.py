@@ -230,10 +230,10 @@ class ShareGroupCoordinator:
         assignment = self._assignment(member)
         if assignment != member.lastSent:
             member.lastSent = assignment
-            topics = self.node.topics.topics
+            known = self.node.topics.topics
             out["assignment"] = {
                 "topic_partitions": [
-                    {"topic_id": topics[t].topicId, "partitions": parts}
+                    {"topic_id": known[t].topicId, "partitions": parts}
                     for t, parts in sorted(assignment.items())
                 ]
             }
@@ -476,8 +476,8 @@ class ShareGroupCoordinator:
                 return E.INVALID_SHARE_SESSION_EPOCH, None
             if memberId in group.sessions:
                 self._releaseMember(group, memberId)
-            session = group.sessions[memberId] = _Session()
-            return E.NONE, session
+            fresh = group.sessions[memberId] = _Session()
+            return E.NONE, fresh
         session = group.sessions.get(memberId)
         if session is None:
             return E.SHARE_SESSION_NOT_FOUND, None
@@ -563,9 +563,10 @@ class ShareGroupHandlers:
                 for p in t["partitions"]:
                     session.partitions[(name, p["partition_index"])] = None
         for t in b.get("forgotten_topics_data") or []:
-            name = topics.byId.get(t["topic_id"])
-            for idx in t["partitions"]:
-                session.partitions.pop((name, idx), None)
+            forgotten = topics.byId.get(t["topic_id"])
+            if forgotten is not None:
+                for idx in t["partitions"]:
+                    session.partitions.pop((forgotten, idx), None)
         answers: dict[tuple[Any, int], dict[str, Any]] = {}
         for key, ack in ackCodes.items():
             answers[key] = _sharePart(key[1], ack=ack)

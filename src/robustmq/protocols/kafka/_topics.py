@@ -346,7 +346,7 @@ class TopicManager:
         cfg.setdefault("retention_ms", st.retention_ms if st is not None else 0)
         cfg.setdefault("retention_bytes", st.retention_bytes if st is not None else 0)
         for p in range(topic.partitions):
-            await self.store.configureShard(shardName(topic.name, p), cfg)
+            await self.store.configureShard(shardName(topic.name, p), cfg)  # type: ignore[attr-defined]
 
     async def deleteRecordsBefore(self, part: Partition, offset: int) -> int:
         """DeleteRecords: records below C{offset} go; fires with the new log start offset."""
@@ -359,7 +359,7 @@ class TopicManager:
     async def partitionSize(self, part: Partition) -> int:
         """Bytes the partition occupies in the store (summed from its records if the store cannot say)."""
         if self.adminStore:
-            return int(await self.store.shardSize(part.shard))
+            return int(await self.store.shardSize(part.shard))  # type: ignore[attr-defined]
         total = 0
         offset, end = await self.store.offsets(part.shard)
         while offset < end:
@@ -559,7 +559,7 @@ class TopicManager:
                     if started is not None:
                         also.append(started)
         if self.spans:
-            d = self.store.appendSpan(part.shard, batch, n)
+            d = self.store.appendSpan(part.shard, batch, n)  # type: ignore[attr-defined]
         else:
             records = [batch]
             records.extend({"timestamp": ts, "key": _DELTA.pack(i)} for i in range(1, n))
