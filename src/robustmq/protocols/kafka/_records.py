@@ -18,10 +18,8 @@ Batch header layout (offsets in bytes)::
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterator
 
-import cramjam
 import crc32c
 
 __all__ = [
@@ -30,7 +28,6 @@ __all__ = [
     "InvalidRecord",
     "controlBatch",
     "iterBatches",
-    "recordTimestamps",
     "rewriteBaseOffset",
 ]
 
@@ -166,77 +163,3 @@ def controlBatch(
     crc = crc32c.crc32c(tail)
     head = struct.pack(">qiibI", 0, 4 + 1 + 4 + len(tail), 0, 2, crc)
     return head + tail
-
-
-_XERIAL = b"\x82SNAPPY\x00"
-_I32 = struct.Struct(">i")
-
-
-def _snappy(data: bytes) -> bytes:
-    """Plain snappy (librdkafka) or the snappy-java framing (kafka-python, aiokafka, Java)."""
-    if not data.startswith(_XERIAL):
-        return bytes(cramjam.snappy.decompress_raw(data))
-    out = bytearray()
-    pos = 16  # magic, version, compatible version
-    while pos + 4 <= len(data):
-        (n,) = _I32.unpack_from(data, pos)
-        pos += 4
-        out += cramjam.snappy.decompress_raw(data[pos : pos + n])
-        pos += n
-    return bytes(out)
-
-
-def _decompress(codec: int, data: bytes) -> bytes:
-    if codec == 0:
-        return data
-    if codec == 1:
-        return zlib.decompress(data, 47)  # gzip or zlib header
-    if codec == 2:
-        return _snappy(data)
-    if codec == 3:
-        return bytes(cramjam.lz4.decompress(data))
-    if codec == 4:
-        return bytes(cramjam.zstd.decompress(data))
-    raise InvalidRecord(f"unknown compression codec {codec}")
-
-
-def _readVarint(buf: bytes, pos: int) -> tuple[int, int]:
-    shift = 0
-    out = 0
-    while True:
-        b = buf[pos]
-        pos += 1
-        out |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return (out >> 1) ^ -(out & 1), pos
-        shift += 7
-        if shift > 63:
-            raise InvalidRecord("varint too long")
-
-
-def recordTimestamps(batch: bytes | memoryview) -> Iterator[tuple[int, int]]:
-    """C{(offsetDelta, timestamp)} of every record of one stored batch, in order.
-
-    Compressed batches are decompressed (gzip, both snappy framings, lz4,
-    zstd); the stored bytes are never changed.  With LogAppendTime the
-    batch's C{maxTimestamp} is every record's timestamp (KIP-32).
-    """
-    h = BatchHeader(batch, 0)
-    body = bytes(memoryview(batch)[BATCH_OVERHEAD : h.size])
-    try:
-        data = _decompress(h.attributes & ATTR_COMPRESSION, body)
-    except (zlib.error, cramjam.DecompressionError, ValueError) as e:
-        raise InvalidRecord(f"cannot decompress the batch: {e}") from e
-    logAppend = bool(h.attributes & ATTR_TIMESTAMP_TYPE)
-    pos = 0
-    try:
-        for _ in range(h.count):
-            length, pos = _readVarint(data, pos)
-            end = pos + length
-            pos += 1  # attributes
-            tsDelta, pos = _readVarint(data, pos)
-            offDelta, pos = _readVarint(data, pos)
-            yield offDelta, h.maxTimestamp if logAppend else h.baseTimestamp + tsDelta
-            pos = end
-    except IndexError as e:
-        raise InvalidRecord("truncated record") from e

@@ -35,10 +35,11 @@ from twisted.python.failure import Failure
 from robustmq.interfaces import IShardAdminStore, ISpanShardStore
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._configs import TOPIC, ConfigError, ConfigStore, topicKeys
+from robustmq.protocols.kafka._recordcodec import UnsupportedCompression, decodeRecords
 from robustmq.protocols.kafka._records import (
+    ATTR_TIMESTAMP_TYPE,
     BatchHeader,
     controlBatch,
-    recordTimestamps,
     rewriteBaseOffset,
 )
 
@@ -743,3 +744,22 @@ class TopicManager:
 
 def _spanOf(batch: bytes) -> int:
     return BatchHeader(batch, 0).lastOffsetDelta + 1
+
+
+def recordTimestamps(batch: bytes) -> list[tuple[int, int]]:
+    """C{(offsetDelta, timestamp)} of every record of one stored batch, in order.
+
+    Compressed batches are decompressed (L{_recordcodec}); with LogAppendTime
+    the batch's C{maxTimestamp} is every record's timestamp (KIP-32).  When
+    the codec's library is missing, the batch answers as one record at its
+    C{maxTimestamp} (the batch-level answer), and that is logged.
+    """
+    h = BatchHeader(batch, 0)
+    try:
+        records = decodeRecords(batch, h)
+    except UnsupportedCompression as e:
+        TopicManager.log.warn("timestamp lookup at batch level: {error}", error=str(e))
+        return [(0, h.maxTimestamp)]
+    if h.attributes & ATTR_TIMESTAMP_TYPE:
+        return [(r.offsetDelta, h.maxTimestamp) for r in records]
+    return [(r.offsetDelta, r.timestamp) for r in records]
