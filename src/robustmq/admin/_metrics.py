@@ -342,7 +342,7 @@ def _mappingMetrics(broker: Any) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "robustmq_mapping_kafka_only_records",
         "Records produced to mapped Kafka topics that were not published to MQTT (no key, "
-        "a key that is not a matching MQTT topic, transactional batches)",
+        "a key that is not a matching MQTT topic, a batch that does not decode)",
         value=mappings.kafkaOnly,
     )
 
