@@ -645,16 +645,18 @@ class S3ShardStore:
         self._flushCall = None
         dirty, self._dirty = self._dirty, {}
         for sh in dirty:
-            if not sh.pending:
-                continue
             if sh.inflight:
-                self._dirty[sh] = None  # picked up when its PUT completes
-                continue
-            sh.inflight = True
-            self._writing += 1
-            defer.ensureDeferred(self._write(sh)).addErrback(
-                lambda f, sh=sh: self.log.failure("writing to {shard} failed", f, shard=sh.name)
-            )
+                continue  # picked up when its PUT completes
+            self._startWrite(sh)
+
+    def _startWrite(self, sh: _Shard) -> None:
+        if not sh.pending or sh.inflight or sh.deleted:
+            return
+        sh.inflight = True
+        self._writing += 1
+        defer.ensureDeferred(self._write(sh)).addErrback(
+            lambda f: self.log.failure("writing to {shard} failed", f, shard=sh.name)
+        )
 
     def _takeBatch(self, sh: _Shard) -> list[_Op]:
         limit = self._settings.s3_max_batch_bytes
@@ -718,13 +720,12 @@ class S3ShardStore:
             sh.inflight = False
             self._writing -= 1
             if sh.pending and not sh.deleted:
-                self._dirty[sh] = None
                 if self._failingSince is not None:
                     # back off while the store fails, rather than spin
-                    if self._flushCall is None or not self._flushCall.active():
-                        self._flushCall = self._reactor.callLater(0.1, self._flush)
+                    self._reactor.callLater(0.1, self._startWrite, sh)
                 else:
-                    self._schedule()
+                    # what queued during this PUT has waited long enough: group commit
+                    self._reactor.callLater(0, self._startWrite, sh)
             if not self._writing and self._idle:
                 idle, self._idle = self._idle, []
                 for d in idle:
@@ -962,17 +963,18 @@ class S3ShardStore:
         """Queue a merge of small objects, or a compaction of a compacted shard."""
         if sh.rewriting or sh.deleted or len(sh.refs) < 2:
             return
-        small = self._settings.s3_max_batch_bytes // 2
+        target = self._settings.s3_max_batch_bytes
+        small = target // 16
         if sh.keys is not None:
             total = sum(r.count for r in sh.refs)
-            if len(sh.refs) < 4 or (total - len(sh.keys)) * 2 <= total:
-                if len(sh.refs) < MERGE_RUN * 2:
+            if len(sh.refs) < MERGE_RUN or (total - len(sh.keys)) * 2 <= total:
+                if len(sh.refs) < MERGE_RUN * 4:
                     return
             run = list(sh.refs)
         else:
             run = []
             for ref in sh.refs[:-1]:
-                if ref.size < small and sum(r.size for r in run) + ref.size <= 8 * small:
+                if ref.size < small and sum(r.size for r in run) + ref.size <= target:
                     run.append(ref)
                 elif len(run) >= MERGE_RUN:
                     break
