@@ -86,6 +86,7 @@ class StorageSettings:
     s3_ack_timeout_ms: int = field(default=10_000, metadata=_range(100, 3_600_000))
     s3_request_timeout_ms: int = field(default=5_000, metadata=_range(100, 600_000))
     s3_max_connections: int = field(default=32, metadata=_range(1, 10_000))
+    s3_max_puts_per_shard: int = field(default=4, metadata=_range(1, 64))
     s3_cache_bytes: int = field(default=256 * MiB, metadata=_range(0, None))
     s3_cache_dir: str = field(default="", metadata={"doc": "empty: no disk tier (memory only)"})
 

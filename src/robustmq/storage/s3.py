@@ -131,7 +131,18 @@ class _Ref:
 class _Op:
     """A queued write: records to append, a trim (deleteBefore) or a rewrite."""
 
-    __slots__ = ("kind", "records", "frames", "span", "size", "d", "deadline", "offset", "rewrite")
+    __slots__ = (
+        "kind",
+        "records",
+        "frames",
+        "span",
+        "size",
+        "d",
+        "deadline",
+        "offset",
+        "rewrite",
+        "done",
+    )
 
     def __init__(self, kind: str, deadline: float) -> None:
         self.kind = kind
@@ -143,6 +154,44 @@ class _Op:
         self.deadline = deadline
         self.offset = 0
         self.rewrite: tuple[int, int, list[dict[str, Any]], list[bytes], list[_Ref]] | None = None
+        self.done = False
+
+
+class _Flight:
+    """One object being PUT: its number, bytes, the writes it carries and their results."""
+
+    __slots__ = (
+        "seq",
+        "token",
+        "batch",
+        "body",
+        "records",
+        "results",
+        "replaced",
+        "state",
+        "error",
+    )
+
+    def __init__(
+        self,
+        seq: int,
+        token: bytes,
+        batch: list[_Op],
+        body: bytes,
+        records: list[dict[str, Any]],
+        results: list[Any],
+        replaced: list[_Ref],
+    ) -> None:
+        self.seq = seq
+        self.token = token
+        self.batch = batch
+        self.body = body
+        self.records = records
+        self.results = results
+        self.replaced = replaced
+        #: flying, stored, failed (no answer in time) or taken (another writer's number)
+        self.state = "flying"
+        self.error: BaseException | None = None
 
 
 class _Shard:
@@ -168,8 +217,13 @@ class _Shard:
         self.owned = False
         self.fenced: BaseException | None = None
         self.pending: deque[_Op] = deque()
-        self.inflight = False
-        self.uncertain: tuple[int, bytes] | None = None
+        #: objects being PUT, in sequence order (at most s3_max_puts_per_shard)
+        self.window: deque[_Flight] = deque()
+        #: the next offset and start offset once everything in the window is stored
+        self.headNext = 0
+        self.headStart = 0
+        #: a take-over or a settlement is running
+        self.busy = False
         self.deleted = False
         self.rewriting = False
 
@@ -354,7 +408,21 @@ class S3ShardStore:
                 return defer.ensureDeferred(client.get(key))
             return defer.ensureDeferred(client.get(key, 0, HEADER_SIZE - 1))
 
-        datas = await defer.gatherResults([sem.run(fetch, seq) for seq in seqs], consumeErrors=True)
+        for attempt in range(5):
+            try:
+                datas = await defer.gatherResults(
+                    [sem.run(fetch, seq) for seq in seqs], consumeErrors=True
+                )
+                break
+            except defer.FirstError as e:
+                if not e.subFailure.check(NotFound) or attempt == 4:
+                    e.subFailure.raiseException()
+            # an object went between the LIST and the GET: a rewrite replaced it
+            # (the rewrite's own object has a higher number); list again
+            listed = await client.list(sh.root)
+            known = sh.seqs[-1] if sh.seqs else 0
+            n = len(sh.root)
+            seqs = sorted(int(k[n:]) for k, _ in listed if k[n:].isdigit() and int(k[n:]) > known)
         for seq, data in zip(seqs, datas, strict=True):
             if full:
                 header, records = decodeBody(data)
@@ -373,7 +441,18 @@ class S3ShardStore:
         records: list[dict[str, Any]] | None,
         size: int,
     ) -> None:
-        """Fold one stored object into the shard's index (in sequence order)."""
+        """Fold one stored object into the shard's index (in sequence order).
+
+        An object whose epoch is below the highest seen so far was written by a
+        writer that had already been fenced (its PUT landed behind the fence):
+        it is ignored, and never was acknowledged.
+        """
+        if seq not in sh.seqs:
+            insort(sh.seqs, seq)
+        sh.nextSeq = max(sh.nextSeq, seq + 1)
+        if header.epoch < sh.epoch:
+            sh.empties.add(seq)
+            return
         if header.flags & REPLACES:
             gone = [
                 r
@@ -387,13 +466,12 @@ class S3ShardStore:
             sh.addRef(_Ref(seq, sh.key(seq), header, size))
         else:
             sh.empties.add(seq)
-        if seq not in sh.seqs:
-            insort(sh.seqs, seq)
         raised = header.start > sh.start
         sh.start = max(sh.start, header.start)
         sh.next = max(sh.next, header.next)
         sh.epoch = max(sh.epoch, header.epoch)
-        sh.nextSeq = max(sh.nextSeq, seq + 1)
+        if not sh.owned:
+            sh.headNext, sh.headStart = sh.next, sh.start
         if records is not None and sh.keys is not None:
             for r in records:
                 self._applyKey(sh, r)
@@ -444,6 +522,8 @@ class S3ShardStore:
             await d
         while self._background:
             await defer.DeferredList(list(self._background), consumeErrors=True)
+        # let finished responses hand their connections back to the pool, then close them
+        await deferLater(self._reactor, 0, lambda: None)
         self._cache.stop()
         if self._client is not None:
             await self._client.close()
@@ -473,7 +553,7 @@ class S3ShardStore:
 
     def health(self) -> tuple[bool, str]:
         """C{(ok, detail)}: not ok while requests fail or writes wait to be settled."""
-        uncertain = sum(1 for sh in self._all() if sh.uncertain is not None)
+        uncertain = sum(1 for sh in self._all() if sh.window and sh.window[0].state == "failed")
         if self._failingSince is not None:
             return False, f"object store failing: {self._lastError}"
         if uncertain:
@@ -561,11 +641,10 @@ class S3ShardStore:
         if sh is None:
             return False
         sh.deleted = True
-        for op in sh.pending:
-            self._pendingBytes -= op.size
-            if not op.d.called:
-                op.d.errback(KeyError(shard))
+        self._failOps([op for flight in sh.window for op in flight.batch], KeyError(shard))
+        self._failOps(list(sh.pending), KeyError(shard))
         sh.pending.clear()
+        sh.window.clear()
         assert self._client is not None
         await self._client.delete(f"{self._prefix}s/{_objectId(shard)}/config")
         self._deleteObjects([sh.key(seq) for seq in sh.seqs])
@@ -626,12 +705,14 @@ class S3ShardStore:
         sh.pending.append(op)
         self._pendingBytes += op.size
         self._dirty[sh] = None
-        self._schedule()
+        self._schedule(idle=not sh.window and not sh.busy)
         return op.d
 
-    def _schedule(self) -> None:
+    def _schedule(self, idle: bool = False) -> None:
+        """Flush at the end of this reactor turn when a shard with nothing in flight (or a
+        full batch) waits, else after C{s3_flush_interval_ms} (group commit while PUTs fly)."""
         s = self._settings
-        if self._pendingBytes >= s.s3_max_batch_bytes or s.s3_flush_interval_ms == 0:
+        if idle or self._pendingBytes >= s.s3_max_batch_bytes or s.s3_flush_interval_ms == 0:
             if self._flushCall is not None and self._flushCall.active():
                 if self._flushCall.getTime() <= self._reactor.seconds():
                     return
@@ -641,22 +722,107 @@ class S3ShardStore:
             self._flushCall = self._reactor.callLater(s.s3_flush_interval_ms / 1000.0, self._flush)
 
     def _flush(self) -> None:
-        """Start one PUT for every shard with queued writes and none in flight."""
+        """Start PUTs for every shard with queued writes (group commit across shards)."""
         self._flushCall = None
         dirty, self._dirty = self._dirty, {}
         for sh in dirty:
-            if sh.inflight:
-                continue  # picked up when its PUT completes
-            self._startWrite(sh)
+            self._startWrites(sh)
 
-    def _startWrite(self, sh: _Shard) -> None:
-        if not sh.pending or sh.inflight or sh.deleted:
+    def _resolve(self, op: _Op, result: Any = None, error: BaseException | None = None) -> None:
+        """Fire one queued write's Deferred (once) and release its bytes."""
+        if op.done:
             return
-        sh.inflight = True
+        op.done = True
+        self._pendingBytes -= op.size
+        if error is not None:
+            self.counters["acks_failed"] += 1
+            op.d.errback(error)
+        else:
+            op.d.callback(result)
+
+    def _failOps(self, ops: Sequence[_Op], error: BaseException) -> None:
+        for op in ops:
+            self._resolve(op, error=error)
+
+    def _fence(self, sh: _Shard, error: ShardFencedError) -> None:
+        """C{sh} belongs to another writer now: fail everything queued or in flight, for good."""
+        if sh.fenced is None:
+            self.counters["fenced"] += 1
+            self.log.warn(
+                "shard {shard} was taken by another writer: {error}",
+                shard=sh.name,
+                error=str(error),
+            )
+        sh.fenced = error
+        sh.owned = False
+        window, sh.window = list(sh.window), deque()
+        for flight in window:
+            self._failOps(flight.batch, error)
+        pending, sh.pending = list(sh.pending), deque()
+        self._failOps(pending, error)
+
+    def _startWrites(self, sh: _Shard) -> None:
+        """Start as many PUTs for C{sh} as its window allows (taking or settling it first)."""
+        if sh.deleted or not sh.pending or sh.busy:
+            return
+        if sh.fenced is not None:
+            self._fence(sh, sh.fenced)  # type: ignore[arg-type]
+            return
+        if not sh.owned:
+            self._background_(sh, self._acquireTask(sh))
+            return
+        if sh.window and sh.window[0].state == "failed":
+            return  # settling; resumes when settled
+        limit = self._settings.s3_max_puts_per_shard
+        while sh.pending and len(sh.window) < limit:
+            flight = self._build(sh, self._takeBatch(sh))
+            sh.window.append(flight)
+            self._writing += 1
+            defer.ensureDeferred(self._fly(sh, flight)).addErrback(
+                lambda f: self.log.failure("writing to {shard} failed", f, shard=sh.name)
+            )
+
+    def _background_(self, sh: _Shard, coro: Any) -> None:
+        """Run a take-over or settlement of C{sh}; C{sh.busy} while it runs."""
+        sh.busy = True
         self._writing += 1
-        defer.ensureDeferred(self._write(sh)).addErrback(
-            lambda f: self.log.failure("writing to {shard} failed", f, shard=sh.name)
-        )
+
+        def done(result: Any) -> None:
+            sh.busy = False
+            self._writing -= 1
+            self._afterBusy(sh)
+
+        d = defer.ensureDeferred(coro)
+        d.addErrback(lambda f: self.log.failure("taking over {shard} failed", f, shard=sh.name))
+        d.addBoth(done)
+
+    def _afterBusy(self, sh: _Shard) -> None:
+        if sh.pending and not sh.deleted:
+            delay = 0.1 if self._failingSince is not None else 0
+            self._reactor.callLater(delay, self._startWrites, sh)
+        self._notifyIdle()
+
+    def _notifyIdle(self) -> None:
+        if not self._writing and self._idle:
+            idle, self._idle = self._idle, []
+            for d in idle:
+                d.callback(None)
+
+    async def _acquireTask(self, sh: _Shard) -> None:
+        deadline = min((op.deadline for op in sh.pending), default=self._deadline())
+        try:
+            await self._acquire(sh, deadline)
+        except ShardFencedError as e:
+            self._fence(sh, e)
+        except StorageUnavailableError as e:
+            self._expirePending(sh, e)
+
+    def _expirePending(self, sh: _Shard, error: BaseException) -> None:
+        now = time.monotonic()
+        expired = [op for op in sh.pending if op.deadline <= now]
+        for op in expired:
+            sh.pending.remove(op)
+        self._failOps(expired, error)
 
     def _takeBatch(self, sh: _Shard) -> list[_Op]:
         limit = self._settings.s3_max_batch_bytes
@@ -672,69 +838,10 @@ class S3ShardStore:
             batch.append(op)
         return batch
 
-    def _failOps(self, ops: Sequence[_Op], error: BaseException) -> None:
-        for op in ops:
-            self._pendingBytes -= op.size
-            if not op.d.called:
-                self.counters["acks_failed"] += 1
-                op.d.errback(error)
-
-    async def _write(self, sh: _Shard) -> None:
-        """Write one object for C{sh} (taking the shard and settling first if need be)."""
-        batch: list[_Op] = []
-        try:
-            if sh.fenced is not None:
-                self._failOps(list(sh.pending), sh.fenced)
-                sh.pending.clear()
-                return
-            deadline = min(op.deadline for op in sh.pending)
-            if not sh.owned:
-                await self._acquire(sh, deadline)
-            if sh.uncertain is not None:
-                await self._settle(sh, deadline)
-            if sh.deleted or not sh.pending:
-                return
-            batch = self._takeBatch(sh)
-            await self._writeBatch(sh, batch)
-        except ShardFencedError as e:
-            sh.fenced = e
-            sh.owned = False
-            self.counters["fenced"] += 1
-            self.log.warn(
-                "shard {shard} was taken by another writer: {error}", shard=sh.name, error=str(e)
-            )
-            self._failOps(batch, e)
-            self._failOps(list(sh.pending), e)
-            sh.pending.clear()
-        except StorageUnavailableError as e:
-            self._failOps(batch, e)
-            now = time.monotonic()
-            expired = [op for op in sh.pending if op.deadline <= now]
-            for op in expired:
-                sh.pending.remove(op)
-            self._failOps(expired, e)
-        except Exception as e:
-            self._failOps(batch, e)
-            raise
-        finally:
-            sh.inflight = False
-            self._writing -= 1
-            if sh.pending and not sh.deleted:
-                if self._failingSince is not None:
-                    # back off while the store fails, rather than spin
-                    self._reactor.callLater(0.1, self._startWrite, sh)
-                else:
-                    # what queued during this PUT has waited long enough: group commit
-                    self._reactor.callLater(0, self._startWrite, sh)
-            if not self._writing and self._idle:
-                idle, self._idle = self._idle, []
-                for d in idle:
-                    d.callback(None)
-
-    async def _writeBatch(self, sh: _Shard, batch: list[_Op]) -> None:
-        """Build one object from C{batch} at the next sequence number and PUT it."""
-        first = cur = sh.next
-        start = sh.start
+    def _build(self, sh: _Shard, batch: list[_Op]) -> _Flight:
+        """One object from C{batch} at the next sequence number and offsets."""
+        first = cur = sh.headNext
+        start = sh.headStart
         frames: list[tuple[int, bytes]] = []
         records: list[dict[str, Any]] = []
         flags = 0
@@ -759,7 +866,7 @@ class S3ShardStore:
                 results.append(start)
             else:  # rewrite: replaces the objects within [first, next)
                 assert op.rewrite is not None
-                first, cur, recs, fr, replaced = op.rewrite
+                first, end, recs, fr, replaced = op.rewrite
                 flags = REPLACES
                 for rec, frame in zip(recs, fr, strict=True):
                     frames.append((rec["offset"], frame))
@@ -775,40 +882,110 @@ class S3ShardStore:
             flags=flags,
             epoch=sh.epoch,
             first=first,
-            next=cur,
+            next=end if flags else cur,
             start=start,
             minTimestamp=minTs,
             maxTimestamp=maxTs,
             token=token,
         )
+        if not flags:
+            sh.headNext = cur
+        sh.headStart = start
         seq = sh.nextSeq
-        key = sh.key(seq)
+        sh.nextSeq += 1
+        return _Flight(seq, token, batch, body, records, results, replaced)
+
+    async def _fly(self, sh: _Shard, flight: _Flight) -> None:
+        """PUT one object; the window then acknowledges what is stored, in sequence order."""
         try:
-            await self._putDurably(key, body, token, min(op.deadline for op in batch))
-        except StorageUnavailableError:
-            sh.uncertain = (seq, token)
-            raise
+            await self._putDurably(
+                sh.key(flight.seq), flight.body, flight.token, min(o.deadline for o in flight.batch)
+            )
+            flight.state = "stored"
+        except StorageUnavailableError as e:
+            flight.state = "failed"
+            flight.error = e
         except _Taken as e:
-            raise ShardFencedError(
-                f"sequence {seq} of {sh.name!r} was written by another broker (epoch {e.epoch})"
-            ) from None
+            flight.state = "taken"
+            flight.error = ShardFencedError(
+                f"sequence {flight.seq} of {sh.name!r} was written by another broker "
+                f"(epoch {e.epoch})"
+            )
+        finally:
+            self._writing -= 1
+        self._advance(sh)
+
+    def _advance(self, sh: _Shard) -> None:
+        """Acknowledge the stored objects at the head of the window, in sequence order."""
+        while sh.window:
+            flight = sh.window[0]
+            if flight.state == "flying":
+                break
+            if flight.state == "stored":
+                sh.window.popleft()
+                self._commit(sh, flight)
+                continue
+            if flight.state == "taken":
+                assert isinstance(flight.error, ShardFencedError)
+                self._fence(sh, flight.error)
+                break
+            # failed: its writes fail now; later objects wait until its number is settled
+            assert flight.error is not None
+            self._failOps(flight.batch, flight.error)
+            if not sh.busy:
+                self._background_(sh, self._settleTask(sh, flight))
+            break
+        if not sh.window and not sh.busy:
+            self._afterBusy(sh)
+        elif sh.pending and not sh.busy and len(sh.window) < self._settings.s3_max_puts_per_shard:
+            self._reactor.callLater(0, self._startWrites, sh)
+        self._notifyIdle()
+
+    def _commit(self, sh: _Shard, flight: _Flight) -> None:
+        """One object is stored and everything before it settled: apply it, acknowledge."""
         self.counters["objects_written"] += 1
-        self.counters["bytes_written"] += len(body)
-        header = decodeHeader(body)
-        self._apply(sh, seq, header, records if sh.keys is not None else None, len(body))
-        if records:
-            self._cache.put(key, records, len(body))
-        for op in batch:
-            self._pendingBytes -= op.size
-        for op, result in zip(batch, results, strict=True):
-            if not op.d.called:
-                op.d.callback(result)
-        if replaced:
-            self._afterRewrite(sh, seq, replaced)
-        elif any(op.kind == "trim" for op in batch):
+        self.counters["bytes_written"] += len(flight.body)
+        key = sh.key(flight.seq)
+        header = decodeHeader(flight.body)
+        records = flight.records
+        self._apply(
+            sh, flight.seq, header, records if sh.keys is not None else None, len(flight.body)
+        )
+        if records and header.count:
+            self._cache.put(key, records, len(flight.body))
+        # bookkeeping first: a caller woken below may close the store at once
+        if flight.replaced:
+            self._afterRewrite(sh, flight.seq, flight.replaced)
+        elif any(op.kind == "trim" for op in flight.batch):
             self._dropBelowStart(sh)
         else:
             self._maybeRewrite(sh)
+        for op, result in zip(flight.batch, flight.results, strict=True):
+            self._resolve(op, result)
+
+    async def _settleTask(self, sh: _Shard, flight: _Flight) -> None:
+        """Decide the number a failed PUT used, retrying until the store answers."""
+        while not sh.deleted and sh.fenced is None and self._client is not None:
+            try:
+                await self._settle(sh, flight, self._deadline())
+            except StorageUnavailableError as e:
+                self._expirePending(sh, e)
+                self._expireWindow(sh, e)
+                await deferLater(self._reactor, 0.1, lambda: None)
+                continue
+            except ShardFencedError as e:
+                self._fence(sh, e)
+                return
+            if sh.window and sh.window[0] is flight:
+                sh.window.popleft()
+            self._advance(sh)
+            return
+
+    def _expireWindow(self, sh: _Shard, error: BaseException) -> None:
+        """Fail the writes of stored objects that wait too long behind an unsettled one."""
+        now = time.monotonic()
+        for flight in sh.window:
+            self._failOps([op for op in flight.batch if op.deadline <= now], error)
 
     async def _putDurably(self, key: str, body: bytes, token: bytes, deadline: float) -> None:
         """PUT C{key} if absent, retrying with back-off until C{deadline}.
@@ -863,25 +1040,60 @@ class S3ShardStore:
             await deferLater(self._reactor, min(backoff, remaining), lambda: None)
             backoff = min(backoff * 2, 1.0)
 
-    async def _refresh(self, sh: _Shard, deadline: float) -> None:
-        """Read the objects of C{sh} that others wrote since this store last looked."""
+    async def _listSeqs(self, sh: _Shard, deadline: float) -> list[int]:
         client = self._client
         assert client is not None
         listed = await self._retry(lambda: client.list(sh.root), deadline)
-        known = set(sh.seqs)
-        new = sorted(
-            int(k[len(sh.root) :])
-            for k, _ in listed
-            if k[len(sh.root) :].isdigit() and int(k[len(sh.root) :]) not in known
-        )
-        new = [seq for seq in new if seq >= (sh.seqs[-1] if sh.seqs else 0)]
+        n = len(sh.root)
+        return sorted(int(k[n:]) for k, _ in listed if k[n:].isdigit())
+
+    async def _refresh(self, sh: _Shard, deadline: float, fillGaps: bool = False) -> None:
+        """Read the objects of C{sh} that others wrote since this store last looked.
+
+        With C{fillGaps} (taking the shard), a missing number among the last
+        C{s3_max_puts_per_shard} may be a PUT of the previous writer still
+        under way: a void object takes it first (or we read what landed).
+        """
+        seqs = await self._listSeqs(sh, deadline)
+        last = sh.seqs[-1] if sh.seqs else 0
+        new = [seq for seq in seqs if seq > last]
         if new:
             await self._retry(lambda: defer.ensureDeferred(self._loadObjects(sh, new)), deadline)
+        if not fillGaps or not seqs:
+            return
+        top = max(seqs)
+        present = set(seqs)
+        window = self._settings.s3_max_puts_per_shard
+        for seq in range(max(1, top - window + 1), top):
+            if seq in present:
+                continue
+            token = os.urandom(16)
+            body = self._voidBody(sh, token)
+            try:
+                await self._putDurably(sh.key(seq), body, token, deadline)
+                self._apply(sh, seq, decodeHeader(body), None, len(body))
+            except _Taken:
+                await self._loadObjects(sh, [seq])
+
+    def _voidBody(
+        self, sh: _Shard, token: bytes, flags: int = 0, epoch: int | None = None
+    ) -> bytes:
+        return encodeObject(
+            [],
+            flags=flags,
+            epoch=sh.epoch if epoch is None else epoch,
+            first=sh.next,
+            next=sh.next,
+            start=sh.start,
+            minTimestamp=0,
+            maxTimestamp=0,
+            token=token,
+        )
 
     async def _acquire(self, sh: _Shard, deadline: float) -> None:
         """Take C{sh}: catch up with the bucket, then win the next number with a fence object."""
         for _ in range(_ACQUIRE_ATTEMPTS):
-            await self._refresh(sh, deadline)
+            await self._refresh(sh, deadline, fillGaps=True)
             epoch = sh.epoch + 1
             if self.epochSource is not None:
                 given = self.epochSource(sh.name)
@@ -892,25 +1104,16 @@ class S3ShardStore:
                         )
                     epoch = given
             token = os.urandom(16)
-            body = encodeObject(
-                [],
-                flags=FENCE,
-                epoch=epoch,
-                first=sh.next,
-                next=sh.next,
-                start=sh.start,
-                minTimestamp=0,
-                maxTimestamp=0,
-                token=token,
-            )
+            body = self._voidBody(sh, token, FENCE, epoch)
             seq = sh.nextSeq
             try:
                 await self._putDurably(sh.key(seq), body, token, deadline)
             except _Taken:
                 continue  # someone wrote meanwhile: catch up and try again
             self._apply(sh, seq, decodeHeader(body), [] if sh.keys is not None else None, len(body))
-            sh.epoch = epoch
             sh.owned = True
+            sh.headNext = sh.next
+            sh.headStart = sh.start
             self.log.info(
                 "took shard {shard} at epoch {epoch} (sequence {seq})",
                 shard=sh.name,
@@ -920,42 +1123,31 @@ class S3ShardStore:
             return
         raise ShardFencedError(f"could not take {sh.name!r}: other writers kept writing")
 
-    async def _settle(self, sh: _Shard, deadline: float) -> None:
-        """Decide the number a failed PUT used: a void object wins it, or the data is there."""
-        assert sh.uncertain is not None and self._client is not None
-        seq, failedToken = sh.uncertain
+    async def _settle(self, sh: _Shard, flight: _Flight, deadline: float) -> None:
+        """A void object wins the failed number, or the failed object is found stored."""
+        assert self._client is not None
         token = os.urandom(16)
-        body = encodeObject(
-            [],
-            flags=0,
-            epoch=sh.epoch,
-            first=sh.next,
-            next=sh.next,
-            start=sh.start,
-            minTimestamp=0,
-            maxTimestamp=0,
-            token=token,
-        )
-        key = sh.key(seq)
+        body = self._voidBody(sh, token)
+        key = sh.key(flight.seq)
         try:
             await self._putDurably(key, body, token, deadline)
         except _Taken:
             data = await self._retry(lambda: self._client.get(key), deadline)  # type: ignore[union-attr]
             header, records = decodeBody(data)
-            if header.token != failedToken:
+            if header.token != flight.token:
                 raise ShardFencedError(
-                    f"sequence {seq} of {sh.name!r} was written by another broker"
+                    f"sequence {flight.seq} of {sh.name!r} was written by another broker"
                 ) from None
             self.log.info(
                 "{shard}: a write reported failed was stored after all ({count} records)",
                 shard=sh.name,
                 count=header.count,
             )
-            self._apply(sh, seq, header, records if sh.keys is not None else None, len(data))
-            sh.uncertain = None
+            self._apply(sh, flight.seq, header, records if sh.keys is not None else None, len(data))
+            if header.count:
+                self._cache.put(key, records, len(data))
             return
-        self._apply(sh, seq, decodeHeader(body), None, len(body))
-        sh.uncertain = None
+        self._apply(sh, flight.seq, decodeHeader(body), None, len(body))
 
     # -- merging, compaction, deletion ----------------------------------------
 
@@ -1101,20 +1293,13 @@ class S3ShardStore:
 
     def _expire(self) -> None:
         """Fail queued writes older than the ack timeout (the store is not answering)."""
-        now = time.monotonic()
         for sh in self._all():
-            if not sh.pending or not sh.inflight:
+            if not sh.pending or not (sh.busy or sh.window):
                 continue
-            expired = [op for op in sh.pending if op.deadline <= now]
-            for op in expired:
-                sh.pending.remove(op)
-            if expired:
-                self._failOps(
-                    expired,
-                    StorageUnavailableError(
-                        f"not stored within s3_ack_timeout_ms: {self._lastError}"
-                    ),
-                )
+            error = StorageUnavailableError(
+                f"not stored within s3_ack_timeout_ms: {self._lastError}"
+            )
+            self._expirePending(sh, error)
 
     # -- appends -------------------------------------------------------------
 
@@ -1270,7 +1455,9 @@ class S3ShardStore:
 
     def _projectedLive(self, sh: _Shard, key: bytes) -> bool:
         """Whether C{key} is live once every queued write is stored."""
-        for op in reversed(sh.pending):
+        ops = [op for flight in sh.window for op in flight.batch]
+        ops.extend(sh.pending)
+        for op in reversed(ops):
             for r in reversed(op.records):
                 if r["key"] == key:
                     return r["value"] is not None
