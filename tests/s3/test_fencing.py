@@ -130,7 +130,9 @@ def test_pausedWriterIsFenced(weed: SeaweedFSProcess, tmp_path: Path) -> None:
         finally:
             os.kill(first.pid, signal.SIGCONT)  # type: ignore[arg-type]
         late = a.receive(0, 7)
-        assert _errorCode(late) != 0, "the paused broker acknowledged a write after losing the shard"
+        assert _errorCode(late) != 0, (
+            "the paused broker acknowledged a write after losing the shard"
+        )
         again = a.call(0, 7, _produceBody(topic, _batch(b"y", 1)))
         assert _errorCode(again) != 0, "the fenced broker wrote again"
         first.waitForOutput("was taken by another writer")
