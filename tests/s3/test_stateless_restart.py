@@ -6,9 +6,11 @@ Real `twistd robustmq` processes, a real SeaweedFS, paho-mqtt, confluent-kafka a
 
 from __future__ import annotations
 
+import json
 import queue
 import shutil
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pika
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from paho.mqtt.enums import CallbackAPIVersion
 
+from robustmq.storage._s3.objects import HEADER_SIZE
 from robustmq.testing.process import BrokerProcess, freePort, waitForPort
 from robustmq.testing.seaweedfs import SeaweedFSProcess
 
@@ -29,7 +32,13 @@ class S3Node(BrokerProcess):
     def __init__(self, weed: SeaweedFSProcess, prefix: str, workdir: Path) -> None:
         self.kafkaPort = freePort()
         self.amqpPort = freePort()
+        self.httpPort = freePort()
         extra = f"""
+[http]
+enabled = true
+bind = "127.0.0.1"
+port = {self.httpPort}
+
 [storage]
 backend = "s3"
 s3_endpoint = "{weed.endpoint}"
@@ -64,6 +73,18 @@ group_initial_rebalance_delay_ms = 0
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafkaPort}"
 
+    def api(self, method: str, path: str, body: object = None) -> object:
+        """Call the admin API (no auth on loopback in this config)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.httpPort}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=TIMEOUT) as r:
+            return json.loads(r.read())
+
 
 def _mqtt(port: int, clientId: str, clean: bool) -> tuple[mqtt.Client, queue.Queue]:
     messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
@@ -87,6 +108,23 @@ def _drain(messages: queue.Queue, want: int) -> list[mqtt.MQTTMessage]:
         except queue.Empty:
             pass
     return out
+
+
+def _waitForRecords(weed: SeaweedFSProcess, prefix: str, shard: str) -> None:
+    """Block until the bucket holds a log object with records for C{shard}."""
+    import botocore.session
+
+    client = botocore.session.get_session().create_client(
+        "s3", endpoint_url=weed.endpoint, region_name="us-east-1"
+    )
+    root = f"{prefix}s/n{shard.encode().hex()}/"
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        listed = client.list_objects_v2(Bucket="restart", Prefix=root).get("Contents", [])
+        if any(o["Size"] > HEADER_SIZE and not o["Key"].endswith("/config") for o in listed):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no records of {shard} stored within {TIMEOUT}s")
 
 
 def test_statelessRestart(weed: SeaweedFSProcess, tmp_path: Path) -> None:
@@ -121,6 +159,7 @@ def test_statelessRestart(weed: SeaweedFSProcess, tmp_path: Path) -> None:
             p.produce(topic, value=b"k%d" % i, on_delivery=report)
         assert p.flush(TIMEOUT) == 0
         assert errors == [] and sorted(delivered) == list(range(50))
+        del p  # no reconnect attempts to the node after it is killed
         group = Consumer(
             {
                 "bootstrap.servers": first.bootstrap,
@@ -142,9 +181,15 @@ def test_statelessRestart(weed: SeaweedFSProcess, tmp_path: Path) -> None:
                 "", "s3-durable", b"a%d" % i, pika.BasicProperties(delivery_mode=2)
             )  # raises unless confirmed
         conn.close()
+
+        # a user created at runtime lives in the bucket too
+        first.api("POST", "/api/v1/users", {"username": "alice", "password": "s3cret-pw"})
+        # the admin API answers before the record is stored: wait for its object
+        _waitForRecords(weed, prefix, "robustmq/security")
     finally:
         first.kill()
-    shutil.rmtree(first.dataDir)
+    # (with the s3 store the node wrote nothing there at all)
+    shutil.rmtree(first.dataDir, ignore_errors=True)
     assert not Path(first.dataDir).exists()
 
     second = S3Node(weed, prefix, tmp_path / "second").start()
@@ -202,5 +247,8 @@ def test_statelessRestart(weed: SeaweedFSProcess, tmp_path: Path) -> None:
             bodies.append(body)
         conn.close()
         assert bodies == [b"a%d" % i for i in range(20)]
+
+        users = second.api("GET", "/api/v1/users")
+        assert [u["username"] for u in users["data"]] == ["alice"]  # type: ignore[index]
     finally:
         second.cleanup()

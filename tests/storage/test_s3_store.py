@@ -193,3 +193,29 @@ class OutageTests(TestCase):
         await other.open()
         self.addCleanup(other.close)
         self.assertEqual([r["value"] for r in await other.read("s", 0)], values)
+
+
+class SecurityRecordsTests(_S3Test):
+    """Users, ACL rules and bans kept in the shard store (a stateless node's metadata)."""
+
+    async def test_recordsAndOrderSurvive(self) -> None:
+        from robustmq.core.security.metadata import ShardMetadataStore
+
+        a = await self.store()
+        meta = ShardMetadataStore(a)
+        await meta.load()
+        for rule in ("r3", "r1", "r2"):
+            await meta.put("acl", rule, {"rule": rule})
+        await meta.put("users", "alice", {"hash": "x"})
+        await meta.put("acl", "r1", {"rule": "r1", "changed": True})  # keeps its place
+        self.assertTrue(await meta.delete("acl", "r2"))
+        self.assertFalse(await meta.delete("acl", "nope"))
+        seen: list[tuple[str, str]] = []
+        again = ShardMetadataStore(await self.store())
+        again.watch("acl", lambda kind, key, value: seen.append((kind, key)))
+        await again.load()
+        self.assertEqual(
+            again.items("acl"), [("r3", {"rule": "r3"}), ("r1", {"rule": "r1", "changed": True})]
+        )
+        self.assertEqual(again.get("users", "alice"), {"hash": "x"})
+        self.assertEqual(seen, [("acl", "r3"), ("acl", "r1")], "watchers hear what was loaded")

@@ -272,6 +272,8 @@ class S3ShardStore:
 
     name = "s3"
     durable = True
+    #: any node opened on the bucket reads everything: keep node metadata here too
+    stateless = True
     log = Logger()
 
     def __init__(self, settings: StorageSettings, reactor: Any = None) -> None:
