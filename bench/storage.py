@@ -231,6 +231,9 @@ def kafkaProduce(
     )
     p.list_topics(topic, timeout=20)
     value = os.urandom(size)
+    for partition in range(partitions):  # warm up: producer id, leaders, connections
+        p.produce(topic, value=value, partition=partition)
+    p.flush(20)
     latencies: list[float] = []
     errors: list[Any] = []
 

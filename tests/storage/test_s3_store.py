@@ -143,6 +143,32 @@ class FencingTests(_S3Test):
         self.assertEqual(c._shards["s"].epoch, 6)
 
 
+class SecurityRecordsTests(_S3Test):
+    """Users, ACL rules and bans kept in the shard store (a stateless node's metadata)."""
+
+    async def test_recordsAndOrderSurvive(self) -> None:
+        from robustmq.core.security.metadata import ShardMetadataStore
+
+        a = await self.store()
+        meta = ShardMetadataStore(a)
+        await meta.load()
+        for rule in ("r3", "r1", "r2"):
+            await meta.put("acl", rule, {"rule": rule})
+        await meta.put("users", "alice", {"hash": "x"})
+        await meta.put("acl", "r1", {"rule": "r1", "changed": True})  # keeps its place
+        self.assertTrue(await meta.delete("acl", "r2"))
+        self.assertFalse(await meta.delete("acl", "nope"))
+        seen: list[tuple[str, str]] = []
+        again = ShardMetadataStore(await self.store())
+        again.watch("acl", lambda kind, key, value: seen.append((kind, key)))
+        await again.load()
+        self.assertEqual(
+            again.items("acl"), [("r3", {"rule": "r3"}), ("r1", {"rule": "r1", "changed": True})]
+        )
+        self.assertEqual(again.get("users", "alice"), {"hash": "x"})
+        self.assertEqual(seen, [("acl", "r3"), ("acl", "r1")], "watchers hear what was loaded")
+
+
 class OutageTests(TestCase):
     """An object store that stops answering (SIGSTOP): acks wait, then fail; recovery after."""
 
@@ -194,28 +220,31 @@ class OutageTests(TestCase):
         self.addCleanup(other.close)
         self.assertEqual([r["value"] for r in await other.read("s", 0)], values)
 
-
-class SecurityRecordsTests(_S3Test):
-    """Users, ACL rules and bans kept in the shard store (a stateless node's metadata)."""
-
-    async def test_recordsAndOrderSurvive(self) -> None:
-        from robustmq.core.security.metadata import ShardMetadataStore
-
-        a = await self.store()
-        meta = ShardMetadataStore(a)
-        await meta.load()
-        for rule in ("r3", "r1", "r2"):
-            await meta.put("acl", rule, {"rule": rule})
-        await meta.put("users", "alice", {"hash": "x"})
-        await meta.put("acl", "r1", {"rule": "r1", "changed": True})  # keeps its place
-        self.assertTrue(await meta.delete("acl", "r2"))
-        self.assertFalse(await meta.delete("acl", "nope"))
-        seen: list[tuple[str, str]] = []
-        again = ShardMetadataStore(await self.store())
-        again.watch("acl", lambda kind, key, value: seen.append((kind, key)))
-        await again.load()
-        self.assertEqual(
-            again.items("acl"), [("r3", {"rule": "r3"}), ("r1", {"rule": "r1", "changed": True})]
+    async def test_closeWhilePaused(self) -> None:
+        """close() with the object store paused still finishes, failing what was not stored."""
+        settings = StorageSettings(
+            backend="s3",
+            s3_endpoint=self.weed.endpoint,
+            s3_bucket="outage",
+            s3_prefix="c/",
+            s3_ack_timeout_ms=800,
+            s3_request_timeout_ms=300,
         )
-        self.assertEqual(again.get("users", "alice"), {"hash": "x"})
-        self.assertEqual(seen, [("acl", "r3"), ("acl", "r1")], "watchers hear what was loaded")
+        store = S3ShardStore(settings)
+        await store.open()
+        await store.createShard("s")
+        await store.append("s", [{"value": b"stored"}])
+        self.weed.pause()
+        try:
+            d = store.append("s", [{"value": b"lost"}])
+            await store.close()
+            with self.assertRaises(StorageUnavailableError):
+                await d
+        finally:
+            self.weed.resume()
+        again = S3ShardStore(settings)
+        await again.open()
+        self.addCleanup(again.close)
+        self.assertEqual(
+            [r["value"] for r in await again.read("s", 0)][:1], [b"stored"], "acked data kept"
+        )

@@ -973,6 +973,16 @@ class S3ShardStore:
             except StorageUnavailableError as e:
                 self._expirePending(sh, e)
                 self._expireWindow(sh, e)
+                if not self._open:
+                    # closing with the store unreachable: give up; the next store to
+                    # take the shard settles the number (or finds the object)
+                    for waiting in sh.window:
+                        self._failOps(waiting.batch, e)
+                    sh.window.clear()
+                    self._failOps(list(sh.pending), e)
+                    sh.pending.clear()
+                    sh.owned = False
+                    return
                 await deferLater(self._reactor, 0.1, lambda: None)
                 continue
             except ShardFencedError as e:
