@@ -13,31 +13,29 @@ from twisted.logger import Logger
 from robustmq import __version__
 from robustmq.config import Settings
 from robustmq.core.auth import AllowAll, AuthChain
-from robustmq.core.delayed import DelayedMessages
 from robustmq.core.message import Message
+from robustmq.core.outcome import Outcome
 from robustmq.core.persistence import SessionPersistence
 from robustmq.core.retained import RetainedMessages
-from robustmq.core.rewrite import TopicRewriter
 from robustmq.core.router import Router
-from robustmq.core.session import Session
-from robustmq.core.sessions import SessionRegistry
 from robustmq.core.shared import SharedGroup
 from robustmq.core.stats import Stats
-from robustmq.core.subscription import SubscriptionOptions, parseFilter
+from robustmq.core.subscription import SubscriptionOptions
 from robustmq.core.timers import TimerHeap
-from robustmq.interfaces import IShardStore
-
-
-class ExclusiveTaken(Exception):
-    """An exclusive subscription already has a subscriber."""
+from robustmq.interfaces import IClusterRouting, IShardStore
 
 
 class Broker(Service):
-    """Routes messages between sessions, keeps retained messages and counters.
+    """The protocol-neutral core: routes messages to delivery targets, keeps retained
+    messages, counters and the shard store.
 
-    Protocols call L{publish}, L{subscribe} and L{unsubscribe}; connections
-    register with L{connectionOpened}/L{connectionClosed} so that shutdown
-    can close them and operators can list them.
+    Protocols call L{publish}, L{subscribeTarget} and L{unsubscribeTarget};
+    what each call caused (deliveries, durable writes to wait for, congested
+    targets) comes back in an L{Outcome}.  What a protocol means beyond that
+    (MQTT sessions and wills, AMQP queues, Kafka partitions) lives in its node
+    service (L{nodeService}).  Connections register with
+    L{connectionOpened}/L{connectionClosed} so that shutdown can close them
+    and operators can list them.
     """
 
     log = Logger()
@@ -62,18 +60,6 @@ class Broker(Service):
         self.retained = RetainedMessages(
             settings.mqtt.max_retained_messages, settings.mqtt.max_retained_payload
         )
-        #: sessions found congested while routing the current message (see Session)
-        self.congestion: list[Session] = []
-        self.congestionTimeout = settings.mqtt.congestion_timeout
-        self.sessions = SessionRegistry(self, settings.mqtt, self.stats)
-        #: shared-subscription groups by (group name, filter)
-        self.groups: dict[tuple[str, str], SharedGroup] = {}
-        #: exclusive subscriptions: filter → owning session
-        self.exclusive: dict[str, Session] = {}
-        self.delayed = DelayedMessages(self, settings.mqtt.max_delayed_messages)
-        self.rewriter = TopicRewriter(settings.mqtt.rewrite)
-        #: durable writes caused by the packet being handled; its acknowledgement waits on them
-        self.pendingWrites: list[defer.Deferred[Any]] = []
         self.persistence: SessionPersistence | None = None
         if store is not None and getattr(store, "durable", True):
             self.persistence = SessionPersistence(store)
@@ -89,10 +75,22 @@ class Broker(Service):
         self.connections: set[Any] = set()
         #: accepted sockets on every listener, counted against [limits] max_connections
         self.openSockets = 0
-        #: the node's part in a broker cluster (robustmq.cluster.ClusterNode), or None
-        self.cluster: Any = None
+        #: the node's part in a broker cluster (IClusterRouting), or None
+        self.cluster: IClusterRouting | None = None
         #: long-lived per-connection timers (keep-alive) on one reactor timer
         self.timers = TimerHeap(reactor)
+        #: each served protocol's node-wide service, by protocol name (see L{nodeService})
+        self.nodeServices: dict[str, Any] = {}
+
+    def nodeService(self, name: str) -> Any:
+        """The node-wide service of protocol C{name} (IProtocolPlugin.buildNodeService).
+
+        @raise KeyError: the node does not serve that protocol.
+        """
+        try:
+            return self.nodeServices[name]
+        except KeyError:
+            raise KeyError(f"this node runs no {name!r} protocol service") from None
 
     def callLater(self, delay: float, f: Any, *args: Any) -> Any:
         """Schedule C{f} on the broker's reactor (used by sessions)."""
@@ -123,35 +121,45 @@ class Broker(Service):
 
     # Publishing
 
-    def publish(self, message: Message) -> int:
-        """Retain (if flagged) and route C{message}; returns how many subscribers it reached.
+    def publish(self, message: Message, outcome: Outcome | None = None) -> Outcome:
+        """Retain (if flagged) and route C{message}.
 
-        Afterwards C{congestion} lists the sessions whose full queues the
-        caller should wait for (a publishing connection pauses reading);
-        callers with nothing to pause clear it.
+        @param outcome: where to record the effects (a new one if None).
+        @return: the outcome: C{delivered} counts the subscribers reached,
+            C{writes} the durable writes an acknowledgement must wait for,
+            C{congested} the targets whose full queues a publisher that can
+            pause should wait for (see L{Outcome}).
         """
+        if outcome is None:
+            outcome = Outcome()
         self.stats.mqttReceived[message.qos] += 1
         if message.retain:
             if self.retained.update(message) and self.persistence is not None:
-                self.pendingWrites.append(self.persistence.saveRetained(message))
-        return self.route(message)
+                outcome.wait(self.persistence.saveRetained(message))
+        outcome.delivered += self.route(message, outcome)
+        return outcome
 
-    def route(self, message: Message) -> int:
+    def route(self, message: Message, outcome: Outcome) -> int:
         """Deliver C{message} to every matching subscriber at min(publish QoS, granted QoS).
 
         RETAIN travels as published; each connection clears it unless the
         subscription keeps it (MQTT-3.3.1-9, Retain As Published).  In a
         cluster the cluster node routes (locally and to the other brokers).
+        Returns how many targets the message reached.
         """
         if self.cluster is not None:
-            return self.cluster.route(message)  # type: ignore[no-any-return]
-        return self.routeLocally(message)
+            return self.cluster.route(message, outcome)  # type: ignore[no-any-return]
+        return self.routeLocally(message, outcome)
 
     def routeLocally(
-        self, message: Message, sharedGroups: bool = True, skip: Container[Any] | None = None
+        self,
+        message: Message,
+        outcome: Outcome,
+        sharedGroups: bool = True,
+        skip: Container[Any] | None = None,
     ) -> int:
         """Deliver C{message} to this node's subscribers (shared groups only if asked),
-        except those in C{skip}."""
+        except those in C{skip}; returns how many it reached."""
         matches = self.router.match(message.topic)
         mqos = message.qos
         origin = message.origin
@@ -162,11 +170,12 @@ class Broker(Service):
                 continue
             if options.noLocal and origin is not None and subscriber.clientId == origin:
                 # MQTT-3.8.3-3: not to the publishing client's own No Local subscriptions.
-                options = options.local
-                if options is None:
+                local = options.local
+                if local is None:
                     continue
+                options = local
             granted = options.qos
-            subscriber.deliver(message, mqos if mqos < granted else granted, options)
+            subscriber.deliver(message, mqos if mqos < granted else granted, options, outcome)
         return len(matches)
 
     def publishInternal(self, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -174,103 +183,37 @@ class Broker(Service):
         message = Message(topic, payload, 0, retain, self.reactor.seconds())
         if retain:
             self.retained.update(message)
-        self.route(message)
         # No connection to pause (or acknowledgement to hold) for a broker-originated message.
-        self.congestion.clear()
-        self.pendingWrites.clear()
+        outcome = Outcome()
+        self.route(message, outcome)
+        outcome.background()
 
-    def publishWill(self, will: Message) -> None:
-        """Publish a will message (it has no connection to pause)."""
-        will.timestamp = self.now()
-        if will.properties and will.properties.get("message_expiry_interval") is not None:
-            will.expiresAt = will.timestamp + will.properties["message_expiry_interval"]
-        self.log.info(
-            "publishing will of {clientId} on {topic}", clientId=will.origin, topic=will.topic
-        )
-        self.publish(will)
-        self.congestion.clear()
-        self._backgroundWrites()
+    # Subscriptions of delivery targets
 
-    def _backgroundWrites(self) -> None:
-        """Writes nobody acknowledges: log their failures instead of holding them."""
-        for d in self.pendingWrites:
-            d.addErrback(lambda f: self.log.failure("durable write failed", f))
-        self.pendingWrites.clear()
+    def subscribeTarget(
+        self, topicFilter: str, target: Any, options: SubscriptionOptions, outcome: Outcome
+    ) -> bool:
+        """Route messages matching C{topicFilter} to C{target} (an L{IDeliveryTarget}).
 
-    # Subscriptions
+        For what is not an MQTT session: an AMQP queue bound to the MQTT topic
+        exchange, a Kafka topic mapped to MQTT topics.  The filter is in the
+        MQTT topic space and may hold an inner C{#} (an AMQP binding key such
+        as C{a.#.c}).  In a cluster the route is announced like a session's,
+        so messages published on other brokers reach the target too.
 
-    def subscribe(
-        self, session: Session, topicFilter: str, options: SubscriptionOptions
-    ) -> list[Message]:
-        """Subscribe C{session}; returns the retained messages to send for it.
-
-        C{$share/<group>/<filter>} and C{$queue/<filter>} join a shared group
-        (no retained messages, MQTT 5.0 section 4.8.2); C{$exclusive/<filter>}
-        may have one subscriber at a time.
-
-        @raise ValueError: a malformed shared or exclusive filter.
-        @raise ExclusiveTaken: another session holds the exclusive subscription.
+        @return: True if the target is new under this filter.
         """
-        group, real, exclusive = parseFilter(topicFilter)
-        existed = topicFilter in session.subscriptions
-        if exclusive:
-            owner = self.exclusive.get(real)
-            if owner is not None and owner is not session:
-                raise ExclusiveTaken(real)
-            self.exclusive[real] = session
-        if group is not None:
-            key = (group, real)
-            shared = self.groups.get(key)
-            if shared is None:
-                shared = self.groups[key] = SharedGroup(
-                    group, real, self.settings.mqtt.shared_subscription_strategy
-                )
-                self.router.subscribe(real, shared, SubscriptionOptions(qos=2))
-                if self.cluster is not None:
-                    self.cluster.routeAdded(f"$share/{group}/{real}")
-            shared.add(session, options)
-        elif self.router.subscribe(real, session, options) and self.cluster is not None:
-            self.cluster.routeAdded(real)
-        session.subscriptions[topicFilter] = options
-        self._saveSession(session)
-        if group is not None or options.retainHandling == 2:
-            return []
-        if options.retainHandling == 1 and existed:
-            return []
-        return self.retained.match(real)
+        isNew = self.router.subscribe(topicFilter, target, options)
+        if isNew and self.cluster is not None:
+            self.cluster.routeAdded(topicFilter, outcome)
+        return isNew
 
-    def unsubscribe(self, session: Session, topicFilter: str) -> bool:
-        """Remove a subscription; True if it existed."""
-        if session.subscriptions.pop(topicFilter, None) is None:
-            return False
-        self._saveSession(session)
-        group, real, exclusive = parseFilter(topicFilter)
-        if exclusive and self.exclusive.get(real) is session:
-            del self.exclusive[real]
-        if group is not None:
-            shared = self.groups.get((group, real))
-            if shared is not None:
-                shared.remove(session)
-                if not shared.members:
-                    del self.groups[(group, real)]
-                    self.router.unsubscribe(real, shared)
-                    if self.cluster is not None:
-                        self.cluster.routeRemoved(f"$share/{group}/{real}")
-            return True
-        removed = self.router.unsubscribe(real, session)
+    def unsubscribeTarget(self, topicFilter: str, target: Any) -> bool:
+        """Stop routing C{topicFilter} to C{target}; True if it was routed."""
+        removed = self.router.unsubscribe(topicFilter, target)
         if removed and self.cluster is not None:
-            self.cluster.routeRemoved(real)
+            self.cluster.routeRemoved(topicFilter)
         return removed
-
-    def _saveSession(self, session: Session) -> None:
-        if self.persistence is not None and session.expiryInterval and not self.sessions.restoring:
-            self.pendingWrites.append(self.persistence.saveSession(session))
-
-    def redeliverShared(self, session: Session) -> None:
-        """A shared-group member left: its undelivered group messages go to the others."""
-        for group, messages in session.takeGroupMessages():
-            group.redeliver(messages, session)
-        self.congestion.clear()
 
     # Connections
 
@@ -317,15 +260,7 @@ class Broker(Service):
                 if message.expiresAt is None or message.expiresAt > now:
                     self.retained.update(message)
                     retained += 1
-            records = await persistence.loadSessions()
-            restored = self.sessions.restore(records)
-            self.log.info(
-                "recovered {retained} retained messages and {sessions} persistent sessions "
-                "({messages} held messages) from storage",
-                retained=retained,
-                sessions=restored,
-                messages=sum(len(r["messages"]) for r in records),
-            )
+            self.log.info("recovered {retained} retained messages from storage", retained=retained)
         for hook in self.recoveryHooks:
             await hook()
         self.ready = True
@@ -341,8 +276,6 @@ class Broker(Service):
         reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
 
     async def _stop(self) -> None:
-        self.delayed.stop()
-        self.sessions.stop()
         for connection in list(self.connections):
             connection.shutdown()
         if self.store is not None:

@@ -10,6 +10,7 @@ from zope.interface import implementer
 from robustmq.core.security import securityOf
 from robustmq.interfaces import IProtocolPlugin
 from robustmq.protocols._limits import ConnectionLimitedFactory
+from robustmq.protocols.mqtt._node import MQTTNode
 from robustmq.protocols.mqtt._protocol import MQTTServerProtocol
 
 if TYPE_CHECKING:
@@ -48,6 +49,11 @@ class MQTTProtocolPlugin:
     name = "mqtt"
     defaultPort = 1883
     transports = ("tcp", "tls", "ws", "wss", "quic")
+    configSection = None  # [mqtt] is a built-in section (robustmq.config.MQTTSettings)
+
+    def buildNodeService(self, broker: Broker, reactor: Any) -> MQTTNode:
+        """Sessions, shared and exclusive subscriptions, wills and delayed publishes."""
+        return MQTTNode(broker, reactor)
 
     def buildFactory(
         self, broker: Broker, listener: ListenerSettings, reactor: Any
