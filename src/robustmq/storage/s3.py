@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from robustmq.interfaces import ISpanShardStore
@@ -378,7 +379,7 @@ class S3ShardStore:
                 logs.setdefault((parts[0], parts[1], parts[2]), []).append(int(parts[3]))
         sem = defer.DeferredSemaphore(_OPEN_CONCURRENCY)
         raw = await defer.gatherResults(
-            [sem.run(lambda k=k: defer.ensureDeferred(client.get(k))) for k in configs.values()],
+            [sem.run(self._getObject, k) for k in configs.values()],
             consumeErrors=True,
         )
         for oid, data in zip(configs, raw, strict=True):
@@ -393,6 +394,10 @@ class S3ShardStore:
             sh = _Shard("", f"{self._prefix}g/{oid}/0/", {"compacted": True}, group=True)
             self._groups[oid] = sh
             await self._loadObjects(sh, sorted(seqs), sem)
+
+    def _getObject(self, key: str) -> defer.Deferred[bytes]:
+        assert self._client is not None
+        return defer.ensureDeferred(self._client.get(key))
 
     async def _loadObjects(
         self, sh: _Shard, seqs: list[int], sem: defer.DeferredSemaphore | None = None
@@ -417,7 +422,7 @@ class S3ShardStore:
                 )
                 break
             except defer.FirstError as e:
-                if not e.subFailure.check(NotFound) or attempt == 4:
+                if not e.subFailure.check(NotFound) or attempt == 4:  # type: ignore[no-untyped-call]
                     e.subFailure.raiseException()
             # an object went between the LIST and the GET: a rewrite replaced it
             # (the rewrite's own object has a higher number); list again
@@ -475,8 +480,8 @@ class S3ShardStore:
         if not sh.owned:
             sh.headNext, sh.headStart = sh.next, sh.start
         if records is not None and sh.keys is not None:
-            for r in records:
-                self._applyKey(sh, r)
+            for record in records:
+                self._applyKey(sh, record)
         if sh.keys is not None and raised:
             for k in [k for k, o in sh.keys.items() if o < sh.start]:
                 del sh.keys[k]
@@ -1297,11 +1302,12 @@ class S3ShardStore:
             if n:
                 trimmed += n
                 self.deleteBefore(sh.name, refs[n - 1].next).addErrback(
-                    lambda f, sh=sh: self.log.warn(
-                        "retention of {shard} failed: {error}", shard=sh.name, error=f.value
-                    )
+                    self._retentionFailed, sh.name
                 )
         return trimmed
+
+    def _retentionFailed(self, failure: Failure, shard: str) -> None:
+        self.log.warn("retention of {shard} failed: {error}", shard=shard, error=failure.value)
 
     def _expire(self) -> None:
         """Fail queued writes older than the ack timeout (the store is not answering)."""
@@ -1414,7 +1420,7 @@ class S3ShardStore:
                 if r["offset"] + r.get("span", 1) <= sh.start:
                     continue
                 if r["timestamp"] >= timestamp:
-                    return max(r["offset"], sh.start)
+                    return max(int(r["offset"]), sh.start)
         return None
 
     def offsets(self, shard: str) -> defer.Deferred[tuple[int, int]]:

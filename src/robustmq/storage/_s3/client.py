@@ -97,7 +97,7 @@ class S3Client:
             self._base = endpoint.rstrip("/") + "/" + bucket
         else:
             self._base = f"https://{bucket}.s3.{self.region}.amazonaws.com"
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
         self.pool.maxPersistentPerHost = maxConnections
         self.pool.retryAutomatically = False  # a PUT is retried by the store, knowingly
         self._credentials: Any = None
@@ -117,7 +117,7 @@ class S3Client:
 
     async def close(self) -> None:
         """Close the pooled connections."""
-        await self.pool.closeCachedConnections()
+        await self.pool.closeCachedConnections()  # type: ignore[no-untyped-call]
 
     def _url(self, key: str, query: str = "") -> str:
         url = f"{self._base}/{urllib.parse.quote(key, safe='/~-_.')}"
