@@ -17,7 +17,6 @@ import pytest
 from test_fencing import _batch, _consumeAll, _errorCode, _Kafka, _produceBody
 from test_stateless_restart import S3Node
 
-from robustmq.testing.process import freePort
 from robustmq.testing.seaweedfs import SeaweedFSProcess
 
 
@@ -35,13 +34,9 @@ def ownWeed() -> Iterator[SeaweedFSProcess]:
 class _OutageNode(S3Node):
     def __init__(self, weed: SeaweedFSProcess, prefix: str, workdir: Path) -> None:
         super().__init__(weed, prefix, workdir)
-        self.httpPort = freePort()
-        self.extraConfig = (
-            self.extraConfig.replace(
-                "s3_flush_interval_ms = 5",
-                "s3_flush_interval_ms = 5\ns3_ack_timeout_ms = 2000\ns3_request_timeout_ms = 500",
-            )
-            + f'\n[http]\nenabled = true\nbind = "127.0.0.1"\nport = {self.httpPort}\n'
+        self.extraConfig = self.extraConfig.replace(
+            "s3_flush_interval_ms = 5",
+            "s3_flush_interval_ms = 5\ns3_ack_timeout_ms = 2000\ns3_request_timeout_ms = 500",
         )
 
     def ready(self) -> tuple[int, dict[str, object]]:
