@@ -102,6 +102,39 @@ class ReopenTests(_S3Test):
         self.assertEqual((await b.lookup("kv", b"k2"))["value"], b"59")
 
 
+class RetentionTests(_S3Test):
+    """Retention deletes whole objects of the shards this store writes."""
+
+    async def test_retentionBytes(self) -> None:
+        a = await self.store()
+        await a.createShard("s", {"retention_bytes": 3000})
+        for i in range(8):
+            await a.append("s", [{"value": b"%d" % i + b"x" * 999}])
+        self.assertGreater(a.enforceRetention(), 0)
+        await a.append("s", [{"value": b"last"}])  # queued behind the trim
+        while a._background:
+            await defer.DeferredList(list(a._background))
+        start, end = await a.offsets("s")
+        self.assertGreater(start, 0)
+        self.assertEqual(end, 9)
+        records = await a.read("s", 0)
+        self.assertEqual(records[0]["offset"], start)
+        self.assertEqual(records[-1]["value"], b"last")
+        self.assertGreater(a.counters["objects_deleted"], 0)
+        b = await self.store()
+        self.assertEqual(await b.offsets("s"), (start, 9))
+        self.assertEqual(await b.read("s", 0), records)
+
+    async def test_retentionMs(self) -> None:
+        a = await self.store()
+        await a.createShard("s", {"retention_ms": 1000})
+        await a.append("s", [{"value": b"old", "timestamp": 1}])
+        await a.append("s", [{"value": b"new"}])
+        self.assertEqual(a.enforceRetention(), 1)
+        await a.append("s", [{"value": b"newer"}])
+        self.assertEqual([r["value"] for r in await a.read("s", 0)], [b"new", b"newer"])
+
+
 class FencingTests(_S3Test):
     """One writer per shard: a store that lost the shard can never append again."""
 
