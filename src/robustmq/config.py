@@ -295,6 +295,9 @@ class KafkaSettings:
     max_transactions: int = field(default=10_000, metadata=_range(1, None))
     transaction_max_timeout_ms: int = field(default=900_000, metadata=_range(1, None))
     sasl_required: bool = False
+    connections_max_idle_ms: int = field(default=600_000, metadata=_range(100, None))
+    authentication_timeout_ms: int = field(default=10_000, metadata=_range(100, 3_600_000))
+    max_buffered_request_bytes: int = field(default=256 * MiB, metadata=_range(1024, None))
 
 
 @dataclass(frozen=True)

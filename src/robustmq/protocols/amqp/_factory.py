@@ -42,7 +42,7 @@ class AMQPServerFactory(ConnectionLimitedFactory):
         self.server.start()
 
     def buildProtocol(self, addr: Any) -> AMQPServerProtocol | None:
-        if not self._admit(addr):
+        if not self._admit(addr) or not self._admitPeer(addr):
             return None
         return self._track(AMQPServerProtocol(self.server, self.listener, self.reactor))
 

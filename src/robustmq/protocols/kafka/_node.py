@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 
 from robustmq.protocols.kafka import _errors as E
+from robustmq.protocols.kafka._buffers import RequestMemory
 from robustmq.protocols.kafka._groups import GroupCoordinator
 from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
 
@@ -228,6 +229,8 @@ class KafkaNode:
         self.groups = GroupCoordinator(self.settings, reactor)
         self.txns = TransactionCoordinator(self)
         self.saslRequired = self.settings.sasl_required
+        #: bytes held for unanswered requests over every Kafka connection of the node
+        self.memory = RequestMemory(self.settings.max_buffered_request_bytes)
 
     async def ready(self) -> None:
         """Returns once topics and the previous run's producer state are loaded."""
