@@ -210,7 +210,9 @@ def test_kcatWithoutCredentialsRefused(remote: netns.RemoteHost, node: _Node, un
     sasl = ["-X", "security.protocol=SASL_PLAINTEXT", "-X", "sasl.mechanism=PLAIN"]
     sasl += ["-X", "sasl.username=alice", "-X", f"sasl.password={ALICE_PW}"]
     out = remote.run(
-        ["kcat", *broker, *sasl, "-P", "-t", uniq], input=b"hello\n", capture_output=True,
+        ["kcat", *broker, *sasl, "-P", "-t", uniq],
+        input=b"hello\n",
+        capture_output=True,
         timeout=60,
     )
     assert out.returncode == 0, out

@@ -123,7 +123,9 @@ class RemoteHost:
         """C{subprocess.Popen} inside the namespace."""
         return subprocess.Popen(self.command(args), **kwargs)
 
-    def python(self, code: str, timeout: float = 60, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    def python(
+        self, code: str, timeout: float = 60, **kwargs: Any
+    ) -> subprocess.CompletedProcess[str]:
         """Run C{code} with this interpreter inside the namespace; output captured as text."""
         return self.run(
             [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, **kwargs
