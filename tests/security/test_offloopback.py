@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 import textwrap
 import time
@@ -228,3 +229,123 @@ def test_loopbackStaysAnonymous(node: _Node, uniq: str) -> None:
     p.produce(uniq, value=b"local")
     assert p.flush(TIMEOUT) == 0
     assert _loopbackRecords(node, uniq) == [b"local"]
+
+
+CTL = str(__import__("pathlib").Path(sys.executable).with_name("robustmq"))
+
+
+@pytest.fixture(scope="module")
+def strictNode(remote: netns.RemoteHost) -> Iterator[_Node]:
+    """Default-deny ([acl] no_match = "deny"), two vhosts; alice may configure and read
+    anything in "/" but write only to exchanges named alice.* (set with robustmq ctl)."""
+    n = _startNode(remote, '[acl]\nno_match = "deny"\n\n[amqp]\nvhosts = ["/", "other"]\n')
+    try:
+        n.api("POST", "/api/v1/users", {"username": "alice", "password": ALICE_PW})
+        out = subprocess.run(
+            [
+                CTL,
+                "ctl",
+                "--url",
+                f"http://127.0.0.1:{n.httpPort}",
+                "amqp",
+                "permissions",
+                "set",
+                "alice",
+                "/",
+                ".*",
+                "^alice\\.",
+                ".*",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+        )
+        assert out.returncode == 0, out.stderr
+        yield n
+    finally:
+        n.cleanup()
+
+
+_PIKA = textwrap.dedent(
+    """
+    import json, sys, pika
+    host, port, vhost, exchange = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    params = pika.ConnectionParameters(host, port, vhost,
+        pika.PlainCredentials("alice", sys.argv[5]), connection_attempts=1, socket_timeout=10)
+    out = {}
+    try:
+        conn = pika.BlockingConnection(params)
+    except pika.exceptions.AMQPConnectionError as e:
+        out["open"] = repr(e).replace(chr(92), "")
+        print(json.dumps(out)); sys.exit(0)
+    ch = conn.channel()
+    ch.exchange_declare(exchange, "fanout")
+    try:
+        ch.basic_publish(exchange, "", b"x")
+        ch.queue_declare("alice-probe")  # a round trip: a refused publish closes the channel
+        out["publish"] = "ok"
+    except pika.exceptions.ChannelClosedByBroker as e:
+        out["publish"] = [e.reply_code, e.reply_text]
+    conn.close()
+    print(json.dumps(out))
+    """
+)
+
+
+def _pika(remote: netns.RemoteHost, node: _Node, vhost: str, exchange: str) -> Any:
+    out = remote.run(
+        [
+            sys.executable,
+            "-c",
+            _PIKA,
+            node.remoteHost,
+            str(node.amqpPort),
+            vhost,
+            exchange,
+            ALICE_PW,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_pikaVhostWithoutPermissions(remote: netns.RemoteHost, strictNode: _Node) -> None:
+    """pika from another host opening a vhost where alice has no permissions is refused
+    as RabbitMQ refuses it: 530 NOT_ALLOWED, "access to vhost 'other' refused for user 'alice'"."""
+    got = _pika(remote, strictNode, "other", "alice.x")
+    assert "(530)" in got["open"], got
+    assert "NOT_ALLOWED - access to vhost" in got["open"]
+    assert "'other' refused for user" in got["open"]
+    assert "has no permissions in vhost other" in strictNode.output()
+
+
+def test_pikaWriteOutsideRegex(remote: netns.RemoteHost, strictNode: _Node) -> None:
+    """A publish to an exchange alice may not write to closes the channel with 403."""
+    assert _pika(remote, strictNode, "/", "alice.ok") == {"publish": "ok"}
+    got = _pika(remote, strictNode, "/", "bob.ex")
+    assert got["publish"][0] == 403, got
+    assert got["publish"][1] == (
+        "ACCESS_REFUSED - write access to exchange 'bob.ex' in vhost '/' refused for user 'alice'"
+    )
+
+
+def test_ctlListsAmqpPermissions(strictNode: _Node) -> None:
+    """robustmq ctl amqp permissions list / clear."""
+    url = ["--url", f"http://127.0.0.1:{strictNode.httpPort}"]
+    out = subprocess.run(
+        [CTL, "ctl", *url, "amqp", "permissions", "list"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert "alice" in out.stdout and "^alice\\." in out.stdout, out
+    out = subprocess.run(
+        [CTL, "ctl", *url, "amqp", "permissions", "clear", "nobody", "/"],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert out.returncode != 0
