@@ -259,6 +259,7 @@ class ACLSettings:
     sys_readable: bool = True
     max_rules: int = field(default=10_000, metadata=_range(1, None))
     cache_size: int = field(default=64, metadata=_range(0, 100_000))
+    check_deliveries: bool = True
 
 
 @dataclass(frozen=True)

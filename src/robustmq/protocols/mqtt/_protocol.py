@@ -1064,6 +1064,11 @@ class MQTTServerProtocol(Protocol):
                 options.qos = settings.max_qos
             if broker.rewriter.active:
                 topicFilter = self._rewriteFilter(topicFilter)
+            # Authorised on the filter actually subscribed: after rewriting.
+            if not self.access.canSubscribe(parseFilter(topicFilter)[1]):
+                self._refuseFilter(topicFilter, "not authorized")
+                codes.append(Reason.NOT_AUTHORIZED if v5 else SUBACK_FAILURE)
+                continue
             try:
                 messages = broker.subscribe(session, topicFilter, options)
             except ExclusiveTaken:
@@ -1110,9 +1115,6 @@ class MQTTServerProtocol(Protocol):
         if len(topicFilter) > self.broker.settings.limits.max_topic_length:
             self._refuseFilter(topicFilter, "longer than [limits] max_topic_length")
             return Reason.TOPIC_FILTER_INVALID
-        if not self.access.canSubscribe(real):
-            self._refuseFilter(topicFilter, "not authorized")
-            return Reason.NOT_AUTHORIZED
         return None
 
     def _rewriteFilter(self, topicFilter: str) -> str:
@@ -1176,7 +1178,15 @@ class MQTTServerProtocol(Protocol):
     def deliver(
         self, message: Message, qos: int, packetId: int | None, dup: bool, sub: Any = None
     ) -> bool:
-        """Write C{message}; False when it could not be sent (too large for the client)."""
+        """Write C{message}; False when it could not be sent (too large for the client,
+        or on a topic this client may not receive: C{[acl] check_deliveries})."""
+        access = self.access
+        if (
+            access is not None
+            and not (access.trivial and access.acl.isOpen)
+            and not access.canReceive(message.topic)
+        ):
+            return False
         retain = message.retain and sub is not None and sub.keepRetain
         if self._v5 is not None:
             return self._deliver5(message, qos, packetId, dup, sub, retain)
