@@ -380,13 +380,19 @@ class ListenerSettings:
         return self.name or f"{self.protocol}/{self.transport}:{self.port}"
 
     @classmethod
-    def withStandardPort(cls, raw: Any) -> Any:
-        """The raw table C{raw}, with the protocol's standard port for its transport if it has none."""
+    def withStandardPort(cls, raw: Any, plugins: Mapping[str, Any] | None = None) -> Any:
+        """The raw table C{raw}, with the protocol's standard port for its transport if it has none.
+
+        A protocol without an entry in L{STANDARD_PORTS} (a third-party plugin)
+        gets its plugin's C{defaultPort} over TCP.
+        """
         if not isinstance(raw, Mapping) or "port" in raw:
             return raw
-        standard = cls.STANDARD_PORTS.get(
-            (raw.get("protocol", cls.protocol), raw.get("transport", "tcp"))
-        )
+        protocol = raw.get("protocol", cls.protocol)
+        transport = raw.get("transport", "tcp")
+        standard = cls.STANDARD_PORTS.get((protocol, transport))
+        if standard is None and transport == "tcp" and plugins is not None:
+            standard = getattr(plugins.get(protocol), "defaultPort", None)
         return raw if standard is None else {**raw, "port": standard}
 
     def check(self, key: str) -> None:
@@ -442,12 +448,23 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     amqp: AMQPSettings = field(default_factory=AMQPSettings)
     listeners: tuple[ListenerSettings, ...] = field(default_factory=_defaultListeners)
+    #: sections declared by protocol plugins (C{IProtocolPlugin.configSection}), by name
+    plugins: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def section(self, name: str) -> Any:
+        """The settings of section C{name}: a built-in one or one a plugin declared.
+
+        @raise KeyError: no such section.
+        """
+        if name in _SECTIONS:
+            return getattr(self, name)
+        return self.plugins[name]
 
 
 _SECTIONS: dict[str, type] = {
     f.name: typing.get_type_hints(Settings)[f.name]
     for f in dataclasses.fields(Settings)
-    if f.name != "listeners"
+    if f.name not in ("listeners", "plugins")
 }
 
 
@@ -549,27 +566,64 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             section[path[1]] = value
 
 
+def _protocolPlugins() -> dict[str, Any]:
+    """The installed protocol plugins by name (their config sections and default ports)."""
+    from twisted.plugin import getPlugins
+
+    import robustmq.plugins
+    from robustmq.interfaces import IProtocolPlugin
+
+    return {p.name: p for p in getPlugins(IProtocolPlugin, robustmq.plugins)}
+
+
+def pluginSections(plugins: Mapping[str, Any] | None = None) -> dict[str, type]:
+    """The config sections that protocol plugins declare, by name (built-in names excluded)."""
+    if plugins is None:
+        plugins = _protocolPlugins()
+    found: dict[str, type] = {}
+    for name, plugin in sorted(plugins.items()):
+        section = getattr(plugin, "configSection", None)
+        if section is not None and name not in _SECTIONS and name != "listeners":
+            found[name] = section
+    return found
+
+
 def settingsFromMapping(data: Mapping[str, Any]) -> Settings:
-    """Validate already-parsed TOML data into L{Settings}."""
+    """Validate already-parsed TOML data into L{Settings}.
+
+    Besides the built-in sections, a section may belong to an installed
+    protocol plugin that declares it (C{IProtocolPlugin.configSection}); it
+    is validated the same way and reached with L{Settings.section}.
+    """
+    plugins = _protocolPlugins()
+    extra = pluginSections(plugins)
     sections: dict[str, Any] = {}
+    pluginValues: dict[str, Any] = {}
     for key, raw in data.items():
         if key == "listeners":
             continue
-        if key not in _SECTIONS:
-            raise ConfigError(
-                f"{key}: unknown section; known sections are {sorted([*_SECTIONS, 'listeners'])}"
-            )
-        sections[key] = _build(_SECTIONS[key], raw, key)
+        if key in _SECTIONS:
+            sections[key] = _build(_SECTIONS[key], raw, key)
+        elif key in extra:
+            pluginValues[key] = _build(extra[key], raw, key)
+        else:
+            known = sorted([*_SECTIONS, *extra, "listeners"])
+            raise ConfigError(f"{key}: unknown section; known sections are {known}")
+    for key, cls in extra.items():
+        if key not in pluginValues:
+            pluginValues[key] = cls()
     listeners: tuple[ListenerSettings, ...] = _defaultListeners()
     if "listeners" in data:
         rawListeners = data["listeners"]
         if not isinstance(rawListeners, list):
             raise ConfigError("listeners: expected an array of tables ([[listeners]])")
         listeners = tuple(
-            _build(ListenerSettings, ListenerSettings.withStandardPort(raw), f"listeners[{i}]")
+            _build(
+                ListenerSettings, ListenerSettings.withStandardPort(raw, plugins), f"listeners[{i}]"
+            )
             for i, raw in enumerate(rawListeners)
         )
-    settings = Settings(listeners=listeners, **sections)
+    settings = Settings(listeners=listeners, plugins=pluginValues, **sections)
     _crossCheck(settings)
     return _resolveDefaults(settings)
 
@@ -784,7 +838,7 @@ def secretValues(settings: Settings) -> list[str]:
 def describeDefaults() -> dict[str, Any]:
     """Every section, key and default value, for documentation and the admin API."""
     out: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
+    for name, cls in {**_SECTIONS, **pluginSections()}.items():
         out[name] = {f.name: _defaultOf(f) for f in dataclasses.fields(cls)}
     out["listeners"] = [dataclasses.asdict(ListenerSettings())]
     return out
@@ -815,5 +869,6 @@ __all__ = [
     "StorageSettings",
     "describeDefaults",
     "loadSettings",
+    "pluginSections",
     "settingsFromMapping",
 ]

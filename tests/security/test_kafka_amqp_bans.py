@@ -127,14 +127,18 @@ def test_userBanRefusesAndCloses(node: _Node) -> None:
 
 
 def test_flappingKafkaUserBanned(node: _Node) -> None:
-    for _ in range(4):
-        assert not any(e.code() == KafkaError._AUTHENTICATION for e in _kafkaLogin(node, "dave"))
-    errors = _kafkaLogin(node, "dave")
-    assert any(e.code() == KafkaError._AUTHENTICATION for e in errors), errors
+    """Logins of one user beyond flapping_max_connects within the window ban the user
+    (each librdkafka client opens more than one connection, so it takes a few clients)."""
+    assert not any(e.code() == KafkaError._AUTHENTICATION for e in _kafkaLogin(node, "dave"))
+    for _ in range(10):
+        errors = _kafkaLogin(node, "dave")
+        if any(e.code() == KafkaError._AUTHENTICATION for e in errors):
+            break
+    else:
+        raise AssertionError("dave was never refused")
     bans = node.api("GET", "/api/v1/bans")["data"]
-    assert {"kind": "username", "value": "dave", "by": "flapping"}.items() <= next(
-        b for b in bans if b["value"] == "dave"
-    ).items()
+    ban = next(b for b in bans if b["value"] == "dave")
+    assert (ban["kind"], ban["by"]) == ("username", "flapping")
 
 
 def test_addressBanRefusesSockets(node: _Node) -> None:

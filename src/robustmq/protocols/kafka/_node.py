@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import base64
 import json
-import weakref
 from typing import TYPE_CHECKING, Any
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
@@ -21,7 +21,7 @@ from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager,
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
 
-__all__ = ["KafkaNode", "TransactionCoordinator", "nodeFor"]
+__all__ = ["KafkaNode", "TransactionCoordinator"]
 
 
 class _Txn:
@@ -213,10 +213,16 @@ async def _wait(d: defer.Deferred[Any] | None) -> None:
         await d
 
 
-class KafkaNode:
-    """Everything the Kafka listeners of one broker share."""
+class KafkaNode(Service):
+    """Everything the Kafka listeners of one broker share: topics, groups, transactions.
+
+    The node's Kafka service (L{IProtocolPlugin.buildNodeService}): started
+    after the broker and stopped after the last Kafka listener, so closing
+    one listener never stops the group coordinator the others use.
+    """
 
     log = Logger()
+    name = "kafka"
 
     def __init__(self, broker: Broker, reactor: Any) -> None:
         self.broker = broker
@@ -231,6 +237,11 @@ class KafkaNode:
         self.saslRequired = self.settings.sasl_required
         #: bytes held for unanswered requests over every Kafka connection of the node
         self.memory = RequestMemory(self.settings.max_buffered_request_bytes)
+
+    def stopService(self) -> None:
+        """The node is stopping: cancel group timers (rebalance and session deadlines)."""
+        super().stopService()
+        self.groups.stop()
 
     async def ready(self) -> None:
         """Returns once topics and the previous run's producer state are loaded."""
@@ -267,14 +278,3 @@ class KafkaNode:
             "group.initial.rebalance.delay.ms": str(s.group_initial_rebalance_delay_ms),
             "transaction.max.timeout.ms": str(s.transaction_max_timeout_ms),
         }
-
-
-_NODES: weakref.WeakKeyDictionary[Any, KafkaNode] = weakref.WeakKeyDictionary()
-
-
-def nodeFor(broker: Broker, reactor: Any) -> KafkaNode:
-    """The one L{KafkaNode} of C{broker} (created on first use)."""
-    node = _NODES.get(broker)
-    if node is None:
-        node = _NODES[broker] = KafkaNode(broker, reactor)
-    return node
