@@ -299,6 +299,13 @@ class KafkaServerProtocol(Protocol):
             return None
         if req.clientId:
             self.clientId = req.clientId
+        if not self.authenticated and req.apiKey == 18 and not self._loginTried:
+            # A client's first request: if it may stay anonymous (or its certificate
+            # names it), it is authenticated now, so a connection that then idles
+            # is closed by connections_max_idle_ms, not the authentication timeout.
+            # A refusal waits for the first request that needs authentication.
+            self._loginTried = True
+            await self._loginWithoutSasl(req.clientId or "")
         if not self.authenticated and req.apiKey not in _NO_AUTH_NEEDED:
             if self.saslMechanism is None and not self._loginTried:
                 self._loginTried = True
