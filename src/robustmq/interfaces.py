@@ -210,8 +210,13 @@ class IAuthenticatorPlugin(Interface):
 
     name = Attribute("The name used in ``[auth] chain``.")
 
-    def build(settings):  # type: ignore[no-untyped-def]
-        """Return an L{IAuthenticator} configured from the node settings."""
+    def build(settings, security):  # type: ignore[no-untyped-def]
+        """
+        Return an L{IAuthenticator} configured from the node settings.
+
+        @param security: the node's L{robustmq.core.security.Security} (user
+            store, ACL, bans), for sources that need them.
+        """
 
 
 class IAuthMechanism(Interface):
@@ -234,8 +239,12 @@ class IAuthMechanismPlugin(Interface):
 
     name = Attribute("The authentication method name.")
 
-    def build(settings):  # type: ignore[no-untyped-def]
-        """Return a zero-argument callable making a fresh L{IAuthMechanism}."""
+    def build(settings, security):  # type: ignore[no-untyped-def]
+        """Return a zero-argument callable making a fresh L{IAuthMechanism}.
+
+        @param security: the node's L{robustmq.core.security.Security}
+            (SCRAM keys come from its user store).
+        """
 
 
 class IShardStorePlugin(Interface):

@@ -185,8 +185,12 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
             )
         plugins.append(plugin)
     # Node-wide protocol state: after the broker (started once it is), before the
-    # listeners (stopped after the last one has closed its connections).
-    for plugin in {p.name: p for p in plugins}.values():
+    # listeners (stopped after the last one has closed its connections).  Kafka
+    # topics mapped to MQTT topics need the Kafka service without a Kafka listener.
+    served = {p.name: p for p in plugins}
+    if settings.mappings and "kafka" not in served:
+        served["kafka"] = findPlugin(IProtocolPlugin, "kafka", "mappings")
+    for plugin in served.values():
         nodeService = plugin.buildNodeService(broker, reactor)
         if nodeService is not None:
             broker.nodeServices[plugin.name] = nodeService

@@ -256,6 +256,31 @@ class Broker(Service):
             return []
         return self.retained.match(real)
 
+    def subscribeTarget(
+        self, topicFilter: str, target: Any, options: SubscriptionOptions, outcome: Outcome
+    ) -> bool:
+        """Route messages matching C{topicFilter} to C{target} (an L{IDeliveryTarget}).
+
+        For what is not an MQTT session: an AMQP queue bound to the MQTT topic
+        exchange, a Kafka topic mapped to MQTT topics.  The filter is in the
+        MQTT topic space and may hold an inner C{#} (an AMQP binding key such
+        as C{a.#.c}).  In a cluster the route is announced like a session's,
+        so messages published on other brokers reach the target too.
+
+        @return: True if the target is new under this filter.
+        """
+        isNew = self.router.subscribe(topicFilter, target, options)
+        if isNew and self.cluster is not None:
+            self.cluster.routeAdded(topicFilter, outcome)
+        return isNew
+
+    def unsubscribeTarget(self, topicFilter: str, target: Any) -> bool:
+        """Stop routing C{topicFilter} to C{target}; True if it was routed."""
+        removed = self.router.unsubscribe(topicFilter, target)
+        if removed and self.cluster is not None:
+            self.cluster.routeRemoved(topicFilter)
+        return removed
+
     def unsubscribe(self, session: Session, topicFilter: str, outcome: Outcome) -> bool:
         """Remove a subscription; True if it existed.  Durable writes go to C{outcome}."""
         if session.subscriptions.pop(topicFilter, None) is None:
