@@ -324,6 +324,33 @@ class IClusterRouting(Interface):
         """The session of C{clientId} ended here (released in the cluster)."""
 
 
+class ISessionDirectory(Interface):
+    """A node's MQTT sessions, as the broker cluster reaches them.
+
+    Provided by the MQTT node service (C{broker.nodeService("mqtt")}); the
+    cluster hands sessions over between brokers, adopts a dead broker's
+    sessions and distributes shared-subscription messages through it,
+    without importing the MQTT protocol package.
+    """
+
+    sessions = Attribute(
+        "The session registry: get(clientId), iteration, len(), adopt(record, outcome), "
+        "export(session), discard(session, outcome=None), takeOverConnection(session, "
+        "keepWill), deferWill(session, will, delay)."
+    )
+    groups = Attribute("Local shared-subscription groups by (group name, filter).")
+    persistence = Attribute("Where sessions are stored (core.persistence.SessionPersistence) or None.")
+
+    def whenReady():  # type: ignore[no-untyped-def]
+        """Fires once persistent sessions are restored from storage."""
+
+    def publishWill(will):  # type: ignore[no-untyped-def]
+        """Publish a will message now (nobody acknowledges it)."""
+
+    def group(name, topicFilter):  # type: ignore[no-untyped-def]
+        """The local shared group C{$share/<name>/<topicFilter>}, or None."""
+
+
 class ISessionConnection(Interface):
     """The live connection a broker session delivers through.
 

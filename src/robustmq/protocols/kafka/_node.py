@@ -223,7 +223,7 @@ class KafkaNode(Service):
     """
 
     log = Logger()
-    name = "kafka"
+    name = "kafka"  # type: ignore[assignment]
 
     def __init__(self, broker: Broker, reactor: Any) -> None:
         self.broker = broker

@@ -393,7 +393,7 @@ class KafkaServerProtocol(Protocol):
 
     def _advertised(self) -> tuple[str, int]:
         s = self.settings
-        here = self.transport.getHost()  # type: ignore[union-attr]
+        here: Any = self.transport.getHost()  # type: ignore[union-attr]
         return (s.advertised_host or here.host, s.advertised_port or here.port)
 
     # -- ApiVersions, Metadata ------------------------------------------
