@@ -107,6 +107,13 @@ def refusal(req: Request, code: int, message: str) -> dict[str, Any] | None:
                 for t in b["topics"]
             ],
         }
+    if key == 51:  # AlterUserScramCredentials: one result per user named
+        users = [d["name"] for d in b.get("deletions", [])]
+        users += [u["name"] for u in b.get("upsertions", []) if u["name"] not in users]
+        return {
+            "throttle_time_ms": 0,
+            "results": [{"user": u, "error_code": code, "error_message": message} for u in users],
+        }
     if _hasTopError(key, req.apiVersion):
         return {"error_code": code, "error_message": message, "throttle_time_ms": 0}
     return None
