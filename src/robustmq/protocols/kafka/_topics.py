@@ -172,6 +172,8 @@ class TopicManager:
         self.topics: dict[str, Topic] = {}
         #: topic id -> topic name (Metadata v10+, Fetch v13+, KIP-848, KIP-932)
         self.byId: dict[uuid.UUID, str] = {}
+        #: topics whose shards are being created -> Deferreds of partition() calls waiting
+        self._creating: dict[str, list[defer.Deferred[None]]] = {}
         self.partitions: dict[str, Partition] = {}
         self._loaded = False
         self._readyWaiters: list[defer.Deferred[None]] = []
@@ -400,14 +402,22 @@ class TopicManager:
             return E.NONE, None
         topicId = uuid.uuid4()
         cfg["kafka_topic_id"] = str(topicId)
+        # Known at once (a second create gets TOPIC_ALREADY_EXISTS); partition() waits
+        # until its shards exist.
         self.topics[name] = Topic(name, partitions, dict(configs), topicId)
         self.byId[topicId] = name
+        self._creating[name] = []
         try:
             for p in range(partitions):
                 await self.store.createShard(shardName(name, p), cfg)
         except Exception as e:
             self.log.failure("creating topic {topic}", topic=name)
+            self.topics.pop(name, None)
+            self.byId.pop(topicId, None)
             return E.UNKNOWN_SERVER_ERROR, str(e)
+        finally:
+            for waiter in self._creating.pop(name, ()):
+                waiter.callback(None)
         self.log.info("topic {topic} created with {n} partitions", topic=name, n=partitions)
         if self.topicsChanged is not None:
             self.topicsChanged()
@@ -471,6 +481,11 @@ class TopicManager:
 
     async def partition(self, topic: str, index: int) -> Partition | None:
         """The partition, or None if the topic or partition does not exist."""
+        creating = self._creating.get(topic)
+        if creating is not None:
+            created: defer.Deferred[None] = defer.Deferred()
+            creating.append(created)
+            await created
         t = self.topics.get(topic)
         if t is None or not 0 <= index < t.partitions:
             return None
