@@ -129,3 +129,22 @@ class Paho:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class ProtocolNode(AdminNode):
+    """An admin node that also serves Kafka and AMQP on free loopback ports."""
+
+    def __init__(self, extra: str = "", mqtt: str = "sys_interval = 0") -> None:
+        self.kafkaPort, self.amqpPort = freePort(), freePort()
+        listeners = "".join(
+            f'[[listeners]]\nprotocol = "{protocol}"\ntransport = "tcp"\n'
+            f'bind = "127.0.0.1"\nport = {port}\n\n'
+            for protocol, port in (("kafka", self.kafkaPort), ("amqp", self.amqpPort))
+        )
+        super().__init__(extra=f"{listeners}[mqtt]\n{mqtt}\n{extra}")
+
+    def start(self) -> ProtocolNode:
+        super().start()
+        for port in (self.kafkaPort, self.amqpPort):
+            waitForPort("127.0.0.1", port)
+        return self

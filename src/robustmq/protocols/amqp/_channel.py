@@ -561,7 +561,7 @@ class AMQPChannel:
             if m.mandatory:
                 self._return(m, message)
             else:
-                v.server.broker.stats.amqpDropped += 1
+                v.server.broker.stats.dropped("amqp", "unroutable")
             if seq is not None:
                 self._confirmed(seq, True)
             return
@@ -571,7 +571,6 @@ class AMQPChannel:
         for q in queues:
             if q.push(message) is None:
                 accepted = False
-                server.broker.stats.amqpDropped += 1
         server.pendingWrites = []
         for q in queues:
             q.dispatch()
@@ -648,6 +647,7 @@ class AMQPChannel:
         else:
             self.unacked[tag] = (qm, q, None)
             self.unackedBytes += msg.size
+        q.delivered += 1
         self.conn.server.broker.stats.amqpSent += 1
         self.conn.sendContent(
             self.number,

@@ -417,7 +417,6 @@ class MQTTConnection(Protocol):
                 self._write(data)
         return result
 
-
     # Provided by the concern mixins (see the module docstring).
     if TYPE_CHECKING:
         _handlers: list[Any]
