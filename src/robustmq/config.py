@@ -266,6 +266,7 @@ class HTTPSettings:
     loopback_exempt: bool = False
     max_page_size: int = field(default=1000, metadata=_range(1, 100_000))
     max_body_bytes: int = field(default=1 * MiB, metadata=_range(1024, 256 * MiB))
+    metrics_max_objects: int = field(default=1000, metadata=_range(0, 1_000_000))
 
 
 @dataclass(frozen=True)

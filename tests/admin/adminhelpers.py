@@ -134,14 +134,14 @@ class Paho:
 class ProtocolNode(AdminNode):
     """An admin node that also serves Kafka and AMQP on free loopback ports."""
 
-    def __init__(self, extra: str = "", mqtt: str = "sys_interval = 0") -> None:
+    def __init__(self, extra: str = "", mqtt: str = "sys_interval = 0", http: str = "") -> None:
         self.kafkaPort, self.amqpPort = freePort(), freePort()
         listeners = "".join(
             f'[[listeners]]\nprotocol = "{protocol}"\ntransport = "tcp"\n'
             f'bind = "127.0.0.1"\nport = {port}\n\n'
             for protocol, port in (("kafka", self.kafkaPort), ("amqp", self.amqpPort))
         )
-        super().__init__(extra=f"{listeners}[mqtt]\n{mqtt}\n{extra}")
+        super().__init__(http=http, extra=f"{listeners}[mqtt]\n{mqtt}\n{extra}")
 
     def start(self) -> ProtocolNode:
         super().start()

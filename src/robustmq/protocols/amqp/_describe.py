@@ -263,3 +263,34 @@ def describeVhosts(server: AMQPServer) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def metricRows(server: AMQPServer, limit: int) -> dict[str, Any]:
+    """Per-queue depth, unacknowledged, consumers and counters for C{/metrics}.
+
+    At most C{limit} queues (by vhost and name), so label cardinality has a
+    bound; the others are counted in C{omitted}.
+    """
+    unacked = _unacked(server)
+    rows = []
+    total = 0
+    for vname in sorted(server.vhosts):
+        v = server.vhosts[vname]
+        for name in sorted(v.queues):
+            total += 1
+            if len(rows) >= limit:
+                continue
+            q = v.queues[name]
+            rows.append(
+                (
+                    vname,
+                    name,
+                    q.count,
+                    unacked.get(q, 0),
+                    len(q.consumers),
+                    q.published,
+                    q.delivered,
+                    sum(q.dropped.values()),
+                )
+            )
+    return {"queues": rows, "omitted": {"amqp_queue": max(total - len(rows), 0)}}

@@ -182,6 +182,10 @@ class AMQPServer(Service):
         """Open channels of every AMQP connection."""
         return _describe.describeChannels(self)
 
+    def metricRows(self, limit: int) -> dict[str, Any]:
+        """Per-queue depth and counters for /metrics (at most C{limit} queues)."""
+        return _describe.metricRows(self, limit)
+
     def purgeQueue(self, vhost: str, name: str) -> int | None:
         """Drop a queue's ready messages (Queue.Purge); how many, or None if no such queue."""
         v = self.vhosts.get(vhost)

@@ -191,3 +191,57 @@ async def describeGroups(node: KafkaNode) -> list[dict[str, Any]]:
         if d is not None:
             out.append(d)
     return out
+
+
+def _fired(d: Any) -> Any:
+    """The result of a Deferred that has already fired (memory, segment stores), else None."""
+    out: list[Any] = []
+    d.addCallbacks(out.append, lambda f: None)
+    return out[0] if out else None
+
+
+def metricRows(node: KafkaNode, limit: int) -> dict[str, Any]:
+    """Per-partition offsets and sizes and per-group lag for C{/metrics}, without waiting.
+
+    At most C{limit} partitions and C{limit} group partitions (by name), so
+    label cardinality has a bound; what is left out is counted in
+    C{omitted}.  Values the store cannot give at once (a remote store's
+    offsets) are left out of that scrape.
+    """
+    store = node.topics.store
+    partitions = []
+    ends: dict[str, int] = {}
+    total = 0
+    for name in sorted(node.topics.topics):
+        topic = node.topics.topics[name]
+        for index in range(topic.partitions):
+            total += 1
+            shard = shardName(name, index)
+            offsets = _fired(store.offsets(shard))
+            if offsets is None:
+                continue
+            ends[shard] = offsets[1]
+            if len(partitions) < limit:
+                _, size = _usage(store, shard)
+                partitions.append((name, index, offsets[0], offsets[1], size))
+    groups = []
+    groupTotal = 0
+    for groupId in sorted(set(node.groups.groups) | node.knownGroups):
+        for name in sorted(node.topics.topics):
+            for index in range(node.topics.topics[name].partitions):
+                shard = shardName(name, index)
+                committed = _fired(store.fetchOffset(groupId, shard))
+                if committed is None or shard not in ends:
+                    continue
+                groupTotal += 1
+                if len(groups) < limit:
+                    lag = max(ends[shard] - committed[0], 0)
+                    groups.append((groupId, name, index, committed[0], lag))
+    return {
+        "partitions": partitions,
+        "groups": groups,
+        "omitted": {
+            "kafka_partition": max(total - len(partitions), 0),
+            "kafka_group_partition": max(groupTotal - len(groups), 0),
+        },
+    }

@@ -305,6 +305,10 @@ class KafkaNode(Service):
         await self.topics.ready()
         return await _describe.describeGroup(self, groupId)
 
+    def metricRows(self, limit: int) -> dict[str, Any]:
+        """Partition offsets and sizes and group lag for /metrics (at most C{limit} each)."""
+        return _describe.metricRows(self, limit)
+
     async def deleteTopic(self, name: str) -> bool:
         """Delete a topic and its partitions (as DeleteTopics does); False if unknown."""
         await self.topics.ready()
