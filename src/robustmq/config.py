@@ -525,8 +525,13 @@ def _parseEnvValue(text: str) -> Any:
         return text
 
 
-def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Overlay C{ROBUSTMQ_SECTION__KEY} variables on the parsed TOML C{data}."""
+def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Overlay C{ROBUSTMQ_SECTION__KEY} variables on the parsed TOML C{data}.
+
+    Returns the variable that set each key (C{"mqtt.max_inflight"},
+    C{"listeners[0].port"}), so an error in its value names the variable.
+    """
+    origins: dict[str, str] = {}
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -544,6 +549,7 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             while len(listeners) <= index:
                 listeners.append({})
             listeners[index][path[2]] = value
+            origins[f"listeners[{index}].{path[2]}"] = name
         else:
             if len(path) != 2:
                 raise ConfigError(f"environment variable {name}: too many '__' parts")
@@ -551,6 +557,8 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             if not isinstance(section, dict):
                 raise ConfigError(f"{path[0]}: expected a table")
             section[path[1]] = value
+            origins[f"{path[0]}.{path[1]}"] = name
+    return origins
 
 
 def _protocolPlugins() -> dict[str, Any]:
@@ -762,12 +770,17 @@ def loadSettings(path: str | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    _applyEnvironment(data, os.environ if environ is None else environ)
+    origins = _applyEnvironment(data, os.environ if environ is None else environ)
     try:
         return settingsFromMapping(data)
     except ConfigError as e:
+        message = str(e)
+        for key, variable in origins.items():
+            if message.startswith(f"{key}:") or message.startswith(f"{key}."):
+                # The value came from the environment, not the file: blame the variable.
+                raise ConfigError(f"environment variable {variable}: {message}") from None
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{e}") from None
+        raise ConfigError(f"{where}{message}") from None
 
 
 def describeDefaults() -> dict[str, Any]:

@@ -213,14 +213,20 @@ class SegmentShardStore:
         if clean:
             os.unlink(marker)
             fsyncPath(self._root)
-        else:
+        elif any(
+            os.path.isdir(os.path.join(self._shardsDir, n)) for n in os.listdir(self._shardsDir)
+        ):
             events.append(
                 (
                     "info",
-                    "{dataDir}: no clean-shutdown marker; scanning active segments",
+                    "{dataDir}: the previous run did not shut down cleanly; "
+                    "checking the active segments",
                     {"dataDir": self._root},
                 ),
             )
+        else:
+            # A first start: nothing to recover, nothing to alarm anyone about.
+            events.append(("info", "{dataDir}: new data directory", {"dataDir": self._root}))
         for name in os.listdir(self._trashDir):
             shutil.rmtree(os.path.join(self._trashDir, name), ignore_errors=True)
         defaults = normalizeShardConfig(None, self._settings)
