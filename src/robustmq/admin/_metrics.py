@@ -125,7 +125,8 @@ class BrokerCollector(Collector):
         yield omitted
 
         sessions = online = congested = inflight = queued = queuedBytes = 0
-        for session in broker.sessions:
+        mqtt = broker.nodeServices.get("mqtt")
+        for session in mqtt.sessions if mqtt is not None else ():
             sessions += 1
             if session.connection is not None:
                 online += 1

@@ -55,7 +55,7 @@ from robustmq.core.persistence import (
 )
 from robustmq.core.shared import SharedGroup
 from robustmq.core.subscription import SubscriptionOptions, parseFilter
-from robustmq.interfaces import IClusterRouting
+from robustmq.interfaces import IClusterRouting, ISessionDirectory
 from robustmq.placement.client import PlacementClient
 from robustmq.placement.records import NodeInfo
 from robustmq.placement.server import ClusterSecretChecker
@@ -131,6 +131,7 @@ class ClusterNode(Service):
         self.settings = settings
         self.cluster = settings.cluster
         self.broker = broker
+        self._mqtt: Any = None
         self.reactor = reactor
         self.nodeId = settings.node.id
         self.secret = settings.placement.cluster_secret
@@ -365,7 +366,7 @@ class ClusterNode(Service):
 
     def sessionTakenOver(self, record: Any) -> None:
         # The new owner normally asked us already (handOver); make sure the client is gone.
-        session = self.broker.sessions.get(record.clientId)
+        session = self.mqtt.sessions.get(record.clientId)
         if session is not None and record.clientId not in self._handingOver:
             self._closeMovedConnection(session)
 
@@ -399,6 +400,15 @@ class ClusterNode(Service):
 
     def _dropped(self, count: int) -> None:
         self.dropped += count
+
+    @property
+    def mqtt(self) -> Any:
+        """The node's MQTT sessions (L{ISessionDirectory}) that this broker hands over,
+        adopts and routes shared-group messages to."""
+        directory = self._mqtt
+        if directory is None:
+            directory = self._mqtt = ISessionDirectory(self.broker.nodeService("mqtt"))
+        return directory
 
     def aliveBrokers(self) -> list[str]:
         """Live broker node ids (this one included), sorted."""
@@ -444,7 +454,7 @@ class ClusterNode(Service):
         else:
             count = broker.routeLocally(message, outcome, sharedGroups=False)
         local: dict[str, Any] = {}
-        if broker.groups:
+        if self.mqtt.groups:
             for subscriber, _ in broker.router.match(topic):
                 if subscriber.__class__ is SharedGroup:
                     local[f"$share/{subscriber.name}/{subscriber.topicFilter}"] = subscriber
@@ -532,7 +542,7 @@ class ClusterNode(Service):
                 [waiting], lambda later: self._deliverMoved(clientId, message, later), outcome
             )
             return
-        session = broker.sessions.get(clientId)
+        session = self.mqtt.sessions.get(clientId)
         if session is not None:
             broker.routeLocally(message, outcome, False, AllBut(session))
             return
@@ -555,7 +565,7 @@ class ClusterNode(Service):
         no member here: its last member moved away (send it on), or one is being handed
         over to us (wait for those hand-overs)."""
         name, real, _ = parseFilter(key)
-        group = self.broker.groups.get((name, real))
+        group = self.mqtt.groups.get((name, real))
         if group is not None:
             group.deliver(message, message.qos, None, outcome)
             return
@@ -748,9 +758,9 @@ class ClusterNode(Service):
             if holder == self.nodeId:
                 await self.adopt(owner)
                 if cleanStart:
-                    session = self.broker.sessions.get(clientId)
+                    session = self.mqtt.sessions.get(clientId)
                     if session is not None:
-                        self.broker.sessions.discard(session)
+                        self.mqtt.sessions.discard(session)
                 return
             link = self.links.get(holder)
             if link is not None:
@@ -783,7 +793,7 @@ class ClusterNode(Service):
     async def _install(self, record: dict[str, Any]) -> None:
         clientId = record["clientId"]
         outcome = Outcome()
-        self.broker.sessions.adopt(record, outcome)
+        self.mqtt.sessions.adopt(record, outcome)
         self.moves.arrive(clientId, record.get("trail") or ())
         self._arrivalDone(clientId)
         await outcome.allWritten()
@@ -794,7 +804,7 @@ class ClusterNode(Service):
         """Give C{clientId}'s session to C{caller}: close its connection, export, forget it."""
         if owner != self.nodeId:
             await self.adopt(owner)
-        sessions = self.broker.sessions
+        sessions = self.mqtt.sessions
         session = sessions.get(clientId)
         if session is None:
             return None
@@ -825,7 +835,7 @@ class ClusterNode(Service):
         connected there, so a will with a delay is deleted (MQTT-3.1.2-8); one without
         is published as the connection closes."""
         delayed = getattr(session.connection, "willDelay", 0) > 0
-        self.broker.sessions.takeOverConnection(session, keepWill=not delayed)
+        self.mqtt.sessions.takeOverConnection(session, keepWill=not delayed)
 
     def _holdRoutes(self, filters: Iterable[str]) -> None:
         """Keep our routes for a session that left for half the hand-over window, so that
@@ -879,7 +889,7 @@ class ClusterNode(Service):
 
     def sessionRows(self) -> Iterable[tuple[str, bytes, bytes]]:
         """Every stored row of this node's persistent sessions (for a full copy)."""
-        for session in self.broker.sessions:
+        for session in self.mqtt.sessions:
             if session.expiryInterval:
                 yield from sessionRows(session)
 
@@ -953,22 +963,21 @@ class ClusterNode(Service):
             )
             return
         records, wills = await self.replicas.load(origin)
-        broker = self.broker
         adopted = []
         for record in records:
-            if broker.sessions.get(record["clientId"]) is not None:
+            if self.mqtt.sessions.get(record["clientId"]) is not None:
                 continue  # its client is back here already
             await self._install(record)
             adopted.append(record)
         for value in wills:
             will, header = decodeMessage(value)
             delay = header.get("delay", 0)
-            session = broker.sessions.get(will.origin) if delay and will.origin else None
+            session = self.mqtt.sessions.get(will.origin) if delay and will.origin else None
             if session is not None and session.connection is None and session.expiryInterval:
                 # Its connection ended with the node: the delay runs from now.
-                broker.sessions.deferWill(session, will, delay)
+                self.mqtt.sessions.deferWill(session, will, delay)
             else:
-                broker.publishWill(will)
+                self.mqtt.publishWill(will)
         for record in adopted:
             clientId = record["clientId"]
             current = await self.placement.call("lookupSession", clientId)
@@ -990,10 +999,9 @@ class ClusterNode(Service):
         """Local sessions that another node took (adopted while this one was away or
         declared dead) are dropped, without their wills; their clients, if connected,
         are closed with the takeover reason and reconnect to the owner."""
-        broker = self.broker
-        for session in list(broker.sessions):
+        for session in list(self.mqtt.sessions):
             current = await self.placement.call("lookupSession", session.clientId)
-            if broker.sessions.get(session.clientId) is not session:
+            if self.mqtt.sessions.get(session.clientId) is not session:
                 continue  # gone or replaced meanwhile
             if current is not None and current.nodeId != self.nodeId:
                 self.log.info(
@@ -1004,8 +1012,8 @@ class ClusterNode(Service):
                 session.pendingWill = None
                 self._handingOver.add(session.clientId)
                 try:
-                    broker.sessions.takeOverConnection(session, keepWill=False)
-                    broker.sessions.discard(session)
+                    self.mqtt.sessions.takeOverConnection(session, keepWill=False)
+                    self.mqtt.sessions.discard(session)
                 finally:
                     self._handingOver.discard(session.clientId)
             elif current is None:
@@ -1046,7 +1054,7 @@ class ClusterNode(Service):
         broker = self.broker
         return {
             "clients": len(broker.connections),
-            "sessions": len(broker.sessions),
+            "sessions": len(self.mqtt.sessions),
             "started_at": self.startedAt,
             "forwarded": self.forwarded,
             "received": self.received,

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from robustmq.core.subscription import SubscriptionOptions
 
 if TYPE_CHECKING:
     from robustmq.core.message import Message
     from robustmq.core.outcome import Outcome
-    from robustmq.core.session import Session
+
+
+class Session(Protocol):
+    """What a group member is to the group: a delivery target that may be online."""
+
+    connection: Any
+
+    def deliver(self, message: Message, qos: int, sub: Any, outcome: Outcome) -> None: ...
 
 STRATEGIES = ("round_robin", "random", "sticky", "hash_clientid", "hash_topic")
 

@@ -57,6 +57,7 @@ class Stats:
         "messagesDelayed",
         "dropReasons",
         "loadSamples",
+        "sessions",
     )
 
     def __init__(self) -> None:
@@ -89,6 +90,8 @@ class Stats:
         #: (time, messages received, messages sent, bytes received, bytes sent), oldest
         #: first, one per $SYS interval over the last 15 minutes (L{sample}, L{load})
         self.loadSamples: list[tuple[float, int, int, int, int]] = []
+        #: sessions the node keeps, online and offline (MQTT's clients/total)
+        self.sessions = 0
 
     # Totals over protocols (what $SYS/broker/... publishes)
 

@@ -143,7 +143,7 @@ def _describeExchange(vhost: str, ex: Exchange) -> dict[str, Any]:
 
 def describeExchanges(server: AMQPServer, vhost: str | None = None) -> list[dict[str, Any]]:
     """Every exchange (the default one is named C{""}), sorted by vhost and name."""
-    out = []
+    out: list[dict[str, Any]] = []
     for vname in sorted(server.vhosts):
         if vhost is not None and vname != vhost:
             continue
@@ -272,7 +272,7 @@ def metricRows(server: AMQPServer, limit: int) -> dict[str, Any]:
     bound; the others are counted in C{omitted}.
     """
     unacked = _unacked(server)
-    rows = []
+    rows: list[tuple[str, str, int, int, int, int, int, int]] = []
     total = 0
     for vname in sorted(server.vhosts):
         v = server.vhosts[vname]

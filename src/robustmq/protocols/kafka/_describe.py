@@ -209,7 +209,7 @@ def metricRows(node: KafkaNode, limit: int) -> dict[str, Any]:
     offsets) are left out of that scrape.
     """
     store = node.topics.store
-    partitions = []
+    partitions: list[tuple[str, int, int, int, int | None]] = []
     ends: dict[str, int] = {}
     total = 0
     for name in sorted(node.topics.topics):
@@ -224,7 +224,7 @@ def metricRows(node: KafkaNode, limit: int) -> dict[str, Any]:
             if len(partitions) < limit:
                 _, size = _usage(store, shard)
                 partitions.append((name, index, offsets[0], offsets[1], size))
-    groups = []
+    groups: list[tuple[str, str, int, int, int]] = []
     groupTotal = 0
     for groupId in sorted(set(node.groups.groups) | node.knownGroups):
         for name in sorted(node.topics.topics):

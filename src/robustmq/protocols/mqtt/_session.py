@@ -254,7 +254,7 @@ class Session:
                 seq = self.nextSeq
                 self.nextSeq += 1
                 outcome.wait(store.saveDelivery(self, seq, message, qos, sub, 0, AWAITING_ACK))
-        queue.append((message, qos, sub, seq))
+        queue.append((message, qos, sub, seq))  # type: ignore[union-attr]
         self.queuedBytes += size
         if online and (len(queue) >= limit or self.queuedBytes >= byteLimit):
             if not self.congested:
