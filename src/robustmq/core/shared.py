@@ -6,7 +6,10 @@ import random
 import zlib
 from typing import TYPE_CHECKING, Any, Protocol
 
+from zope.interface import implementer
+
 from robustmq.core.subscription import SubscriptionOptions
+from robustmq.interfaces import IDeliveryTarget
 
 if TYPE_CHECKING:
     from robustmq.core.message import Message
@@ -20,9 +23,11 @@ class Session(Protocol):
 
     def deliver(self, message: Message, qos: int, sub: Any, outcome: Outcome) -> None: ...
 
+
 STRATEGIES = ("round_robin", "random", "sticky", "hash_clientid", "hash_topic")
 
 
+@implementer(IDeliveryTarget)
 class SharedGroup:
     """One C{$share/<name>/<filter>} group: the router delivers to it as to one subscriber.
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
+from robustmq.protocols.kafka import _configs as C
 from robustmq.protocols.kafka._topics import shardName
 
 if TYPE_CHECKING:
@@ -86,6 +87,24 @@ async def _partitionRows(node: KafkaNode, name: str, count: int) -> list[dict[st
     return rows
 
 
+def effectiveTopicConfigs(node: KafkaNode, own: dict[str, str]) -> dict[str, str]:
+    """A topic's configs as DescribeConfigs reports them: its own values, else the
+    broker's (dynamic, then static) through each key's synonym (C{log.retention.ms})."""
+    static = C.staticBrokerValues(node)
+    dynamic = node.configs.broker
+    out: dict[str, str] = {}
+    for name, key in C.topicKeys.items():
+        if name in own:
+            out[name] = own[name]
+        elif key.synonym in dynamic:
+            out[name] = dynamic[key.synonym]
+        elif key.synonym in static:
+            out[name] = static[key.synonym]
+    for name, value in sorted(own.items()):
+        out.setdefault(name, value)
+    return out
+
+
 async def describeTopic(node: KafkaNode, name: str) -> dict[str, Any] | None:
     """One topic with its partitions, offsets, sizes and configs; None if unknown."""
     topic = node.topics.topics.get(name)
@@ -93,8 +112,7 @@ async def describeTopic(node: KafkaNode, name: str) -> dict[str, Any] | None:
         return None
     parts = await _partitionRows(node, name, topic.partitions)
     sizes = [p["bytes"] for p in parts]
-    configs = dict(node.topicDefaults())
-    configs.update(topic.configs)
+    configs = effectiveTopicConfigs(node, topic.configs)
     return {
         "name": name,
         "partitions": topic.partitions,

@@ -12,8 +12,10 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from robustmq.core.droplog import DropLog
+from robustmq.interfaces import ICongestible, IDeliveryTarget
 
 if TYPE_CHECKING:
     from robustmq.config import MQTTSettings
@@ -29,6 +31,7 @@ AWAITING_COMP = 1  # PUBREL sent; waiting for PUBCOMP (QoS 2)
 NEVER_EXPIRES = 0xFFFFFFFF
 
 
+@implementer(IDeliveryTarget, ICongestible)
 class Session:
     """State the broker keeps for one client id.
 
