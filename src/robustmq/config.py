@@ -78,6 +78,19 @@ class StorageSettings:
     retention_ms: int = field(default=0, metadata=_range(0, None))
     retention_bytes: int = field(default=0, metadata=_range(0, None))
     max_shards: int = field(default=1_000_000, metadata=_range(1, None))
+    s3_endpoint: str = field(default="", metadata={"doc": "empty: AWS S3 itself"})
+    s3_bucket: str = "robustmq"
+    s3_region: str = "us-east-1"
+    s3_prefix: str = "robustmq/"
+    s3_flush_interval_ms: int = field(default=5, metadata=_range(0, 60_000))
+    s3_max_batch_bytes: int = field(default=4 * MiB, metadata=_range(1024, 5 * 1024 * MiB))
+    s3_max_pending_bytes: int = field(default=64 * MiB, metadata=_range(1024, None))
+    s3_ack_timeout_ms: int = field(default=10_000, metadata=_range(100, 3_600_000))
+    s3_request_timeout_ms: int = field(default=5_000, metadata=_range(100, 600_000))
+    s3_max_connections: int = field(default=32, metadata=_range(1, 10_000))
+    s3_max_puts_per_shard: int = field(default=4, metadata=_range(1, 64))
+    s3_cache_bytes: int = field(default=256 * MiB, metadata=_range(0, None))
+    s3_cache_dir: str = field(default="", metadata={"doc": "empty: no disk tier (memory only)"})
 
 
 @dataclass(frozen=True)

@@ -230,6 +230,10 @@ class AdminAPI:
         checks = {"broker": bool(self.broker.running)}
         for svc in self.listenerServices():
             checks[f"listener:{svc.listener.label}"] = svc.port is not None
+        # A store that reports its health (the s3 store: requests failing, a write unsettled).
+        health = getattr(self.broker.store, "health", None)
+        if callable(health):
+            checks["storage"] = bool(health()[0])
         ok = all(checks.values())
         if not ok:
             return RawResponse(
