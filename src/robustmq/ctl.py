@@ -563,6 +563,76 @@ def _acl(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
     return 0
 
 
+AMQP_PERMISSION_COLUMNS = [
+    ("VHOST", "vhost"),
+    ("USER", "user"),
+    ("CONFIGURE", "configure"),
+    ("WRITE", "write"),
+    ("READ", "read"),
+]
+
+
+def _amqpPermissions(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    """C{amqp permissions list [USER]|set USER VHOST CONF WRITE READ|clear USER VHOST}."""
+    words = list(args.words)
+    action = words.pop(0) if words else "list"
+    if action == "list":
+        query = {"user": words[0] if words else None, "vhost": args.vhost}
+
+        def render(r: dict[str, Any]) -> str:
+            return f"{formatTable(r['data'], AMQP_PERMISSION_COLUMNS)}\n(no match: {r['no_match']})"
+
+        out.emit(api.call("GET", "/api/v1/amqp/permissions", query), render)
+        return 0
+    if action == "set":
+        if len(words) != 5:
+            raise CtlError("amqp permissions set: give USER VHOST CONF WRITE READ", EXIT_USAGE)
+        user, vhost, conf, write, read = words
+        path = f"/api/v1/amqp/permissions/{quote(vhost, safe='')}/{quote(user, safe='')}"
+        body = {"configure": conf, "write": write, "read": read}
+        out.emit(
+            api.call("PUT", path, body=body),
+            lambda r: f"set permissions of {r['user']} in vhost {r['vhost']}",
+        )
+        return 0
+    if action == "clear":
+        if len(words) != 2:
+            raise CtlError("amqp permissions clear: give USER VHOST", EXIT_USAGE)
+        user, vhost = words
+        path = f"/api/v1/amqp/permissions/{quote(vhost, safe='')}/{quote(user, safe='')}"
+        out.emit(
+            api.call("DELETE", path),
+            lambda r: (
+                f"cleared permissions of {r['cleared']['user']} in vhost {r['cleared']['vhost']}"
+            ),
+        )
+        return 0
+    raise CtlError(f"amqp permissions: unknown action {action!r} (list, set, clear)", EXIT_USAGE)
+
+
+KAFKA_ACL_COLUMNS = [
+    ("RESOURCE", "resource_type"),
+    ("NAME", "resource_name"),
+    ("PATTERN", "pattern_type"),
+    ("PRINCIPAL", "principal"),
+    ("HOST", "host"),
+    ("OPERATION", "operation"),
+    ("PERMISSION", "permission"),
+]
+
+
+def _kafkaAcls(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    """C{kafka acls list}: the Kafka ACL bindings (managed with Kafka's AdminClient or the API)."""
+    if args.name not in (None, "list"):
+        raise CtlError(f"kafka acls: unknown action {args.name!r} (list)", EXIT_USAGE)
+
+    def render(r: dict[str, Any]) -> str:
+        return f"{formatTable(r['data'], KAFKA_ACL_COLUMNS)}\n(no match: {r['no_match']})"
+
+    out.emit(api.call("GET", "/api/v1/kafka/acls", {"principal": args.principal}), render)
+    return 0
+
+
 def _ban(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
     if args.action == "list":
         columns = [
@@ -654,6 +724,10 @@ def _all(api: AdminClient, path: str, query: dict[str, Any] | None = None) -> li
 
 def _kafka(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
     what = args.what
+    if what == "acls":
+        return _kafkaAcls(api, out, args)
+    if args.principal is not None:
+        raise CtlError("kafka: --principal is for acls", EXIT_USAGE)
     if what == "topics":
         query = {"topic": args.name, **_paging(args)}
         result = api.call("GET", "/api/v1/kafka/topics", query)
@@ -757,7 +831,14 @@ def _dropped(d: dict[str, int]) -> str:
 
 
 def _amqp(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
-    what, vhost = args.what, args.vhost
+    what = args.what
+    if what == "permissions":
+        return _amqpPermissions(api, out, args)
+    if len(args.words) > 1:
+        raise CtlError(f"amqp {what}: one name at most, got {args.words}", EXIT_USAGE)
+    # As rabbitmqctl: the default virtual host unless -p/--vhost names another.
+    vhost = args.vhost or "/"
+    args.name = args.words[0] if args.words else None
     if what == "purge":
         if not args.name:
             raise CtlError("amqp purge: give a queue name", EXIT_USAGE)
@@ -869,6 +950,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "robustmq ctl kafka groups",
         "robustmq ctl kafka lag billing",
         "robustmq ctl --json kafka lag",
+        "robustmq ctl kafka acls --principal User:alice",
     ),
     "amqp": (
         "robustmq ctl amqp queues",
@@ -879,6 +961,9 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "robustmq ctl amqp channels",
         "robustmq ctl amqp vhosts",
         "robustmq ctl amqp purge tasks",
+        "robustmq ctl amqp permissions set alice / '^alice\\.' '.*' '.*'",
+        "robustmq ctl amqp permissions list alice",
+        "robustmq ctl amqp permissions clear alice /",
     ),
 }
 
@@ -1048,36 +1133,62 @@ def buildParser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "kafka",
-        "Kafka: topics [FILTER], topic NAME, groups [FILTER], lag [GROUP]",
+        "Kafka: topics [FILTER], topic NAME, groups [FILTER], lag [GROUP], acls",
         _kafka,
         "Kafka topics (partitions, offsets, sizes) and consumer groups (members, committed "
         "offsets and lag per partition, as kafka-consumer-groups.sh --describe).",
     )
     p.add_argument(
         "what",
-        choices=("topics", "topic", "groups", "lag"),
+        choices=("topics", "topic", "groups", "lag", "acls"),
         metavar="WHAT",
-        help="topics, topic, groups or lag",
+        help="topics, topic, groups, lag or acls",
     )
-    p.add_argument("name", nargs="?", help="topic or group (a substring for topics and groups)")
+    p.add_argument(
+        "name",
+        nargs="?",
+        help="topic or group (a substring for topics and groups); acls: list (the default)",
+    )
+    p.add_argument("--principal", help="acls: only bindings of this principal (User:NAME)")
     _addPaging(p)
 
     p = _command(
         sub,
         "amqp",
-        "AMQP: queues, exchanges, bindings, connections, channels, vhosts, purge QUEUE",
+        "AMQP: queues, exchanges, bindings, connections, channels, vhosts, purge QUEUE, "
+        "permissions list|set|clear",
         _amqp,
         "AMQP 0-9-1 state, as rabbitmqctl list_queues / list_exchanges / list_bindings show it; "
         "purge drops a queue's ready messages.",
     )
     p.add_argument(
         "what",
-        choices=("queues", "exchanges", "bindings", "connections", "channels", "vhosts", "purge"),
+        choices=(
+            "queues",
+            "exchanges",
+            "bindings",
+            "connections",
+            "channels",
+            "vhosts",
+            "purge",
+            "permissions",
+        ),
         metavar="WHAT",
-        help="queues, exchanges, bindings, connections, channels, vhosts or purge",
+        help="queues, exchanges, bindings, connections, channels, vhosts, purge or permissions",
     )
-    p.add_argument("name", nargs="?", help="queues: substring of the name; purge: the queue")
-    p.add_argument("--vhost", "-p", default="/", help="virtual host (default /)")
+    p.add_argument(
+        "words",
+        nargs="*",
+        metavar="ARG",
+        help="queues: substring of the name; purge: the queue; permissions: list [USER] | "
+        "set USER VHOST CONF WRITE READ | clear USER VHOST",
+    )
+    p.add_argument(
+        "--vhost",
+        "-p",
+        default=None,
+        help="virtual host (default /; permissions list: all of them)",
+    )
     _addPaging(p)
     return parser
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import json
 import os
 import time
@@ -31,7 +30,7 @@ from robustmq.admin._http import (
 from robustmq.admin._metrics import Metrics
 from robustmq.admin._protocols import ProtocolsAPI
 from robustmq.admin._security import SecurityAPI
-from robustmq.config import Settings
+from robustmq.config import Settings, maskedSettings
 from robustmq.core.message import Message
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
 
@@ -44,9 +43,6 @@ DEFAULT_LIMIT = 100
 
 #: Seconds C{GET /api/v1/cluster} waits for the cluster's answer before a 504.
 CLUSTER_STATUS_TIMEOUT = 5.0
-
-#: The secrets of [http] that the config view hides.
-_SECRETS = ("token", "password")
 
 Params = dict[str, str]
 
@@ -391,13 +387,7 @@ class AdminAPI:
 
     def config(self, request: server.Request, params: Params) -> Any:
         """The effective configuration (file + environment + defaults), secrets hidden."""
-        data = dataclasses.asdict(self.settings)
-        for key in _SECRETS:
-            if data["http"].get(key):
-                data["http"][key] = "***"
-        if data.get("auth", {}).get("jwt_secret"):
-            data["auth"]["jwt_secret"] = "***"
-        return data
+        return maskedSettings(self.settings)
 
     # Clients
 
