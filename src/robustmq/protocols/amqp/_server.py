@@ -238,7 +238,7 @@ class AMQPServer(Service):
         if v is None or source == "":
             return None
         ex = v.exchanges.get(source)
-        dest = (v.queues if destinationType == "queue" else v.exchanges).get(destination)
+        dest: Any = (v.queues if destinationType == "queue" else v.exchanges).get(destination)
         if ex is None or dest is None:
             return None
         gone = [args for (d, key, args) in list(ex.bindings) if d is dest and key == routingKey]
