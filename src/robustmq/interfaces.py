@@ -336,3 +336,88 @@ class IPlacementBackendPlugin(Interface):
 
     def build(settings, reactor):  # type: ignore[no-untyped-def]
         """Return an unopened L{IPlacementBackend} configured from the node settings."""
+
+
+# -- errors a shard store raises --------------------------------------------
+#
+# They live here, beside IShardStore, because callers on every layer (the core's
+# session persistence, the protocols that map them onto their own error codes)
+# must tell them apart without importing a storage adapter.
+# L{robustmq.storage.errors} re-exports them for the adapters.
+
+
+class StorageError(Exception):
+    """Base class of every storage failure other than a missing shard."""
+
+
+class LimitExceededError(StorageError):
+    """An operation would take a bounded collection past its configured bound."""
+
+
+class ShardLimitError(LimitExceededError):
+    """C{createShard} was refused: the store already holds C{max_shards} shards."""
+
+
+class NotCompactedError(StorageError, ValueError):
+    """A keyed operation (upsert, lookup, deleteKey, keys) on a shard that is not compacted."""
+
+
+class CorruptRecordError(StorageError):
+    """
+    A stored record failed its CRC32C check (or its frame cannot be parsed).
+
+    Raised by a read whose I{first} record would be damaged: records before
+    the damage are returned by the read that reaches it, so a reader gets
+    everything up to the damage, then this error.  A reader that wants to go
+    on reads again from C{lastOffset + 1}.
+
+    @ivar shard: the shard (None if not known).
+    @ivar firstOffset: first offset of the damaged range (None if not known).
+    @ivar lastOffset: last offset of the damaged range (None if not known).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        shard: str | None = None,
+        firstOffset: int | None = None,
+        lastOffset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.firstOffset = firstOffset
+        self.lastOffset = lastOffset
+
+
+class StorageClosedError(StorageError):
+    """The store is not open (never opened, or already closed)."""
+
+
+class StorageUnavailableError(StorageError):
+    """
+    The store refuses writes for now (base of L{StorageFullError} and
+    L{StorageFailedError}); nothing of the refused write is stored.
+
+    Protocols answer it with their own error (Kafka KAFKA_STORAGE_ERROR,
+    AMQP basic.nack, MQTT 5 PUBACK 0x97), never with an acknowledgement.
+    """
+
+
+class StorageFullError(StorageUnavailableError):
+    """
+    The disk is full (ENOSPC or EDQUOT): writes are refused until space is freed.
+
+    Nothing of a write that failed this way is stored; the store resumes
+    writing by itself once enough space is free again.
+    """
+
+
+class StorageFailedError(StorageUnavailableError):
+    """
+    An earlier write or fsync to disk failed, so the store refuses further writes.
+
+    A log whose write or fsync failed with an I/O error cannot tell which
+    offsets reached the disk; like a Kafka log directory that goes offline,
+    the store stops accepting appends until it is reopened (which runs
+    recovery).
+    """

@@ -18,6 +18,8 @@ from robustmq.storage.errors import (
     StorageClosedError,
     StorageError,
     StorageFailedError,
+    StorageFullError,
+    StorageUnavailableError,
 )
 
 __all__ = [
@@ -28,4 +30,6 @@ __all__ = [
     "StorageClosedError",
     "StorageError",
     "StorageFailedError",
+    "StorageFullError",
+    "StorageUnavailableError",
 ]
