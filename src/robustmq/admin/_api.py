@@ -164,6 +164,8 @@ class AdminAPI:
             Route("GET", f"{v1}/retained/{{topic}}", self.retainedGet, greedy=True),
             Route("DELETE", f"{v1}/retained/{{topic}}", self.retainedDelete, greedy=True),
             Route("POST", f"{v1}/publish", self.publish),
+            Route("GET", f"{v1}/storage", self.storageStatus),
+            Route("GET", f"{v1}/storage/check", self.storageCheck),
             # Users, ACL rules and bans (robustmq.admin._security, docs/security.md).
             *SecurityAPI(self.broker).routes(v1),
         ]
@@ -218,18 +220,44 @@ class AdminAPI:
         return {"status": "live"}
 
     def ready(self, request: server.Request, params: Params) -> Any:
-        """Ready for traffic: broker running and every listener bound (503 otherwise)."""
+        """Ready for traffic: broker running, every listener bound and the store
+        taking writes (503 otherwise, with the reasons)."""
         checks = {"broker": bool(self.broker.running)}
         for svc in self.listenerServices():
             checks[f"listener:{svc.listener.label}"] = svc.port is not None
+        reasons: list[str] = []
+        health = getattr(self.broker.store, "health", None)
+        if health is not None:
+            storage = health()
+            checks["storage"] = bool(storage["writable"])
+            if storage["reason"]:
+                reasons.append(f"storage {storage['state']}: {storage['reason']}")
         ok = all(checks.values())
         if not ok:
-            return RawResponse(
-                _dumps({"status": "not ready", "checks": checks}),
-                b"application/json; charset=utf-8",
-                503,
-            )
+            body: dict[str, Any] = {"status": "not ready", "checks": checks}
+            if reasons:
+                body["reasons"] = reasons
+            return RawResponse(_dumps(body), b"application/json; charset=utf-8", 503)
         return {"status": "ready", "checks": checks}
+
+    def storageCheck(self, request: server.Request, params: Params) -> Any:
+        """Verify every acknowledged record of the node's store (CRCs, gaps); 404
+        for a store that cannot check itself (the memory store)."""
+        check = getattr(self.broker.store, "check", None)
+        if check is None:
+            raise APIError(404, f"the {self.broker.store.name} store has nothing to check")
+        return check()
+
+    def storageStatus(self, request: server.Request, params: Params) -> Any:
+        """The store's health and its fault counters."""
+        store = self.broker.store
+        health = getattr(store, "health", None)
+        statistics = getattr(store, "statistics", None)
+        return {
+            "backend": store.name,
+            "health": health() if health is not None else {"writable": True, "state": "ok"},
+            "counters": statistics() if statistics is not None else {},
+        }
 
     def openapi(self, request: server.Request, params: Params) -> Any:
         """This API's OpenAPI 3 document."""

@@ -313,8 +313,86 @@ def _messageMetrics(stats: Stats) -> Iterator[Metric]:
     yield sent
 
 
+#: (metric name without _total, help, key of the store's statistics()) of storage fault counters
+STORAGE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    (
+        "robustmq_storage_damaged_ranges",
+        "Damaged record ranges found (at start-up or by reads); each logged once",
+        "damaged_ranges",
+    ),
+    (
+        "robustmq_storage_damaged_offsets",
+        "Offsets inside the damaged ranges found",
+        "damaged_offsets",
+    ),
+    (
+        "robustmq_storage_recovery_lost_offsets",
+        "Acknowledged offsets found missing or damaged at start-up",
+        "recovery_lost_offsets",
+    ),
+    (
+        "robustmq_storage_disk_full_events",
+        "Times the disk filled up and writes were refused until space was freed",
+        "disk_full_events",
+    ),
+    (
+        "robustmq_storage_fsync_rounds",
+        "fsync rounds of the always policy (each covers every batch written since the last)",
+        "fsync_rounds",
+    ),
+    (
+        "robustmq_storage_fsync_batches",
+        "Write batches acknowledged by those fsync rounds",
+        "fsync_batches",
+    ),
+)
+
+
+def _storageHealthMetrics(store: Any) -> Iterator[Metric]:
+    """Whether the store takes writes, and what faults it found and handled."""
+    health = getattr(store, "health", None)
+    if health is not None:
+        state = health()
+        yield GaugeMetricFamily(
+            "robustmq_storage_writable",
+            "1 while the store takes writes; 0 while it refuses them (disk full, failed)",
+            value=1 if state["writable"] else 0,
+        )
+        if state.get("free_bytes") is not None:
+            yield GaugeMetricFamily(
+                "robustmq_storage_free_bytes",
+                "Bytes free for the store under its data directory",
+                value=state["free_bytes"],
+            )
+    statistics = getattr(store, "statistics", None)
+    if statistics is None:
+        return
+    values = statistics()
+    for name, doc, key in STORAGE_COUNTERS:
+        yield CounterMetricFamily(name, doc, value=values.get(key, 0))
+    recovery = CounterMetricFamily(
+        "robustmq_storage_recovery_events",
+        "Repairs and losses found at start-up, by kind (each logged at warning)",
+        labels=["kind"],
+    )
+    errors = CounterMetricFamily(
+        "robustmq_storage_write_errors",
+        "Write batches that failed, by kind (full: no space; io: any other error)",
+        labels=["kind"],
+    )
+    for key, value in sorted(values.items()):
+        if key.startswith("recovery:"):
+            recovery.add_metric([key[len("recovery:") :]], value)
+        elif key.startswith("write_errors:"):
+            errors.add_metric([key[len("write_errors:") :]], value)
+    yield recovery
+    yield errors
+
+
 def _storageMetrics(store: Any) -> Iterator[Metric]:
-    """Latency histograms of the shard store's calls, when it is timed."""
+    """Storage health and fault counters, and the latency histograms of the
+    shard store's calls when it is timed."""
+    yield from _storageHealthMetrics(store)
     timings = getattr(store, "timings", None)
     if not timings:
         return
@@ -364,4 +442,4 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["COUNTERS", "BrokerCollector", "Metrics"]
+__all__ = ["COUNTERS", "STORAGE_COUNTERS", "BrokerCollector", "Metrics"]

@@ -15,7 +15,7 @@ from robustmq.config import Settings
 from robustmq.core.auth import AllowAll, AuthChain
 from robustmq.core.delayed import DelayedMessages
 from robustmq.core.message import Message
-from robustmq.core.persistence import SessionPersistence
+from robustmq.core.persistence import SessionPersistence, logWriteFailure
 from robustmq.core.retained import RetainedMessages
 from robustmq.core.rewrite import TopicRewriter
 from robustmq.core.router import Router
@@ -191,7 +191,7 @@ class Broker(Service):
     def _backgroundWrites(self) -> None:
         """Writes nobody acknowledges: log their failures instead of holding them."""
         for d in self.pendingWrites:
-            d.addErrback(lambda f: self.log.failure("durable write failed", f))
+            d.addErrback(lambda f: logWriteFailure(self.log, f, "durable write failed"))
         self.pendingWrites.clear()
 
     # Subscriptions

@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
 
+from robustmq.core.persistence import logWriteFailure
+
 if TYPE_CHECKING:
     from robustmq.config import MQTTSettings
     from robustmq.core.message import Message
@@ -457,7 +459,7 @@ class Session:
 
 def _logFailure(d: Any) -> None:
     """Log a failed background write (nothing waits on it)."""
-    d.addErrback(lambda f: Session.log.failure("durable session write failed", f))
+    d.addErrback(lambda f: logWriteFailure(Session.log, f, "durable session write failed"))
 
 
 class CongestionHub(Protocol):

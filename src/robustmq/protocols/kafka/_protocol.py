@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from robustmq.core.auth import Credentials
 from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
+from robustmq.interfaces import CorruptRecordError, StorageError, StorageUnavailableError
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._codec import (
     FrameTooLarge,
@@ -146,7 +147,15 @@ class KafkaServerProtocol(Protocol):
     def _finished(self, result: Any) -> None:
         self._busy = False
         if isinstance(result, Failure):
-            self.log.failure("{peer}: request failed; closing", result, peer=self.peerHost)
+            if result.check(StorageError):
+                # the store logged the cause once; no traceback per request
+                self.log.warn(
+                    "{peer}: request failed: {error}; closing",
+                    peer=self.peerHost,
+                    error=str(result.value),
+                )
+            else:
+                self.log.failure("{peer}: request failed; closing", result, peer=self.peerHost)
             self._close()
             return
         if self._closed:
@@ -267,7 +276,7 @@ class KafkaServerProtocol(Protocol):
         acks = b["acks"]
         topics = self.node.topics
         txnId = b.get("transactional_id")
-        waits: list[defer.Deferred[Any]] = []
+        waits: list[tuple[dict[str, Any], defer.Deferred[Any]]] = []
         responses = []
         for td in b["topic_data"]:
             name = td["name"]
@@ -304,7 +313,7 @@ class KafkaServerProtocol(Protocol):
                         base = dup
                     else:
                         base, d = topics.append(part, data[h.start : h.start + h.size], h)
-                        waits.append(d)
+                        waits.append((r, d))
                         self.node.broker.stats.kafkaReceived += h.count
                     if first is None:
                         first = base
@@ -314,15 +323,18 @@ class KafkaServerProtocol(Protocol):
                     r["log_start_offset"] = start
             responses.append({"name": name, "partition_responses": presp})
         if waits:
-            results = await defer.DeferredList(waits, consumeErrors=True)
-            if any(not ok for ok, _ in results):
-                for ok, f in results:
-                    if not ok:
-                        self.log.failure("append failed", f)
-                for t in responses:
-                    for r in t["partition_responses"]:
-                        if r["error_code"] == E.NONE:
-                            r["error_code"] = E.UNKNOWN_SERVER_ERROR
+            results = await defer.DeferredList([d for _, d in waits], consumeErrors=True)
+            for (r, _), (ok, f) in zip(waits, results, strict=True):
+                if ok or r["error_code"] != E.NONE:
+                    continue
+                if f.check(StorageUnavailableError):
+                    # The store said why once (disk full, I/O error); the producer
+                    # retries on this retriable error and nothing was stored.
+                    r["error_code"] = E.KAFKA_STORAGE_ERROR
+                    r["error_message"] = str(f.value)
+                else:
+                    self.log.failure("append failed", f)
+                    r["error_code"] = E.UNKNOWN_SERVER_ERROR
         if acks == 0:
             return None
         return {"responses": responses, "throttle_time_ms": 0}
@@ -406,7 +418,18 @@ class KafkaServerProtocol(Protocol):
                 budget = min(fp["partition_max_bytes"], maxBytes - total)
                 if budget <= 0 and total:
                     continue
-                batches = await topics.read(part, offset, budget, upTo)
+                try:
+                    batches = await topics.read(part, offset, budget, upTo)
+                except CorruptRecordError as e:
+                    # The damaged offsets only: the consumer may seek past e.lastOffset.
+                    r["error_code"] = E.CORRUPT_MESSAGE
+                    self.log.debug(
+                        "{peer}: fetch at {offset}: {error}",
+                        peer=self.peerHost,
+                        offset=offset,
+                        error=str(e),
+                    )
+                    continue
                 if committed:
                     r["aborted_transactions"] = [
                         {"producer_id": pid, "first_offset": first}
@@ -586,7 +609,13 @@ class KafkaServerProtocol(Protocol):
                         if pending is not None:
                             pending.append((part.shard, p["committed_offset"], meta))
                         else:
-                            await store.commitOffset(group, part.shard, p["committed_offset"], meta)
+                            try:
+                                await store.commitOffset(
+                                    group, part.shard, p["committed_offset"], meta
+                                )
+                            except StorageUnavailableError:
+                                # retriable: the client commits again later
+                                c = E.COORDINATOR_NOT_AVAILABLE
                 presp.append({"partition_index": p["partition_index"], "error_code": c})
             out.append({"name": t["name"], "partitions": presp})
         return out

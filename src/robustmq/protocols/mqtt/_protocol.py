@@ -23,7 +23,7 @@ from robustmq.core.rewrite import expand
 from robustmq.core.security import securityOf
 from robustmq.core.subscription import SubscriptionOptions, parseFilter
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
-from robustmq.interfaces import ISessionConnection
+from robustmq.interfaces import ISessionConnection, StorageFullError, StorageUnavailableError
 from robustmq.protocols.mqtt._codec import (
     PINGRESP_BYTES,
     MQTTParser,
@@ -407,11 +407,14 @@ class MQTTServerProtocol(Protocol):
         if self.state == AWAIT_CONNECT and self.transport is not None:
             self.transport.resumeProducing()
 
-    def _writeAck(self, data: bytes) -> None:
+    def _writeAck(self, data: bytes, packetType: int = 0, packetId: int = 0) -> None:
         """Write an acknowledgement once the durable writes of its packet are done.
 
         Acknowledgements leave in the order their packets arrived (MQTT-4.6.0-2..4).
-        A failed write closes the connection without the acknowledgement, so the
+        A failed write never yields a success: a PUBACK or PUBREC (C{packetType})
+        of a 5.0 client becomes 0x97 Quota exceeded (disk full) or 0x80
+        Unspecified error (MQTT-3.4.2.1, 3.5.2.1); otherwise the connection
+        closes without the acknowledgement (3.x has no negative one), so the
         client sends the packet again.
         """
         broker = self.broker
@@ -422,7 +425,7 @@ class MQTTServerProtocol(Protocol):
             return
         if acks is None:
             acks = self._acks = deque()
-        entry = [data, len(pending)]
+        entry = [data, len(pending), packetType, packetId]
         acks.append(entry)
         if pending:
             broker.pendingWrites = []
@@ -432,13 +435,8 @@ class MQTTServerProtocol(Protocol):
     def _ackWriteDone(self, result: Any, entry: list[Any]) -> Any:
         entry[1] -= 1
         if isinstance(result, Failure):
-            self.log.failure(
-                "durable write for {clientId} failed; closing without acknowledging",
-                result,
-                clientId=self.clientId,
-            )
-            entry[0] = None
-            self._close("storage write failed")
+            if entry[0] is not None:
+                entry[0] = self._storageRefused(result, entry[2], entry[3])
             result = None
         acks = self._acks
         while acks and acks[0][1] <= 0:
@@ -446,6 +444,43 @@ class MQTTServerProtocol(Protocol):
             if data is not None and self.transport is not None and self.state != CLOSING:
                 self._write(data)
         return result
+
+    def _storageRefused(self, failure: Failure, packetType: int, pid: int) -> bytes | None:
+        """What to send instead of a PUBACK/PUBREC whose write failed (None: close)."""
+        refused = failure.check(StorageUnavailableError)
+        if not refused:
+            self.log.failure(
+                "durable write for {clientId} failed; closing without acknowledging",
+                failure,
+                clientId=self.clientId,
+            )
+        elif self._v5 is not None and packetType in (PUBACK, PUBREC):
+            reason = (
+                Reason.QUOTA_EXCEEDED
+                if isinstance(failure.value, StorageFullError)
+                else Reason.UNSPECIFIED_ERROR
+            )
+            if packetType == PUBREC and self.session is not None:
+                # an error PUBREC ends the QoS 2 flow: no PUBREL will come (MQTT-4.3.3)
+                awaiting = self.session.awaitingRel
+                if pid in awaiting:
+                    awaiting.remove(pid)  # type: ignore[union-attr]
+            self.log.debug(
+                "{clientId}: storage refused a write: {error}; answering {reason:#x}",
+                clientId=self.clientId,
+                error=str(failure.value),
+                reason=reason,
+            )
+            props = {"reason_string": str(failure.value)} if self._problemInfo() else None
+            return encodeAck5(packetType, pid, reason, props)
+        else:
+            self.log.debug(
+                "{clientId}: storage refused a write: {error}; closing without acknowledging",
+                clientId=self.clientId,
+                error=str(failure.value),
+            )
+        self._close("storage write failed")
+        return None
 
     def _connectTimeout(self) -> None:
         self._timer = None
@@ -1000,10 +1035,10 @@ class MQTTServerProtocol(Protocol):
 
     def _ack(self, packetType: int, pid: int, reason: int = 0, why: str | None = None) -> None:
         if self._v5 is None:
-            self._writeAck(encodeAck(packetType, pid))
+            self._writeAck(encodeAck(packetType, pid), packetType, pid)
             return
         props = {"reason_string": why} if why and self._problemInfo() else None
-        self._writeAck(encodeAck5(packetType, pid, reason, props))
+        self._writeAck(encodeAck5(packetType, pid, reason, props), packetType, pid)
 
     def handle_puback(self, packet: Any) -> None:
         if not self.session.acknowledge(packet.packetId):  # type: ignore[union-attr]
