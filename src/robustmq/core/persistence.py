@@ -108,7 +108,7 @@ def decodeMessage(data: bytes) -> tuple[Message, dict[str, Any]]:
     return m, header
 
 
-def logWriteFailure(log: Logger, failure: Any, what: str, **fields: Any) -> None:
+def logWriteFailure(log: Logger, failure: Any, message: str, **fields: Any) -> None:
     """
     Log a failed durable write that nothing waits for.
 
@@ -118,11 +118,11 @@ def logWriteFailure(log: Logger, failure: Any, what: str, **fields: Any) -> None
     anything else a traceback.
     """
     if failure.check(StorageUnavailableError):
-        log.debug(what + ": {error}", error=str(failure.value), **fields)
+        log.debug(message + ": {error}", error=str(failure.value), **fields)
     elif failure.check(StorageError):
-        log.warn(what + ": {error}", error=str(failure.value), **fields)
+        log.warn(message + ": {error}", error=str(failure.value), **fields)
     else:
-        log.failure(what, failure, **fields)
+        log.failure(message, failure, **fields)
 
 
 def _subKey(clientId: str, n: int) -> bytes:
