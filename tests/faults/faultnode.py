@@ -23,7 +23,7 @@ class FaultNode(BrokerProcess):
     @ivar kafkaPort, amqpPort, httpPort: the listeners' ports (MQTT is C{port}).
     """
 
-    def __init__(self, storage: str = "", dataDir: str | None = None) -> None:
+    def __init__(self, storage: str = "", dataDir: str | None = None, extra: str = "") -> None:
         self.kafkaPort = freePort()
         self.amqpPort = freePort()
         self.httpPort = freePort()
@@ -47,6 +47,8 @@ group_initial_rebalance_delay_ms = 0
 enabled = true
 bind = "127.0.0.1"
 port = {self.httpPort}
+
+{extra}
 
 [storage]
 backend = "segment"
