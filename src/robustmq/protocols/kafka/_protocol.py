@@ -80,6 +80,9 @@ class KafkaServerProtocol(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peerHost = getattr(peer, "host", str(peer))
+        # Kept now: a request may finish after the socket is gone (bench/fuzz.py found
+        # getHost() raising then, for a Metadata that auto-created a topic).
+        self._here = self.transport.getHost()  # type: ignore[union-attr]
         #: host:port, and the client.id of the latest request (for admin listings)
         self.peer = f"{self.peerHost}:{getattr(peer, 'port', '')}"
         self.clientId: str | None = None
@@ -212,7 +215,7 @@ class KafkaServerProtocol(Protocol):
 
     def _advertised(self) -> tuple[str, int]:
         s = self.settings
-        here = self.transport.getHost()  # type: ignore[union-attr]
+        here = self._here
         return (s.advertised_host or here.host, s.advertised_port or here.port)
 
     # -- ApiVersions, Metadata ------------------------------------------
