@@ -10,6 +10,7 @@
 #   bench/compare.sh                    # the full run (a few minutes)
 #   bench/compare.sh --quick            # small counts: a smoke test (~30 s)
 #   bench/compare.sh --only mosquitto   # one broker only
+#   bench/compare.sh --tests qos1p      # some tests only (conn,qos0,qos1,fanout,latency,qos1p)
 #
 # A second table compares RobustMQ's sync policies on QoS 1 to a persistent
 # session (each message stored before its PUBACK): the default `interval`
@@ -20,17 +21,20 @@
 set -euo pipefail
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
     exit "${1:-0}"
 }
 
 ONLY=""
 QUICK=0
+TESTS="conn,qos0,qos1,fanout,latency,qos1p"
 while [ $# -gt 0 ]; do
     case "$1" in
         --only) ONLY="${2:-}"; shift 2 ;;
         --only=*) ONLY="${1#--only=}"; shift ;;
         --quick) QUICK=1; shift ;;
+        --tests) TESTS="${2:-}"; shift 2 ;;
+        --tests=*) TESTS="${1#--tests=}"; shift ;;
         -h|--help) usage 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; usage 2 >&2 ;;
     esac
@@ -152,6 +156,10 @@ EOF
 bench() {  # broker test args... : JSON into $TMP/<broker>.<test>.json
     local broker="$1" test="$2"
     shift 2
+    case ",$TESTS," in
+        *",$test,"*) ;;
+        *) return 0 ;;
+    esac
     log "$broker: $test"
     if ! taskset -c "$GEN_CPU" "$PY" -m robustmq.bench "$@" --json \
         > "$TMP/$broker.$test.json" 2> "$TMP/$broker.$test.err"; then
