@@ -606,7 +606,13 @@ def throw(
                     except OSError:
                         alive = False
             if alive and c.state == "mutated" and not c.out and now - c.since > MUTATION_WAIT:
-                c.state = "send"  # the node took it: go on (the next sync shows it is sane)
+                # Not closed: probe with a lone sync request before the next batch, so
+                # a batch is not swallowed by a frame whose mutated length never ends.
+                c.out += dialect.sync(c)
+                c.pending = 1
+                counts["frames"] += 1
+                c.state = "sync"
+                c.since = now
             if alive and c.state == "sync" and now - c.since > SYNC_TIMEOUT:
                 counts["stuck"] += 1  # e.g. a bogus length prefix swallowed the sync request
                 alive = False
