@@ -26,7 +26,7 @@ system-deps:
 
 ## lint: ruff and the layer contracts of docs/architecture.md
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 	$(BIN)/lint-imports
 
 ## test: lint, then the whole suite (unit + end-to-end with real clients)

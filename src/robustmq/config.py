@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from robustmq.topicrules import InvalidTopic, validateTopicFilter
+
 ENV_PREFIX = "ROBUSTMQ_"
 
 MiB = 1024 * 1024
@@ -297,6 +299,14 @@ class KafkaSettings:
     max_transactions: int = field(default=10_000, metadata=_range(1, None))
     transaction_max_timeout_ms: int = field(default=900_000, metadata=_range(1, None))
     sasl_required: bool = False
+    mapping_max_batch_bytes: int = field(
+        default=1 * MiB,
+        metadata={**_range(1024, 64 * MiB), "doc": "records of a [[mappings]] entry per batch"},
+    )
+    mapping_max_pending_bytes: int = field(
+        default=64 * MiB,
+        metadata={**_range(1024, None), "doc": "unwritten mapped bytes before publishers wait"},
+    )
 
 
 @dataclass(frozen=True)
@@ -320,6 +330,21 @@ class AMQPSettings:
     memory_low_watermark: int = field(default=384 * MiB, metadata=_range(0, None))
     handshake_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
     close_timeout: float = field(default=5.0, metadata=_range(0.1, 3600))
+    mqtt_exchange: str = field(
+        default="amq.topic", metadata={"doc": "the topic exchange that is the MQTT topic space"}
+    )
+    mqtt_vhost: str = field(default="/", metadata={"doc": "the virtual host of mqtt_exchange"})
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """One MQTT topic filter mapped to a Kafka topic (docs/topic-space.md)."""
+
+    mqtt: str = ""
+    kafka: str = ""
+    direction: str = field(
+        default="both", metadata=_choice("both", "mqtt_to_kafka", "kafka_to_mqtt")
+    )
 
 
 @dataclass(frozen=True)
@@ -369,13 +394,19 @@ class ListenerSettings:
         return self.name or f"{self.protocol}/{self.transport}:{self.port}"
 
     @classmethod
-    def withStandardPort(cls, raw: Any) -> Any:
-        """The raw table C{raw}, with the protocol's standard port for its transport if it has none."""
+    def withStandardPort(cls, raw: Any, plugins: Mapping[str, Any] | None = None) -> Any:
+        """The raw table C{raw}, with the protocol's standard port for its transport if it has none.
+
+        A protocol without an entry in L{STANDARD_PORTS} (a third-party plugin)
+        gets its plugin's C{defaultPort} over TCP.
+        """
         if not isinstance(raw, Mapping) or "port" in raw:
             return raw
-        standard = cls.STANDARD_PORTS.get(
-            (raw.get("protocol", cls.protocol), raw.get("transport", "tcp"))
-        )
+        protocol = raw.get("protocol", cls.protocol)
+        transport = raw.get("transport", "tcp")
+        standard = cls.STANDARD_PORTS.get((protocol, transport))
+        if standard is None and transport == "tcp" and plugins is not None:
+            standard = getattr(plugins.get(protocol), "defaultPort", None)
         return raw if standard is None else {**raw, "port": standard}
 
     def check(self, key: str) -> None:
@@ -431,12 +462,24 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     amqp: AMQPSettings = field(default_factory=AMQPSettings)
     listeners: tuple[ListenerSettings, ...] = field(default_factory=_defaultListeners)
+    mappings: tuple[MappingSettings, ...] = ()
+    #: sections declared by protocol plugins (C{IProtocolPlugin.configSection}), by name
+    plugins: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def section(self, name: str) -> Any:
+        """The settings of section C{name}: a built-in one or one a plugin declared.
+
+        @raise KeyError: no such section.
+        """
+        if name in _SECTIONS:
+            return getattr(self, name)
+        return self.plugins[name]
 
 
 _SECTIONS: dict[str, type] = {
     f.name: typing.get_type_hints(Settings)[f.name]
     for f in dataclasses.fields(Settings)
-    if f.name != "listeners"
+    if f.name not in ("listeners", "mappings", "plugins")
 }
 
 
@@ -518,16 +561,18 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         if len(path) < 2 or not all(path):
             raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
         value = _parseEnvValue(text)
-        if path[0] == "listeners":
+        if path[0] in ("listeners", "mappings"):
+            array = path[0]
             if len(path) != 3 or not path[1].isdigit():
                 raise ConfigError(
-                    f"environment variable {name}: expected {ENV_PREFIX}LISTENERS__<INDEX>__<KEY>"
+                    f"environment variable {name}: expected "
+                    f"{ENV_PREFIX}{array.upper()}__<INDEX>__<KEY>"
                 )
-            listeners = data.setdefault("listeners", [{}])
+            entries = data.setdefault(array, [{}] if array == "listeners" else [])
             index = int(path[1])
-            while len(listeners) <= index:
-                listeners.append({})
-            listeners[index][path[2]] = value
+            while len(entries) <= index:
+                entries.append({})
+            entries[index][path[2]] = value
         else:
             if len(path) != 2:
                 raise ConfigError(f"environment variable {name}: too many '__' parts")
@@ -537,27 +582,72 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             section[path[1]] = value
 
 
+def _protocolPlugins() -> dict[str, Any]:
+    """The installed protocol plugins by name (their config sections and default ports)."""
+    from twisted.plugin import getPlugins
+
+    import robustmq.plugins
+    from robustmq.interfaces import IProtocolPlugin
+
+    return {p.name: p for p in getPlugins(IProtocolPlugin, robustmq.plugins)}
+
+
+def pluginSections(plugins: Mapping[str, Any] | None = None) -> dict[str, type]:
+    """The config sections that protocol plugins declare, by name (built-in names excluded)."""
+    if plugins is None:
+        plugins = _protocolPlugins()
+    found: dict[str, type] = {}
+    for name, plugin in sorted(plugins.items()):
+        section = getattr(plugin, "configSection", None)
+        if section is not None and name not in _SECTIONS and name != "listeners":
+            found[name] = section
+    return found
+
+
 def settingsFromMapping(data: Mapping[str, Any]) -> Settings:
-    """Validate already-parsed TOML data into L{Settings}."""
+    """Validate already-parsed TOML data into L{Settings}.
+
+    Besides the built-in sections, a section may belong to an installed
+    protocol plugin that declares it (C{IProtocolPlugin.configSection}); it
+    is validated the same way and reached with L{Settings.section}.
+    """
+    plugins = _protocolPlugins()
+    extra = pluginSections(plugins)
     sections: dict[str, Any] = {}
+    pluginValues: dict[str, Any] = {}
     for key, raw in data.items():
-        if key == "listeners":
+        if key in ("listeners", "mappings"):
             continue
-        if key not in _SECTIONS:
-            raise ConfigError(
-                f"{key}: unknown section; known sections are {sorted([*_SECTIONS, 'listeners'])}"
-            )
-        sections[key] = _build(_SECTIONS[key], raw, key)
+        if key in _SECTIONS:
+            sections[key] = _build(_SECTIONS[key], raw, key)
+        elif key in extra:
+            pluginValues[key] = _build(extra[key], raw, key)
+        else:
+            known = sorted([*_SECTIONS, *extra, "listeners"])
+            raise ConfigError(f"{key}: unknown section; known sections are {known}")
+    for key, cls in extra.items():
+        if key not in pluginValues:
+            pluginValues[key] = cls()
     listeners: tuple[ListenerSettings, ...] = _defaultListeners()
     if "listeners" in data:
         rawListeners = data["listeners"]
         if not isinstance(rawListeners, list):
             raise ConfigError("listeners: expected an array of tables ([[listeners]])")
         listeners = tuple(
-            _build(ListenerSettings, ListenerSettings.withStandardPort(raw), f"listeners[{i}]")
+            _build(
+                ListenerSettings, ListenerSettings.withStandardPort(raw, plugins), f"listeners[{i}]"
+            )
             for i, raw in enumerate(rawListeners)
         )
-    settings = Settings(listeners=listeners, **sections)
+    mappings: tuple[MappingSettings, ...] = ()
+    if "mappings" in data:
+        rawMappings = data["mappings"]
+        if not isinstance(rawMappings, list):
+            raise ConfigError("mappings: expected an array of tables ([[mappings]])")
+        mappings = tuple(
+            _build(MappingSettings, raw, f"mappings[{i}]") for i, raw in enumerate(rawMappings)
+        )
+    settings = Settings(listeners=listeners, mappings=mappings, plugins=pluginValues, **sections)
     _crossCheck(settings)
     return _resolveDefaults(settings)
 
@@ -598,6 +688,7 @@ def _crossCheck(settings: Settings) -> None:
             raise ConfigError(f"mqtt.auto_subscribe[{i}].topic: must not be empty")
     _checkPlacement(settings.placement)
     _checkCluster(settings)
+    _checkMappings(settings.mappings)
     if settings.mqtt.server_reference_mode != "none" and not settings.mqtt.server_reference:
         raise ConfigError(
             "mqtt.server_reference: must be set when mqtt.server_reference_mode is not 'none'"
@@ -632,6 +723,33 @@ def _checkCluster(settings: Settings) -> None:
             "node.roles: a node without the broker role only makes sense in a cluster "
             "(set cluster.enabled = true)"
         )
+
+
+_KAFKA_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _checkMappings(mappings: tuple[MappingSettings, ...]) -> None:
+    seen: dict[str, int] = {}
+    for i, mapping in enumerate(mappings):
+        key = f"mappings[{i}]"
+        if not mapping.mqtt:
+            raise ConfigError(f"{key}.mqtt: an MQTT topic filter is required")
+        try:
+            validateTopicFilter(mapping.mqtt)
+        except InvalidTopic as e:
+            raise ConfigError(f"{key}.mqtt: {mapping.mqtt!r} is not a topic filter: {e}") from None
+        if mapping.mqtt.startswith(("$share/", "$queue/", "$exclusive/")):
+            raise ConfigError(f"{key}.mqtt: a shared or exclusive filter cannot be mapped")
+        if not _KAFKA_TOPIC.fullmatch(mapping.kafka) or mapping.kafka in (".", ".."):
+            raise ConfigError(
+                f"{key}.kafka: {mapping.kafka!r} is not a Kafka topic name "
+                "(1 to 249 of a-z A-Z 0-9 . _ -)"
+            )
+        if mapping.kafka in seen:
+            raise ConfigError(
+                f"{key}.kafka: topic {mapping.kafka!r} is already mapped by mappings[{seen[mapping.kafka]}]"
+            )
+        seen[mapping.kafka] = i
 
 
 def _checkPlacement(placement: PlacementSettings) -> None:
@@ -720,9 +838,10 @@ def loadSettings(path: str | None, environ: Mapping[str, str] | None = None) -> 
 def describeDefaults() -> dict[str, Any]:
     """Every section, key and default value, for documentation and the admin API."""
     out: dict[str, Any] = {}
-    for name, cls in _SECTIONS.items():
+    for name, cls in {**_SECTIONS, **pluginSections()}.items():
         out[name] = {f.name: _defaultOf(f) for f in dataclasses.fields(cls)}
     out["listeners"] = [dataclasses.asdict(ListenerSettings())]
+    out["mappings"] = [dataclasses.asdict(MappingSettings())]
     return out
 
 
@@ -744,6 +863,7 @@ __all__ = [
     "ListenerSettings",
     "LimitsSettings",
     "LogSettings",
+    "MappingSettings",
     "MQTTSettings",
     "NodeSettings",
     "PlacementSettings",
@@ -751,5 +871,6 @@ __all__ = [
     "StorageSettings",
     "describeDefaults",
     "loadSettings",
+    "pluginSections",
     "settingsFromMapping",
 ]

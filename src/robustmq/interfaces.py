@@ -19,8 +19,36 @@ class IProtocolPlugin(Interface):
     """
 
     name = Attribute("Short protocol name used in ``[[listeners]] protocol = ...`` (str).")
-    defaultPort = Attribute("The standard TCP port of the protocol (int).")
+    defaultPort = Attribute(
+        "The standard TCP port of the protocol (int): a listener of this protocol "
+        "without ``port`` listens on it."
+    )
     transports = Attribute("Names of the transports this protocol can run over (tuple of str).")
+    configSection = Attribute(
+        "A frozen dataclass for the protocol's own ``[<name>]`` config table, or None. "
+        "Its fields are the keys, with defaults; field metadata ``choices``/``min``/"
+        "``max``/``doc`` are validated and documented like the built-in sections', "
+        "``ROBUSTMQ_<NAME>__<KEY>`` overrides them, and the node reaches the values "
+        "with ``settings.section(name)``."
+    )
+
+    def buildNodeService(broker, reactor):  # type: ignore[no-untyped-def]
+        """
+        Build the protocol's node-wide state, shared by all its listeners.
+
+        Called once per node for every protocol the node serves (and for
+        protocols another part of the node needs, such as Kafka topics that
+        MQTT topics map to), before any listener is built.  The service is
+        started after the broker and before the listeners, and stopped after
+        the listeners and before the broker, so stopping one listener never
+        stops what the others share.  Listeners find it with
+        ``broker.nodeService(name)``.
+
+        @param broker: the node's L{robustmq.core.broker.Broker}.
+        @param reactor: the reactor to schedule timers on.
+        @return: an L{twisted.application.service.IService}, or None when the
+            protocol keeps no node-wide state.
+        """
 
     def buildFactory(broker, listener, reactor):  # type: ignore[no-untyped-def]
         """
@@ -182,8 +210,13 @@ class IAuthenticatorPlugin(Interface):
 
     name = Attribute("The name used in ``[auth] chain``.")
 
-    def build(settings):  # type: ignore[no-untyped-def]
-        """Return an L{IAuthenticator} configured from the node settings."""
+    def build(settings, security):  # type: ignore[no-untyped-def]
+        """
+        Return an L{IAuthenticator} configured from the node settings.
+
+        @param security: the node's L{robustmq.core.security.Security} (user
+            store, ACL, bans), for sources that need them.
+        """
 
 
 class IAuthMechanism(Interface):
@@ -206,8 +239,12 @@ class IAuthMechanismPlugin(Interface):
 
     name = Attribute("The authentication method name.")
 
-    def build(settings):  # type: ignore[no-untyped-def]
-        """Return a zero-argument callable making a fresh L{IAuthMechanism}."""
+    def build(settings, security):  # type: ignore[no-untyped-def]
+        """Return a zero-argument callable making a fresh L{IAuthMechanism}.
+
+        @param security: the node's L{robustmq.core.security.Security}
+            (SCRAM keys come from its user store).
+        """
 
 
 class IShardStorePlugin(Interface):
@@ -219,6 +256,74 @@ class IShardStorePlugin(Interface):
         """Return an L{IShardStore} configured from the node settings."""
 
 
+class IDeliveryTarget(Interface):
+    """Something the router delivers matching messages to.
+
+    An MQTT session, a shared-subscription group, an AMQP queue bound to the
+    MQTT topic exchange and a Kafka topic mapped to MQTT topics all provide
+    it: the router matches a topic against subscriptions and calls
+    C{deliver} on each target once, whatever protocol published the
+    message and whatever protocol the target serves.
+    """
+
+    clientId = Attribute(
+        "The client identity of the target for No Local (MQTT-3.8.3-3): a message whose "
+        "C{origin} equals it is not delivered to its No Local subscriptions (str or None)."
+    )
+
+    def deliver(message, qos, options, outcome):  # type: ignore[no-untyped-def]
+        """
+        Take C{message} at C{qos}.
+
+        @param message: a L{robustmq.core.message.Message} (shared by every
+            target: never change it; copy it to change it).
+        @param qos: min(published QoS, granted QoS).
+        @param options: the matching L{robustmq.core.subscription.SubscriptionOptions}.
+        @param outcome: the L{robustmq.core.outcome.Outcome} of the publish:
+            durable writes the publisher's acknowledgement must wait for go
+            to C{outcome.wait}, a full queue to C{outcome.congest(self)}.
+        """
+
+
+class ICongestible(Interface):
+    """A delivery target that can be congested: publishers that filled it wait for it."""
+
+    congested = Attribute("True while the target's queue is full (bool).")
+
+    def addWaiter(publisher):  # type: ignore[no-untyped-def]
+        """C{publisher} paused until this target drains; call its C{congestionCleared(self)}."""
+
+    def removeWaiter(publisher):  # type: ignore[no-untyped-def]
+        """C{publisher} went away or stopped waiting."""
+
+
+class IClusterRouting(Interface):
+    """The broker's part in a broker cluster, as the core reaches it.
+
+    Provided by L{robustmq.cluster.node.ClusterNode}; the broker holds it as
+    C{broker.cluster} (None on a single node) and calls only these.
+    """
+
+    def route(message, outcome):  # type: ignore[no-untyped-def]
+        """Deliver C{message} here and forward it to the brokers that want it; returns the
+        number of targets, recording writes and congestion in C{outcome}."""
+
+    def routeAdded(key, outcome):  # type: ignore[no-untyped-def]
+        """This broker now has a subscription C{key} (a filter or C{$share/<g>/<filter>})."""
+
+    def routeRemoved(key):  # type: ignore[no-untyped-def]
+        """This broker no longer has a subscription C{key}."""
+
+    def connectionOpened(connection):  # type: ignore[no-untyped-def]
+        """A client connected here."""
+
+    def connectionClosed(connection):  # type: ignore[no-untyped-def]
+        """A client connected here went away."""
+
+    def sessionEnded(clientId):  # type: ignore[no-untyped-def]
+        """The session of C{clientId} ended here (released in the cluster)."""
+
+
 class ISessionConnection(Interface):
     """The live connection a broker session delivers through.
 
@@ -226,8 +331,15 @@ class ISessionConnection(Interface):
     calls it without knowing the wire format.
     """
 
-    def deliver(message, qos, packetId, dup):  # type: ignore[no-untyped-def]
-        """Write one message to the client at C{qos} (packetId None for QoS 0)."""
+    def deliver(message, qos, packetId, dup, options=None):  # type: ignore[no-untyped-def]
+        """
+        Write one message to the client at C{qos} (packetId None for QoS 0).
+
+        @param options: the subscription's L{SubscriptionOptions} (RETAIN as
+            published, subscription identifiers), or None.
+        @return: False if it could not be sent (larger than the client
+            accepts: the delivery is complete), else True.
+        """
 
     def deliverRelease(packetId):  # type: ignore[no-untyped-def]
         """Resend a QoS 2 release (PUBREL) for C{packetId} after a reconnect."""

@@ -175,6 +175,7 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     reloader.setServiceParent(top)
     if settings.acl.file and "file" in settings.acl.sources:
         reloader.register(_AclFile(security))
+    plugins = []
     for i, listener in enumerate(settings.listeners):
         plugin = findPlugin(IProtocolPlugin, listener.protocol, f"listeners[{i}].protocol")
         if listener.transport not in plugin.transports:
@@ -182,6 +183,19 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
                 f"listeners[{i}].transport: protocol {listener.protocol!r} does not support "
                 f"{listener.transport!r} (supported: {list(plugin.transports)})"
             )
+        plugins.append(plugin)
+    # Node-wide protocol state: after the broker (started once it is), before the
+    # listeners (stopped after the last one has closed its connections).  Kafka
+    # topics mapped to MQTT topics need the Kafka service without a Kafka listener.
+    served = {p.name: p for p in plugins}
+    if settings.mappings and "kafka" not in served:
+        served["kafka"] = findPlugin(IProtocolPlugin, "kafka", "mappings")
+    for plugin in served.values():
+        nodeService = plugin.buildNodeService(broker, reactor)
+        if nodeService is not None:
+            broker.nodeServices[plugin.name] = nodeService
+            nodeService.setServiceParent(top)
+    for i, (listener, plugin) in enumerate(zip(settings.listeners, plugins, strict=True)):
         factory = plugin.buildFactory(broker, listener, reactor)
         endpoint = serverEndpoint(
             reactor, listener, reloader, f"listeners[{i}]", settings.mqtt.connect_timeout

@@ -17,7 +17,7 @@ from robustmq.core.auth import ALLOW, DENY, AuthChain
 from robustmq.core.broker import Broker
 from robustmq.core.scram import ScramClient, scramSha256Plugin, scramSha512Plugin
 from robustmq.interfaces import IAuthenticator
-from robustmq.protocols.kafka import KafkaParser, KafkaServerFactory
+from robustmq.protocols.kafka import KafkaParser, KafkaServerFactory, kafkaPlugin
 from robustmq.protocols.kafka._codec import decodeResponse, encodeRequest
 from robustmq.storage.memory import MemoryShardStore
 
@@ -94,6 +94,7 @@ class KafkaProtocolTests(TestCase):
             auth=AuthChain([_OnePassword()]),
             authMechanisms=mechanisms,
         )
+        self.broker.nodeServices["kafka"] = kafkaPlugin.buildNodeService(self.broker, self.clock)
         self.factory = KafkaServerFactory(
             self.broker, ListenerSettings(protocol="kafka", port=9092), self.clock
         )

@@ -618,16 +618,20 @@ class AdminAPI:
             raise APIError(400, "field 'encoding': 'plain' or 'base64'")
         broker = self.broker
         message = Message(topic, payload, qos, retain, broker.reactor.seconds())
-        reached = broker.publish(message)
-        # Nothing to pause for an HTTP publisher; sessions' queues bound themselves.
-        broker.congestion.clear()
-        return {
+        outcome = broker.publish(message)
+        answer = {
             "topic": topic,
             "size": len(payload),
             "qos": qos,
             "retain": retain,
-            "reached": reached,
+            "reached": outcome.delivered,
         }
+        # Answered once what it caused is durable (as a PUBACK would be); nothing
+        # to pause for an HTTP publisher: sessions' queues bound themselves.
+        writes = outcome.writes
+        if not writes:
+            return answer
+        return defer.gatherResults(writes).addCallback(lambda _: answer)
 
 
 def _dumps(value: Any) -> bytes:

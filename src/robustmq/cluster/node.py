@@ -30,6 +30,7 @@ from twisted.internet import defer
 from twisted.internet.endpoints import SSL4ServerEndpoint, TCP4ServerEndpoint
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from robustmq.cluster import wire
 from robustmq.cluster.metadata import PREFIX as META_PREFIX
@@ -45,6 +46,7 @@ from robustmq.cluster.replication import (
 from robustmq.cluster.routes import LocalRoutes, RemoteRoutes
 from robustmq.config import Settings
 from robustmq.core.message import Message
+from robustmq.core.outcome import Outcome
 from robustmq.core.persistence import (
     decodeMessage,
     deliveryValue,
@@ -53,6 +55,7 @@ from robustmq.core.persistence import (
 )
 from robustmq.core.shared import SharedGroup
 from robustmq.core.subscription import SubscriptionOptions, parseFilter
+from robustmq.interfaces import IClusterRouting
 from robustmq.placement.client import PlacementClient
 from robustmq.placement.records import NodeInfo
 from robustmq.placement.server import ClusterSecretChecker
@@ -118,6 +121,7 @@ class _Drain:
             self.done.callback(None)
 
 
+@implementer(IClusterRouting)
 class ClusterNode(Service):
     """This broker in the cluster (see the module docstring)."""
 
@@ -408,20 +412,19 @@ class ClusterNode(Service):
 
     # Routing
 
-    def routeAdded(self, key: str) -> None:
-        d = self.routes.added(key)
-        if d is not None:
-            self.broker.pendingWrites.append(d)
+    def routeAdded(self, key: str, outcome: Outcome) -> None:
+        """A subscription C{key} is new here: the SUBACK waits for the placement route."""
+        outcome.wait(self.routes.added(key))
 
     def routeRemoved(self, key: str) -> None:
         self.routes.removed(key)
 
-    def route(self, message: Message) -> int:
+    def route(self, message: Message, outcome: Outcome) -> int:
         """Deliver C{message} here and forward it to every other node that wants it."""
         broker = self.broker
         topic = message.topic
         if topic.startswith("$SYS/"):
-            return broker.routeLocally(message)  # type: ignore[no-any-return]
+            return broker.routeLocally(message, outcome)  # type: ignore[no-any-return]
         normal, sharedRemote = self.remote.match(topic)
         #: holder node -> the dead node whose sessions it must adopt before routing
         via: dict[str, str] = {}
@@ -430,14 +433,16 @@ class ClusterNode(Service):
             dead = via.get(self.nodeId)
             if dead is not None:
                 # We are adopting subscribers of this topic: route once they are here.
-                return self._routeAfterAdoption(dead, message)
+                return self._routeAfterAdoption(dead, message, outcome)
         moves = self.moves
         if moves.arrived or moves.departed:
             routing = normal | {self.nodeId}
-            count: int = broker.routeLocally(message, False, moves.answeredElsewhere(routing))
-            self._redirect(message, routing)
+            count: int = broker.routeLocally(
+                message, outcome, False, moves.answeredElsewhere(routing)
+            )
+            self._redirect(message, routing, outcome)
         else:
-            count = broker.routeLocally(message, sharedGroups=False)
+            count = broker.routeLocally(message, outcome, sharedGroups=False)
         local: dict[str, Any] = {}
         if broker.groups:
             for subscriber, _ in broker.router.match(topic):
@@ -456,7 +461,7 @@ class ClusterNode(Service):
                 self._roundRobin[key] = turn + 1
                 chosen = ordered[turn % len(ordered)]
                 if chosen == self.nodeId:
-                    local[key].deliver(message, message.qos)
+                    local[key].deliver(message, message.qos, None, outcome)
                 else:
                     groups.setdefault(chosen, []).append(key)
                 count += 1
@@ -470,10 +475,12 @@ class ClusterNode(Service):
         for nodeId in targets:
             if nodeId in normal:
                 flags = wire.ROUTE | (wire.RETAIN if message.retain else 0)
-                self._send(nodeId, message, flags, groups.get(nodeId), via.get(nodeId), names)
+                self._send(
+                    nodeId, message, flags, groups.get(nodeId), outcome, via.get(nodeId), names
+                )
             else:
                 flags = wire.RETAIN if message.retain else 0
-                self._send(nodeId, message, flags, groups.get(nodeId), via.get(nodeId))
+                self._send(nodeId, message, flags, groups.get(nodeId), outcome, via.get(nodeId))
         return count + len(normal)
 
     def _targetsOf(self, normal: frozenset[str]) -> bytes:
@@ -485,18 +492,20 @@ class ClusterNode(Service):
             names = self._targetNames[normal] = wire.encodeTargets(normal | {self.nodeId})
         return names
 
-    def _redirect(self, message: Message, routing: frozenset[str]) -> None:
+    def _redirect(self, message: Message, routing: frozenset[str], outcome: Outcome) -> None:
         """Send C{message} on to the sessions that left here and that we answer for."""
         for nodeId, clientIds in self.moves.redirects(message.topic, routing).items():
             self.redirected += len(clientIds)
-            self._send(nodeId, message, wire.SESSION, clientIds)
+            self._send(nodeId, message, wire.SESSION, clientIds, outcome)
 
     def _afterArrivals(
-        self, waiting: list[list[Callable[[], None]]], then: Callable[[], None]
+        self,
+        waiting: list[list[Callable[[], None]]],
+        then: Callable[[Outcome], None],
+        outcome: Outcome,
     ) -> None:
-        """Run C{then} once the hand-overs to us behind C{waiting} have ended; the packet
+        """Run C{then} once the hand-overs to us behind C{waiting} have ended; what is
         being handled is acknowledged after that (and the writes C{then} causes)."""
-        broker = self.broker
         done: defer.Deferred[Any] = defer.Deferred()
         left = [len(waiting)]
 
@@ -504,32 +513,33 @@ class ClusterNode(Service):
             left[0] -= 1
             if left[0]:
                 return
-            try:
-                writes = self._writesOf(then)
-            finally:
-                broker.congestion.clear()
-            defer.gatherResults(writes, consumeErrors=True).addBoth(done.callback)
+            later = Outcome()
+            then(later)
+            # Nothing left to pause: the publisher's packet was handled long ago.
+            later.allWritten().addBoth(done.callback)
 
         for callbacks in waiting:
             callbacks.append(one)
-        broker.pendingWrites.append(done)
+        outcome.wait(done)
 
-    def _deliverMoved(self, clientId: str, message: Message) -> None:
+    def _deliverMoved(self, clientId: str, message: Message, outcome: Outcome) -> None:
         """A message redirected to C{clientId}'s session only (it moved, see moves.py)."""
         broker = self.broker
         waiting = self._arriving.get(clientId)
         if waiting is not None:
             # Being handed over to us: deliver once it is here.
-            self._afterArrivals([waiting], lambda: self._deliverMoved(clientId, message))
+            self._afterArrivals(
+                [waiting], lambda later: self._deliverMoved(clientId, message, later), outcome
+            )
             return
         session = broker.sessions.get(clientId)
         if session is not None:
-            broker.routeLocally(message, False, AllBut(session))
+            broker.routeLocally(message, outcome, False, AllBut(session))
             return
         nodeId = self.moves.nextHop(clientId)
         if nodeId is not None and nodeId != self.nodeId:
             self.redirected += 1
-            self._send(nodeId, message, wire.SESSION, [clientId])
+            self._send(nodeId, message, wire.SESSION, [clientId], outcome)
             return
         self.dropped += 1
         self.log.info(
@@ -538,27 +548,30 @@ class ClusterNode(Service):
             topic=message.topic,
         )
 
-    def _deliverToGroup(self, key: str, message: Message, wait: bool = True) -> None:
+    def _deliverToGroup(
+        self, key: str, message: Message, outcome: Outcome, wait: bool = True
+    ) -> None:
         """A message for shared group C{key} (chosen here by the publishing broker).  With
         no member here: its last member moved away (send it on), or one is being handed
         over to us (wait for those hand-overs)."""
         name, real, _ = parseFilter(key)
         group = self.broker.groups.get((name, real))
         if group is not None:
-            group.deliver(message, message.qos)
+            group.deliver(message, message.qos, None, outcome)
             return
         if not (self.moves or self._arriving):
             return  # its last member left: the route change is on its way to the publisher
         nodeId = self.moves.sharedRedirect(key)
         if nodeId is not None and nodeId != self.nodeId:
             self.redirected += 1
-            self._send(nodeId, message, 0, [key])
+            self._send(nodeId, message, 0, [key], outcome)
             return
         if wait and self._arriving:
             # We do not know which arriving session brings the group: wait for them all.
             self._afterArrivals(
                 list(self._arriving.values()),
-                lambda: self._deliverToGroup(key, message, wait=False),
+                lambda later: self._deliverToGroup(key, message, later, wait=False),
+                outcome,
             )
             return
         self.dropped += 1
@@ -591,29 +604,18 @@ class ClusterNode(Service):
                 sharedNodes.setdefault(key, set()).add(holder)
         return frozenset(normalNodes), sharedNodes, via
 
-    def _writesOf(self, call: Callable[[], Any]) -> list[defer.Deferred[Any]]:
-        """Run C{call} with a fresh C{broker.pendingWrites} and return the durable writes
-        it caused (the packet being handled, if any, keeps its own list)."""
-        broker = self.broker
-        outer, broker.pendingWrites = broker.pendingWrites, []
-        try:
-            call()
-            return broker.pendingWrites
-        finally:
-            broker.pendingWrites = outer
-
-    def _routeAfterAdoption(self, dead: str, message: Message) -> int:
+    def _routeAfterAdoption(self, dead: str, message: Message, outcome: Outcome) -> int:
+        """Route C{message} once the sessions of C{dead} are adopted here; the publisher's
+        acknowledgement waits for that (and for the writes it causes)."""
         done: defer.Deferred[Any] = defer.Deferred()
 
         def routeNow(_: Any) -> None:
-            try:
-                writes = self._writesOf(lambda: self.route(message))
-            finally:
-                self.broker.congestion.clear()
-            defer.gatherResults(writes, consumeErrors=True).addBoth(done.callback)
+            later = Outcome()
+            self.route(message, later)
+            later.allWritten().addBoth(done.callback)
 
         self.adopt(dead).addCallback(routeNow)
-        self.broker.pendingWrites.append(done)
+        outcome.wait(done)
         return 1
 
     def _send(
@@ -622,6 +624,7 @@ class ClusterNode(Service):
         message: Message,
         flags: int,
         groups: list[str] | None,
+        outcome: Outcome,
         via: str | None = None,
         targets: bytes = b"",
     ) -> None:
@@ -631,13 +634,10 @@ class ClusterNode(Service):
             return
         entry = wire.encodeForward(message, flags, groups, targets)
         kind = FORWARD if via is None else FORWARD_FOR + via
-        waiter = link.send(kind, entry, message.qos)
+        outcome.wait(link.send(kind, entry, message.qos))
         self.forwarded += 1
-        broker = self.broker
-        if waiter is not None:
-            broker.pendingWrites.append(waiter)
         if link.congested:
-            broker.congestion.append(link)
+            outcome.congest(link)
 
     def receiveForward(self, origin: str, entries: list[bytes]) -> defer.Deferred[Any]:
         """Messages another broker routed here; the answer fires once their durable writes
@@ -684,33 +684,28 @@ class ClusterNode(Service):
         congested has drained)."""
         broker = self.broker
         moves = self.moves
-
-        def route() -> None:
-            for entry in entries:
-                message, flags, names, rawTargets = wire.decodeForward(entry)
-                self.received += 1
-                if flags & wire.SESSION:
-                    for clientId in names:
-                        self._deliverMoved(clientId, message)
-                    continue
-                if flags & wire.RETAIN:
-                    if broker.retained.update(message) and broker.persistence is not None:
-                        broker.pendingWrites.append(broker.persistence.saveRetained(message))
-                if flags & wire.ROUTE:
-                    if moves:
-                        routing = wire.decodeTargets(rawTargets)
-                        broker.routeLocally(message, False, moves.answeredElsewhere(routing))
-                        self._redirect(message, routing)
-                    else:
-                        broker.routeLocally(message, sharedGroups=False)
-                for key in names:
-                    self._deliverToGroup(key, message)
-
-        try:
-            writes = self._writesOf(route)
-            congested = [s for s in broker.congestion if s.congested]
-        finally:
-            broker.congestion.clear()
+        outcome = Outcome()
+        for entry in entries:
+            message, flags, names, rawTargets = wire.decodeForward(entry)
+            self.received += 1
+            if flags & wire.SESSION:
+                for clientId in names:
+                    self._deliverMoved(clientId, message, outcome)
+                continue
+            if flags & wire.RETAIN:
+                if broker.retained.update(message) and broker.persistence is not None:
+                    outcome.wait(broker.persistence.saveRetained(message))
+            if flags & wire.ROUTE:
+                if moves:
+                    routing = wire.decodeTargets(rawTargets)
+                    broker.routeLocally(message, outcome, False, moves.answeredElsewhere(routing))
+                    self._redirect(message, routing, outcome)
+                else:
+                    broker.routeLocally(message, outcome, sharedGroups=False)
+            for key in names:
+                self._deliverToGroup(key, message, outcome)
+        writes = outcome.writes or []
+        congested = [s for s in outcome.congested or () if s.congested]
         if not congested:
             return writes, defer.succeed(None)
         return writes, _Drain(congested).done
@@ -787,10 +782,11 @@ class ClusterNode(Service):
 
     async def _install(self, record: dict[str, Any]) -> None:
         clientId = record["clientId"]
-        writes = self._writesOf(lambda: self.broker.sessions.adopt(record))
+        outcome = Outcome()
+        self.broker.sessions.adopt(record, outcome)
         self.moves.arrive(clientId, record.get("trail") or ())
         self._arrivalDone(clientId)
-        await defer.gatherResults(writes, consumeErrors=True)
+        await outcome.allWritten()
 
     async def handOver(
         self, caller: str, clientId: str, discard: bool, owner: str
@@ -817,8 +813,9 @@ class ClusterNode(Service):
             self.log.info(
                 "{clientId}: session handed over to {caller}", clientId=clientId, caller=caller
             )
-            writes = self._writesOf(lambda: sessions.discard(session))
-            await defer.gatherResults(writes, consumeErrors=True)
+            outcome = Outcome()
+            sessions.discard(session, outcome)
+            await outcome.allWritten()
             return chunks
         finally:
             self._handingOver.discard(clientId)
@@ -1034,8 +1031,9 @@ class ClusterNode(Service):
                 if broker.retained.get(message.topic) is None and broker.retained.update(message):
                     fetched += 1
                     if broker.persistence is not None:
-                        broker.pendingWrites.append(broker.persistence.saveRetained(message))
-                        broker._backgroundWrites()
+                        stored = Outcome()
+                        stored.wait(broker.persistence.saveRetained(message))
+                        stored.background()
             self.log.info("fetched {n} retained messages from {node}", n=fetched, node=nodeId)
             break
 

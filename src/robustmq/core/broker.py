@@ -15,7 +15,8 @@ from robustmq.config import Settings
 from robustmq.core.auth import AllowAll, AuthChain
 from robustmq.core.delayed import DelayedMessages
 from robustmq.core.message import Message
-from robustmq.core.persistence import SessionPersistence, logWriteFailure
+from robustmq.core.outcome import Outcome
+from robustmq.core.persistence import SessionPersistence
 from robustmq.core.retained import RetainedMessages
 from robustmq.core.rewrite import TopicRewriter
 from robustmq.core.router import Router
@@ -25,7 +26,7 @@ from robustmq.core.shared import SharedGroup
 from robustmq.core.stats import Stats
 from robustmq.core.subscription import SubscriptionOptions, parseFilter
 from robustmq.core.timers import TimerHeap
-from robustmq.interfaces import IShardStore
+from robustmq.interfaces import IClusterRouting, IShardStore
 
 
 class ExclusiveTaken(Exception):
@@ -35,9 +36,11 @@ class ExclusiveTaken(Exception):
 class Broker(Service):
     """Routes messages between sessions, keeps retained messages and counters.
 
-    Protocols call L{publish}, L{subscribe} and L{unsubscribe}; connections
-    register with L{connectionOpened}/L{connectionClosed} so that shutdown
-    can close them and operators can list them.
+    Protocols call L{publish}, L{subscribe} and L{unsubscribe}; what each
+    call caused (deliveries, durable writes to wait for, congested targets)
+    comes back in an L{Outcome}.  Connections register with
+    L{connectionOpened}/L{connectionClosed} so that shutdown can close them
+    and operators can list them.
     """
 
     log = Logger()
@@ -62,8 +65,6 @@ class Broker(Service):
         self.retained = RetainedMessages(
             settings.mqtt.max_retained_messages, settings.mqtt.max_retained_payload
         )
-        #: sessions found congested while routing the current message (see Session)
-        self.congestion: list[Session] = []
         self.congestionTimeout = settings.mqtt.congestion_timeout
         self.sessions = SessionRegistry(self, settings.mqtt, self.stats)
         #: shared-subscription groups by (group name, filter)
@@ -72,8 +73,6 @@ class Broker(Service):
         self.exclusive: dict[str, Session] = {}
         self.delayed = DelayedMessages(self, settings.mqtt.max_delayed_messages)
         self.rewriter = TopicRewriter(settings.mqtt.rewrite)
-        #: durable writes caused by the packet being handled; its acknowledgement waits on them
-        self.pendingWrites: list[defer.Deferred[Any]] = []
         self.persistence: SessionPersistence | None = None
         if store is not None and getattr(store, "durable", True):
             self.persistence = SessionPersistence(store)
@@ -86,10 +85,22 @@ class Broker(Service):
         self.connections: set[Any] = set()
         #: accepted sockets on every listener, counted against [limits] max_connections
         self.openSockets = 0
-        #: the node's part in a broker cluster (robustmq.cluster.ClusterNode), or None
-        self.cluster: Any = None
+        #: the node's part in a broker cluster (IClusterRouting), or None
+        self.cluster: IClusterRouting | None = None
         #: long-lived per-connection timers (keep-alive) on one reactor timer
         self.timers = TimerHeap(reactor)
+        #: each served protocol's node-wide service, by protocol name (see L{nodeService})
+        self.nodeServices: dict[str, Any] = {}
+
+    def nodeService(self, name: str) -> Any:
+        """The node-wide service of protocol C{name} (IProtocolPlugin.buildNodeService).
+
+        @raise KeyError: the node does not serve that protocol.
+        """
+        try:
+            return self.nodeServices[name]
+        except KeyError:
+            raise KeyError(f"this node runs no {name!r} protocol service") from None
 
     def callLater(self, delay: float, f: Any, *args: Any) -> Any:
         """Schedule C{f} on the broker's reactor (used by sessions)."""
@@ -120,35 +131,45 @@ class Broker(Service):
 
     # Publishing
 
-    def publish(self, message: Message) -> int:
-        """Retain (if flagged) and route C{message}; returns how many subscribers it reached.
+    def publish(self, message: Message, outcome: Outcome | None = None) -> Outcome:
+        """Retain (if flagged) and route C{message}.
 
-        Afterwards C{congestion} lists the sessions whose full queues the
-        caller should wait for (a publishing connection pauses reading);
-        callers with nothing to pause clear it.
+        @param outcome: where to record the effects (a new one if None).
+        @return: the outcome: C{delivered} counts the subscribers reached,
+            C{writes} the durable writes an acknowledgement must wait for,
+            C{congested} the targets whose full queues a publisher that can
+            pause should wait for (see L{Outcome}).
         """
+        if outcome is None:
+            outcome = Outcome()
         self.stats.mqttReceived[message.qos] += 1
         if message.retain:
             if self.retained.update(message) and self.persistence is not None:
-                self.pendingWrites.append(self.persistence.saveRetained(message))
-        return self.route(message)
+                outcome.wait(self.persistence.saveRetained(message))
+        outcome.delivered += self.route(message, outcome)
+        return outcome
 
-    def route(self, message: Message) -> int:
+    def route(self, message: Message, outcome: Outcome) -> int:
         """Deliver C{message} to every matching subscriber at min(publish QoS, granted QoS).
 
         RETAIN travels as published; each connection clears it unless the
         subscription keeps it (MQTT-3.3.1-9, Retain As Published).  In a
         cluster the cluster node routes (locally and to the other brokers).
+        Returns how many targets the message reached.
         """
         if self.cluster is not None:
-            return self.cluster.route(message)  # type: ignore[no-any-return]
-        return self.routeLocally(message)
+            return self.cluster.route(message, outcome)  # type: ignore[no-any-return]
+        return self.routeLocally(message, outcome)
 
     def routeLocally(
-        self, message: Message, sharedGroups: bool = True, skip: Container[Any] | None = None
+        self,
+        message: Message,
+        outcome: Outcome,
+        sharedGroups: bool = True,
+        skip: Container[Any] | None = None,
     ) -> int:
         """Deliver C{message} to this node's subscribers (shared groups only if asked),
-        except those in C{skip}."""
+        except those in C{skip}; returns how many it reached."""
         matches = self.router.match(message.topic)
         mqos = message.qos
         origin = message.origin
@@ -163,7 +184,7 @@ class Broker(Service):
                 if options is None:
                     continue
             granted = options.qos
-            subscriber.deliver(message, mqos if mqos < granted else granted, options)
+            subscriber.deliver(message, mqos if mqos < granted else granted, options, outcome)
         return len(matches)
 
     def publishInternal(self, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -171,10 +192,10 @@ class Broker(Service):
         message = Message(topic, payload, 0, retain, self.reactor.seconds())
         if retain:
             self.retained.update(message)
-        self.route(message)
         # No connection to pause (or acknowledgement to hold) for a broker-originated message.
-        self.congestion.clear()
-        self.pendingWrites.clear()
+        outcome = Outcome()
+        self.route(message, outcome)
+        outcome.background()
 
     def publishWill(self, will: Message) -> None:
         """Publish a will message (it has no connection to pause)."""
@@ -184,22 +205,21 @@ class Broker(Service):
         self.log.info(
             "publishing will of {clientId} on {topic}", clientId=will.origin, topic=will.topic
         )
-        self.publish(will)
-        self.congestion.clear()
-        self._backgroundWrites()
-
-    def _backgroundWrites(self) -> None:
-        """Writes nobody acknowledges: log their failures instead of holding them."""
-        for d in self.pendingWrites:
-            d.addErrback(lambda f: logWriteFailure(self.log, f, "durable write failed"))
-        self.pendingWrites.clear()
+        self.publish(will).background()
 
     # Subscriptions
 
     def subscribe(
-        self, session: Session, topicFilter: str, options: SubscriptionOptions
+        self,
+        session: Session,
+        topicFilter: str,
+        options: SubscriptionOptions,
+        outcome: Outcome,
     ) -> list[Message]:
         """Subscribe C{session}; returns the retained messages to send for it.
+
+        The durable writes of the change (a persistent session's record, the
+        cluster route) go to C{outcome}.
 
         C{$share/<group>/<filter>} and C{$queue/<filter>} join a shared group
         (no retained messages, MQTT 5.0 section 4.8.2); C{$exclusive/<filter>}
@@ -224,23 +244,48 @@ class Broker(Service):
                 )
                 self.router.subscribe(real, shared, SubscriptionOptions(qos=2))
                 if self.cluster is not None:
-                    self.cluster.routeAdded(f"$share/{group}/{real}")
+                    self.cluster.routeAdded(f"$share/{group}/{real}", outcome)
             shared.add(session, options)
         elif self.router.subscribe(real, session, options) and self.cluster is not None:
-            self.cluster.routeAdded(real)
+            self.cluster.routeAdded(real, outcome)
         session.subscriptions[topicFilter] = options
-        self._saveSession(session)
+        self._saveSession(session, outcome)
         if group is not None or options.retainHandling == 2:
             return []
         if options.retainHandling == 1 and existed:
             return []
         return self.retained.match(real)
 
-    def unsubscribe(self, session: Session, topicFilter: str) -> bool:
-        """Remove a subscription; True if it existed."""
+    def subscribeTarget(
+        self, topicFilter: str, target: Any, options: SubscriptionOptions, outcome: Outcome
+    ) -> bool:
+        """Route messages matching C{topicFilter} to C{target} (an L{IDeliveryTarget}).
+
+        For what is not an MQTT session: an AMQP queue bound to the MQTT topic
+        exchange, a Kafka topic mapped to MQTT topics.  The filter is in the
+        MQTT topic space and may hold an inner C{#} (an AMQP binding key such
+        as C{a.#.c}).  In a cluster the route is announced like a session's,
+        so messages published on other brokers reach the target too.
+
+        @return: True if the target is new under this filter.
+        """
+        isNew = self.router.subscribe(topicFilter, target, options)
+        if isNew and self.cluster is not None:
+            self.cluster.routeAdded(topicFilter, outcome)
+        return isNew
+
+    def unsubscribeTarget(self, topicFilter: str, target: Any) -> bool:
+        """Stop routing C{topicFilter} to C{target}; True if it was routed."""
+        removed = self.router.unsubscribe(topicFilter, target)
+        if removed and self.cluster is not None:
+            self.cluster.routeRemoved(topicFilter)
+        return removed
+
+    def unsubscribe(self, session: Session, topicFilter: str, outcome: Outcome) -> bool:
+        """Remove a subscription; True if it existed.  Durable writes go to C{outcome}."""
         if session.subscriptions.pop(topicFilter, None) is None:
             return False
-        self._saveSession(session)
+        self._saveSession(session, outcome)
         group, real, exclusive = parseFilter(topicFilter)
         if exclusive and self.exclusive.get(real) is session:
             del self.exclusive[real]
@@ -259,15 +304,16 @@ class Broker(Service):
             self.cluster.routeRemoved(real)
         return removed
 
-    def _saveSession(self, session: Session) -> None:
+    def _saveSession(self, session: Session, outcome: Outcome) -> None:
         if self.persistence is not None and session.expiryInterval and not self.sessions.restoring:
-            self.pendingWrites.append(self.persistence.saveSession(session))
+            outcome.wait(self.persistence.saveSession(session))
 
     def redeliverShared(self, session: Session) -> None:
         """A shared-group member left: its undelivered group messages go to the others."""
+        outcome = Outcome()
         for group, messages in session.takeGroupMessages():
-            group.redeliver(messages, session)
-        self.congestion.clear()
+            group.redeliver(messages, session, outcome)
+        outcome.background()
 
     # Connections
 

@@ -73,8 +73,8 @@ class DelayedMessages:
         while self._heap and self._heap[0][0] <= now:
             _, _, message = heapq.heappop(self._heap)
             message.timestamp = now
-            self._broker.publish(message)
-            self._broker.congestion.clear()
+            # Nobody waits for a delayed message's writes, and no publisher can pause.
+            self._broker.publish(message).background()
         self._schedule()
 
     def stop(self) -> None:

@@ -18,6 +18,7 @@ from robustmq.core.persistence import logWriteFailure
 if TYPE_CHECKING:
     from robustmq.config import MQTTSettings
     from robustmq.core.message import Message
+    from robustmq.core.outcome import Outcome
     from robustmq.core.stats import Stats
     from robustmq.core.subscription import SubscriptionOptions
 
@@ -134,11 +135,13 @@ class Session:
 
     # Outgoing messages
 
-    def deliver(self, message: Message, qos: int, sub: Any = None) -> None:
+    def deliver(self, message: Message, qos: int, sub: Any, outcome: Outcome) -> None:
         """Send C{message} at C{qos} now if the connection and window allow, else queue it.
 
         C{sub} (the matching L{SubscriptionOptions}) travels with the message to
         the connection, which uses it for RETAIN and Subscription Identifiers.
+        The durable write of a held message, and this session's congestion,
+        are recorded in C{outcome} (L{robustmq.interfaces.IDeliveryTarget}).
         """
         conn = self.connection
         if conn is not None and not self.queue and conn.canDeliver():
@@ -148,12 +151,12 @@ class Session:
                 conn.deliver(message, 0, None, False, sub)
                 return
             if len(self.inflight) < self.maxInflight:
-                self._sendTracked(conn, message, qos, sub)
+                self._sendTracked(conn, message, qos, sub, 0, outcome)
                 return
         elif conn is None and qos == 0 and not self._settings.queue_qos0_offline:
             self._stats.mqttDropped[0] += 1
             return
-        self._enqueue(message, qos, sub)
+        self._enqueue(message, qos, sub, outcome)
 
     def _expired(self, message: Message) -> bool:
         hub = self._hub
@@ -169,16 +172,26 @@ class Session:
             return hub.persistence
         return None
 
-    def _sendTracked(self, conn: Any, message: Message, qos: int, sub: Any, seq: int = 0) -> None:
+    def _sendTracked(
+        self,
+        conn: Any,
+        message: Message,
+        qos: int,
+        sub: Any,
+        seq: int = 0,
+        outcome: Outcome | None = None,
+    ) -> None:
         pid = self._allocatePacketId()
         store = self._store()
         if store is not None:
             if not seq:
                 seq = self.nextSeq
                 self.nextSeq += 1
-                self._hub.pendingWrites.append(  # type: ignore[union-attr]
-                    store.saveDelivery(self, seq, message, qos, sub, pid, AWAITING_ACK)
-                )
+                write = store.saveDelivery(self, seq, message, qos, sub, pid, AWAITING_ACK)
+                if outcome is not None:
+                    outcome.wait(write)
+                else:
+                    _logFailure(write)
             else:
                 # Leaving the queue: record its packet id (no acknowledgement waits on this).
                 _logFailure(store.saveDelivery(self, seq, message, qos, sub, pid, AWAITING_ACK))
@@ -203,7 +216,7 @@ class Session:
         self._nextPacketId = pid + 1 if pid < 65535 else 1
         return pid
 
-    def _enqueue(self, message: Message, qos: int, sub: Any = None) -> None:
+    def _enqueue(self, message: Message, qos: int, sub: Any, outcome: Outcome) -> None:
         s = self._settings
         size = len(message.payload)
         queue = self.queue
@@ -235,16 +248,13 @@ class Session:
             if store is not None:
                 seq = self.nextSeq
                 self.nextSeq += 1
-                self._hub.pendingWrites.append(  # type: ignore[union-attr]
-                    store.saveDelivery(self, seq, message, qos, sub, 0, AWAITING_ACK)
-                )
+                outcome.wait(store.saveDelivery(self, seq, message, qos, sub, 0, AWAITING_ACK))
         queue.append((message, qos, sub, seq))
         self.queuedBytes += size
         if online and (len(queue) >= limit or self.queuedBytes >= byteLimit):
             if not self.congested:
                 self._startCongestion()
-            if self._hub is not None:
-                self._hub.congestion.append(self)
+            outcome.congest(self)
 
     def _startCongestion(self) -> None:
         self.congested = True
@@ -354,8 +364,12 @@ class Session:
 
     # Incoming QoS 2
 
-    def startIncomingQos2(self, packetId: int) -> bool:
-        """Record an incoming QoS 2 PUBLISH; False if it is a resend already routed."""
+    def startIncomingQos2(self, packetId: int, outcome: Outcome) -> bool:
+        """Record an incoming QoS 2 PUBLISH; False if it is a resend already routed.
+
+        The durable record of the id (persistent sessions) goes to C{outcome}:
+        the PUBREC waits for it.
+        """
         awaiting = self.awaitingRel
         if packetId in awaiting:
             return False
@@ -364,7 +378,7 @@ class Session:
         awaiting.add(packetId)  # type: ignore[union-attr]
         store = self._store()
         if store is not None:
-            self._hub.pendingWrites.append(store.saveIncoming(self, packetId))  # type: ignore[union-attr]
+            outcome.wait(store.saveIncoming(self, packetId))
         return True
 
     def releaseIncomingQos2(self, packetId: int) -> bool:
@@ -463,16 +477,9 @@ def _logFailure(d: Any) -> None:
 
 
 class CongestionHub(Protocol):
-    """What a session needs from the broker to apply back-pressure.
+    """What a session needs from the broker: its clock, the congestion timeout, storage."""
 
-    C{congestion} collects the sessions found congested while one message was
-    routed; the publishing connection reads and clears it after each publish.
-    """
-
-    congestion: list[Session]
     congestionTimeout: float
-    #: durable writes caused by the packet being handled (see Broker)
-    pendingWrites: list[Any]
     persistence: Any
 
     def now(self) -> float: ...

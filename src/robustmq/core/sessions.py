@@ -9,6 +9,7 @@ from twisted.logger import Logger
 
 from robustmq.config import MQTTSettings
 from robustmq.core.message import Message
+from robustmq.core.outcome import Outcome
 from robustmq.core.persistence import logWriteFailure, pendingWillFromJson, pendingWillToJson
 from robustmq.core.session import NEVER_EXPIRES, Session
 from robustmq.core.stats import Stats
@@ -188,11 +189,18 @@ class SessionRegistry:
             self.log.info("session of {clientId} expired", clientId=session.clientId)
             self.discard(session)
 
-    def discard(self, session: Session) -> None:
-        """End C{session}: drop its subscriptions and queue; publish a pending will."""
+    def discard(self, session: Session, outcome: Outcome | None = None) -> None:
+        """End C{session}: drop its subscriptions and queue; publish a pending will.
+
+        The writes of dropping its subscriptions go to C{outcome} when given
+        (a caller that waits for them), else run in the background.
+        """
         session.cancelTimer()
+        changes = Outcome() if outcome is None else outcome
         for topicFilter in list(session.subscriptions):
-            self._broker.unsubscribe(session, topicFilter)
+            self._broker.unsubscribe(session, topicFilter, changes)
+        if outcome is None:
+            changes.background()
         self._broker.redeliverShared(session)
         persistence = self._broker.persistence
         if persistence is not None and (session.storedSeqs or session.expiryInterval):
@@ -225,41 +233,36 @@ class SessionRegistry:
         self.restoring = True
         try:
             for record in records:
-                self._rebuild(record, now)
+                self._rebuild(record, now, Outcome())
         finally:
             self.restoring = False
-        broker.pendingWrites.clear()
         for session in list(self._sessions.values()):
             if session.connection is None:
                 self._arm(session, self._willLeft(session, now))
         return len(records)
 
-    def adopt(self, record: dict[str, Any]) -> Session:
+    def adopt(self, record: dict[str, Any], outcome: Outcome) -> Session:
         """Take over a session that lived on another node (cluster hand-over or adoption).
 
         C{record} has the shape L{restore} reads (see L{export}).  Unlike a
         restore, the session is written to this node's storage; the writes
-        join C{broker.pendingWrites}.  An existing local session of the same
-        client id is discarded first.
+        go to C{outcome}.  An existing local session of the same client id
+        is discarded first.
         """
         existing = self._sessions.get(record["clientId"])
         if existing is not None:
             self.discard(existing)
         broker = self._broker
-        session = self._rebuild(record, broker.now())
+        session = self._rebuild(record, broker.now(), outcome)
         persistence = broker.persistence
         if persistence is not None and session.expiryInterval:
-            broker.pendingWrites.append(persistence.saveSession(session))
+            outcome.wait(persistence.saveSession(session))
             for pid, (message, qos, state, sub, seq) in session.inflight.items():
-                broker.pendingWrites.append(
-                    persistence.saveDelivery(session, seq, message, qos, sub, pid, state)
-                )
+                outcome.wait(persistence.saveDelivery(session, seq, message, qos, sub, pid, state))
             for message, qos, sub, seq in session.queue:
-                broker.pendingWrites.append(
-                    persistence.saveDelivery(session, seq, message, qos, sub, 0, 0)
-                )
+                outcome.wait(persistence.saveDelivery(session, seq, message, qos, sub, 0, 0))
             for pid in session.awaitingRel:
-                broker.pendingWrites.append(persistence.saveIncoming(session, pid))
+                outcome.wait(persistence.saveIncoming(session, pid))
         if session.connection is None:
             self._arm(session, self._willLeft(session, broker.now()))
         return session
@@ -283,7 +286,7 @@ class SessionRegistry:
             "will": pendingWillToJson(session),
         }
 
-    def _rebuild(self, record: dict[str, Any], now: float) -> Session:
+    def _rebuild(self, record: dict[str, Any], now: float, outcome: Outcome) -> Session:
         from collections import deque
 
         from robustmq.core.subscription import SubscriptionOptions
@@ -305,7 +308,7 @@ class SessionRegistry:
                 identifiers=tuple(o["identifiers"]),
             )
             try:
-                broker.subscribe(session, topicFilter, options)
+                broker.subscribe(session, topicFilter, options, outcome)
             except Exception as e:  # an exclusive filter taken twice, say
                 self.log.warn(
                     "not restoring subscription {f} of {c}: {e}",

@@ -10,6 +10,7 @@ from robustmq.core.subscription import SubscriptionOptions
 
 if TYPE_CHECKING:
     from robustmq.core.message import Message
+    from robustmq.core.outcome import Outcome
     from robustmq.core.session import Session
 
 STRATEGIES = ("round_robin", "random", "sticky", "hash_clientid", "hash_topic")
@@ -60,18 +61,22 @@ class SharedGroup:
         self._next += 1
         return pool[self._next % len(pool)]
 
-    def deliver(self, message: Message, qos: int, sub: Any = None, exclude: Any = None) -> None:
+    def deliver(
+        self, message: Message, qos: int, sub: Any, outcome: Outcome, exclude: Any = None
+    ) -> None:
         """Hand C{message} to one member at min(C{qos}, the member's granted QoS)."""
         member = self._choose(message, exclude)
         if member is None:
             return
         opts = self.members[member]
-        member.deliver(message, qos if qos < opts.qos else opts.qos, opts)
+        member.deliver(message, qos if qos < opts.qos else opts.qos, opts, outcome)
 
-    def redeliver(self, messages: list[tuple[Message, int]], departed: Session) -> None:
+    def redeliver(
+        self, messages: list[tuple[Message, int]], departed: Session, outcome: Outcome
+    ) -> None:
         """Give a departed member's undelivered messages to the rest of the group."""
         for message, qos in messages:
-            self.deliver(message, qos, None, departed)
+            self.deliver(message, qos, None, outcome, departed)
 
     def add(self, session: Session, options: SubscriptionOptions) -> None:
         """Join (or update) a member."""

@@ -85,7 +85,10 @@ class BrokerProcess:
         dataDir: str | None = None,
         port: int | None = None,
         workdir: Path | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
+        #: extra environment variables for the node (ROBUSTMQ_... overrides, PYTHONPATH)
+        self.env = env
         if workdir is None:
             workdir = Path(tempfile.mkdtemp(prefix="robustmq-test-"))
         else:
@@ -154,6 +157,7 @@ port = {self.port}
             stdout=logFile,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            env=None if self.env is None else {**os.environ, **self.env},
         )
         logFile.close()
 

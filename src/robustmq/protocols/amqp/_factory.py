@@ -11,7 +11,7 @@ from zope.interface import implementer
 from robustmq.interfaces import IProtocolPlugin
 from robustmq.protocols._limits import ConnectionLimitedFactory
 from robustmq.protocols.amqp._connection import AMQPServerProtocol
-from robustmq.protocols.amqp._server import AMQPServer, serverFor
+from robustmq.protocols.amqp._server import AMQPServer
 
 if TYPE_CHECKING:
     from robustmq.config import ListenerSettings
@@ -37,10 +37,6 @@ class AMQPServerFactory(ConnectionLimitedFactory):
         self.reactor = reactor
         self._initLimits()
 
-    def startFactory(self) -> None:
-        # Recover durable queues as soon as the broker has opened its store.
-        self.server.start()
-
     def buildProtocol(self, addr: Any) -> AMQPServerProtocol | None:
         if not self._admit(addr):
             return None
@@ -58,12 +54,17 @@ class AMQPProtocolPlugin:
     name = "amqp"
     defaultPort = 5672
     transports = ("tcp", "tls")
+    configSection = None  # [amqp] is a built-in section (robustmq.config.AMQPSettings)
+
+    def buildNodeService(self, broker: Broker, reactor: Any) -> AMQPServer:
+        """Virtual hosts, exchanges and queues of the node, and their recovery."""
+        return AMQPServer(broker, reactor)
 
     def buildFactory(
         self, broker: Broker, listener: ListenerSettings, reactor: Any
     ) -> AMQPServerFactory:
         """A factory for one AMQP listener; all listeners of a node share its virtual hosts."""
-        return AMQPServerFactory(serverFor(broker, reactor), listener, reactor)
+        return AMQPServerFactory(broker.nodeService("amqp"), listener, reactor)
 
 
 amqpPlugin = AMQPProtocolPlugin()

@@ -2,35 +2,30 @@
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from robustmq.protocols.amqp._model import VirtualHost
 from robustmq.protocols.amqp._store import Persistence
+from robustmq.protocols.amqp._topicspace import TopicSpace
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
 
-__all__ = ["AMQPServer", "serverFor"]
-
-_servers: weakref.WeakKeyDictionary[Any, AMQPServer] = weakref.WeakKeyDictionary()
+__all__ = ["AMQPServer"]
 
 
-def serverFor(broker: Broker, reactor: Any) -> AMQPServer:
-    """The one L{AMQPServer} of C{broker} (TCP and TLS listeners share it)."""
-    server = _servers.get(broker)
-    if server is None:
-        server = _servers[broker] = AMQPServer(broker, reactor)
-    return server
-
-
-class AMQPServer:
+class AMQPServer(Service):
     """Virtual hosts, the byte count of queued messages and the memory alarm.
+
+    The node's AMQP service (L{IProtocolPlugin.buildNodeService}): every
+    AMQP listener (TCP and TLS) shares it; it recovers durable queues when
+    started, once the broker has opened its store.
 
     @ivar blocked: True while queued message bytes exceed
         C{[amqp] memory_high_watermark}; publishing connections are then
@@ -39,16 +34,18 @@ class AMQPServer:
     """
 
     log = Logger()
+    name = "amqp"
 
     def __init__(self, broker: Broker, reactor: Any) -> None:
         self.broker = broker
         self.reactor = reactor
         self.settings = broker.settings.amqp
+        #: the MQTT topic exchange of [amqp] mqtt_vhost (docs/topic-space.md)
+        self.topicSpace = TopicSpace(self)
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[Any] = set()
         self.bytes = 0
         self.blocked = False
-        self.pendingWrites: list[defer.Deferred[Any]] = []
         self.persistence = Persistence(self, broker.store)
         self.ready: defer.Deferred[None] | None = None
         #: nesting depth of L{batch}; while above 0, connections hold their writes
@@ -100,6 +97,10 @@ class AMQPServer:
         if v is None:
             v = self.vhosts[name] = VirtualHost(self, name)
         return v
+
+    def startService(self) -> None:
+        super().startService()
+        self.start()
 
     def start(self) -> defer.Deferred[None]:
         """Recover durable state from the shard store (once), after L{Broker.whenReady}.

@@ -100,11 +100,7 @@ class QueueStore:
                 ("p", m.propsRaw),
             ],
         }
-        d = self._pending()
-        server = self.persistence.server
-        if d not in server.pendingWrites:
-            server.pendingWrites.append(d)
-        return d
+        return self._pending()
 
     def _pending(self) -> defer.Deferred[Any]:
         """This batch's Deferred; the batch is written when the node's batch ends."""

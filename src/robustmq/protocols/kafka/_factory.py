@@ -10,7 +10,7 @@ from zope.interface import implementer
 
 from robustmq.interfaces import IProtocolPlugin
 from robustmq.protocols._limits import ConnectionLimitedFactory
-from robustmq.protocols.kafka._node import nodeFor
+from robustmq.protocols.kafka._node import KafkaNode
 from robustmq.protocols.kafka._protocol import KafkaServerProtocol
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ class KafkaServerFactory(ConnectionLimitedFactory):
         self.broker = broker
         self.listener = listener
         self.reactor = reactor
-        self.node = nodeFor(broker, reactor)
+        self.node: KafkaNode = broker.nodeService("kafka")
         self._initLimits()
 
     def buildProtocol(self, addr: Any) -> KafkaServerProtocol | None:
@@ -41,11 +41,10 @@ class KafkaServerFactory(ConnectionLimitedFactory):
         return self._track(KafkaServerProtocol(self.node, self.listener))
 
     def stopFactory(self) -> None:
-        """The listener stopped: close its connections and cancel group timers."""
+        """The listener stopped: close its connections (node-wide state stays with the node)."""
         for p in list(self.open):
             if p.transport is not None:
                 p.transport.loseConnection()
-        self.node.groups.stop()
 
 
 @implementer(IPlugin, IProtocolPlugin)
@@ -55,6 +54,11 @@ class KafkaProtocolPlugin:
     name = "kafka"
     defaultPort = 9092
     transports = ("tcp", "tls")
+    configSection = None  # [kafka] is a built-in section (robustmq.config.KafkaSettings)
+
+    def buildNodeService(self, broker: Broker, reactor: Any) -> KafkaNode:
+        """Topics, the group and transaction coordinators of the node."""
+        return KafkaNode(broker, reactor)
 
     def buildFactory(
         self, broker: Broker, listener: ListenerSettings, reactor: Any

@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import base64
 import json
-import weakref
 from typing import TYPE_CHECKING, Any
 
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._groups import GroupCoordinator
+from robustmq.protocols.kafka._mappings import KafkaMappings
 from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
 
-__all__ = ["KafkaNode", "TransactionCoordinator", "nodeFor"]
+__all__ = ["KafkaNode", "TransactionCoordinator"]
 
 
 class _Txn:
@@ -212,10 +213,16 @@ async def _wait(d: defer.Deferred[Any] | None) -> None:
         await d
 
 
-class KafkaNode:
-    """Everything the Kafka listeners of one broker share."""
+class KafkaNode(Service):
+    """Everything the Kafka listeners of one broker share: topics, groups, transactions.
+
+    The node's Kafka service (L{IProtocolPlugin.buildNodeService}): started
+    after the broker and stopped after the last Kafka listener, so closing
+    one listener never stops the group coordinator the others use.
+    """
 
     log = Logger()
+    name = "kafka"
 
     def __init__(self, broker: Broker, reactor: Any) -> None:
         self.broker = broker
@@ -228,6 +235,19 @@ class KafkaNode:
         self.groups = GroupCoordinator(self.settings, reactor)
         self.txns = TransactionCoordinator(self)
         self.saslRequired = self.settings.sasl_required
+        #: Kafka topics mapped to MQTT topic filters ([[mappings]], docs/topic-space.md)
+        self.mappings = KafkaMappings(self, broker.settings.mappings)
+
+    def startService(self) -> None:
+        """Put the MQTT → Kafka mappings in the broker's router."""
+        super().startService()
+        self.mappings.start()
+
+    def stopService(self) -> None:
+        """The node is stopping: cancel group timers (rebalance and session deadlines)."""
+        super().stopService()
+        self.groups.stop()
+        self.mappings.stop()
 
     async def ready(self) -> None:
         """Returns once topics and the previous run's producer state are loaded."""
@@ -264,14 +284,3 @@ class KafkaNode:
             "group.initial.rebalance.delay.ms": str(s.group_initial_rebalance_delay_ms),
             "transaction.max.timeout.ms": str(s.transaction_max_timeout_ms),
         }
-
-
-_NODES: weakref.WeakKeyDictionary[Any, KafkaNode] = weakref.WeakKeyDictionary()
-
-
-def nodeFor(broker: Broker, reactor: Any) -> KafkaNode:
-    """The one L{KafkaNode} of C{broker} (created on first use)."""
-    node = _NODES.get(broker)
-    if node is None:
-        node = _NODES[broker] = KafkaNode(broker, reactor)
-    return node

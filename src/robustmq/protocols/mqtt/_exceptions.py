@@ -41,3 +41,11 @@ class TopicNameInvalid(ProtocolViolation):
     """A topic name beyond the configured length or level limits."""
 
     reasonCode = 0x90
+
+
+class Refused(MQTTError):
+    """A well-formed packet the broker refuses with a specific 5.0 reason code."""
+
+    def __init__(self, reasonCode: int, reason: str) -> None:
+        super().__init__(reason)
+        self.reasonCode = reasonCode

@@ -48,6 +48,11 @@ class MQTTProtocolPlugin:
     name = "mqtt"
     defaultPort = 1883
     transports = ("tcp", "tls", "ws", "wss", "quic")
+    configSection = None  # [mqtt] is a built-in section (robustmq.config.MQTTSettings)
+
+    def buildNodeService(self, broker: Broker, reactor: Any) -> None:
+        """MQTT sessions live in the broker core for now: no service of its own."""
+        return None
 
     def buildFactory(
         self, broker: Broker, listener: ListenerSettings, reactor: Any

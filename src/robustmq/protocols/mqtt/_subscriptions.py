@@ -1,0 +1,155 @@
+"""SUBSCRIBE and UNSUBSCRIBE."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from robustmq.core.broker import ExclusiveTaken
+from robustmq.core.message import Message
+from robustmq.core.outcome import Outcome
+from robustmq.core.subscription import SubscriptionOptions, parseFilter
+from robustmq.core.topics import InvalidTopic, validateTopicFilter
+from robustmq.protocols.mqtt._codec import (
+    encodeAck,
+    encodeSuback,
+    encodeUnsuback,
+)
+from robustmq.protocols.mqtt._exceptions import ProtocolViolation, Refused
+from robustmq.protocols.mqtt._packets import (
+    SUBACK_FAILURE,
+    UNSUBACK,
+    Reason,
+    Subscribe,
+    Unsubscribe,
+)
+
+if TYPE_CHECKING:
+    from robustmq.core.session import Session
+
+    pass
+from robustmq.protocols.mqtt._connection import (
+    MQTTConnection,
+)
+
+
+class SubscriptionHandling(MQTTConnection):
+    """SUBSCRIBE and UNSUBSCRIBE: filter checks, ACL, rewrite, retained messages to send."""
+
+    __slots__ = ()
+
+    # SUBSCRIBE / UNSUBSCRIBE
+
+    def handle_subscribe(self, packet: Subscribe) -> None:
+        session = self.session
+        assert session is not None
+        broker = self.broker
+        settings = self.settings
+        v5 = self._v5 is not None
+        identifier = packet.properties.get("subscription_identifier") if v5 else None
+        if identifier is not None and not settings.subscription_identifiers:
+            raise Refused(
+                Reason.SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED,
+                "subscription identifiers are not supported",
+            )
+        codes: list[int] = []
+        retained: list[tuple[list[Message], SubscriptionOptions]] = []
+        outcome = Outcome()
+        for topicFilter, optionsByte in packet.topics:
+            options = (
+                SubscriptionOptions.fromByte(optionsByte, identifier)
+                if v5
+                else SubscriptionOptions(qos=optionsByte)
+            )
+            code = self._checkFilter(session, topicFilter, options)
+            if code is not None:
+                codes.append(code if v5 else SUBACK_FAILURE)
+                continue
+            if options.qos > settings.max_qos:
+                options.qos = settings.max_qos
+            if broker.rewriter.active:
+                topicFilter = self._rewriteFilter(topicFilter)
+            try:
+                messages = broker.subscribe(session, topicFilter, options, outcome)
+            except ExclusiveTaken:
+                self._refuseFilter(topicFilter, "exclusive subscription already taken")
+                codes.append(Reason.QUOTA_EXCEEDED if v5 else SUBACK_FAILURE)
+                continue
+            retained.append((messages, options))
+            codes.append(options.qos)
+        self._writeAck(encodeSuback(packet.packetId, codes, {} if v5 else None), outcome.writes)
+        # MQTT-3.3.1-6: retained messages follow the SUBACK, with RETAIN set.
+        delivered = Outcome()
+        for messages, options in retained:
+            if messages:
+                kept = options.withRetainKept()
+                for message in messages:
+                    session.deliver(message, min(message.qos, options.qos), kept, delivered)
+        delivered.background()
+
+    def _checkFilter(
+        self, session: Session, topicFilter: str, options: SubscriptionOptions
+    ) -> int | None:
+        """None if the filter may be subscribed, else the 5.0 reason code to refuse it."""
+        settings = self.settings
+        try:
+            group, real, _exclusive = parseFilter(topicFilter)
+            validateTopicFilter(real, settings.max_topic_levels)
+        except (InvalidTopic, ValueError) as e:
+            self._refuseFilter(topicFilter, str(e))
+            return Reason.TOPIC_FILTER_INVALID
+        if group is not None:
+            if options.noLocal:
+                raise ProtocolViolation("No Local on a shared subscription", "MQTT-3.8.3-4")
+            if not settings.shared_subscription:
+                self._refuseFilter(topicFilter, "shared subscriptions are disabled")
+                return Reason.SHARED_SUBSCRIPTIONS_NOT_SUPPORTED
+        if not settings.wildcard_subscription and ("+" in real or "#" in real):
+            self._refuseFilter(topicFilter, "wildcard subscriptions are disabled")
+            return Reason.WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED
+        if (
+            settings.max_subscriptions
+            and topicFilter not in session.subscriptions
+            and len(session.subscriptions) >= settings.max_subscriptions
+        ):
+            self._refuseFilter(topicFilter, f"limit of {settings.max_subscriptions} reached")
+            return Reason.QUOTA_EXCEEDED
+        if len(topicFilter) > self.broker.settings.limits.max_topic_length:
+            self._refuseFilter(topicFilter, "longer than [limits] max_topic_length")
+            return Reason.TOPIC_FILTER_INVALID
+        if not self.access.canSubscribe(real):
+            self._refuseFilter(topicFilter, "not authorized")
+            return Reason.NOT_AUTHORIZED
+        return None
+
+    def _rewriteFilter(self, topicFilter: str) -> str:
+        group, real, exclusive = parseFilter(topicFilter)
+        new = self.broker.rewriter.rewrite(real, "subscribe", self.clientId or "", self.username)
+        if new == real:
+            return topicFilter
+        return topicFilter[: len(topicFilter) - len(real)] + new
+
+    def _refuseFilter(self, topicFilter: str, why: str) -> None:
+        self.log.info(
+            "{clientId}: refusing subscription {topicFilter!r}: {why}",
+            clientId=self.clientId,
+            topicFilter=topicFilter,
+            why=why,
+        )
+
+    def handle_unsubscribe(self, packet: Unsubscribe) -> None:
+        session = self.session
+        assert session is not None
+        codes = []
+        outcome = Outcome()
+        for topicFilter in packet.topics:
+            if self.broker.rewriter.active:
+                try:
+                    topicFilter = self._rewriteFilter(topicFilter)
+                except ValueError:
+                    pass
+            existed = self.broker.unsubscribe(session, topicFilter, outcome)
+            codes.append(Reason.SUCCESS if existed else Reason.NO_SUBSCRIPTION_EXISTED)
+        if self._v5 is not None:
+            self._writeAck(encodeUnsuback(packet.packetId, codes, {}), outcome.writes)
+        else:
+            self._writeAck(encodeAck(UNSUBACK, packet.packetId), outcome.writes)
