@@ -344,6 +344,7 @@ class RequestAfterCloseTests(TestCase):
         store._clock = clock
         store.open()
         broker = Broker(settings, clock, store=store)
+        broker.nodeServices["kafka"] = kafkaPlugin.buildNodeService(broker, clock)
         factory = KafkaServerFactory(broker, ListenerSettings(protocol="kafka", port=9092), clock)
         proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
         transport = _GoneTransport(
