@@ -334,3 +334,53 @@ class FullDiskTests(_Base):
         store._probeSpace()
         self.assertTrue(await store.createShard("new"))
         self.assertEqual(await store.append("new", [{"value": b"v"}]), [0])
+
+
+class GroupCommitTests(_Base):
+    """Item 6: under sync = "always" one fsync round covers every batch written meanwhile."""
+
+    async def test_batchesWrittenDuringAnFsyncShareTheNext(self) -> None:
+        import threading
+
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        import robustmq.storage.segment as segment
+
+        release = threading.Event()
+        real = segment.syncPaths
+        calls: list[list[str]] = []
+
+        def slowSync(paths: list[str]) -> None:
+            calls.append(list(paths))
+            release.wait(30)  # the first round "takes long"; the others pass through
+            real(paths)
+
+        store = await self.openStore(sync="always")
+        await store.createShard("a")
+        await store.createShard("b")
+        self.patch(segment, "syncPaths", slowSync)
+        before = store.statistics()
+        first = store.append("a", [{"value": b"1"}])
+        for _ in range(200):  # the first batch is written and its fsync round started
+            if calls:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        second = store.append("a", [{"value": b"2"}])
+        await deferLater(reactor, 0, lambda: None)
+        third = store.append("b", [{"value": b"3"}])
+        for _ in range(500):  # both are written and wait for the next round
+            if len(store._syncQueue) == 2:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(len(store._syncQueue), 2)
+        self.assertFalse(first.called or second.called or third.called, "nothing before fsync")
+        release.set()
+        self.assertEqual(await first, [0])
+        self.assertEqual(await second, [1])
+        self.assertEqual(await third, [0])
+        after = store.statistics()
+        self.assertEqual(after["fsync_rounds"] - before.get("fsync_rounds", 0), 2)
+        self.assertEqual(after["fsync_batches"] - before.get("fsync_batches", 0), 3)
+        self.assertEqual(len(calls), 2)
+        self.assertIn(os.path.join(self.shardDir("b"), "00000000000000000000.log"), calls[1])
