@@ -212,13 +212,18 @@ class Persistence:
     def _put(self, key: str, value: dict[str, Any]) -> None:
         if self.store is None:
             return
-        d = self.store.upsert(META, key.encode(), json.dumps(value, default=_jsonable).encode())
+        # binding keys are any bytes (shortstr decodes them with surrogateescape)
+        d = self.store.upsert(
+            META,
+            key.encode("utf-8", "surrogateescape"),
+            json.dumps(value, default=_jsonable).encode(),
+        )
         d.addErrback(lambda f: logWriteFailure(self.log, f, "AMQP metadata write failed"))
 
     def _delete(self, key: str) -> None:
         if self.store is None:
             return
-        d = self.store.deleteKey(META, key.encode())
+        d = self.store.deleteKey(META, key.encode("utf-8", "surrogateescape"))
         d.addErrback(lambda f: logWriteFailure(self.log, f, "AMQP metadata delete failed"))
 
     def exchangeDeclared(self, vhost: VirtualHost, ex: Exchange) -> None:
@@ -295,7 +300,12 @@ class Persistence:
         for key in await store.keys(META):
             record = await store.lookup(META, key)
             if record is not None and record["value"] is not None:
-                entries.append((key.decode().split("\x00"), json.loads(record["value"])))
+                entries.append(
+                    (
+                        key.decode("utf-8", "surrogateescape").split("\x00"),
+                        json.loads(record["value"]),
+                    )
+                )
         order = {"x": 0, "q": 1, "b": 2}
         entries.sort(key=lambda e: order.get(e[0][0], 3))
         queues = exchanges = messages = 0
