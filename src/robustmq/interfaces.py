@@ -186,6 +186,29 @@ class ISpanShardStore(IShardStore):
         """
 
 
+class IShardAdminStore(IShardStore):
+    """An L{IShardStore} that can change a shard's config and tell its size (optional).
+
+    Kafka's AlterConfigs changes a topic's C{retention.ms} and
+    C{retention.bytes}; a store providing this applies the new bounds to the
+    shard from its next retention pass.  DescribeLogDirs reports each
+    partition's size.  The memory and segment stores provide it; without it
+    a shard keeps the config given at creation and its size is summed from
+    its records.
+    """
+
+    def shardSize(shard):  # type: ignore[no-untyped-def]
+        """Fire with the bytes the shard occupies in the store (framing included)."""
+
+    def configureShard(shard, config):  # type: ignore[no-untyped-def]
+        """
+        Replace a shard's config (the keys C{createShard} takes, defaults filled in).
+
+        C{compacted} cannot change (C{ValueError} if it would).
+        @return: Deferred firing with the normalised config once it is durable.
+        """
+
+
 class IAuthenticator(Interface):
     """A source that decides whether a client may connect.
 
@@ -322,6 +345,35 @@ class IClusterRouting(Interface):
 
     def sessionEnded(clientId):  # type: ignore[no-untyped-def]
         """The session of C{clientId} ended here (released in the cluster)."""
+
+
+class ISessionDirectory(Interface):
+    """A node's MQTT sessions, as the broker cluster reaches them.
+
+    Provided by the MQTT node service (C{broker.nodeService("mqtt")}); the
+    cluster hands sessions over between brokers, adopts a dead broker's
+    sessions and distributes shared-subscription messages through it,
+    without importing the MQTT protocol package.
+    """
+
+    sessions = Attribute(
+        "The session registry: get(clientId), iteration, len(), adopt(record, outcome), "
+        "export(session), discard(session, outcome=None), takeOverConnection(session, "
+        "keepWill), deferWill(session, will, delay)."
+    )
+    groups = Attribute("Local shared-subscription groups by (group name, filter).")
+    persistence = Attribute(
+        "Where sessions are stored (core.persistence.SessionPersistence) or None."
+    )
+
+    def whenReady():  # type: ignore[no-untyped-def]
+        """Fires once persistent sessions are restored from storage."""
+
+    def publishWill(will):  # type: ignore[no-untyped-def]
+        """Publish a will message now (nobody acknowledges it)."""
+
+    def group(name, topicFilter):  # type: ignore[no-untyped-def]
+        """The local shared group C{$share/<name>/<topicFilter>}, or None."""
 
 
 class ISessionConnection(Interface):

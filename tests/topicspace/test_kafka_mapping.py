@@ -94,3 +94,25 @@ def test_mqttToKafkaOnlyMappingPublishesNothingBack(node: TopicSpaceNode) -> Non
         sub.kill()
     records = _kcatConsume(node, "positions", 2)
     assert sorted(r["payload"] for r in records) == ["from kafka", "from mqtt"]
+
+
+def test_mappingCountersInMetrics(node: TopicSpaceNode) -> None:
+    """Appended records and Kafka-only records are counted (GET /metrics)."""
+    room = uuid.uuid4().hex[:8]
+    node.mosquittoPub(f"sensors/{room}/m", "x", "-q", "1")
+    _kcatProduce(node, "sensors", [f"not-a-topic-{room}|kafka only"])
+    text = node.metrics()
+    appended = [
+        line
+        for line in text.splitlines()
+        if line.startswith(
+            'robustmq_mapping_records_total{kafka_topic="sensors",outcome="appended"}'
+        )
+    ]
+    assert appended and float(appended[0].split()[-1]) >= 1, text[-2000:]
+    kafkaOnly = [
+        line
+        for line in text.splitlines()
+        if line.startswith("robustmq_mapping_kafka_only_records_total ")
+    ]
+    assert kafkaOnly and float(kafkaOnly[0].split()[-1]) >= 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import urllib.request
 
 from robustmq.testing.process import BrokerProcess, freePort, waitForPort
 
@@ -13,10 +14,23 @@ TIMEOUT = 20.0
 class TopicSpaceNode(BrokerProcess):
     """A node with MQTT, Kafka and AMQP listeners on free loopback ports and mappings."""
 
-    def __init__(self, extra: str = "", dataDir: str | None = None) -> None:
+    def __init__(
+        self, extra: str = "", dataDir: str | None = None, logLevel: str = "debug"
+    ) -> None:
         self.kafkaPort = freePort()
         self.amqpPort = freePort()
-        config = f"""
+        self.httpPort = freePort()
+        http = (
+            ""
+            if "[http]" in extra
+            else f"""
+[http]
+enabled = true
+bind = "127.0.0.1"
+port = {self.httpPort}
+"""
+        )
+        config = f"""{http}
 [[listeners]]
 protocol = "kafka"
 bind = "127.0.0.1"
@@ -45,11 +59,16 @@ direction = "mqtt_to_kafka"
 
 {extra}
 """
-        super().__init__(extraConfig=config, dataDir=dataDir)
+        super().__init__(extraConfig=config, dataDir=dataDir, logLevel=logLevel)
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafkaPort}"
+
+    def metrics(self) -> str:
+        """The node's Prometheus exposition."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.httpPort}/metrics", timeout=10) as r:
+            return r.read().decode()
 
     @property
     def amqpUrl(self) -> str:

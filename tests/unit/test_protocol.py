@@ -71,7 +71,7 @@ def test_pubSubAllQos(h, bytewise):
     sub.send(Puback(got[1].packetId), Pubrec(got[2].packetId))
     assert sub.received() == [Pubrel(got[2].packetId)]
     sub.send(Pubcomp(got[2].packetId))
-    assert h.broker.sessions.get("sub").inflight == {}
+    assert h.sessions.get("sub").inflight == {}
 
 
 def test_firstPacketMustBeConnect(h):
@@ -201,7 +201,7 @@ def test_cleanSessionDiscardsState(h):
     c = h.connect()
     c.send(Connect("c1", cleanSession=True))
     assert c.received() == [Connack(False, 0)]
-    assert "q" not in h.broker.sessions.get("c1").subscriptions
+    assert "q" not in h.sessions.get("c1").subscriptions
 
 
 def test_takeoverClosesOldConnection(h):
@@ -263,7 +263,7 @@ def test_packetsAfterCongestionAreHeldNotDropped():
     pub = online(h, "p")
     pub.send(*[Publish("x", b"%d" % i) for i in range(6)], Pingreq())  # one network read
     assert pub.received() == []  # the PINGREQ waits behind the held PUBLISHes
-    assert len(h.broker.sessions.get("s").queue) == 2
+    assert len(h.sessions.get("s").queue) == 2
     sub.protocol.resumeProducing()
     assert [m.payload for m in sub.received()] == [b"%d" % i for i in range(6)]
     assert pub.received() == [Pingresp()]
@@ -278,7 +278,7 @@ def test_hardBoundDropsBeyondTwiceTheQueue():
     both.protocol.pauseProducing()
     both.send(*[Publish("loop", b"%d" % i, 1, packetId=i + 1) for i in range(10)])
     assert h.broker.stats.messagesDropped == 6
-    assert len(h.broker.sessions.get("both").queue) == 4
+    assert len(h.sessions.get("both").queue) == 4
 
 
 def test_stuckSubscriberReleasesPublishersAfterTimeout():

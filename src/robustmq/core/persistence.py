@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -34,8 +34,22 @@ from robustmq.interfaces import (
     StorageUnavailableError,
 )
 
-if TYPE_CHECKING:
-    from robustmq.core.session import Session
+
+class Session(Protocol):
+    """The state of a session that is stored (the MQTT protocol's session provides it)."""
+
+    clientId: str
+    expiryInterval: int
+    disconnectedAt: float | None
+    nextSeq: int
+    subscriptions: dict[str, SubscriptionOptions]
+    storedSeqs: set[int]
+    awaitingRel: Any
+    inflight: dict[int, list[Any]]
+    queue: Any
+    pendingWill: Message | None
+    willDueAt: float | None
+
 
 SESSIONS = "mqtt/sessions"
 MESSAGES = "mqtt/session-messages"

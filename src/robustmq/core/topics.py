@@ -243,6 +243,6 @@ class TopicStore(Generic[V]):
                         continue
                     stack.append((child, i + 1))
             else:
-                child = node.children.get(level)
-                if child is not None:
-                    stack.append((child, i + 1))
+                exact = node.children.get(level)
+                if exact is not None:
+                    stack.append((exact, i + 1))

@@ -32,7 +32,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from robustmq.interfaces import ISpanShardStore
+from robustmq.interfaces import IShardAdminStore, ISpanShardStore
 from robustmq.storage._common import normalizeShardConfig
 from robustmq.storage._segment.checkpoint import (
     CHECKPOINT_FILE,
@@ -96,7 +96,7 @@ class _Created:
         self.shard = shard
 
 
-@implementer(ISpanShardStore)
+@implementer(ISpanShardStore, IShardAdminStore)
 class SegmentShardStore:
     """
     Shards as directories of segment files under C{<data_dir>/shards/}.
@@ -809,6 +809,41 @@ class SegmentShardStore:
         self._waiters.append((d, _Created(shard)))
         self._schedule()
         return d
+
+    def configureShard(self, shard: str, config: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """Replace C{shard}'s config in memory and in its metadata file (L{IShardAdminStore})."""
+        log = self._shards.get(shard)
+        if log is None:
+            return _missing(shard)
+        try:
+            self._check()
+            cfg = normalizeShardConfig(config, self._settings)
+            if cfg["compacted"] != log.config.get("compacted", False):
+                raise ValueError("shard config 'compacted' cannot change")
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
+        except Exception as e:
+            return defer.fail(e)
+        log.config = cfg
+        self._ops.append(
+            (
+                "atomic",
+                os.path.join(log.directory, META_FILE),
+                metaBytes(shard, cfg, log.startOffset),
+            )
+        )
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._waiters.append((d, dict(cfg)))
+        self._schedule()
+        return d
+
+    def shardSize(self, shard: str) -> defer.Deferred[int]:
+        """Bytes of C{shard}'s segment files (L{IShardAdminStore})."""
+        log = self._shards.get(shard)
+        if log is None:
+            return _missing(shard)
+        return defer.succeed(log.totalBytes())
 
     def deleteShard(self, shard: str) -> defer.Deferred[bool]:
         """Delete C{shard}: its files, its index cache entries and group offsets."""

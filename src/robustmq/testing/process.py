@@ -86,9 +86,12 @@ class BrokerProcess:
         port: int | None = None,
         workdir: Path | None = None,
         env: dict[str, str] | None = None,
+        logLevel: str = "debug",
     ) -> None:
         #: extra environment variables for the node (ROBUSTMQ_... overrides, PYTHONPATH)
         self.env = env
+        #: [log] level (benchmarks run at "info": debug lines cost time)
+        self.logLevel = logLevel
         if workdir is None:
             workdir = Path(tempfile.mkdtemp(prefix="robustmq-test-"))
         else:
@@ -114,7 +117,7 @@ class BrokerProcess:
 data_dir = "{self.dataDir}"
 
 [log]
-level = "debug"
+level = "{self.logLevel}"
 
 [[listeners]]
 protocol = "mqtt"

@@ -321,7 +321,7 @@ class ACL:
 
     def list(self) -> list[dict[str, Any]]:
         """Every rule in decision order, with its source."""
-        out = []
+        out: list[dict[str, Any]] = []
         for name in self.settings.sources:
             rules = self.storeRules if name == "store" else self.fileRules
             out.extend({**rule.toDict(), "source": name} for rule in rules)

@@ -536,11 +536,11 @@ class AMQPServerProtocol(Protocol):
 
     def _pauseForTargets(self) -> None:
         if not self.readPaused and self.transport is not None:
-            self.transport.pauseProducing()
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
 
     def _resumeAfterTargets(self) -> None:
         if not self.readPaused and not self.closed and self.transport is not None:
-            self.transport.resumeProducing()
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
 
     def unblock(self) -> None:
         """The memory alarm cleared."""

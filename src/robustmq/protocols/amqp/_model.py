@@ -238,6 +238,8 @@ class Queue:
     ) -> None:
         """RabbitMQ's 406 'inequivalent arg' check of a redeclaration."""
         v = self.vhost.name
+        mine: Any
+        theirs: Any
         for prop, mine, theirs in (
             ("durable", self.durable, durable),
             ("auto_delete", self.autoDelete, autoDelete),

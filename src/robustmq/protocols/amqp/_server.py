@@ -34,7 +34,7 @@ class AMQPServer(Service):
     """
 
     log = Logger()
-    name = "amqp"
+    name = "amqp"  # type: ignore[assignment]
 
     def __init__(self, broker: Broker, reactor: Any) -> None:
         self.broker = broker

@@ -60,7 +60,9 @@ class QueueStore:
 
     def __init__(self, persistence: Persistence, queue: Queue) -> None:
         self.persistence = persistence
-        self.store = persistence.store
+        store = persistence.store
+        assert store is not None, "durable queues need a shard store"
+        self.store: IShardStore = store
         self.queue = queue
         self.shard = queueShard(queue.vhost.name, queue.name)
         self.ready: defer.Deferred[Any] = defer.Deferred()
@@ -138,7 +140,7 @@ class QueueStore:
         if self.ready.called:
             run(None)
         else:
-            self.ready.addCallback(lambda r: (run(r), r)[1])
+            self.ready.addCallback(_runThen, run)
 
     def remove(self, qm: QueuedMessage) -> None:
         """The message left the queue: write its tombstone (or drop its unwritten upsert)."""
@@ -356,3 +358,9 @@ class Persistence:
                 queues=queues,
                 messages=messages,
             )
+
+
+def _runThen(result: Any, run: Any) -> Any:
+    """Call C{run(result)} and pass C{result} on (a Deferred callback)."""
+    run(result)
+    return result

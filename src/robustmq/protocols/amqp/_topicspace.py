@@ -164,6 +164,7 @@ class AMQPTarget:
             queues: Any = (dest,)
         else:
             vhost = self.space.vhost
+            assert vhost is not None
             queues = vhost.route(dest, amqp.routingKey, amqp.properties.headers)
         encodings = message.encodings
         assert encodings is not None
