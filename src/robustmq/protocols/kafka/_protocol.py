@@ -89,7 +89,7 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
         self.peerHost = getattr(peer, "host", str(peer))
         # Kept now: a request may finish after the socket is gone (bench/fuzz.py found
         # getHost() raising then, for a Metadata that auto-created a topic).
-        self._here = self.transport.getHost()  # type: ignore[union-attr]
+        self._here: Any = self.transport.getHost()  # type: ignore[union-attr]
         #: host:port, and the client.id of the latest request (for admin listings)
         self.peer = f"{self.peerHost}:{getattr(peer, 'port', '')}"
         self.clientId: str | None = None

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from robustmq.interfaces import ICongestible, IDeliveryTarget
-
 from robustmq.core.persistence import logWriteFailure
+from robustmq.interfaces import ICongestible, IDeliveryTarget
 
 if TYPE_CHECKING:
     from robustmq.config import MQTTSettings
