@@ -203,7 +203,9 @@ class TornTailTests(_Base):
         self.assertEqual(await store.offsets("s"), (0, 19))
         await self.assertIntact(store, "s", range(19))
         self.assertEqual(os.path.getsize(path), size - frame)
-        self.assertTrue(any("truncated the torn or damaged tail" in m for m in self.logged), self.logged)
+        self.assertTrue(
+            any("truncated the torn or damaged tail" in m for m in self.logged), self.logged
+        )
         self.assertEqual(await store.append("s", [{"value": _value(19)}]), [19])
         await self.assertIntact(store, "s", range(20))
 

@@ -659,7 +659,10 @@ class SegmentShardStore:
             self._ioPool,
             self._rebuildOnDisk,
             [log.directory for log in redo],
-            [self._shards.get(s) is None and os.path.join(self._shardsDir, escape(s)) for s in drop],
+            [
+                self._shards.get(s) is None and os.path.join(self._shardsDir, escape(s))
+                for s in drop
+            ],
         )
         for old, rec in zip(redo, rebuilt, strict=True):
             if self._shards.get(old.name) is not old or rec.log is None:

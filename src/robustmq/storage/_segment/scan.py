@@ -64,8 +64,7 @@ class Damage:
 
     def __repr__(self) -> str:
         return (
-            f"Damage(bytes {self.start}..{self.end}, offsets "
-            f"{self.firstOffset}..{self.lastOffset})"
+            f"Damage(bytes {self.start}..{self.end}, offsets {self.firstOffset}..{self.lastOffset})"
         )
 
     def describe(self) -> dict[str, Any]:
