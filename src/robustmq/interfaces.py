@@ -559,11 +559,18 @@ class StorageClosedError(StorageError):
 
 class StorageUnavailableError(StorageError):
     """
-    The store refuses writes for now (base of L{StorageFullError} and
-    L{StorageFailedError}); nothing of the refused write is stored.
+    The store did not take a write: it refuses writes for now, or (the C{s3}
+    store) the object store did not confirm it in time.  The write is not
+    acknowledged; protocols answer with their own error (Kafka
+    KAFKA_STORAGE_ERROR, AMQP basic.nack, MQTT 5 PUBACK 0x80 or 0x97), never
+    with an acknowledgement, and the store keeps working.
 
-    Protocols answer it with their own error (Kafka KAFKA_STORAGE_ERROR,
-    AMQP basic.nack, MQTT 5 PUBACK 0x97), never with an acknowledgement.
+    Raised as such by the C{s3} store when the object store did not store a
+    write within the configured time (the records may or may not be in the
+    bucket: the C{s3} store settles which before its next write to the
+    shard).  Its subclasses L{StorageFullError} and L{StorageFailedError}
+    (the C{segment} store) guarantee that nothing of the refused write is
+    stored.
     """
 
 
@@ -573,6 +580,16 @@ class StorageFullError(StorageUnavailableError):
 
     Nothing of a write that failed this way is stored; the store resumes
     writing by itself once enough space is free again.
+    """
+
+
+class ShardFencedError(StorageError):
+    """
+    Another broker took the shard: this store may no longer write to it.
+
+    The C{s3} store's fencing (docs/storage.md): a writer whose conditional
+    PUT finds the sequence number taken by a successor stops writing that
+    shard for good, so the log never forks.
     """
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import json
 import os
 import time
@@ -28,9 +27,9 @@ from robustmq.admin._http import (
     jsonBody,
     queryArgs,
 )
-from robustmq.admin._metrics import Metrics
+from robustmq.admin._metrics import Metrics, storeHealth
 from robustmq.admin._security import SecurityAPI
-from robustmq.config import Settings
+from robustmq.config import Settings, maskedSettings
 from robustmq.core.message import Message
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
 
@@ -43,9 +42,6 @@ DEFAULT_LIMIT = 100
 
 #: Seconds C{GET /api/v1/cluster} waits for the cluster's answer before a 504.
 CLUSTER_STATUS_TIMEOUT = 5.0
-
-#: The secrets of [http] that the config view hides.
-_SECRETS = ("token", "password")
 
 Params = dict[str, str]
 
@@ -231,12 +227,11 @@ class AdminAPI:
         for svc in self.listenerServices():
             checks[f"listener:{svc.listener.label}"] = svc.port is not None
         reasons: list[str] = []
-        health = getattr(self.broker.store, "health", None)
+        health = storeHealth(self.broker.store)
         if health is not None:
-            storage = health()
-            checks["storage"] = bool(storage["writable"])
-            if storage["reason"]:
-                reasons.append(f"storage {storage['state']}: {storage['reason']}")
+            checks["storage"] = bool(health["writable"])
+            if health["reason"]:
+                reasons.append(f"storage {health['state']}: {health['reason']}")
         ok = all(checks.values())
         if not ok:
             body: dict[str, Any] = {"status": "not ready", "checks": checks}
@@ -256,12 +251,11 @@ class AdminAPI:
     def storageStatus(self, request: server.Request, params: Params) -> Any:
         """The store's health and its fault counters."""
         store = self.broker.store
-        health = getattr(store, "health", None)
-        statistics = getattr(store, "statistics", None)
+        statistics = getattr(store, "statistics", None) or getattr(store, "stats", None)
         return {
             "backend": store.name,
-            "health": health() if health is not None else {"writable": True, "state": "ok"},
-            "counters": statistics() if statistics is not None else {},
+            "health": storeHealth(store) or {"writable": True, "state": "ok", "reason": None},
+            "counters": statistics() if callable(statistics) else {},
         }
 
     def openapi(self, request: server.Request, params: Params) -> Any:
@@ -398,13 +392,7 @@ class AdminAPI:
 
     def config(self, request: server.Request, params: Params) -> Any:
         """The effective configuration (file + environment + defaults), secrets hidden."""
-        data = dataclasses.asdict(self.settings)
-        for key in _SECRETS:
-            if data["http"].get(key):
-                data["http"][key] = "***"
-        if data.get("auth", {}).get("jwt_secret"):
-            data["auth"]["jwt_secret"] = "***"
-        return data
+        return maskedSettings(self.settings)
 
     # Clients
 

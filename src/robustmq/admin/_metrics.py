@@ -350,11 +350,33 @@ STORAGE_COUNTERS: tuple[tuple[str, str, str], ...] = (
 )
 
 
+def storeHealth(store: Any) -> dict[str, Any] | None:
+    """
+    The store's C{health()} in one shape, or None for a store without one.
+
+    The segment store answers C{{"writable", "state", "reason", "free_bytes"}};
+    the s3 store C{(ok, detail)}.  Either way the result here has the former's
+    keys (C{state} "unhealthy" for a store that gave no finer one).
+    """
+    health = getattr(store, "health", None)
+    if not callable(health):
+        return None
+    state = health()
+    if isinstance(state, dict):
+        return state
+    ok, detail = state
+    return {
+        "writable": bool(ok),
+        "state": "ok" if ok else "unhealthy",
+        "reason": None if ok else str(detail),
+        "free_bytes": None,
+    }
+
+
 def _storageHealthMetrics(store: Any) -> Iterator[Metric]:
     """Whether the store takes writes, and what faults it found and handled."""
-    health = getattr(store, "health", None)
-    if health is not None:
-        state = health()
+    state = storeHealth(store)
+    if state is not None:
         yield GaugeMetricFamily(
             "robustmq_storage_writable",
             "1 while the store takes writes; 0 while it refuses them (disk full, failed)",
@@ -418,7 +440,7 @@ def _mappingMetrics(broker: Any) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "robustmq_mapping_kafka_only_records",
         "Records produced to mapped Kafka topics that were not published to MQTT (no key, "
-        "a key that is not a matching MQTT topic, transactional batches)",
+        "a key that is not a matching MQTT topic, a batch that does not decode)",
         value=mappings.kafkaOnly,
     )
 
@@ -427,6 +449,26 @@ def _storageMetrics(store: Any) -> Iterator[Metric]:
     """Storage health and fault counters, and the latency histograms of the
     shard store's calls when it is timed."""
     yield from _storageHealthMetrics(store)
+    """Latency histograms of the shard store's calls, when it is timed, and the
+    store's own numbers where it keeps some (the s3 store's C{stats()})."""
+    stats = getattr(store, "stats", None)
+    if callable(stats):
+        family = GaugeMetricFamily(
+            "robustmq_storage_store",
+            "The shard store's own counters and gauges (s3: requests by method, bytes "
+            "written, PUT failures, failed acknowledgements, fenced shards, cache use)",
+            labels=["name"],
+        )
+        for name, value in sorted(stats().items()):
+            family.add_metric([name], value)
+        yield family
+        health = getattr(store, "health", None)
+        if callable(health):
+            yield GaugeMetricFamily(
+                "robustmq_storage_healthy",
+                "1 while the shard store answers (0: object store failing or a write unsettled)",
+                value=1 if health()[0] else 0,
+            )
     timings = getattr(store, "timings", None)
     if not timings:
         return
@@ -476,4 +518,4 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["COUNTERS", "STORAGE_COUNTERS", "BrokerCollector", "Metrics"]
+__all__ = ["COUNTERS", "STORAGE_COUNTERS", "BrokerCollector", "Metrics", "storeHealth"]
