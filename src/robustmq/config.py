@@ -293,6 +293,7 @@ class HTTPSettings:
     loopback_exempt: bool = False
     max_page_size: int = field(default=1000, metadata=_range(1, 100_000))
     max_body_bytes: int = field(default=1 * MiB, metadata=_range(1024, 256 * MiB))
+    metrics_max_objects: int = field(default=1000, metadata=_range(0, 1_000_000))
 
 
 @dataclass(frozen=True)
@@ -589,8 +590,13 @@ def _parseEnvValue(text: str) -> Any:
         return text
 
 
-def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Overlay C{ROBUSTMQ_SECTION__KEY} variables on the parsed TOML C{data}."""
+def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Overlay C{ROBUSTMQ_SECTION__KEY} variables on the parsed TOML C{data}.
+
+    Returns the variable that set each key (C{"mqtt.max_inflight"},
+    C{"listeners[0].port"}), so an error in its value names the variable.
+    """
+    origins: dict[str, str] = {}
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -610,6 +616,7 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             while len(entries) <= index:
                 entries.append({})
             entries[index][path[2]] = value
+            origins[f"{array}[{index}].{path[2]}"] = name
         else:
             if len(path) != 2:
                 raise ConfigError(f"environment variable {name}: too many '__' parts")
@@ -617,6 +624,8 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             if not isinstance(section, dict):
                 raise ConfigError(f"{path[0]}: expected a table")
             section[path[1]] = value
+            origins[f"{path[0]}.{path[1]}"] = name
+    return origins
 
 
 def _protocolPlugins() -> dict[str, Any]:
@@ -864,12 +873,17 @@ def loadSettings(path: str | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    _applyEnvironment(data, os.environ if environ is None else environ)
+    origins = _applyEnvironment(data, os.environ if environ is None else environ)
     try:
         return settingsFromMapping(data)
     except ConfigError as e:
+        message = str(e)
+        for key, variable in origins.items():
+            if message.startswith(f"{key}:") or message.startswith(f"{key}."):
+                # The value came from the environment, not the file: blame the variable.
+                raise ConfigError(f"environment variable {variable}: {message}") from None
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{e}") from None
+        raise ConfigError(f"{where}{message}") from None
 
 
 def _maskURL(url: str) -> str:

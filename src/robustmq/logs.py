@@ -63,6 +63,4 @@ def observer() -> ILogObserver:
     else:
         stream = open(_settings.file, "a", encoding="utf-8")  # noqa: SIM115
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(_settings.level))
-    return FilteringLogObserver(
-        SecretScrubber(textFileLogObserver(stream), _secrets), [predicate]
-    )
+    return FilteringLogObserver(SecretScrubber(textFileLogObserver(stream), _secrets), [predicate])

@@ -6,7 +6,6 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
@@ -23,6 +22,7 @@ from robustmq.interfaces import (
     IShardStorePlugin,
 )
 from robustmq.registry import findPlugin, findPlugins
+from robustmq.startup import listenFailure
 from robustmq.transports import CertificateReloader, serverEndpoint
 
 
@@ -50,8 +50,14 @@ class ListenerService(Service):
         d = self.endpoint.listen(self.factory)
         d.addCallbacks(self._listening, failures.append)
         if failures:
-            error = failures[0].value
-            raise CannotListenError(self.listener.bind, self.listener.port, error)
+            ls = self.listener
+            raise listenFailure(
+                f"listener {ls.label}",
+                ls.bind,
+                ls.port,
+                failures[0].value,
+                f"change `port` of this [[listeners]] entry ({ls.protocol} over {ls.transport})",
+            )
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port

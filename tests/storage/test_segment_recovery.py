@@ -152,7 +152,15 @@ class ReopenTests(_Base):
         store = await self.openStore()
         self.assertEqual(await store.offsets("s"), (0, 300))
         await self.assertIntact(store, "s", range(300))
-        self.assertTrue(any("no clean-shutdown marker" in m for m in self.logged))
+        self.assertTrue(any("did not shut down cleanly" in m for m in self.logged))
+
+    async def test_firstStartSaysNothingAlarming(self) -> None:
+        """An empty data directory is new, not a crash to recover from."""
+        store = await self.openStore()
+        await self.closeStore(store, clean=False)
+        self.assertTrue(any("new data directory" in m for m in self.logged), self.logged)
+        alarming = ("did not shut down", "scanning", "marker", "unclean", "truncated")
+        self.assertEqual([m for m in self.logged if any(w in m for w in alarming)], [])
 
     async def test_spanRecordsSurviveReopen(self) -> None:
         """Span records across segment rolls: offsets and reads after clean and unclean stops,

@@ -28,6 +28,7 @@ from robustmq.admin._http import (
     queryArgs,
 )
 from robustmq.admin._metrics import Metrics, storeHealth
+from robustmq.admin._protocols import ProtocolsAPI
 from robustmq.admin._security import SecurityAPI
 from robustmq.config import Settings, maskedSettings
 from robustmq.core.message import Message
@@ -164,6 +165,8 @@ class AdminAPI:
             Route("GET", f"{v1}/storage/check", self.storageCheck),
             # Users, ACL rules and bans (robustmq.admin._security, docs/security.md).
             *SecurityAPI(self.broker).routes(v1),
+            # Kafka topics and groups; AMQP vhosts, queues, exchanges, bindings, connections.
+            *ProtocolsAPI(self.broker, self._page).routes(v1),
         ]
 
     # Helpers
@@ -285,8 +288,17 @@ class AdminAPI:
         """Node, cluster membership and the broker's counters (the $SYS values)."""
         broker = self.broker
         s = broker.stats
+        byProtocol: dict[str, int] = {}
+        for conn in broker.connections:
+            name = _protocolOf(conn)
+            byProtocol[name] = byProtocol.get(name, 0) + 1
+        served = {svc.listener.protocol for svc in self.listenerServices()}
+        served.update(broker.nodeServices)
+        for name in served:
+            byProtocol.setdefault(name, 0)
         return {
             "node": self._node(),
+            "protocols": sorted(served),
             "cluster": self._membership(),
             "stats": {
                 "connections": s.clientsConnected,
@@ -298,6 +310,11 @@ class AdminAPI:
                 "messages_received": s.messagesReceived,
                 "messages_sent": s.messagesSent,
                 "messages_dropped": s.messagesDropped,
+                "dropped_by_reason": {
+                    f"{protocol}/{reason}": n
+                    for (protocol, reason), n in sorted(s.dropReasons.items())
+                },
+                "connections_by_protocol": dict(sorted(byProtocol.items())),
                 "publish_received": s.publishReceived,
                 "publish_sent": s.publishSent,
                 "bytes_received": s.bytesReceived,
@@ -458,6 +475,7 @@ class AdminAPI:
             "queued": len(session.queue),
             "queued_bytes": session.queuedBytes,
             "congested": session.congested,
+            "dropped": session.dropped,
             "created_at": session.createdAt,
             "disconnected_at": session.disconnectedAt,
         }

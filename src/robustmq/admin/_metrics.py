@@ -104,6 +104,26 @@ class BrokerCollector(Collector):
         yield from _messageMetrics(stats)
         yield from _storageMetrics(broker.store)
         yield from _mappingMetrics(broker)
+        limit = broker.settings.http.metrics_max_objects
+        omitted = GaugeMetricFamily(
+            "robustmq_metrics_omitted_objects",
+            "Kafka partitions, group partitions and AMQP queues left out of the labelled "
+            "series above [http] metrics_max_objects",
+            labels=["kind"],
+        )
+        kafka = broker.nodeServices.get("kafka")
+        if kafka is not None:
+            rows = kafka.metricRows(limit)
+            yield from _kafkaMetrics(rows)
+            for kind, n in rows["omitted"].items():
+                omitted.add_metric([kind], n)
+        amqp = broker.nodeServices.get("amqp")
+        if amqp is not None:
+            rows = amqp.metricRows(limit)
+            yield from _amqpMetrics(rows)
+            for kind, n in rows["omitted"].items():
+                omitted.add_metric([kind], n)
+        yield omitted
 
         sessions = online = congested = inflight = queued = queuedBytes = 0
         mqtt = broker.nodeServices.get("mqtt")
@@ -269,6 +289,87 @@ def _clusterMetrics(cluster: Any) -> Iterator[Metric]:
     yield pending
 
 
+def _kafkaMetrics(rows: dict[str, Any]) -> Iterator[Metric]:
+    """Per-partition offsets and bytes, per-group committed offsets and lag."""
+    labels = ["topic", "partition"]
+    start = GaugeMetricFamily(
+        "robustmq_kafka_partition_log_start_offset",
+        "First readable offset of each Kafka partition",
+        labels=labels,
+    )
+    end = GaugeMetricFamily(
+        "robustmq_kafka_partition_log_end_offset",
+        "Next offset to be written (high watermark) of each Kafka partition",
+        labels=labels,
+    )
+    size = GaugeMetricFamily(
+        "robustmq_kafka_partition_bytes",
+        "Bytes each Kafka partition holds in the store",
+        labels=labels,
+    )
+    for topic, index, first, nxt, nbytes in rows["partitions"]:
+        values = [topic, str(index)]
+        start.add_metric(values, first)
+        end.add_metric(values, nxt)
+        if nbytes is not None:
+            size.add_metric(values, nbytes)
+    groupLabels = ["group", "topic", "partition"]
+    committed = GaugeMetricFamily(
+        "robustmq_kafka_group_committed_offset",
+        "Offset each consumer group committed, per partition",
+        labels=groupLabels,
+    )
+    lag = GaugeMetricFamily(
+        "robustmq_kafka_group_lag",
+        "Records behind the log end offset, per consumer group and partition",
+        labels=groupLabels,
+    )
+    for group, topic, index, offset, behind in rows["groups"]:
+        values = [group, topic, str(index)]
+        committed.add_metric(values, offset)
+        lag.add_metric(values, behind)
+    yield from (start, end, size, committed, lag)
+
+
+def _amqpMetrics(rows: dict[str, Any]) -> Iterator[Metric]:
+    """Per-queue depth, unacknowledged messages, consumers and message counters."""
+    labels = ["vhost", "queue"]
+    families = [
+        GaugeMetricFamily(
+            "robustmq_amqp_queue_messages_ready", "Messages ready in each AMQP queue", labels=labels
+        ),
+        GaugeMetricFamily(
+            "robustmq_amqp_queue_messages_unacknowledged",
+            "Messages delivered from each AMQP queue and not yet acknowledged",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "robustmq_amqp_queue_consumers", "Consumers of each AMQP queue", labels=labels
+        ),
+        CounterMetricFamily(
+            "robustmq_amqp_queue_published",
+            "Messages accepted into each AMQP queue (rate(): publish rate)",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "robustmq_amqp_queue_delivered",
+            "Messages delivered from each AMQP queue to consumers and Basic.Get (rate(): "
+            "deliver rate)",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "robustmq_amqp_queue_dropped",
+            "Messages each AMQP queue lost (overflow, expiry, delivery limit) without "
+            "dead-lettering them",
+            labels=labels,
+        ),
+    ]
+    for vhost, name, *values in rows["queues"]:
+        for family, value in zip(families, values, strict=True):
+            family.add_metric([vhost, name], value)
+    yield from families
+
+
 def _messageMetrics(stats: Stats) -> Iterator[Metric]:
     """Messages and bytes by protocol (and MQTT QoS): the $SYS totals, split."""
     families = [
@@ -289,7 +390,8 @@ def _messageMetrics(stats: Stats) -> Iterator[Metric]:
             "robustmq_messages_dropped",
             "Messages dropped, by protocol and MQTT QoS (sum: $SYS messages/dropped). "
             "MQTT: offline QoS 0, queue overflow, above the client's maximum packet size; "
-            "AMQP: unroutable without mandatory, refused by a full queue",
+            "AMQP: unroutable without mandatory, overflow, expired (not dead-lettered); "
+            "robustmq_messages_dropped_by_reason says why",
             labels=["protocol", "qos"],
         ),
     ]
@@ -311,6 +413,15 @@ def _messageMetrics(stats: Stats) -> Iterator[Metric]:
         received.add_metric([protocol], bytesIn)
         sent.add_metric([protocol], bytesOut)
     yield from families
+    reasons = CounterMetricFamily(
+        "robustmq_messages_dropped_by_reason",
+        "Messages dropped, by protocol and reason: offline_qos0, queue_overflow, too_large "
+        "(MQTT); unroutable, overflow, expired, delivery_limit (AMQP)",
+        labels=["protocol", "reason"],
+    )
+    for (protocol, reason), n in sorted(stats.dropReasons.items()):
+        reasons.add_metric([protocol, reason], n)
+    yield reasons
     yield received
     yield sent
 

@@ -140,8 +140,15 @@ class SecurityAPI:
 
     def _kafkaFilter(self, request: server.Request) -> AclFilter:
         q = {k.decode(): v[0].decode() for k, v in (request.args or {}).items()}
-        known = {"resource_type", "resource_name", "pattern_type", "principal", "host",
-                 "operation", "permission"}
+        known = {
+            "resource_type",
+            "resource_name",
+            "pattern_type",
+            "principal",
+            "host",
+            "operation",
+            "permission",
+        }
         unknown = sorted(set(q) - known)
         if unknown:
             raise APIError(400, f"unknown query parameter {unknown[0]!r}; known: {sorted(known)}")
@@ -162,8 +169,10 @@ class SecurityAPI:
         """Kafka ACL bindings, filtered by the query (Kafka's names, e.g. resource_type=TOPIC)."""
         flt = self._kafkaFilter(request)
         acl = self.security.kafkaAcl
-        return {"data": [b.toDict() for b in acl.describe(flt)],
-                "no_match": "allow" if acl.noMatch else "deny"}
+        return {
+            "data": [b.toDict() for b in acl.describe(flt)],
+            "no_match": "allow" if acl.noMatch else "deny",
+        }
 
     def addKafkaAcl(self, request: server.Request, params: Params) -> Any:
         """Create one binding: C{{resource_type, resource_name, pattern_type, principal, host,
@@ -186,8 +195,10 @@ class SecurityAPI:
         """Permission entries, optionally of one C{user} and/or C{vhost} (query)."""
         q = {k.decode(): v[0].decode() for k, v in (request.args or {}).items()}
         table = self.security.amqpPermissions
-        return {"data": table.list(q.get("user"), q.get("vhost")),
-                "no_match": "allow" if table.noMatch else "deny"}
+        return {
+            "data": table.list(q.get("user"), q.get("vhost")),
+            "no_match": "allow" if table.noMatch else "deny",
+        }
 
     def setAmqpPermissions(self, request: server.Request, params: Params) -> Any:
         """Set C{{configure, write, read}} regular expressions of a user in a vhost."""
@@ -206,7 +217,9 @@ class SecurityAPI:
     def clearAmqpPermissions(self, request: server.Request, params: Params) -> Any:
         """Remove a user's permissions in a vhost."""
         if not self.security.amqpPermissions.clear(params["user"], params["vhost"]):
-            raise APIError(404, f"no permissions of {params['user']!r} in vhost {params['vhost']!r}")
+            raise APIError(
+                404, f"no permissions of {params['user']!r} in vhost {params['vhost']!r}"
+            )
         return {"cleared": {"user": params["user"], "vhost": params["vhost"]}}
 
     # Bans

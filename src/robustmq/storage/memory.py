@@ -526,6 +526,23 @@ class MemoryShardStore:
 
     # -- consumer groups -------------------------------------------------
 
+    # -- introspection (admin API, metrics, $SYS) ------------------------
+
+    def shardUsage(self, shard: str) -> tuple[int, int]:
+        """C{(records, bytes)} held by one shard now; L{KeyError} if there is none."""
+        s = self._shards.get(shard)
+        if s is None:
+            raise KeyError(shard)
+        return s.count(), s.bytes
+
+    def usage(self) -> tuple[int, int]:
+        """C{(records, bytes)} held by every shard now."""
+        records = size = 0
+        for s in self._shards.values():
+            records += s.count()
+            size += s.bytes
+        return records, size
+
     def commitOffset(
         self, group: str, shard: str, offset: int, metadata: bytes = b""
     ) -> defer.Deferred[None]:

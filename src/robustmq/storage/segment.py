@@ -278,14 +278,20 @@ class SegmentShardStore:
         if clean:
             os.unlink(marker)
             fsyncPath(self._root)
-        else:
+        elif any(
+            os.path.isdir(os.path.join(self._shardsDir, n)) for n in os.listdir(self._shardsDir)
+        ):
             events.append(
                 (
                     "info",
-                    "{dataDir}: no clean-shutdown marker; scanning active segments",
+                    "{dataDir}: the previous run did not shut down cleanly; "
+                    "checking the active segments",
                     {"dataDir": self._root},
                 ),
             )
+        else:
+            # A first start: nothing to recover, nothing to alarm anyone about.
+            events.append(("info", "{dataDir}: new data directory", {"dataDir": self._root}))
         for name in os.listdir(self._trashDir):
             shutil.rmtree(os.path.join(self._trashDir, name), ignore_errors=True)
         defaults = normalizeShardConfig(None, self._settings)
@@ -1452,6 +1458,31 @@ class SegmentShardStore:
 
     # -- introspection for tests and metrics ----------------------------
 
+    def shardUsage(self, shard: str) -> tuple[int, int]:
+        """C{(records, bytes)} of one shard's segment files (written records, before
+        compaction or retention removes them); L{KeyError} if there is none."""
+        log = self._shards.get(shard)
+        if log is None:
+            raise KeyError(shard)
+        return _logUsage(log)
+
+    def usage(self) -> tuple[int, int]:
+        """C{(records, bytes)} of every shard's segment files."""
+        records = size = 0
+        for log in self._shards.values():
+            r, b = _logUsage(log)
+            records += r
+            size += b
+        return records, size
+
     def openFileCount(self) -> int:
         """Descriptors held by the two handle caches right now."""
         return len(self._readHandles) + len(self._worker.handles)
+
+
+def _logUsage(log: ShardLog) -> tuple[int, int]:
+    records = size = 0
+    for seg in log.segments:
+        records += seg.recordCount
+        size += seg.size
+    return records, size

@@ -630,7 +630,7 @@ class AMQPChannel:
             if m.mandatory:
                 self._return(m, message)
             else:
-                broker.stats.amqpDropped += 1
+                broker.stats.dropped("amqp", "unroutable")
         if outcome.congested:
             self.conn.gate.waitFor(outcome.congested)
         if seq is not None:
@@ -657,17 +657,15 @@ class AMQPChannel:
             if m.mandatory:
                 self._return(m, message)
             else:
-                v.server.broker.stats.amqpDropped += 1
+                v.server.broker.stats.dropped("amqp", "unroutable")
             if seq is not None:
                 self._confirmed(seq, True)
             return
-        server = v.server
         outcome = Outcome()
         accepted = True
         for q in queues:
             if q.push(message, outcome=outcome) is None:
                 accepted = False
-                server.broker.stats.amqpDropped += 1
         for q in queues:
             q.dispatch()
         if seq is None:
@@ -749,6 +747,7 @@ class AMQPChannel:
         else:
             self.unacked[tag] = (qm, q, None)
             self.unackedBytes += msg.size
+        q.delivered += 1
         self.conn.server.broker.stats.amqpSent += 1
         self.conn.sendContent(
             self.number,

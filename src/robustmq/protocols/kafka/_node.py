@@ -14,6 +14,7 @@ from twisted.internet import defer
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from robustmq.protocols.kafka import _describe
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._buffers import RequestMemory
 from robustmq.protocols.kafka._configs import ConfigStore
@@ -22,7 +23,13 @@ from robustmq.protocols.kafka._fetchsessions import FetchSessionCache
 from robustmq.protocols.kafka._groups import GroupCoordinator
 from robustmq.protocols.kafka._mappings import KafkaMappings
 from robustmq.protocols.kafka._sharegroups import ShareGroupCoordinator
-from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
+from robustmq.protocols.kafka._topics import (
+    GROUPS_SHARD,
+    TXN_SHARD,
+    Partition,
+    TopicManager,
+    splitShard,
+)
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
@@ -333,3 +340,51 @@ class KafkaNode(Service):
     def knownGroups(self) -> set[str]:
         """Groups with committed offsets, including those from before a restart."""
         return self.topics.knownGroups
+
+    # -- operators' views (admin API, ctl, metrics: robustmq.protocols.kafka._describe) --
+
+    async def describeTopics(self) -> list[dict[str, Any]]:
+        """Every topic with partitions, log start/end offsets, sizes and configs."""
+        await self.topics.ready()
+        return await _describe.describeTopics(self)
+
+    async def describeTopic(self, name: str) -> dict[str, Any] | None:
+        """One topic as L{describeTopics} shows it, or None."""
+        await self.topics.ready()
+        return await _describe.describeTopic(self, name)
+
+    async def describeGroups(self) -> list[dict[str, Any]]:
+        """Every consumer group: state, protocol, members, committed offsets and lag."""
+        await self.topics.ready()
+        return await _describe.describeGroups(self)
+
+    async def describeGroup(self, groupId: str) -> dict[str, Any] | None:
+        """One group as L{describeGroups} shows it, or None."""
+        await self.topics.ready()
+        return await _describe.describeGroup(self, groupId)
+
+    def metricRows(self, limit: int) -> dict[str, Any]:
+        """Partition offsets and sizes and group lag for /metrics (at most C{limit} each)."""
+        return _describe.metricRows(self, limit)
+
+    async def deleteTopic(self, name: str) -> bool:
+        """Delete a topic and its partitions (as DeleteTopics does); False if unknown."""
+        await self.topics.ready()
+        return await self.topics.deleteTopic(name) == E.NONE
+
+    async def deleteGroup(self, groupId: str) -> str | None:
+        """Forget a group and its name (as DeleteGroups does).
+
+        Returns None when deleted, else why not: C{"unknown"} or C{"not empty"}
+        (a group with members is deleted by stopping its consumers first).
+        """
+        await self.topics.ready()
+        if groupId not in self.groups.groups and groupId not in self.knownGroups:
+            return "unknown"
+        if self.groups.delete(groupId) != E.NONE:
+            return "not empty"
+        if groupId in self.knownGroups:
+            self.knownGroups.discard(groupId)
+            await self.topics.store.deleteKey(GROUPS_SHARD, groupId.encode())
+        self.log.info("group {group} deleted through the admin API", group=groupId)
+        return None

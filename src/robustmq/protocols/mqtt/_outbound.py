@@ -149,7 +149,7 @@ class OutboundDelivery(MQTTConnection):
         maxSize = v5["maxPacketSize"]
         if maxSize and len(data) > maxSize:
             # MQTT-3.1.2-25: never send a client more than it accepts; drop as if delivered.
-            self.broker.stats.mqttDropped[qos] += 1
+            self.broker.stats.dropped("mqtt", "too_large", qos)
             self.log.debug(
                 "{clientId}: {n}-byte PUBLISH above the client's maximum packet size dropped",
                 clientId=self.clientId,
