@@ -184,6 +184,17 @@ def test_amqp_queues_exchanges_bindings_connections_and_purge(node: ProtocolNode
             "arguments": {},
         } in bindings
         assert any(b["source"] == "" and b["destination"] == queue for b in bindings)
+        # Deleted through the API (RabbitMQ's management API allows it): no longer routed.
+        path = (
+            f"/api/v1/amqp/bindings/%2F?source={exchange}&destination={queue}&routing_key=ops.%23"
+        )
+        status, body = node.json("DELETE", path)
+        assert status == 200 and body["deleted"] == 1, body
+        bindings = node.get("/api/v1/amqp/bindings?limit=1000")["data"]
+        assert not any(b["source"] == exchange for b in bindings)
+        status, _ = node.json("DELETE", path)
+        assert status == 404
+        ch.queue_bind(queue, exchange, "ops.#")  # back, for the rest of the test
 
         vhosts = node.get("/api/v1/amqp/vhosts")["data"]
         root = next(v for v in vhosts if v["name"] == "/")

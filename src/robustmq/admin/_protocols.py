@@ -73,6 +73,7 @@ class ProtocolsAPI:
             Route("GET", f"{a}/exchanges", self.amqpExchanges),
             Route("DELETE", f"{a}/exchanges/{{vhost}}/{{exchange}}", self.amqpDeleteExchange),
             Route("GET", f"{a}/bindings", self.amqpBindings),
+            Route("DELETE", f"{a}/bindings/{{vhost}}", self.amqpDeleteBinding),
             Route("GET", f"{a}/connections", self.amqpConnections),
             Route("GET", f"{a}/channels", self.amqpChannels),
         ]
@@ -207,6 +208,29 @@ class ProtocolsAPI:
         return self.page(
             request, self._service("amqp").describeBindings(q.get("vhost")), lambda r: r
         )
+
+    def amqpDeleteBinding(self, request: server.Request, params: Params) -> Any:
+        """Delete the bindings C{source} → C{destination} with C{routing_key} (query
+        parameters; C{destination_type} C{queue}, the default, or C{exchange})."""
+        q = _only(request, ("source", "destination", "destination_type", "routing_key"))
+        kind = q.get("destination_type", "queue")
+        if kind not in ("queue", "exchange"):
+            raise APIError(400, "destination_type: 'queue' or 'exchange'")
+        for name in ("source", "destination"):
+            if not q.get(name):
+                raise APIError(400, f"query parameter {name!r} is required")
+        n = self._service("amqp").deleteBinding(
+            params["vhost"], q["source"], q["destination"], kind, q.get("routing_key", "")
+        )
+        if n is None:
+            raise APIError(
+                404,
+                f"no exchange {q['source']!r} or {kind} {q['destination']!r} in vhost "
+                f"{params['vhost']!r}",
+            )
+        if n == 0:
+            raise APIError(404, "no such binding")
+        return {"deleted": n, "vhost": params["vhost"]}
 
     def amqpConnections(self, request: server.Request, params: Params) -> Any:
         """Open AMQP connections: peer, user, vhost, channels, client properties."""

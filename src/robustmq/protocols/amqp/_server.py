@@ -228,6 +228,41 @@ class AMQPServer(Service):
         )
         return n
 
+    def deleteBinding(
+        self, vhost: str, source: str, destination: str, destinationType: str, routingKey: str
+    ) -> int | None:
+        """Remove the bindings from exchange C{source} to C{destination} (a queue or an
+        exchange) with C{routingKey}, whatever their arguments (Queue.Unbind /
+        Exchange.Unbind); how many, or None if the vhost, source or destination is unknown."""
+        v = self.vhosts.get(vhost)
+        if v is None or source == "":
+            return None
+        ex = v.exchanges.get(source)
+        dest: Any = (v.queues if destinationType == "queue" else v.exchanges).get(destination)
+        if ex is None or dest is None:
+            return None
+        gone = [args for (d, key, args) in list(ex.bindings) if d is dest and key == routingKey]
+        with self.batch():
+            for frozen in gone:
+                args = dict(ex.bindings.get((dest, routingKey, frozen)) or {})
+                ex.unbind(dest, routingKey, args)
+                if destinationType == "queue":
+                    dest.bindings.discard((ex, routingKey, frozen))
+                else:
+                    dest.incoming.discard((ex, routingKey, frozen))
+                self.persistence.bindingRemoved(v, ex, dest, routingKey, args)
+            if gone:
+                v.maybeAutoDeleteExchange(ex)
+        self.log.info(
+            "AMQP binding {source} -> {destination} ({key}) in vhost {vhost} deleted through "
+            "the admin API",
+            source=source,
+            destination=destination,
+            key=routingKey,
+            vhost=vhost,
+        )
+        return len(gone)
+
     def deleteExchange(self, vhost: str, name: str, ifUnused: bool = False) -> str | None:
         """Delete an exchange (Exchange.Delete): None when deleted, else why not."""
         v = self.vhosts.get(vhost)

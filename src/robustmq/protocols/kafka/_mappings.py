@@ -295,6 +295,8 @@ class _PartitionPump:
         self._resume: defer.Deferred[None] | None = None
         self.gate = PublisherGate(self._pause, self._unpause)
         self._paused = False
+        #: the batch being published when the pump last paused: (base offset, records)
+        self._decoded: tuple[int, list[Record]] | None = None
 
     def _pause(self) -> None:
         self._paused = True
@@ -359,8 +361,12 @@ class _PartitionPump:
             if h.control or (h.transactional and _aborted(part, h.producerId, base)):
                 cursor = max(cursor, end)
                 continue
+            decoded = self._decoded
             try:
-                records = decodeRecords(data, h)
+                if decoded is not None and decoded[0] == base:
+                    records = decoded[1]  # resuming in the middle of it: decoded already
+                else:
+                    records = decodeRecords(data, h)
             except InvalidRecord as e:
                 mappings.kafkaOnly += h.count
                 self.log.warn(
@@ -379,7 +385,10 @@ class _PartitionPump:
                     mappings.publish(self.mapping, record, outcome)
                     cursor = offset + 1
                     if outcome.congested:
-                        return cursor  # a subscriber's queue is full: go on after it drains
+                        # A subscriber's queue is full: go on after it drains.
+                        self._decoded = (base, records) if cursor < end else None
+                        return cursor
+            self._decoded = None
             cursor = max(cursor, end)
         return cursor
 
