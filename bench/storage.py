@@ -4,7 +4,10 @@ Append throughput of the segment store next to the raw speed of the disk.
 For 100 B and 1 KiB records under each sync policy, appends batches of
 C{--batch} records with C{--inflight} appends outstanding (as a broker
 writing produce requests would), bounded by C{--seconds} and C{--max-mb} per
-case, and prints a markdown table.  The disk's sequential write speed is
+case, and prints a markdown table.  A second table measures the group
+commit: C{--small-inflight} one-record appends outstanding over 16 shards
+(as many MQTT QoS 1 publishers to persistent sessions make), C{always}
+against C{interval}, with how many write batches each fsync round covered.  The disk's sequential write speed is
 measured in the same run, on the same file system, with C{dd} (fdatasync at
 the end, and O_DIRECT).
 
@@ -107,6 +110,49 @@ async def appendCase(
     return done, elapsed, time.perf_counter() - start
 
 
+async def smallCase(
+    reactor: Any, directory: str, sync: str, inflight: int, seconds: float
+) -> tuple[int, float, dict[str, int]]:
+    """
+    One-record 100 B appends spread over 16 shards, C{inflight} outstanding.
+
+    @return: (records, seconds until the last was acknowledged, the store's counters)
+    """
+    settings = StorageSettings(backend="segment", data_dir=directory, sync=sync)
+    store = SegmentShardStore(settings, reactor)
+    await store.open()
+    shards = [f"s{i}" for i in range(16)]
+    for shard in shards:
+        await store.createShard(shard)
+    record = [{"value": os.urandom(100)}]
+    done = issued = outstanding = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    finished: defer.Deferred[None] = defer.Deferred()
+
+    def issue() -> None:
+        nonlocal issued, outstanding
+        while outstanding < inflight and time.perf_counter() < deadline:
+            outstanding += 1
+            store.append(shards[issued % 16], record).addCallbacks(acked, finished.errback)
+            issued += 1
+        if outstanding == 0 and not finished.called:
+            finished.callback(None)
+
+    def acked(_: Any) -> None:
+        nonlocal done, outstanding
+        done += 1
+        outstanding -= 1
+        issue()
+
+    issue()
+    await finished
+    elapsed = time.perf_counter() - start
+    counters = store.statistics()
+    await store.close()
+    return done, elapsed, counters
+
+
 async def main(reactor: Any, args: argparse.Namespace) -> None:
     base = tempfile.mkdtemp(prefix="robustmq-bench-", dir=args.dir)
     try:
@@ -160,6 +206,32 @@ async def main(reactor: Any, args: argparse.Namespace) -> None:
             print(
                 f"| {size} B | {sync} | {n:,} | {elapsed:.2f} | {rate:,.0f} | {mbs:.1f} "
                 f"| {pct:.0f}% | {closedMbs:.1f} |"
+            )
+        print()
+        print(
+            f"Group commit: one-record 100 B appends over 16 shards, {args.small_inflight} in "
+            f"flight, {args.seconds:g} s per case.  An fsync round syncs every file written "
+            "since the previous round began; 'batches per fsync round' is how many write "
+            "batches (reactor turns) one round acknowledged."
+        )
+        print()
+        print(
+            "| sync | records/s | mean ack latency (ms) | fsync rounds | batches per fsync round |"
+        )
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for sync in ("interval", "always"):
+            directory = os.path.join(base, f"small-{sync}")
+            n, elapsed, counters = await smallCase(
+                reactor, directory, sync, args.small_inflight, args.seconds
+            )
+            shutil.rmtree(directory)
+            rounds = counters.get("fsync_rounds", 0)
+            perRound = counters.get("fsync_batches", 0) / rounds if rounds else 0
+            latency = args.small_inflight / (n / elapsed) * 1000 if n else 0
+            print(
+                f"| {sync} | {n / elapsed:,.0f} | {latency:.1f} | {rounds:,} | {perRound:.1f} |"
+                if sync == "always"
+                else f"| {sync} | {n / elapsed:,.0f} | {latency:.1f} | (every 200 ms) | n/a |"
             )
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -383,6 +455,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-mb", type=int, default=1024, help="data bound per case (MiB)")
     p.add_argument("--batch", type=int, default=500, help="records per append call")
     p.add_argument("--inflight", type=int, default=4, help="append calls outstanding")
+    p.add_argument(
+        "--small-inflight",
+        type=int,
+        default=1000,
+        help="one-record appends outstanding in the group-commit table",
+    )
     p.add_argument(
         "--s3", action="store_true", help="compare the s3 store with the segment store instead"
     )

@@ -87,6 +87,8 @@ class StorageSettings:
     retention_ms: int = field(default=0, metadata=_range(0, None))
     retention_bytes: int = field(default=0, metadata=_range(0, None))
     max_shards: int = field(default=1_000_000, metadata=_range(1, None))
+    on_corruption: str = field(default="fail", metadata=_choice("fail", "skip"))
+    min_free_bytes: int = field(default=16 * MiB, metadata=_range(0, None))
     s3_endpoint: str = field(default="", metadata={"doc": "empty: AWS S3 itself"})
     s3_bucket: str = "robustmq"
     s3_region: str = "us-east-1"

@@ -375,3 +375,59 @@ class KafkaProtocolTests(TestCase):
 
     def tearDown(self) -> None:
         self.factory.node.groups.stop()
+
+
+class _GoneTransport(StringTransport):
+    """Like a closed TCP transport: no address once the connection is lost."""
+
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        self.gone = True
+
+    def getHost(self):  # type: ignore[no-untyped-def]
+        if getattr(self, "gone", False):
+            raise AttributeError("'Server' object has no attribute 'socket'")
+        return super().getHost()
+
+
+class _SlowCreate(MemoryShardStore):
+    """A store whose createShard answers a second later (as a disk does, eventually)."""
+
+    def createShard(self, shard, config=None):  # type: ignore[no-untyped-def]
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self._clock.callLater(
+            1, lambda: super(_SlowCreate, self).createShard(shard, config).chainDeferred(d)
+        )
+        return d
+
+
+class RequestAfterCloseTests(TestCase):
+    """Found by bench/fuzz.py: a request finishing after its connection closed raised in
+    getHost() (a critical traceback per occurrence)."""
+
+    def test_metadataFinishingAfterTheConnectionClosed(self) -> None:
+        clock = Clock()
+        settings = settingsFromMapping({})
+        store = _SlowCreate(settings.storage, clock=clock)
+        store._clock = clock
+        store.open()
+        broker = Broker(settings, clock, store=store)
+        broker.nodeServices["kafka"] = kafkaPlugin.buildNodeService(broker, clock)
+        factory = KafkaServerFactory(broker, ListenerSettings(protocol="kafka", port=9092), clock)
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = _GoneTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 9092),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 5000),
+        )
+        proto.makeConnection(transport)
+        for _ in range(3):
+            clock.advance(1)  # the node's own shards
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "new"}]}))
+        proto.dataReceived(b"\x7f\xff\xff\xff")  # too large: the node closes at once
+        self.assertTrue(transport.gone)
+        proto.connectionLost()
+        for _ in range(3):
+            clock.advance(1)
+        self.assertEqual(self.flushLoggedErrors(), [])

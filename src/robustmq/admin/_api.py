@@ -27,7 +27,7 @@ from robustmq.admin._http import (
     jsonBody,
     queryArgs,
 )
-from robustmq.admin._metrics import Metrics
+from robustmq.admin._metrics import Metrics, storeHealth
 from robustmq.admin._protocols import ProtocolsAPI
 from robustmq.admin._security import SecurityAPI
 from robustmq.config import Settings, maskedSettings
@@ -161,6 +161,8 @@ class AdminAPI:
             Route("GET", f"{v1}/retained/{{topic}}", self.retainedGet, greedy=True),
             Route("DELETE", f"{v1}/retained/{{topic}}", self.retainedDelete, greedy=True),
             Route("POST", f"{v1}/publish", self.publish),
+            Route("GET", f"{v1}/storage", self.storageStatus),
+            Route("GET", f"{v1}/storage/check", self.storageCheck),
             # Users, ACL rules and bans (robustmq.admin._security, docs/security.md).
             *SecurityAPI(self.broker).routes(v1),
             # Kafka topics and groups; AMQP vhosts, queues, exchanges, bindings, connections.
@@ -222,22 +224,42 @@ class AdminAPI:
         return {"status": "live"}
 
     def ready(self, request: server.Request, params: Params) -> Any:
-        """Ready for traffic: broker running and every listener bound (503 otherwise)."""
+        """Ready for traffic: broker running, every listener bound and the store
+        taking writes (503 otherwise, with the reasons)."""
         checks = {"broker": bool(self.broker.running)}
         for svc in self.listenerServices():
             checks[f"listener:{svc.listener.label}"] = svc.port is not None
-        # A store that reports its health (the s3 store: requests failing, a write unsettled).
-        health = getattr(self.broker.store, "health", None)
-        if callable(health):
-            checks["storage"] = bool(health()[0])
+        reasons: list[str] = []
+        health = storeHealth(self.broker.store)
+        if health is not None:
+            checks["storage"] = bool(health["writable"])
+            if health["reason"]:
+                reasons.append(f"storage {health['state']}: {health['reason']}")
         ok = all(checks.values())
         if not ok:
-            return RawResponse(
-                _dumps({"status": "not ready", "checks": checks}),
-                b"application/json; charset=utf-8",
-                503,
-            )
+            body: dict[str, Any] = {"status": "not ready", "checks": checks}
+            if reasons:
+                body["reasons"] = reasons
+            return RawResponse(_dumps(body), b"application/json; charset=utf-8", 503)
         return {"status": "ready", "checks": checks}
+
+    def storageCheck(self, request: server.Request, params: Params) -> Any:
+        """Verify every acknowledged record of the node's store (CRCs, gaps); 404
+        for a store that cannot check itself (the memory store)."""
+        check = getattr(self.broker.store, "check", None)
+        if check is None:
+            raise APIError(404, f"the {self.broker.store.name} store has nothing to check")
+        return check()
+
+    def storageStatus(self, request: server.Request, params: Params) -> Any:
+        """The store's health and its fault counters."""
+        store = self.broker.store
+        statistics = getattr(store, "statistics", None) or getattr(store, "stats", None)
+        return {
+            "backend": store.name,
+            "health": storeHealth(store) or {"writable": True, "state": "ok", "reason": None},
+            "counters": statistics() if callable(statistics) else {},
+        }
 
     def openapi(self, request: server.Request, params: Params) -> Any:
         """This API's OpenAPI 3 document."""

@@ -426,6 +426,104 @@ def _messageMetrics(stats: Stats) -> Iterator[Metric]:
     yield sent
 
 
+#: (metric name without _total, help, key of the store's statistics()) of storage fault counters
+STORAGE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    (
+        "robustmq_storage_damaged_ranges",
+        "Damaged record ranges found (at start-up or by reads); each logged once",
+        "damaged_ranges",
+    ),
+    (
+        "robustmq_storage_damaged_offsets",
+        "Offsets inside the damaged ranges found",
+        "damaged_offsets",
+    ),
+    (
+        "robustmq_storage_recovery_lost_offsets",
+        "Acknowledged offsets found missing or damaged at start-up",
+        "recovery_lost_offsets",
+    ),
+    (
+        "robustmq_storage_disk_full_events",
+        "Times the disk filled up and writes were refused until space was freed",
+        "disk_full_events",
+    ),
+    (
+        "robustmq_storage_fsync_rounds",
+        "fsync rounds of the always policy (each covers every batch written since the last)",
+        "fsync_rounds",
+    ),
+    (
+        "robustmq_storage_fsync_batches",
+        "Write batches acknowledged by those fsync rounds",
+        "fsync_batches",
+    ),
+)
+
+
+def storeHealth(store: Any) -> dict[str, Any] | None:
+    """
+    The store's C{health()} in one shape, or None for a store without one.
+
+    The segment store answers C{{"writable", "state", "reason", "free_bytes"}};
+    the s3 store C{(ok, detail)}.  Either way the result here has the former's
+    keys (C{state} "unhealthy" for a store that gave no finer one).
+    """
+    health = getattr(store, "health", None)
+    if not callable(health):
+        return None
+    state = health()
+    if isinstance(state, dict):
+        return state
+    ok, detail = state
+    return {
+        "writable": bool(ok),
+        "state": "ok" if ok else "unhealthy",
+        "reason": None if ok else str(detail),
+        "free_bytes": None,
+    }
+
+
+def _storageHealthMetrics(store: Any) -> Iterator[Metric]:
+    """Whether the store takes writes, and what faults it found and handled."""
+    state = storeHealth(store)
+    if state is not None:
+        yield GaugeMetricFamily(
+            "robustmq_storage_writable",
+            "1 while the store takes writes; 0 while it refuses them (disk full, failed)",
+            value=1 if state["writable"] else 0,
+        )
+        if state.get("free_bytes") is not None:
+            yield GaugeMetricFamily(
+                "robustmq_storage_free_bytes",
+                "Bytes free for the store under its data directory",
+                value=state["free_bytes"],
+            )
+    statistics = getattr(store, "statistics", None)
+    if statistics is None:
+        return
+    values = statistics()
+    for name, doc, key in STORAGE_COUNTERS:
+        yield CounterMetricFamily(name, doc, value=values.get(key, 0))
+    recovery = CounterMetricFamily(
+        "robustmq_storage_recovery_events",
+        "Repairs and losses found at start-up, by kind (each logged at warning)",
+        labels=["kind"],
+    )
+    errors = CounterMetricFamily(
+        "robustmq_storage_write_errors",
+        "Write batches that failed, by kind (full: no space; io: any other error)",
+        labels=["kind"],
+    )
+    for key, value in sorted(values.items()):
+        if key.startswith("recovery:"):
+            recovery.add_metric([key[len("recovery:") :]], value)
+        elif key.startswith("write_errors:"):
+            errors.add_metric([key[len("write_errors:") :]], value)
+    yield recovery
+    yield errors
+
+
 def _mappingMetrics(broker: Any) -> Iterator[Metric]:
     """Counters of the [[mappings]] between MQTT topics and Kafka topics (docs/topic-space.md)."""
     kafka = broker.nodeServices.get("kafka")
@@ -459,6 +557,9 @@ def _mappingMetrics(broker: Any) -> Iterator[Metric]:
 
 
 def _storageMetrics(store: Any) -> Iterator[Metric]:
+    """Storage health and fault counters, and the latency histograms of the
+    shard store's calls when it is timed."""
+    yield from _storageHealthMetrics(store)
     """Latency histograms of the shard store's calls, when it is timed, and the
     store's own numbers where it keeps some (the s3 store's C{stats()})."""
     stats = getattr(store, "stats", None)
@@ -528,4 +629,4 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["COUNTERS", "BrokerCollector", "Metrics"]
+__all__ = ["COUNTERS", "STORAGE_COUNTERS", "BrokerCollector", "Metrics", "storeHealth"]

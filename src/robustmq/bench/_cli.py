@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--publishers", type=int, default=1)
     thr.add_argument("--subscribers", type=int, default=1)
     thr.add_argument(
+        "--persistent",
+        action="store_true",
+        help="subscribers keep persistent sessions (clean session 0): at QoS 1 the broker "
+        "stores each message for them before acknowledging it",
+    )
+    thr.add_argument(
         "--sub-procs",
         type=int,
         default=0,
@@ -165,6 +171,7 @@ def _run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         coalesce=getattr(args, "coalesce", 0.0),
         sub_port=getattr(args, "sub_port", None),
         settle=getattr(args, "settle", 0.0),
+        persistent=getattr(args, "persistent", False),
     )
     return _throughput.run(spec)
 

@@ -49,8 +49,10 @@ def open_session(
     client_id: str,
     keepalive: int = 60,
     timeout: float = 10.0,
+    clean: bool = True,
 ) -> socket.socket:
-    """Connect, send CONNECT (clean session) and wait for a successful CONNACK."""
+    """Connect, send CONNECT (clean session unless C{clean} is false) and wait for a
+    successful CONNACK."""
     deadline = time.monotonic() + timeout
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
@@ -58,7 +60,7 @@ def open_session(
         raise BenchError(f"cannot connect to {host}:{port}: {exc}") from exc
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(wire.connect(client_id, keepalive))
+        sock.sendall(wire.connect(client_id, keepalive, clean))
         read_connack(sock, deadline)
     except BaseException:
         sock.close()

@@ -37,6 +37,8 @@ class SubSpec:
     keepalive: int = 60
     connect_timeout: float = 10.0
     client_prefix: str = "bench-sub"
+    #: persistent sessions: the broker holds QoS 1 messages for them durably
+    persistent: bool = False
 
 
 class _Subscription:
@@ -63,6 +65,7 @@ def connect_subscribers(spec: SubSpec, indices: range) -> list[socket.socket]:
                 f"{spec.client_prefix}-{i}",
                 spec.keepalive,
                 spec.connect_timeout,
+                clean=not spec.persistent,
             )
             socks.append(sock)
             subscribe(sock, spec.topic, spec.qos, spec.connect_timeout)

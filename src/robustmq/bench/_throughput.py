@@ -33,6 +33,7 @@ class ThroughputSpec:
     coalesce: float = 0.001  # subscribers' nap per busy wake-up
     sub_port: int | None = None  # None: the publishers' port (another broker of a cluster)
     settle: float = 0.0  # seconds from the subscribers' SUBACKs to the publishers' start
+    persistent: bool = False  # subscribers with persistent sessions (durable QoS 1 flow)
 
 
 def _pub_job(spec: PubSpec, index: int) -> Job:
@@ -83,6 +84,7 @@ def run(spec: ThroughputSpec) -> dict[str, Any]:
         coalesce=spec.coalesce,
         keepalive=pub.keepalive,
         connect_timeout=pub.connect_timeout,
+        persistent=spec.persistent,
     )
     sub_procs = spec.sub_procs or usable_cpus()
     group = WorkerGroup()

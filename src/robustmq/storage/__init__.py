@@ -21,6 +21,7 @@ from robustmq.storage.errors import (
     StorageClosedError,
     StorageError,
     StorageFailedError,
+    StorageFullError,
     StorageUnavailableError,
 )
 
@@ -33,5 +34,6 @@ __all__ = [
     "StorageClosedError",
     "StorageError",
     "StorageFailedError",
+    "StorageFullError",
     "StorageUnavailableError",
 ]

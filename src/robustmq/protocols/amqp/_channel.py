@@ -287,6 +287,7 @@ class AMQPChannel:
                     if name
                     else "operation not permitted on the default exchange"
                 )
+            _checkName("exchange", name)
             if m.type not in EXCHANGE_TYPES:
                 raise ConnectionError(
                     _spec.COMMAND_INVALID, f"COMMAND_INVALID - unknown exchange type '{m.type}'"
@@ -390,6 +391,7 @@ class AMQPChannel:
         else:
             if name.startswith("amq."):
                 raise accessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+            _checkName("queue", name)
             if name == "":
                 name = "amq.gen-" + _token(16)
             self._permit("configure", "queue", name)
@@ -893,3 +895,15 @@ _HANDLERS: dict[type, Any] = {
     for cls in _spec.METHODS.values()
     if hasattr(AMQPChannel, "handle_" + cls.NAME)
 }
+
+
+def _checkName(kind: str, name: str) -> None:
+    """Queue and exchange names are UTF-8 text (a shortstr that is not decodes with
+    surrogates, and such a name cannot name a shard or a stored declaration).
+    bench/fuzz.py found durable declarations failing with a traceback."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise preconditionFailed(
+            f"{kind} name {name.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8"
+        ) from None

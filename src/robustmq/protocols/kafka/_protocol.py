@@ -43,6 +43,7 @@ from robustmq.core.auth import Credentials
 from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
 from robustmq.core.security import KafkaAccess, securityOf
 from robustmq.core.security import kafkaacl as K
+from robustmq.interfaces import CorruptRecordError, StorageError, StorageUnavailableError
 from robustmq.protocols.kafka import _acls
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._admin import AdminHandlers
@@ -115,6 +116,9 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peerHost = getattr(peer, "host", str(peer))
+        # Kept now: a request may finish after the socket is gone (bench/fuzz.py found
+        # getHost() raising then, for a Metadata that auto-created a topic).
+        self._here: Any = self.transport.getHost()  # type: ignore[union-attr]
         #: host:port, and the client.id of the latest request (for admin listings)
         self.peer = f"{self.peerHost}:{getattr(peer, 'port', '')}"
         self.clientId: str | None = None
@@ -265,7 +269,15 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
         if not self._closed:
             self._held()
         if isinstance(result, Failure):
-            self.log.failure("{peer}: request failed; closing", result, peer=self.peerHost)
+            if result.check(StorageError):
+                # the store logged the cause once; no traceback per request
+                self.log.warn(
+                    "{peer}: request failed: {error}; closing",
+                    peer=self.peerHost,
+                    error=str(result.value),
+                )
+            else:
+                self.log.failure("{peer}: request failed; closing", result, peer=self.peerHost)
             self._close()
             return
         if self._closed:
@@ -478,7 +490,7 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
 
     def _advertised(self) -> tuple[str, int]:
         s = self.settings
-        here: Any = self.transport.getHost()  # type: ignore[union-attr]
+        here = self._here
         return (s.advertised_host or here.host, s.advertised_port or here.port)
 
     # -- ApiVersions, Metadata ------------------------------------------
@@ -573,7 +585,7 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
         topics = self.node.topics
         mappings = self.node.mappings
         txnId = b.get("transactional_id")
-        waits: list[defer.Deferred[Any]] = []
+        waits: list[tuple[dict[str, Any], defer.Deferred[Any]]] = []
         responses = []
         txnDenied = txnId is not None and not self._may(K.WRITE, K.TRANSACTIONAL_ID, txnId)
         for td in b["topic_data"]:
@@ -628,7 +640,7 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
                         if mapped:
                             # Its pump publishes it to MQTT once stored (docs/topic-space.md).
                             mappings.ensurePump(name, pd["index"], base)
-                        waits.append(d)
+                        waits.append((r, d))
                         self.node.broker.stats.kafkaReceived += h.count
                     if first is None:
                         first = base
@@ -638,15 +650,18 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
                     r["log_start_offset"] = start
             responses.append({"name": name, "partition_responses": presp})
         if waits:
-            results = await defer.DeferredList(waits, consumeErrors=True)
-            if any(not ok for ok, _ in results):
-                for ok, f in results:
-                    if not ok:
-                        self.log.failure("append failed", f)
-                for t in responses:
-                    for r in t["partition_responses"]:
-                        if r["error_code"] == E.NONE:
-                            r["error_code"] = E.UNKNOWN_SERVER_ERROR
+            results = await defer.DeferredList([d for _, d in waits], consumeErrors=True)
+            for (r, _), (ok, f) in zip(waits, results, strict=True):
+                if ok or r["error_code"] != E.NONE:
+                    continue
+                if f.check(StorageUnavailableError):
+                    # The store said why once (disk full, I/O error); the producer
+                    # retries on this retriable error and nothing was stored.
+                    r["error_code"] = E.KAFKA_STORAGE_ERROR
+                    r["error_message"] = str(f.value)
+                else:
+                    self.log.failure("append failed", f)
+                    r["error_code"] = E.UNKNOWN_SERVER_ERROR
         if acks == 0:
             return None
         return {"responses": responses, "throttle_time_ms": 0}
@@ -841,7 +856,18 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
             budget = min(fp.maxBytes, maxBytes - total)
             if budget <= 0 and total:
                 continue
-            batches = await topics.read(part, offset, budget, upTo)
+            try:
+                batches = await topics.read(part, offset, budget, upTo)
+            except CorruptRecordError as e:
+                # The damaged offsets only: the consumer may seek past e.lastOffset.
+                r["error_code"] = E.CORRUPT_MESSAGE
+                self.log.debug(
+                    "{peer}: fetch at {offset}: {error}",
+                    peer=self.peerHost,
+                    offset=offset,
+                    error=str(e),
+                )
+                continue
             if committed:
                 r["aborted_transactions"] = [
                     {"producer_id": pid, "first_offset": first}
@@ -1082,7 +1108,13 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
                         if pending is not None:
                             pending.append((part.shard, p["committed_offset"], meta))
                         else:
-                            await store.commitOffset(group, part.shard, p["committed_offset"], meta)
+                            try:
+                                await store.commitOffset(
+                                    group, part.shard, p["committed_offset"], meta
+                                )
+                            except StorageUnavailableError:
+                                # retriable: the client commits again later
+                                c = E.COORDINATOR_NOT_AVAILABLE
                 presp.append({"partition_index": p["partition_index"], "error_code": c})
             out.append({"name": t["name"], "partitions": presp})
         return out

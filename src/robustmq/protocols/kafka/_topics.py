@@ -32,7 +32,7 @@ from twisted.internet import defer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from robustmq.interfaces import IShardAdminStore, ISpanShardStore
+from robustmq.interfaces import CorruptRecordError, IShardAdminStore, ISpanShardStore
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._configs import TOPIC, ConfigError, ConfigStore, topicKeys
 from robustmq.protocols.kafka._recordcodec import UnsupportedCompression, decodeRecords
@@ -107,11 +107,22 @@ class _ProducerState:
 class Partition:
     """One partition's offsets, waiting fetches and transaction state."""
 
-    __slots__ = ("shard", "nextOffset", "waiters", "ongoing", "aborted", "epoch", "maxTime")
+    __slots__ = (
+        "shard",
+        "nextOffset",
+        "waiters",
+        "ongoing",
+        "aborted",
+        "epoch",
+        "maxTime",
+        "resync",
+    )
 
     def __init__(self, shard: str, nextOffset: int) -> None:
         self.shard = shard
         self.nextOffset = nextOffset
+        #: a write failed: fires once C{nextOffset} is the store's again
+        self.resync: defer.Deferred[None] | None = None
         self.waiters: list[defer.Deferred[None]] = []
         #: producer id -> first offset of its open transaction here
         self.ongoing: dict[int, int] = {}
@@ -498,6 +509,8 @@ class TopicManager:
                 part = Partition(shard, nxt)
                 part.aborted = sorted(self._abortedLoaded.pop(shard, []), key=lambda a: a[1])
                 self.partitions[shard] = part
+        if part.resync is not None:
+            await part.resync
         return part
 
     # -- producer ids ----------------------------------------------------
@@ -557,10 +570,13 @@ class TopicManager:
             part.maxTime = (h.maxTimestamp, base)
         batch = {"timestamp": ts, "value": rewriteBaseOffset(data, base, part.epoch)}
         also: list[defer.Deferred[Any]] = []
+        st = None
+        previousSeq = -1
         if h.producerId >= 0 and not h.control:
             st = self._producerState(part.shard, h.producerId)
             if st is None or h.producerEpoch != st.epoch:
                 st = _ProducerState(h.producerEpoch)
+            previousSeq = st.lastSeq
             st.lastSeq = (h.baseSequence + h.lastOffsetDelta) & 0x7FFFFFFF
             st.recent.append((h.baseSequence, h.baseSequence + h.lastOffsetDelta, base))
             del st.recent[:-5]
@@ -580,10 +596,38 @@ class TopicManager:
             records = [batch]
             records.extend({"timestamp": ts, "key": _DELTA.pack(i)} for i in range(1, n))
             d = self.store.append(part.shard, records).addCallback(lambda offsets: offsets[0])
-        d.addCallback(self._appended, part, base, n)
+        d.addCallbacks(
+            self._appended,
+            self._appendFailed,
+            (part, base, n),
+            errbackArgs=(part, base, st, previousSeq),
+        )
         if also:
             d = defer.gatherResults([d, *also], consumeErrors=True)
         return base, d
+
+    def _appendFailed(
+        self, failure: Failure, part: Partition, base: int, st: Any, previousSeq: int
+    ) -> Failure:
+        """
+        The store refused the batch at C{base} (and so everything after it):
+        take the partition's next offset from the store again, and forget the
+        producer sequences of the batches that were not stored, so that the
+        producer's retry is stored rather than answered as a duplicate.
+        """
+        if st is not None:
+            st.recent = [entry for entry in st.recent if entry[2] < base]
+            if previousSeq < st.lastSeq:
+                st.lastSeq = previousSeq
+        if part.resync is None:
+            part.resync = defer.ensureDeferred(self._resync(part))
+        return failure
+
+    async def _resync(self, part: Partition) -> None:
+        try:
+            _, part.nextOffset = await self.store.offsets(part.shard)
+        finally:
+            part.resync = None
 
     def _appended(self, first: int, part: Partition, base: int, n: int) -> None:
         if first != base:
@@ -638,12 +682,17 @@ class TopicManager:
         for _ in range(10_000):
             if used >= budget:
                 break
-            recs = await store.read(
-                part.shard,
-                offset,
-                self.settings.fetch_max_records,
-                min(budget - used, self.settings.fetch_read_bytes) + 4096,
-            )
+            try:
+                recs = await store.read(
+                    part.shard,
+                    offset,
+                    self.settings.fetch_max_records,
+                    min(budget - used, self.settings.fetch_read_bytes) + 4096,
+                )
+            except CorruptRecordError:
+                if out:
+                    return out  # what precedes the damage; the next fetch reports it
+                raise
             if not recs:
                 break
             if first:

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from robustmq.core.droplog import DropLog
+from robustmq.core.persistence import logWriteFailure
 from robustmq.interfaces import ICongestible, IDeliveryTarget
 
 if TYPE_CHECKING:
@@ -522,7 +523,7 @@ class Session:
 
 def _logFailure(d: Any) -> None:
     """Log a failed background write (nothing waits on it)."""
-    d.addErrback(lambda f: Session.log.failure("durable session write failed", f))
+    d.addErrback(lambda f: logWriteFailure(Session.log, f, "durable session write failed"))
 
 
 class CongestionHub(Protocol):
