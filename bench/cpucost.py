@@ -74,10 +74,26 @@ def measure(venv: Path, qos: int, count: int) -> float:
         time.sleep(0.5)
         before = cpuSeconds(node.pid)
         out = subprocess.run(
-            [sys.executable, "-m", "robustmq.bench", "throughput", "--port", str(port),
-             "--qos", str(qos), "--size", "64", "--count", str(count), "--duration", "120",
-             "--json"],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                "-m",
+                "robustmq.bench",
+                "throughput",
+                "--port",
+                str(port),
+                "--qos",
+                str(qos),
+                "--size",
+                "64",
+                "--count",
+                str(count),
+                "--duration",
+                "120",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         after = cpuSeconds(node.pid)
         received = json.loads(out)["received"]
