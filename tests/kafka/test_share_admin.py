@@ -334,6 +334,18 @@ def test_deleteOffsetsAndDeleteGroups(node: KafkaNodeProcess, uniq: str) -> None
     assert _starts(_offsets(node, uniq, None)) == {}
 
 
+def test_deletingATopicDeletesItsShareState(node: KafkaNodeProcess, uniq: str) -> None:
+    """A deleted topic takes the share groups' state of it along: a topic created again
+    under the same name starts without it."""
+    _topic(node, uniq, 1, 3)
+    _alter(node, uniq, {uniq: {0: 2}})
+    admin = AdminClient({"bootstrap.servers": node.bootstrap})
+    admin.delete_topics([uniq])[uniq].result(TIMEOUT)
+    assert _starts(_offsets(node, uniq, None)) == {}
+    _topic(node, uniq, 1, 3)
+    assert _starts(_offsets(node, uniq, {uniq: [0]})) == {uniq: {0: -1}}
+
+
 # -- authorization -----------------------------------------------------------------------
 
 
@@ -532,9 +544,10 @@ def test_restartContinuesTheShareGroup(uniq: str) -> None:
 
         _restart(node)  # the first consumer still holds values 16..29
         first.close()
-        assert "restored 1 share groups with 2 share partitions" in node.output()
         assert _listed(node, uniq) == [("share", "share", "Empty")]
         assert _starts(_offsets(node, uniq, None)) == before
+        # read back at the first request after the start
+        assert "restored 1 share groups with 2 share partitions" in node.output()
 
         second = _consumer(node, uniq, **{"share.acknowledgement.mode": "explicit"})
         second.subscribe([uniq])

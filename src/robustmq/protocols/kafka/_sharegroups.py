@@ -163,7 +163,8 @@ class ShareGroupCoordinator:
 
     def _restoreDone(self, result: Any) -> None:
         waiters, self._restoring = self._restoring, []
-        self._restored = True
+        # a failed read is tried again by the next request
+        self._restored = not isinstance(result, Failure)
         for d in waiters:
             if isinstance(result, Failure):
                 d.errback(result)
