@@ -435,6 +435,29 @@ def test_shareAdminAuthorization(node: KafkaNodeProcess, uniq: str) -> None:
             f.result(TIMEOUT)
 
 
+def test_closingConsumerKeepsItsLastAcknowledgements(node: KafkaNodeProcess, uniq: str) -> None:
+    """librdkafka's ShareConsumer sends its leaving heartbeat and its pending
+    acknowledgements (ShareAcknowledge, epoch -1) at the same time when it closes: the
+    share session outlives the membership until that request, so records acknowledged just
+    before close() are not delivered again, whichever request comes first."""
+    _topic(node, uniq, 1, 0)
+    _earliest(node, uniq)
+    p = Producer({"bootstrap.servers": node.bootstrap})
+    for done in (5, 10, 15):
+        for i in range(done - 5, done):
+            p.produce(uniq, b"%d" % i)
+        assert p.flush(TIMEOUT) == 0
+        c = _consumer(node, uniq, **{"share.acknowledgement.mode": "explicit"})
+        c.subscribe([uniq])
+        got: list = []
+        _poll(c, 5, got)
+        assert sorted(int(m.value()) for m in got) == list(range(done - 5, done))
+        for m in got:
+            c.acknowledge(m, AcknowledgeType.ACCEPT)
+        c.close()  # no commit: the acknowledgements go with the close
+        assert _starts(_offsets(node, uniq, None)) == {uniq: {0: done}}
+
+
 # -- the in-flight window ------------------------------------------------------------------
 
 

@@ -112,12 +112,14 @@ class _Member:
 
 
 class _Session:
-    __slots__ = ("epoch", "partitions")
+    __slots__ = ("epoch", "partitions", "timer")
 
     def __init__(self) -> None:
         #: the epoch the next request must carry
         self.epoch = 1
         self.partitions: dict[tuple[str, int], None] = {}
+        #: set once the member left: closes the session if the member does not
+        self.timer: Any = None
 
 
 class ShareGroup:
@@ -422,15 +424,29 @@ class ShareGroupCoordinator:
             return
         if m.timer is not None and m.timer.active():
             m.timer.cancel()
-        group.sessions.pop(m.memberId, None)
         group.epoch += 1
-        self._releaseMember(group, m.memberId)
+        session = group.sessions.get(m.memberId)
+        if why == "left" and session is not None:
+            # The share session outlives the membership until it is closed (KIP-932): a
+            # consumer that leaves sends its last acknowledgements (ShareAcknowledge with
+            # epoch -1) beside its leaving heartbeat, and librdkafka does not wait for one
+            # before the other. Unclosed, the session ends when a record lock would.
+            session.timer = self.node.reactor.callLater(
+                self.lockMs(group.groupId) / 1000, self._orphaned, group, m.memberId, session
+            )
+        else:
+            self.closeSession(group, m.memberId)
         self.log.info(
             "share group {group}: member {member} {why}",
             group=group.groupId,
             member=m.memberId,
             why=why,
         )
+
+    def _orphaned(self, group: ShareGroup, memberId: str, session: _Session) -> None:
+        session.timer = None
+        if group.sessions.get(memberId) is session and memberId not in group.members:
+            self.closeSession(group, memberId)
 
     def _releaseMember(self, group: ShareGroup, memberId: str) -> None:
         """The member is gone or closed its session: its acquired records go back."""
@@ -634,7 +650,7 @@ class ShareGroupCoordinator:
             if not fetch:
                 return E.INVALID_SHARE_SESSION_EPOCH, None
             if memberId in group.sessions:
-                self._releaseMember(group, memberId)
+                self.closeSession(group, memberId)
             fresh = group.sessions[memberId] = _Session()
             return E.NONE, fresh
         session = group.sessions.get(memberId)
@@ -648,7 +664,11 @@ class ShareGroupCoordinator:
         return E.NONE, session
 
     def closeSession(self, group: ShareGroup, memberId: str) -> None:
-        if group.sessions.pop(memberId, None) is not None:
+        """End the member's share session: what it still holds is released."""
+        session = group.sessions.pop(memberId, None)
+        if session is not None:
+            if session.timer is not None and session.timer.active():
+                session.timer.cancel()
             self._releaseMember(group, memberId)
 
     # -- admin (ShareGroupDescribe and the share-group offset APIs) -----------
@@ -698,6 +718,8 @@ class ShareGroupCoordinator:
         if group.members:
             return E.NON_EMPTY_GROUP
         del self.groups[groupId]
+        for memberId in list(group.sessions):  # sessions of members that left
+            self.closeSession(group, memberId)
         for key in list(group.partitions):
             await _wait(self._forgetPartition(group, key))
         await _wait(self.state.forgetGroup(groupId))
@@ -709,6 +731,9 @@ class ShareGroupCoordinator:
             for m in group.members.values():
                 if m.timer is not None and m.timer.active():
                     m.timer.cancel()
+            for session in group.sessions.values():
+                if session.timer is not None and session.timer.active():
+                    session.timer.cancel()
 
 
 class ShareGroupHandlers(ShareAdminHandlers):
@@ -725,9 +750,14 @@ class ShareGroupHandlers(ShareAdminHandlers):
     def _shareContext(self, b: dict[str, Any]) -> tuple[int, ShareGroup | None]:
         coord = self.node.shareGroups
         group = coord.groups.get(b["group_id"] or "")
-        if group is None or b["member_id"] not in group.members:
+        if group is None:
             return E.UNKNOWN_MEMBER_ID, None
-        return E.NONE, group
+        memberId = b["member_id"]
+        if memberId in group.members:
+            return E.NONE, group
+        if memberId in group.sessions and b["share_session_epoch"] == -1:
+            return E.NONE, group  # the last request of a member that left: closes its session
+        return E.UNKNOWN_MEMBER_ID, None
 
     async def _acknowledgeAll(
         self, group: ShareGroup, memberId: str, topics: list[dict[str, Any]]
