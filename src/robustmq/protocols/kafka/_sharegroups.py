@@ -77,9 +77,6 @@ class SharePartition:
         #: the state last written to the store (nothing to write while unchanged)
         self.saved: bytes | None = None
 
-    def inFlight(self) -> int:
-        return sum(1 for r in self.records.values() if r.state == ACQUIRED)
-
     def available(self) -> list[int]:
         return sorted(o for o, r in self.records.items() if r.state == AVAILABLE)
 
