@@ -164,6 +164,7 @@ class MQTTSettings:
     max_subscriptions: int = field(default=0, metadata=_range(0, None))
     max_topic_levels: int = field(default=128, metadata=_range(1, 65535))
     connect_timeout: float = field(default=30.0, metadata=_range(0.1, 3600))
+    close_linger: float = field(default=2.0, metadata=_range(0, 60))
     max_retained_messages: int = field(default=1_000_000, metadata=_range(0, None))
     max_retained_payload: int = field(default=1 * MiB, metadata=_range(0, None))
     route_cache_size: int = field(default=10_000, metadata=_range(0, None))
@@ -205,6 +206,7 @@ class LimitsSettings:
     byte_rate: int = field(default=0, metadata=_range(0, None))
     byte_burst: int = field(default=1 * MiB, metadata=_range(1, None))
     max_topic_length: int = field(default=65535, metadata=_range(1, 65535))
+    max_lingering: int = field(default=10_000, metadata=_range(0, None))
     max_bans: int = field(default=100_000, metadata=_range(1, None))
     flapping_enabled: bool = False
     flapping_max_connects: int = field(default=15, metadata=_range(1, None))
@@ -295,6 +297,7 @@ class KafkaSettings:
     max_transactions: int = field(default=10_000, metadata=_range(1, None))
     transaction_max_timeout_ms: int = field(default=900_000, metadata=_range(1, None))
     sasl_required: bool = False
+    close_linger: float = field(default=2.0, metadata=_range(0, 60))
 
 
 @dataclass(frozen=True)

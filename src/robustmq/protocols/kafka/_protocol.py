@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from robustmq.core.auth import Credentials
 from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
+from robustmq.protocols._linger import Linger, linger
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._codec import (
     FrameTooLarge,
@@ -73,6 +74,8 @@ class KafkaServerProtocol(Protocol):
         #: fired to end a long-polling Fetch early (another request arrived behind it)
         self._parkedFetch: defer.Deferred[None] | None = None
         self.factory: Any = None
+        #: the lingering close once the broker closed the connection (see L{_close})
+        self._linger: Linger | None = None
 
     # -- connection ------------------------------------------------------
 
@@ -90,6 +93,9 @@ class KafkaServerProtocol(Protocol):
         self._queue.clear()
         self._releaseFetch()
         self.node.broker.connectionClosed(self)
+        if self._linger is not None:
+            self._linger.ended()
+            self._linger = None
         if self.factory is not None:
             self.factory.connectionEnded(self)
 
@@ -127,9 +133,23 @@ class KafkaServerProtocol(Protocol):
             d.callback(None)
 
     def _close(self) -> None:
+        """Close after what was written, reading and dropping what the client still
+        sends for at most C{close_linger} seconds, so that it reads an error response
+        that preceded the close instead of a reset (L{robustmq.protocols._linger})."""
+        if self._closed:
+            return
         self._closed = True
         self._queue.clear()
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._releaseFetch()
+        broker = self.node.broker
+        broker.connectionClosed(self)  # no longer a client, even while it lingers
+        self._linger = linger(
+            self.transport,
+            self.node.reactor,
+            self.settings.close_linger,
+            broker.lingering,
+            broker.settings.limits.max_lingering,
+        )
 
     def _pump(self) -> None:
         if self._running:

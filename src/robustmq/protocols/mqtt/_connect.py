@@ -82,7 +82,7 @@ class ConnectHandling(MQTTConnection):
                 self._write(encodeConnack(False, code, props))
             else:
                 self._write(encodeConnack(False, code))
-        self._close(why)
+        self._close(why, linger=True)
 
     def handle_connect(self, packet: Connect) -> None:
         if self.state != AWAIT_CONNECT:
@@ -452,8 +452,7 @@ class ConnectHandling(MQTTConnection):
                 idle=idle,
                 keepAlive=self.keepAlive,
             )
+            # The lingering close aborts a client that is gone for good.
             self._disconnect(Reason.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
-            if self.transport is not None:
-                self.transport.abortConnection()
         else:
             self._timer = self.broker.timers.callLater(limit - idle, self._checkKeepAlive)

@@ -17,6 +17,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from robustmq.core.message import Message
+from robustmq.protocols._linger import Linger
+from robustmq.protocols._linger import linger as startLinger
 from robustmq.protocols.mqtt._codec import (
     PINGRESP_BYTES,
     MQTTParser,
@@ -95,8 +97,10 @@ class MQTTConnection(Protocol):
         "_blockedOn",
         "_closeReason",
         "_held",
+        "_ended",
         "_lastActivity",
         "_limiter",
+        "_linger",
         "_out",
         "_paused",
         "_throttled",
@@ -166,6 +170,9 @@ class MQTTConnection(Protocol):
         self._throttled: Any = None
         #: bytes written during this reactor turn, sent with one writeSequence (see Broker)
         self._out: list[bytes] | None = None
+        #: the connection is over for the broker (see L{_end}); the lingering close, if any
+        self._ended = False
+        self._linger: Linger | None = None
 
     # Connection lifecycle
 
@@ -185,6 +192,22 @@ class MQTTConnection(Protocol):
         self._timer = self.reactor.callLater(self.settings.connect_timeout, self._connectTimeout)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._end()
+        if self._linger is not None:
+            self._linger.ended()
+            self._linger = None
+        if self.factory is not None:
+            self.factory.connectionEnded(self)
+
+    def _end(self) -> None:
+        """The MQTT connection is over (the socket may linger): timers, session, will.
+
+        Runs once, when the socket is lost or when a lingering close starts
+        (L{_close}); from then on the connection is no client of the broker.
+        """
+        if self._ended:
+            return
+        self._ended = True
         wasConnected = self.state in (CONNECTED, CLOSING) and self.session is not None
         self.state = CLOSING
         if self._timer is not None and self._timer.active():
@@ -196,11 +219,10 @@ class MQTTConnection(Protocol):
         if self._authExpiry is not None and hasattr(self._authExpiry, "cancel"):
             self._authExpiry.cancel()
         self._authExpiry = None
-        if self.factory is not None:
-            self.factory.connectionEnded(self)
         for session in self._blockedOn:
             session.removeWaiter(self)
         self._blockedOn = ()
+        self._held = None
         if not wasConnected or self.connectedAt is None:
             return
         broker = self.broker
@@ -232,20 +254,42 @@ class MQTTConnection(Protocol):
                 else:
                     transport.writeSequence(out)
 
-    def _close(self, why: str) -> None:
+    def _close(self, why: str, linger: bool = False) -> None:
+        """Close after what was written; with C{linger}, let the client read it first.
+
+        A close that tells the client why (DISCONNECT, or a CONNACK refusing
+        it) lingers: the sending side is shut down, what the client still
+        sends is read and dropped for at most C{[mqtt] close_linger} seconds
+        or until it closes, so its kernel does not reset the connection
+        before it has read the reason (L{robustmq.protocols._linger}).
+        """
         if self._closeReason is None:
             self._closeReason = why
         self.state = CLOSING
-        if self.transport is not None:
-            self.flushWrites()
-            self.transport.loseConnection()
+        transport = self.transport
+        if transport is None or self._linger is not None:
+            return
+        self.flushWrites()
+        if linger:
+            self._end()
+            broker = self.broker
+            self._linger = startLinger(
+                transport,
+                self.reactor,
+                self.settings.close_linger,
+                broker.lingering,
+                broker.settings.limits.max_lingering,
+            )
+            if self._linger is not None:
+                return
+        transport.loseConnection()
 
     def _disconnect(self, reasonCode: int, why: str) -> None:
         """Close, telling a 5.0 client why with a DISCONNECT (MQTT-4.13.2-1)."""
         if self.version == MQTT5 and self.transport is not None and self.state != CLOSING:
             props = {"reason_string": why} if self._problemInfo() else None
             self._write(encodeDisconnect(reasonCode, props))
-        self._close(why)
+        self._close(why, linger=True)
 
     def _protocolError(self, error: MQTTError) -> None:
         self.broker.stats.malformedPackets += 1
@@ -260,7 +304,7 @@ class MQTTConnection(Protocol):
         if self.version == MQTT5 and self.state in (AWAIT_CONNECT, AUTHENTICATING):
             if self.transport is not None and self.parser.version == MQTT5:
                 self._write(encodeConnack(False, error.reasonCode, {}))
-            self._close(f"{type(error).__name__}: {error}")
+            self._close(f"{type(error).__name__}: {error}", linger=True)
         else:
             self._disconnect(error.reasonCode, f"{type(error).__name__}: {error}")
 
