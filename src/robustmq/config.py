@@ -151,7 +151,7 @@ class ScramUser:
 class MQTTSettings:
     """MQTT protocol behaviour and per-session bounds."""
 
-    max_packet_size: int = field(default=1 * MiB, metadata=_range(16, 268_435_455))
+    max_packet_size: int = field(default=1 * MiB, metadata=_range(0, 268_435_455))
     max_client_id_length: int = field(default=65535, metadata=_range(23, 65535))
     allow_empty_client_id: bool = True
     max_inflight: int = field(default=32, metadata=_range(1, 65535))
@@ -173,7 +173,8 @@ class MQTTSettings:
     max_session_expiry: int = field(default=0xFFFFFFFF, metadata=_range(0, 0xFFFFFFFF))
     v3_persistent_session_expiry: int = field(default=0xFFFFFFFF, metadata=_range(0, 0xFFFFFFFF))
     max_keepalive: int = field(default=0, metadata=_range(0, 65535))
-    topic_alias_maximum: int = field(default=65535, metadata=_range(0, 65535))
+    topic_alias_maximum: int = field(default=10, metadata=_range(0, 65535))
+    reason_strings: bool = True
     retain_available: bool = True
     max_qos: int = field(default=2, metadata=_range(0, 2))
     wildcard_subscription: bool = True
@@ -637,6 +638,7 @@ def _crossCheck(settings: Settings) -> None:
         seen[slot] = i
     _checkHTTP(settings.http)
     _checkAuth(settings.auth, settings.acl)
+    _checkMQTT(settings.mqtt)
     if settings.mqtt.max_inflight > 65535:
         raise ConfigError("mqtt.max_inflight: at most 65535 packet identifiers exist")
     for i, rule in enumerate(settings.mqtt.rewrite):
@@ -735,6 +737,14 @@ def _checkAuth(auth: AuthSettings, acl: ACLSettings) -> None:
         raise ConfigError("auth.http_url: the http authenticator needs an http:// or https:// URL")
     if len(set(auth.chain)) != len(auth.chain):
         raise ConfigError(f"auth.chain: {list(auth.chain)} names an authenticator twice")
+
+
+def _checkMQTT(mqtt: MQTTSettings) -> None:
+    if 0 < mqtt.max_packet_size < 16:
+        raise ConfigError(
+            f"mqtt.max_packet_size: {mqtt.max_packet_size} is below the minimum 16 "
+            "(0: no limit but the protocol's)"
+        )
 
 
 def _resolveDefaults(settings: Settings) -> Settings:

@@ -113,7 +113,7 @@ def test_connackAdvertisesCapabilities_MQTT_3_2_2():
     assert c.connack.returnCode == 0
     assert p["receive_maximum"] == 100
     assert p["maximum_packet_size"] == 1048576
-    assert p["topic_alias_maximum"] == 65535
+    assert p["topic_alias_maximum"] == 10
     assert p["maximum_qos"] == 1
     assert p["retain_available"] == 0
     assert p["wildcard_subscription_available"] == 0

@@ -326,6 +326,12 @@ class Session:
         if self.congested or self.overflowing:
             self._drained()
 
+    def outgoing(self, packetId: int) -> tuple[int, int] | None:
+        """The QoS and state (L{AWAITING_ACK}, L{AWAITING_COMP}) of in-flight delivery
+        C{packetId}, or None when no delivery has that id."""
+        entry = self.inflight.get(packetId)
+        return None if entry is None else (entry[1], entry[2])
+
     def acknowledge(self, packetId: int) -> bool:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived: the delivery is complete."""
         entry = self.inflight.get(packetId)

@@ -10,6 +10,7 @@ subscriptions (C{_subscriptions}), outbound delivery and flow control
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import Protocol
@@ -20,6 +21,7 @@ from robustmq.core.message import Message
 from robustmq.protocols._linger import Linger
 from robustmq.protocols._linger import linger as startLinger
 from robustmq.protocols.mqtt._codec import (
+    MAX_PACKET_SIZE,
     PINGRESP_BYTES,
     MQTTParser,
     encodeConnack,
@@ -97,6 +99,8 @@ class MQTTConnection(Protocol):
         "_blockedOn",
         "_closeReason",
         "_held",
+        "_heldQos2",
+        "_heldQos2Bytes",
         "_ended",
         "_lastActivity",
         "_limiter",
@@ -137,7 +141,7 @@ class MQTTConnection(Protocol):
         self.reactor = reactor
         self.settings = broker.settings.mqtt
         self.parser = MQTTParser(
-            self.settings.max_packet_size,
+            self.settings.max_packet_size or MAX_PACKET_SIZE,
             maxTopicLength=broker.settings.limits.max_topic_length,
             maxTopicLevels=self.settings.max_topic_levels,
         )
@@ -170,6 +174,9 @@ class MQTTConnection(Protocol):
         self._throttled: Any = None
         #: bytes written during this reactor turn, sent with one writeSequence (see Broker)
         self._out: list[bytes] | None = None
+        #: 3.x QoS 2 PUBLISHes held while max_awaiting_rel await PUBREL (packet id → packet)
+        self._heldQos2: dict[int, Packet] | None = None
+        self._heldQos2Bytes = 0
         #: the connection is over for the broker (see L{_end}); the lingering close, if any
         self._ended = False
         self._linger: Linger | None = None
@@ -223,6 +230,7 @@ class MQTTConnection(Protocol):
             session.removeWaiter(self)
         self._blockedOn = ()
         self._held = None
+        self._heldQos2 = None
         if not wasConnected or self.connectedAt is None:
             return
         broker = self.broker
@@ -287,8 +295,7 @@ class MQTTConnection(Protocol):
     def _disconnect(self, reasonCode: int, why: str) -> None:
         """Close, telling a 5.0 client why with a DISCONNECT (MQTT-4.13.2-1)."""
         if self.version == MQTT5 and self.transport is not None and self.state != CLOSING:
-            props = {"reason_string": why} if self._problemInfo() else None
-            self._write(encodeDisconnect(reasonCode, props))
+            self._write(self._fitted(encodeDisconnect, (reasonCode,), self._reasonProps(why)))
         self._close(why, linger=True)
 
     def _protocolError(self, error: MQTTError) -> None:
@@ -321,9 +328,40 @@ class MQTTConnection(Protocol):
         """Another connection took this client id (MQTT-3.1.4-2)."""
         self._disconnect(Reason.SESSION_TAKEN_OVER, "session taken over by a new connection")
 
-    def _problemInfo(self) -> bool:
+    def _reasonProps(
+        self, why: str | None, props: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """C{props} plus a Reason String C{why}, when the client wants one (MQTT 5).
+
+        A Reason String is optional (MQTT 5.0 section 3.4.2.2.2): it is sent
+        only when C{[mqtt] reason_strings} is on and the client asked for
+        problem information (Request Problem Information 1, the default;
+        MQTT-3.1.2-29 forbids it on acknowledgements otherwise).
+        """
         v5 = self._v5
-        return v5 is None or v5["problemInfo"]
+        if why and self.settings.reason_strings and (v5 is None or v5["problemInfo"]):
+            props = dict(props) if props else {}
+            props["reason_string"] = why
+        return props
+
+    def _fitted(
+        self, encoder: Callable[..., bytes], args: tuple[Any, ...], props: dict[str, Any] | None
+    ) -> bytes:
+        """C{encoder(*args, props)}, without its Reason String and User Properties when
+        that makes it fit the client's Maximum Packet Size.
+
+        The server must not send a packet larger than the client accepts
+        (MQTT-3.1.2-25) and must leave these properties out rather than exceed
+        it (MQTT-3.2.2-19/-20 for CONNACK, MQTT-3.4.2-2/-3 and the like for
+        acknowledgements, MQTT-3.14.2-3/-4 for DISCONNECT).
+        """
+        data = encoder(*args, props)
+        v5 = self._v5
+        maxSize = v5["maxPacketSize"] if v5 is not None else 0
+        if maxSize and len(data) > maxSize and props:
+            slim = {k: v for k, v in props.items() if k not in ("reason_string", "user_property")}
+            data = encoder(*args, slim)
+        return data
 
     # Incoming bytes
 

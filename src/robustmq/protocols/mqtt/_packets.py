@@ -177,6 +177,20 @@ class Publish(Packet):
         )
 
 
+class UnacceptedPublish(Publish):
+    """A 5.0 PUBLISH whose topic name is well formed but beyond this server's limits.
+
+    The parser yields it instead of failing, so that the protocol can refuse
+    the one message with reason 0x90 (Topic Name invalid) and go on reading.
+    """
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.why = why
+
+
 class _IdOnly(Packet):
     """An acknowledgement: packet id, and in 5.0 a reason code and properties."""
 
