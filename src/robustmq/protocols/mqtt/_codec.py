@@ -421,6 +421,8 @@ class MQTTParser:
                     break
             end = i + length
             if end - pos > maxSize:
+                if self.server and data[pos] >> 4 == CONNECT:
+                    self._peekLevel(data, i, n)
                 raise PacketTooLarge(f"packet of {end - pos} bytes exceeds the maximum {maxSize}")
             if end > n:
                 self._keep(data, pos, end)
@@ -436,6 +438,14 @@ class MQTTParser:
                 append(handler(self, first, data, i, end))
             pos = end
         return packets
+
+    def _peekLevel(self, data: bytes, pos: int, n: int) -> None:
+        """An oversize CONNECT: learn its protocol level if it has arrived, so that a
+        5.0 client is refused with a 5.0 CONNACK (0x95 Packet too large)."""
+        if pos + 2 <= n:
+            level = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+            if level < n and data[level] == MQTT5:
+                self.version = MQTT5
 
     def _keep(self, data: bytes, pos: int, needEnd: int) -> None:
         rest = data[pos:]

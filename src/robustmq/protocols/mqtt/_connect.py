@@ -148,7 +148,14 @@ class ConnectHandling(MQTTConnection):
         if packet.willTopic is not None:
             try:
                 validateTopicName(packet.willTopic, settings.max_topic_levels)
+                if len(packet.willTopic) > self.broker.settings.limits.max_topic_length:
+                    raise InvalidTopic("longer than [limits] max_topic_length")
             except InvalidTopic as e:
+                if v5:
+                    # CONNACK 0x90: "The Will Topic Name is not malformed, but is not
+                    # accepted by this Server" (MQTT 5.0 section 3.2.2.2).
+                    self._refuse(Reason.TOPIC_NAME_INVALID, f"will topic: {e}")
+                    return
                 raise ProtocolViolation(f"CONNECT will topic: {e}", "MQTT-3.1.3-10") from None
             if packet.willQos > settings.max_qos:
                 self._refuse(Reason.QOS_NOT_SUPPORTED, "will QoS above the maximum QoS")
