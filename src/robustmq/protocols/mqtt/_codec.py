@@ -214,7 +214,7 @@ def encodeConnect(packet: Connect) -> bytes:
         payload += _bin(packet.password)
     header = (
         _str(packet.protocolName)
-        + bytes((packet.protocolLevel, flags))
+        + bytes((packet.protocolLevel | (0x80 if packet.bridge else 0), flags))
         + _U16.pack(packet.keepAlive)
     )
     if v5:
@@ -462,6 +462,11 @@ class MQTTParser:
         flags = data[pos + 1]
         keepAlive = _unpackU16(data, pos + 2)[0]
         pos += 4
+        bridge = False
+        if level & 0x80 and (name, level & 0x7F) in (("MQTT", MQTT311), ("MQIsdp", MQTT31)):
+            # A 3.x bridge: mosquitto sets the level's top bit (its try_private option).
+            level &= 0x7F
+            bridge = True
         if (name, level) not in (("MQTT", MQTT311), ("MQIsdp", MQTT31), ("MQTT", MQTT5)):
             if name not in ("MQTT", "MQIsdp"):
                 raise ProtocolViolation(f"CONNECT: unknown protocol name {name!r}", "MQTT-3.1.2-1")
@@ -514,6 +519,7 @@ class MQTTParser:
             protocolName=name,
             properties=properties,
             willProperties=willProperties,
+            bridge=bridge,
         )
 
     def _parseConnack(self, first: int, data: bytes, pos: int, end: int) -> Connack:

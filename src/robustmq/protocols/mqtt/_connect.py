@@ -99,6 +99,7 @@ class ConnectHandling(MQTTConnection):
             )
             return
         self.version = packet.protocolLevel
+        self.bridge = packet.bridge
         v5 = self.version == MQTT5
         props = packet.properties
         if v5:
@@ -358,8 +359,9 @@ class ConnectHandling(MQTTConnection):
         broker.connectionOpened(self)
         self.log.info(
             "client {clientId} connected from {peer} on {listener} "
-            "(MQTT level {protocolLevel}, clean={clean}, keepalive={keepAlive}, "
+            "(MQTT level {protocolLevel}{bridge}, clean={clean}, keepalive={keepAlive}, "
             "session present={present})",
+            bridge=", bridge" if self.bridge else "",
             clientId=clientId,
             peer=self.peer,
             listener=self.listener.label,

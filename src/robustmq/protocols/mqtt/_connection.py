@@ -111,6 +111,7 @@ class MQTTConnection(Protocol):
         "_timer",
         "_v5",
         "access",
+        "bridge",
         "broker",
         "clientId",
         "connected",
@@ -150,6 +151,8 @@ class MQTTConnection(Protocol):
         self.clientId: str | None = None
         self.username: str | None = None
         self.version = MQTT311
+        #: a 3.x bridge from another broker (Connect.bridge)
+        self.bridge = False
         self.keepAlive = 0
         self.will: Message | None = None
         self.willDelay = 0

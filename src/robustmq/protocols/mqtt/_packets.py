@@ -93,6 +93,7 @@ class Connect(Packet):
         "password",
         "properties",
         "willProperties",
+        "bridge",
     )
     type = CONNECT
 
@@ -111,6 +112,7 @@ class Connect(Packet):
         protocolName: str | None = None,
         properties: dict[str, Any] | None = None,
         willProperties: dict[str, Any] | None = None,
+        bridge: bool = False,
     ) -> None:
         self.protocolName = protocolName or ("MQIsdp" if protocolLevel == MQTT31 else "MQTT")
         self.protocolLevel = protocolLevel
@@ -125,6 +127,9 @@ class Connect(Packet):
         self.password = password
         self.properties = properties or {}
         self.willProperties = willProperties or {}
+        #: the protocol level had bit 7 set: a bridge from another broker (mosquitto's
+        #: try_private), which gets No Local and Retain As Published subscriptions
+        self.bridge = bridge
 
 
 class Connack(Packet):

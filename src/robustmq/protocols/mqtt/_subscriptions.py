@@ -55,11 +55,14 @@ class SubscriptionHandling(MQTTConnection):
         retained: list[tuple[list[Message], SubscriptionOptions]] = []
         outcome = Outcome()
         for topicFilter, optionsByte in packet.topics:
-            options = (
-                SubscriptionOptions.fromByte(optionsByte, identifier)
-                if v5
-                else SubscriptionOptions(qos=optionsByte)
-            )
+            if v5:
+                options = SubscriptionOptions.fromByte(optionsByte, identifier)
+            elif self.bridge and not topicFilter.startswith(("$share/", "$queue/")):
+                # A bridge's own messages do not come back to it, and retained ones
+                # keep their flag (mosquitto's is_bridge semantics for try_private).
+                options = SubscriptionOptions(qos=optionsByte, noLocal=True, keepRetain=True)
+            else:
+                options = SubscriptionOptions(qos=optionsByte)
             code = self._checkFilter(session, topicFilter, options)
             if code is not None:
                 codes.append(code if v5 else SUBACK_FAILURE)
