@@ -378,3 +378,30 @@ def test_mqtt5_qos2_beyond_receive_maximum_still_disconnects(clients: Any, uid: 
     for pid in range(1, 22):
         c.send(c.encodePublish("rm5/t", b"x", 2, packetId=pid))
     assert closedWith(c) == Reason.RECEIVE_MAXIMUM_EXCEEDED
+
+
+# Item 8: shared subscriptions
+
+
+@pytest.mark.parametrize("level", [MQTT311, MQTT5], ids=["3.1.1", "5.0"])
+def test_qos0_shared_subscription_reaches_both_connected_members(
+    clients: Any, uid: str, level: int
+) -> None:
+    """Both members of a QoS 0 group receive (round robin), and every message goes to
+    exactly one of them (MQTT 5.0 section 4.8.2)."""
+    members = [connected(clients, f"{uid}-{i}", level) for i in range(2)]
+    for m in members:
+        m.subscribe([(f"$share/g/sh/{uid}", 0)])
+    pub = connected(clients, f"{uid}-pub", level)
+    for i in range(20):
+        pub.publish(f"sh/{uid}", b"%d" % i, 0)
+    pub.ping()
+    got: list[list[bytes]] = [[], []]
+    for i, m in enumerate(members):
+        try:
+            while True:
+                got[i].append(m.expectPublish(timeout=0.5).payload)
+        except TimeoutError:
+            pass
+    assert got[0] and got[1], got
+    assert sorted(got[0] + got[1], key=int) == [b"%d" % i for i in range(20)]

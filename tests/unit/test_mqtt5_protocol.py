@@ -663,3 +663,25 @@ def test_v5PropertiesNeverLeakTo311Subscriber():
     old.send(Publish("mix", b"from311", 0))
     [m5] = s5.received()
     assert (m5.payload, m5.properties) == (b"from311", {})
+
+
+def test_packetIdsInOrderAfterQueuedMessagesExpire_MQTT_3_3_2_5():
+    """Issue item 8: queued QoS 1 messages whose Message Expiry passed are not sent
+    (MQTT-3.3.2-5); the rest arrive in publish order with packet identifiers allocated
+    in order, none skipped for the expired ones."""
+    h = harness()
+    s = sub(h, "s", ("e", 1), properties={"receive_maximum": 1})
+    p = Client5(h, "p")
+    for i in range(6):
+        props = {"message_expiry_interval": 1} if i % 2 else {}
+        p.send(Publish("e", b"%d" % i, 1, packetId=i + 1, properties=props))
+    [first] = s.received()
+    h.clock.advance(2)
+    delivered = [first]
+    for _ in range(2):
+        s.send(Puback(delivered[-1].packetId))
+        [nxt] = s.received()
+        delivered.append(nxt)
+    s.send(Puback(delivered[-1].packetId))
+    assert s.received() == []
+    assert [(m.payload, m.packetId) for m in delivered] == [(b"0", 1), (b"2", 2), (b"4", 3)]

@@ -110,6 +110,7 @@ class MQTTConnection(Protocol):
         "_throttled",
         "_timer",
         "_v5",
+        "_waitTimer",
         "access",
         "bridge",
         "broker",
@@ -167,6 +168,8 @@ class MQTTConnection(Protocol):
         self.factory: Any = None
         #: congested sessions this connection published to; reading is paused until empty
         self._blockedOn: set[Any] | tuple[()] = ()
+        #: ends one wait for congested sessions after congestion_timeout (see _outbound)
+        self._waitTimer: Any = None
         # MQTT 5 state; None/defaults under 3.x.
         self._v5: dict[str, Any] | None = None
         #: acknowledgements waiting for durable writes, in order: [bytes or None, writes left]
@@ -232,6 +235,10 @@ class MQTTConnection(Protocol):
         for session in self._blockedOn:
             session.removeWaiter(self)
         self._blockedOn = ()
+        if self._waitTimer is not None:
+            if self._waitTimer.active():
+                self._waitTimer.cancel()
+            self._waitTimer = None
         self._held = None
         self._heldQos2 = None
         if not wasConnected or self.connectedAt is None:
