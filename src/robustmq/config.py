@@ -222,6 +222,7 @@ class AuthSettings:
 
     chain: tuple[str, ...] = ("cert", "users", "anonymous")
     allow_anonymous: str = field(default="loopback", metadata=_choice("off", "loopback", "on"))
+    unknown_users_as_anonymous: bool = True
     hash_concurrency: int = field(default=2, metadata=_range(1, 64))
     max_users: int = field(default=100_000, metadata=_range(1, None))
     jwt_secret: str = field(default="", metadata={"doc": "HS256 shared secret"})

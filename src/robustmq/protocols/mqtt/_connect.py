@@ -279,6 +279,15 @@ class ConnectHandling(MQTTConnection):
         broker = self.broker
         settings = self.settings
         security = securityOf(broker)
+        if attributes and attributes.get("anonymous") and self.username is not None:
+            # An unknown user let in as anonymous ([auth] unknown_users_as_anonymous):
+            # the name it claimed grants nothing.
+            self.log.info(
+                "client {clientId}: unknown user {username!r} connects as anonymous",
+                clientId=clientId,
+                username=self.username,
+            )
+            self.username = None
         self.access = security.access(
             clientId, self.username, self.peer.rsplit(":", 1)[0], attributes
         )
