@@ -685,3 +685,50 @@ def test_packetIdsInOrderAfterQueuedMessagesExpire_MQTT_3_3_2_5():
     s.send(Puback(delivered[-1].packetId))
     assert s.received() == []
     assert [(m.payload, m.packetId) for m in delivered] == [(b"0", 1), (b"2", 2), (b"4", 3)]
+
+
+def test_lingerAfterServerDisconnect_MQTT_4_13_2_1():
+    """Issue item 1: after DISCONNECT 0x93 the connection lingers (what the client still
+    sends is dropped), is no client any more, and is aborted after close_linger."""
+    h = harness(max_awaiting_rel=1, close_linger=2.0)
+    c = Client5(h, "lingering")
+    c.send(*[Publish("t", b"x", 2, packetId=i) for i in (1, 2)])
+    packets = c.received()
+    assert packets[-1] == Disconnect(Reason.RECEIVE_MAXIMUM_EXCEEDED, packets[-1].properties)
+    assert c.disconnecting and not c.c.transport.disconnected
+    assert len(h.broker.lingering) == 1 and not h.broker.connections
+    c.send(Publish("t", b"more", 1, packetId=3))  # read and dropped
+    assert c.received() == []
+    h.clock.advance(2.0)
+    assert c.c.transport.disconnected  # aborted at the bound
+    assert not h.broker.lingering
+
+
+def test_lingeringConnectionsAreBounded():
+    """At [limits] max_lingering a server-initiated close is immediate (no linger)."""
+    h = InMemoryBroker(
+        {"mqtt": {"sys_interval": 0, "max_awaiting_rel": 1}, "limits": {"max_lingering": 0}}
+    )
+    c = Client5(h, "bounded")
+    c.send(*[Publish("t", b"x", 2, packetId=i) for i in (1, 2)])
+    assert c.received()[-1].type == Disconnect.type
+    assert c.disconnecting and not h.broker.lingering
+
+
+def test_authenticatorErrorIsServerUnavailable_0x88():
+    """An authenticator that fails (not one that says no) refuses with CONNACK 0x88."""
+    from twisted.internet import defer
+
+    from robustmq.core.auth import AuthChain
+
+    class Broken:
+        name = "broken"
+
+        def authenticate(self, credentials):
+            return defer.fail(RuntimeError("backend down"))
+
+    h = harness()
+    h.broker.auth = AuthChain([Broken()])
+    c = Client5(h, "unlucky")
+    assert c.connack.returnCode == Reason.SERVER_UNAVAILABLE
+    assert c.disconnecting
