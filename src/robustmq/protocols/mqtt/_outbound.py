@@ -187,8 +187,10 @@ class OutboundDelivery(MQTTConnection):
     def _waitedTooLong(self) -> None:
         self._waitTimer = None
         for session in list(self._blockedOn):
-            session.timeOutCongestion()  # calls our congestionCleared
-        if self._blockedOn:  # sessions that did not call back
+            timeOut = getattr(session, "timeOutCongestion", None)
+            if timeOut is not None:
+                timeOut()  # calls our congestionCleared
+        if self._blockedOn:  # targets that did not call back (a cluster link)
             for session in self._blockedOn:
                 session.removeWaiter(self)
             self._blockedOn = ()
