@@ -24,9 +24,10 @@ run: venv
 system-deps:
 	sh scripts/install-system-deps.sh
 
-## lint: ruff and the layer contracts of docs/architecture.md
+## lint: ruff, mypy (interfaces, core, protocols) and the layer contracts of docs/architecture.md
 lint: venv
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 ## test: lint, then the whole suite (unit + end-to-end with real clients)

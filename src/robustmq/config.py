@@ -25,6 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from robustmq.topicrules import InvalidTopic, validateTopicFilter
+
 ENV_PREFIX = "ROBUSTMQ_"
 
 MiB = 1024 * 1024
@@ -300,6 +302,14 @@ class KafkaSettings:
     transaction_max_timeout_ms: int = field(default=900_000, metadata=_range(1, None))
     sasl_required: bool = False
     close_linger: float = field(default=2.0, metadata=_range(0, 60))
+    mapping_max_batch_bytes: int = field(
+        default=1 * MiB,
+        metadata={**_range(1024, 64 * MiB), "doc": "records of a [[mappings]] entry per batch"},
+    )
+    mapping_max_pending_bytes: int = field(
+        default=64 * MiB,
+        metadata={**_range(1024, None), "doc": "unwritten mapped bytes before publishers wait"},
+    )
 
 
 @dataclass(frozen=True)
@@ -323,6 +333,21 @@ class AMQPSettings:
     memory_low_watermark: int = field(default=384 * MiB, metadata=_range(0, None))
     handshake_timeout: float = field(default=10.0, metadata=_range(0.1, 3600))
     close_timeout: float = field(default=5.0, metadata=_range(0.1, 3600))
+    mqtt_exchange: str = field(
+        default="amq.topic", metadata={"doc": "the topic exchange that is the MQTT topic space"}
+    )
+    mqtt_vhost: str = field(default="/", metadata={"doc": "the virtual host of mqtt_exchange"})
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    """One MQTT topic filter mapped to a Kafka topic (docs/topic-space.md)."""
+
+    mqtt: str = ""
+    kafka: str = ""
+    direction: str = field(
+        default="both", metadata=_choice("both", "mqtt_to_kafka", "kafka_to_mqtt")
+    )
 
 
 @dataclass(frozen=True)
@@ -440,6 +465,7 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     amqp: AMQPSettings = field(default_factory=AMQPSettings)
     listeners: tuple[ListenerSettings, ...] = field(default_factory=_defaultListeners)
+    mappings: tuple[MappingSettings, ...] = ()
     #: sections declared by protocol plugins (C{IProtocolPlugin.configSection}), by name
     plugins: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
@@ -456,7 +482,7 @@ class Settings:
 _SECTIONS: dict[str, type] = {
     f.name: typing.get_type_hints(Settings)[f.name]
     for f in dataclasses.fields(Settings)
-    if f.name not in ("listeners", "plugins")
+    if f.name not in ("listeners", "mappings", "plugins")
 }
 
 
@@ -538,16 +564,18 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
         if len(path) < 2 or not all(path):
             raise ConfigError(f"environment variable {name}: expected {ENV_PREFIX}<SECTION>__<KEY>")
         value = _parseEnvValue(text)
-        if path[0] == "listeners":
+        if path[0] in ("listeners", "mappings"):
+            array = path[0]
             if len(path) != 3 or not path[1].isdigit():
                 raise ConfigError(
-                    f"environment variable {name}: expected {ENV_PREFIX}LISTENERS__<INDEX>__<KEY>"
+                    f"environment variable {name}: expected "
+                    f"{ENV_PREFIX}{array.upper()}__<INDEX>__<KEY>"
                 )
-            listeners = data.setdefault("listeners", [{}])
+            entries = data.setdefault(array, [{}] if array == "listeners" else [])
             index = int(path[1])
-            while len(listeners) <= index:
-                listeners.append({})
-            listeners[index][path[2]] = value
+            while len(entries) <= index:
+                entries.append({})
+            entries[index][path[2]] = value
         else:
             if len(path) != 2:
                 raise ConfigError(f"environment variable {name}: too many '__' parts")
@@ -591,7 +619,7 @@ def settingsFromMapping(data: Mapping[str, Any]) -> Settings:
     sections: dict[str, Any] = {}
     pluginValues: dict[str, Any] = {}
     for key, raw in data.items():
-        if key == "listeners":
+        if key in ("listeners", "mappings"):
             continue
         if key in _SECTIONS:
             sections[key] = _build(_SECTIONS[key], raw, key)
@@ -614,7 +642,15 @@ def settingsFromMapping(data: Mapping[str, Any]) -> Settings:
             )
             for i, raw in enumerate(rawListeners)
         )
-    settings = Settings(listeners=listeners, plugins=pluginValues, **sections)
+    mappings: tuple[MappingSettings, ...] = ()
+    if "mappings" in data:
+        rawMappings = data["mappings"]
+        if not isinstance(rawMappings, list):
+            raise ConfigError("mappings: expected an array of tables ([[mappings]])")
+        mappings = tuple(
+            _build(MappingSettings, raw, f"mappings[{i}]") for i, raw in enumerate(rawMappings)
+        )
+    settings = Settings(listeners=listeners, mappings=mappings, plugins=pluginValues, **sections)
     _crossCheck(settings)
     return _resolveDefaults(settings)
 
@@ -656,6 +692,7 @@ def _crossCheck(settings: Settings) -> None:
             raise ConfigError(f"mqtt.auto_subscribe[{i}].topic: must not be empty")
     _checkPlacement(settings.placement)
     _checkCluster(settings)
+    _checkMappings(settings.mappings)
     if settings.mqtt.server_reference_mode != "none" and not settings.mqtt.server_reference:
         raise ConfigError(
             "mqtt.server_reference: must be set when mqtt.server_reference_mode is not 'none'"
@@ -690,6 +727,33 @@ def _checkCluster(settings: Settings) -> None:
             "node.roles: a node without the broker role only makes sense in a cluster "
             "(set cluster.enabled = true)"
         )
+
+
+_KAFKA_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def _checkMappings(mappings: tuple[MappingSettings, ...]) -> None:
+    seen: dict[str, int] = {}
+    for i, mapping in enumerate(mappings):
+        key = f"mappings[{i}]"
+        if not mapping.mqtt:
+            raise ConfigError(f"{key}.mqtt: an MQTT topic filter is required")
+        try:
+            validateTopicFilter(mapping.mqtt)
+        except InvalidTopic as e:
+            raise ConfigError(f"{key}.mqtt: {mapping.mqtt!r} is not a topic filter: {e}") from None
+        if mapping.mqtt.startswith(("$share/", "$queue/", "$exclusive/")):
+            raise ConfigError(f"{key}.mqtt: a shared or exclusive filter cannot be mapped")
+        if not _KAFKA_TOPIC.fullmatch(mapping.kafka) or mapping.kafka in (".", ".."):
+            raise ConfigError(
+                f"{key}.kafka: {mapping.kafka!r} is not a Kafka topic name "
+                "(1 to 249 of a-z A-Z 0-9 . _ -)"
+            )
+        if mapping.kafka in seen:
+            raise ConfigError(
+                f"{key}.kafka: topic {mapping.kafka!r} is already mapped by mappings[{seen[mapping.kafka]}]"
+            )
+        seen[mapping.kafka] = i
 
 
 def _checkPlacement(placement: PlacementSettings) -> None:
@@ -789,6 +853,7 @@ def describeDefaults() -> dict[str, Any]:
     for name, cls in {**_SECTIONS, **pluginSections()}.items():
         out[name] = {f.name: _defaultOf(f) for f in dataclasses.fields(cls)}
     out["listeners"] = [dataclasses.asdict(ListenerSettings())]
+    out["mappings"] = [dataclasses.asdict(MappingSettings())]
     return out
 
 
@@ -810,6 +875,7 @@ __all__ = [
     "ListenerSettings",
     "LimitsSettings",
     "LogSettings",
+    "MappingSettings",
     "MQTTSettings",
     "NodeSettings",
     "PlacementSettings",

@@ -210,8 +210,13 @@ class IAuthenticatorPlugin(Interface):
 
     name = Attribute("The name used in ``[auth] chain``.")
 
-    def build(settings):  # type: ignore[no-untyped-def]
-        """Return an L{IAuthenticator} configured from the node settings."""
+    def build(settings, security):  # type: ignore[no-untyped-def]
+        """
+        Return an L{IAuthenticator} configured from the node settings.
+
+        @param security: the node's L{robustmq.core.security.Security} (user
+            store, ACL, bans), for sources that need them.
+        """
 
 
 class IAuthMechanism(Interface):
@@ -234,8 +239,12 @@ class IAuthMechanismPlugin(Interface):
 
     name = Attribute("The authentication method name.")
 
-    def build(settings):  # type: ignore[no-untyped-def]
-        """Return a zero-argument callable making a fresh L{IAuthMechanism}."""
+    def build(settings, security):  # type: ignore[no-untyped-def]
+        """Return a zero-argument callable making a fresh L{IAuthMechanism}.
+
+        @param security: the node's L{robustmq.core.security.Security}
+            (SCRAM keys come from its user store).
+        """
 
 
 class IShardStorePlugin(Interface):
@@ -313,6 +322,33 @@ class IClusterRouting(Interface):
 
     def sessionEnded(clientId):  # type: ignore[no-untyped-def]
         """The session of C{clientId} ended here (released in the cluster)."""
+
+
+class ISessionDirectory(Interface):
+    """A node's MQTT sessions, as the broker cluster reaches them.
+
+    Provided by the MQTT node service (C{broker.nodeService("mqtt")}); the
+    cluster hands sessions over between brokers, adopts a dead broker's
+    sessions and distributes shared-subscription messages through it,
+    without importing the MQTT protocol package.
+    """
+
+    sessions = Attribute(
+        "The session registry: get(clientId), iteration, len(), adopt(record, outcome), "
+        "export(session), discard(session, outcome=None), takeOverConnection(session, "
+        "keepWill), deferWill(session, will, delay)."
+    )
+    groups = Attribute("Local shared-subscription groups by (group name, filter).")
+    persistence = Attribute("Where sessions are stored (core.persistence.SessionPersistence) or None.")
+
+    def whenReady():  # type: ignore[no-untyped-def]
+        """Fires once persistent sessions are restored from storage."""
+
+    def publishWill(will):  # type: ignore[no-untyped-def]
+        """Publish a will message now (nobody acknowledges it)."""
+
+    def group(name, topicFilter):  # type: ignore[no-untyped-def]
+        """The local shared group C{$share/<name>/<topicFilter>}, or None."""
 
 
 class ISessionConnection(Interface):

@@ -150,7 +150,8 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
             return
         if value.get("kind") == "clientid":
             # One client id: look its connection up instead of scanning every one.
-            session = broker.sessions.get(value.get("value", ""))
+            mqtt = broker.nodeServices.get("mqtt")
+            session = mqtt.sessions.get(value.get("value", "")) if mqtt is not None else None
             connection = session.connection if session is not None else None
             security.disconnectBanned([connection] if connection is not None else [])
         else:
@@ -185,8 +186,15 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
             )
         plugins.append(plugin)
     # Node-wide protocol state: after the broker (started once it is), before the
-    # listeners (stopped after the last one has closed its connections).
-    for plugin in {p.name: p for p in plugins}.values():
+    # listeners (stopped after the last one has closed its connections).  Kafka
+    # topics mapped to MQTT topics need the Kafka service without a Kafka listener.
+    served = {p.name: p for p in plugins}
+    if settings.mappings and "kafka" not in served:
+        served["kafka"] = findPlugin(IProtocolPlugin, "kafka", "mappings")
+    if cluster.enabled and "mqtt" not in served:
+        # The cluster hands MQTT sessions over and adopts them (ISessionDirectory).
+        served["mqtt"] = findPlugin(IProtocolPlugin, "mqtt", "cluster.enabled")
+    for plugin in served.values():
         nodeService = plugin.buildNodeService(broker, reactor)
         if nodeService is not None:
             broker.nodeServices[plugin.name] = nodeService

@@ -28,7 +28,7 @@ from robustmq.protocols.amqp._frames import (
     encodeContent,
     encodeMethod,
 )
-from robustmq.protocols.amqp._model import headersMatch, topicMatches
+from robustmq.protocols.amqp._model import Exchange, headersMatch
 from robustmq.protocols.amqp._server import AMQPServer
 from robustmq.protocols.amqp._types import decodeTable, encodeTable
 
@@ -146,6 +146,11 @@ def test_unknownMethodIsCommandInvalid():
 
 
 def test_topicAndHeadersMatching():
+    def topicMatches(pattern: str, key: str) -> bool:
+        ex = Exchange("t", "topic", False, False, False, {})
+        ex.bind("q", pattern, {})
+        return "q" in ex.destinations(key, None)
+
     assert topicMatches("a.*.c", "a.b.c") and not topicMatches("a.*.c", "a.b.b.c")
     assert topicMatches("a.#", "a") and topicMatches("a.#", "a.b.c") and topicMatches("#", "")
     assert topicMatches("#.c", "a.b.c") and topicMatches("a.#.c", "a.c")

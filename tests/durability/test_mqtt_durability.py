@@ -114,7 +114,9 @@ def test_sessionsQueuedMessagesAndRetainedSurviveRestart(dataDir, protocol):
         assert "Server Shut Down." in first.output()
     second = node(dataDir, port).start()
     try:
-        assert "recovered 1 retained messages and 1 persistent sessions" in second.output()
+        out = second.output()
+        assert "recovered 1 retained messages" in out
+        assert "recovered 1 persistent sessions" in out
         sub = Sub(port, f"durable-{uid}", protocol)
         flags = sub.connect()
         assert flags.session_present

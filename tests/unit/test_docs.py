@@ -15,13 +15,13 @@ def test_everyKeyDocumentedAndShipped():
     shipped = tomllib.loads((ROOT / "etc" / "robustmq.toml").read_text())
     for section, keys in describeDefaults().items():
         assert f"`[{section}]`" in reference or f"`[[{section}]]`" in reference, section
-        if section == "listeners":
+        if section in ("listeners", "mappings"):
             keys = keys[0]
         for key in keys:
             assert f"| `{key}` |" in reference, (
                 f"{section}.{key} missing from docs/configuration.md"
             )
-            if section not in ("listeners",):
+            if section not in ("listeners", "mappings"):
                 assert key in shipped.get(section, {}) or section in ("placement",), (
                     f"{section}.{key} missing from etc/robustmq.toml"
                 )

@@ -125,7 +125,7 @@ def test_assignedClientIdentifier_MQTT_3_2_2_16():
     c = Client5(h, "", cleanSession=False)
     assigned = c.connack.properties["assigned_client_identifier"]
     assert assigned.startswith("auto-")
-    assert h.broker.sessions.get(assigned) is not None
+    assert h.sessions.get(assigned) is not None
 
 
 def test_sessionExpiry_outlivesConnectionForExactlyThatLong_MQTT_3_1_2_23():
@@ -141,7 +141,7 @@ def test_sessionExpiry_outlivesConnectionForExactlyThatLong_MQTT_3_1_2_23():
     assert m.payload == b"queued"
     back.lose()
     h.clock.advance(10.1)
-    assert h.broker.sessions.get("exp") is None
+    assert h.sessions.get("exp") is None
     again = Client5(h, "exp", cleanSession=False)
     assert not again.connack.sessionPresent
 
@@ -150,7 +150,7 @@ def test_sessionExpiryZeroEndsWithConnection_MQTT_3_1_2_22():
     h = harness()
     s = sub(h, "zero", ("t", 1))
     s.lose()
-    assert h.broker.sessions.get("zero") is None
+    assert h.sessions.get("zero") is None
 
 
 def test_sessionExpiryCappedAndReported():
@@ -215,7 +215,7 @@ def test_maximumPacketSizeToClient_MQTT_3_1_2_25():
     p.send(Publish("mp", b"x" * 100, 1, packetId=1), Publish("mp", b"ok", 1, packetId=2))
     [m] = s.received()
     assert m.payload == b"ok"
-    assert h.broker.sessions.get("small").inflight.keys() == {m.packetId}
+    assert h.sessions.get("small").inflight.keys() == {m.packetId}
 
 
 def test_packetTooLargeFromClient():
@@ -522,7 +522,7 @@ def test_pubrecErrorEndsFlow():
     [m] = s.received()
     s.send(Pubrec(m.packetId, Reason.UNSPECIFIED_ERROR))
     assert s.received() == []
-    assert h.broker.sessions.get("s").inflight == {}
+    assert h.sessions.get("s").inflight == {}
 
 
 def test_scramEnhancedAuthentication_MQTT_4_12():

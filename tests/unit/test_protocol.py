@@ -71,7 +71,7 @@ def test_pubSubAllQos(h, bytewise):
     sub.send(Puback(got[1].packetId), Pubrec(got[2].packetId))
     assert sub.received() == [Pubrel(got[2].packetId)]
     sub.send(Pubcomp(got[2].packetId))
-    assert h.broker.sessions.get("sub").inflight == {}
+    assert h.sessions.get("sub").inflight == {}
 
 
 def test_firstPacketMustBeConnect(h):
@@ -201,7 +201,7 @@ def test_cleanSessionDiscardsState(h):
     c = h.connect()
     c.send(Connect("c1", cleanSession=True))
     assert c.received() == [Connack(False, 0)]
-    assert "q" not in h.broker.sessions.get("c1").subscriptions
+    assert "q" not in h.sessions.get("c1").subscriptions
 
 
 def test_takeoverClosesOldConnection(h):
@@ -265,7 +265,7 @@ def test_packetsAfterCongestionAreHeldNotDropped():
     pub.send(*publishes, Pingreq())  # one network read
     # The PINGREQ waits behind the held PUBLISHes.
     assert [type(p).__name__ for p in pub.received()] == ["Puback", "Puback"]
-    assert len(h.broker.sessions.get("s").queue) == 2
+    assert len(h.sessions.get("s").queue) == 2
     sub.protocol.resumeProducing()
     assert [m.payload for m in sub.received()] == [b"%d" % i for i in range(6)]
     assert pub.received()[-1] == Pingresp()
@@ -289,7 +289,7 @@ def test_qos0ToACongestedSubscriberNeverPausesThePublisher():
     assert pub.received() == [Pingresp()]
     assert pub.transport.producerState == "producing"
     assert len(healthy.received()) == 10
-    assert len(h.broker.sessions.get("stuck").queue) == 2
+    assert len(h.sessions.get("stuck").queue) == 2
     assert h.broker.stats.mqttDropped[0] == 8
 
 
@@ -321,7 +321,7 @@ def test_hardBoundDropsBeyondTwiceTheQueue():
     both.protocol.pauseProducing()
     both.send(*[Publish("loop", b"%d" % i, 1, packetId=i + 1) for i in range(10)])
     assert h.broker.stats.messagesDropped == 6
-    assert len(h.broker.sessions.get("both").queue) == 4
+    assert len(h.sessions.get("both").queue) == 4
 
 
 def test_stuckSubscriberReleasesPublishersAfterTimeout():
@@ -459,7 +459,7 @@ def test_sharedGroupSkipsAMemberThatCannotTakeMessages():
     a.protocol.pauseProducing()  # a's socket is full
     pub.send(*[Publish("t", b"%d" % i) for i in range(4, 10)])
     got = [m.payload for m in b.received()]
-    queued = [m.payload for m, *_ in h.broker.sessions.get("a").queue]
+    queued = [m.payload for m, *_ in h.sessions.get("a").queue]
     assert len(queued) <= 1  # at most the one that found a's socket full
     assert sorted(got + queued, key=int) == [b"%d" % i for i in range(4, 10)]
 

@@ -122,3 +122,34 @@ def test_levelLimits():
         validateTopicFilter("a/b/c/d", maxLevels=3)
     with pytest.raises(InvalidTopic):
         validateTopicName("a/b/c/d", maxLevels=3)
+
+
+def _amqpMatches(pattern: str, key: str) -> bool:
+    trie: TopicTrie[str, None] = TopicTrie(".", "*", "#", dollarRule=False)
+    trie.add(pattern, "q", None)
+    return any(k == "q" for k, _ in trie.match(key))
+
+
+def test_amqpTopicExchangeSemantics():
+    """The trie in AMQP form: '.' words, '*' one word, '#' zero or more words anywhere."""
+    assert _amqpMatches("a.*.c", "a.b.c") and not _amqpMatches("a.*.c", "a.c")
+    assert _amqpMatches("a.#", "a") and _amqpMatches("a.#", "a.b.c")
+    assert _amqpMatches("#", "") and _amqpMatches("#", "$SYS.x")
+    assert _amqpMatches("#.c", "a.b.c") and _amqpMatches("#.c", "c")
+    assert _amqpMatches("a.#.c", "a.c") and _amqpMatches("a.#.c", "a.b.d.c")
+    assert not _amqpMatches("a.#.c", "a.b.d") and not _amqpMatches("a.#.c", "b.c")
+    assert _amqpMatches("#.b.#", "a.b.c") and _amqpMatches("#.b.#", "b")
+    assert not _amqpMatches("a.+", "a.b")  # '+' is a plain word in AMQP
+
+
+def test_innerMultiLevelWildcardInMqttTrie():
+    """An inner '#' (an AMQP binding on the MQTT topic exchange) in the MQTT trie."""
+    trie: TopicTrie[str, int] = TopicTrie()
+    trie.add("a/#/c", "x", 1)
+    trie.add("a/#", "y", 2)
+    assert {k for k, _ in trie.match("a/b/c")} == {"x", "y"}
+    assert {k for k, _ in trie.match("a/c")} == {"x", "y"}
+    assert {k for k, _ in trie.match("a/b")} == {"y"}
+    trie.add("#/c", "z", 3)
+    assert "z" not in {k for k, _ in trie.match("$SYS/c")}  # MQTT-4.7.2-1 still holds
+    assert trie.remove("a/#/c", "x") and {k for k, _ in trie.match("a/b/c")} == {"y", "z"}

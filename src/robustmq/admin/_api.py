@@ -36,7 +36,7 @@ from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopi
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
-    from robustmq.core.session import Session
+    from robustmq.protocols.mqtt._session import Session
 
 #: Page size when a list request gives no C{limit}.
 DEFAULT_LIMIT = 100
@@ -196,8 +196,13 @@ class AdminAPI:
             raise APIError(400, f"unknown query parameter {unknown[0]!r}; known: {sorted(known)}")
         return q
 
+    def _sessions(self) -> Any:
+        """The node's MQTT session registry (an empty one when the node serves no MQTT)."""
+        mqtt = self.broker.nodeServices.get("mqtt")
+        return mqtt.sessions if mqtt is not None else _NO_SESSIONS
+
     def _connection(self, clientId: str) -> Any:
-        session = self.broker.sessions.get(clientId)
+        session = self._sessions().get(clientId)
         if session is not None and session.connection is not None:
             return session.connection
         for conn in self.broker.connections:
@@ -206,7 +211,7 @@ class AdminAPI:
         raise APIError(404, f"no connected client {clientId!r}")
 
     def _sessionOr404(self, clientId: str) -> Session:
-        session = self.broker.sessions.get(clientId)
+        session = self._sessions().get(clientId)
         if session is None:
             raise APIError(404, f"no session for client {clientId!r}")
         return session
@@ -265,7 +270,7 @@ class AdminAPI:
                 "connections": s.clientsConnected,
                 "connections_max": s.clientsMaximum,
                 "client_connects": s.clientsTotalConnects,
-                "sessions": len(broker.sessions),
+                "sessions": s.sessions,
                 "subscriptions": len(broker.router),
                 "retained": len(broker.retained),
                 "messages_received": s.messagesReceived,
@@ -455,7 +460,7 @@ class AdminAPI:
         wantId, online = q.get("client_id"), _boolArg(q, "online")
         found = [
             s
-            for s in self.broker.sessions
+            for s in self._sessions()
             if (not wantId or wantId in s.clientId)
             and (online is None or (s.connection is not None) == online)
         ]
@@ -475,7 +480,7 @@ class AdminAPI:
             session.detach(self.broker.reactor.seconds())
             if conn.transport is not None:
                 conn.transport.loseConnection()
-        self.broker.sessions.discard(session)
+        self._sessions().discard(session)
         self.log.info("session of {clientId} discarded through the admin API", clientId=clientId)
         return {"discarded": clientId}
 
@@ -607,6 +612,19 @@ class AdminAPI:
         if not writes:
             return answer
         return defer.gatherResults(writes).addCallback(lambda _: answer)
+
+
+class _NoSessions:
+    """The session registry of a node without MQTT: always empty."""
+
+    def get(self, clientId: str) -> None:
+        return None
+
+    def __iter__(self) -> Any:
+        return iter(())
+
+
+_NO_SESSIONS = _NoSessions()
 
 
 def _dumps(value: Any) -> bytes:

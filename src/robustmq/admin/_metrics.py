@@ -103,9 +103,11 @@ class BrokerCollector(Collector):
             yield CounterMetricFamily(name, doc, value=getattr(stats, attr))
         yield from _messageMetrics(stats)
         yield from _storageMetrics(broker.store)
+        yield from _mappingMetrics(broker)
 
         sessions = online = congested = inflight = queued = queuedBytes = 0
-        for session in broker.sessions:
+        mqtt = broker.nodeServices.get("mqtt")
+        for session in mqtt.sessions if mqtt is not None else ():
             sessions += 1
             if session.connection is not None:
                 online += 1
@@ -311,6 +313,38 @@ def _messageMetrics(stats: Stats) -> Iterator[Metric]:
     yield from families
     yield received
     yield sent
+
+
+def _mappingMetrics(broker: Any) -> Iterator[Metric]:
+    """Counters of the [[mappings]] between MQTT topics and Kafka topics (docs/topic-space.md)."""
+    kafka = broker.nodeServices.get("kafka")
+    mappings = getattr(kafka, "mappings", None)
+    if mappings is None or not (mappings.writers or mappings.toMqtt):
+        return
+    records = CounterMetricFamily(
+        "robustmq_mapping_records",
+        "MQTT messages appended to mapped Kafka topics, by outcome (appended, dropped at "
+        "twice [kafka] mapping_max_pending_bytes, failed append)",
+        labels=["kafka_topic", "outcome"],
+    )
+    pending = GaugeMetricFamily(
+        "robustmq_mapping_pending_bytes",
+        "Bytes delivered to a mapped Kafka topic and not yet stored",
+        labels=["kafka_topic"],
+    )
+    for topic, writer in sorted(mappings.writers.items()):
+        records.add_metric([topic, "appended"], writer.appended)
+        records.add_metric([topic, "dropped"], writer.dropped)
+        records.add_metric([topic, "failed"], writer.failed)
+        pending.add_metric([topic], writer.pendingBytes)
+    yield records
+    yield pending
+    yield CounterMetricFamily(
+        "robustmq_mapping_kafka_only_records",
+        "Records produced to mapped Kafka topics that were not published to MQTT (no key, "
+        "a key that is not a matching MQTT topic, transactional batches)",
+        value=mappings.kafkaOnly,
+    )
 
 
 def _storageMetrics(store: Any) -> Iterator[Metric]:

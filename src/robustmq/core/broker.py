@@ -13,32 +13,27 @@ from twisted.logger import Logger
 from robustmq import __version__
 from robustmq.config import Settings
 from robustmq.core.auth import AllowAll, AuthChain
-from robustmq.core.delayed import DelayedMessages
 from robustmq.core.message import Message
 from robustmq.core.outcome import Outcome
 from robustmq.core.persistence import SessionPersistence
 from robustmq.core.retained import RetainedMessages
-from robustmq.core.rewrite import TopicRewriter
 from robustmq.core.router import Router
-from robustmq.core.session import Session
-from robustmq.core.sessions import SessionRegistry
 from robustmq.core.shared import SharedGroup
 from robustmq.core.stats import Stats
-from robustmq.core.subscription import SubscriptionOptions, parseFilter
+from robustmq.core.subscription import SubscriptionOptions
 from robustmq.core.timers import TimerHeap
 from robustmq.interfaces import IClusterRouting, IShardStore
 
 
-class ExclusiveTaken(Exception):
-    """An exclusive subscription already has a subscriber."""
-
-
 class Broker(Service):
-    """Routes messages between sessions, keeps retained messages and counters.
+    """The protocol-neutral core: routes messages to delivery targets, keeps retained
+    messages, counters and the shard store.
 
-    Protocols call L{publish}, L{subscribe} and L{unsubscribe}; what each
-    call caused (deliveries, durable writes to wait for, congested targets)
-    comes back in an L{Outcome}.  Connections register with
+    Protocols call L{publish}, L{subscribeTarget} and L{unsubscribeTarget};
+    what each call caused (deliveries, durable writes to wait for, congested
+    targets) comes back in an L{Outcome}.  What a protocol means beyond that
+    (MQTT sessions and wills, AMQP queues, Kafka partitions) lives in its node
+    service (L{nodeService}).  Connections register with
     L{connectionOpened}/L{connectionClosed} so that shutdown can close them
     and operators can list them.
     """
@@ -65,14 +60,6 @@ class Broker(Service):
         self.retained = RetainedMessages(
             settings.mqtt.max_retained_messages, settings.mqtt.max_retained_payload
         )
-        self.congestionTimeout = settings.mqtt.congestion_timeout
-        self.sessions = SessionRegistry(self, settings.mqtt, self.stats)
-        #: shared-subscription groups by (group name, filter)
-        self.groups: dict[tuple[str, str], SharedGroup] = {}
-        #: exclusive subscriptions: filter → owning session
-        self.exclusive: dict[str, Session] = {}
-        self.delayed = DelayedMessages(self, settings.mqtt.max_delayed_messages)
-        self.rewriter = TopicRewriter(settings.mqtt.rewrite)
         self.persistence: SessionPersistence | None = None
         if store is not None and getattr(store, "durable", True):
             self.persistence = SessionPersistence(store)
@@ -183,9 +170,10 @@ class Broker(Service):
                 continue
             if options.noLocal and origin is not None and subscriber.clientId == origin:
                 # MQTT-3.8.3-3: not to the publishing client's own No Local subscriptions.
-                options = options.local
-                if options is None:
+                local = options.local
+                if local is None:
                     continue
+                options = local
             granted = options.qos
             subscriber.deliver(message, mqos if mqos < granted else granted, options, outcome)
         return len(matches)
@@ -200,98 +188,32 @@ class Broker(Service):
         self.route(message, outcome)
         outcome.background()
 
-    def publishWill(self, will: Message) -> None:
-        """Publish a will message (it has no connection to pause)."""
-        will.timestamp = self.now()
-        if will.properties and will.properties.get("message_expiry_interval") is not None:
-            will.expiresAt = will.timestamp + will.properties["message_expiry_interval"]
-        self.log.info(
-            "publishing will of {clientId} on {topic}", clientId=will.origin, topic=will.topic
-        )
-        self.publish(will).background()
+    # Subscriptions of delivery targets
 
-    # Subscriptions
+    def subscribeTarget(
+        self, topicFilter: str, target: Any, options: SubscriptionOptions, outcome: Outcome
+    ) -> bool:
+        """Route messages matching C{topicFilter} to C{target} (an L{IDeliveryTarget}).
 
-    def subscribe(
-        self,
-        session: Session,
-        topicFilter: str,
-        options: SubscriptionOptions,
-        outcome: Outcome,
-    ) -> list[Message]:
-        """Subscribe C{session}; returns the retained messages to send for it.
+        For what is not an MQTT session: an AMQP queue bound to the MQTT topic
+        exchange, a Kafka topic mapped to MQTT topics.  The filter is in the
+        MQTT topic space and may hold an inner C{#} (an AMQP binding key such
+        as C{a.#.c}).  In a cluster the route is announced like a session's,
+        so messages published on other brokers reach the target too.
 
-        The durable writes of the change (a persistent session's record, the
-        cluster route) go to C{outcome}.
-
-        C{$share/<group>/<filter>} and C{$queue/<filter>} join a shared group
-        (no retained messages, MQTT 5.0 section 4.8.2); C{$exclusive/<filter>}
-        may have one subscriber at a time.
-
-        @raise ValueError: a malformed shared or exclusive filter.
-        @raise ExclusiveTaken: another session holds the exclusive subscription.
+        @return: True if the target is new under this filter.
         """
-        group, real, exclusive = parseFilter(topicFilter)
-        existed = topicFilter in session.subscriptions
-        if exclusive:
-            owner = self.exclusive.get(real)
-            if owner is not None and owner is not session:
-                raise ExclusiveTaken(real)
-            self.exclusive[real] = session
-        if group is not None:
-            key = (group, real)
-            shared = self.groups.get(key)
-            if shared is None:
-                shared = self.groups[key] = SharedGroup(
-                    group, real, self.settings.mqtt.shared_subscription_strategy
-                )
-                self.router.subscribe(real, shared, SubscriptionOptions(qos=2))
-                if self.cluster is not None:
-                    self.cluster.routeAdded(f"$share/{group}/{real}", outcome)
-            shared.add(session, options)
-        elif self.router.subscribe(real, session, options) and self.cluster is not None:
-            self.cluster.routeAdded(real, outcome)
-        session.subscriptions[topicFilter] = options
-        self._saveSession(session, outcome)
-        if group is not None or options.retainHandling == 2:
-            return []
-        if options.retainHandling == 1 and existed:
-            return []
-        return self.retained.match(real)
+        isNew = self.router.subscribe(topicFilter, target, options)
+        if isNew and self.cluster is not None:
+            self.cluster.routeAdded(topicFilter, outcome)
+        return isNew
 
-    def unsubscribe(self, session: Session, topicFilter: str, outcome: Outcome) -> bool:
-        """Remove a subscription; True if it existed.  Durable writes go to C{outcome}."""
-        if session.subscriptions.pop(topicFilter, None) is None:
-            return False
-        self._saveSession(session, outcome)
-        group, real, exclusive = parseFilter(topicFilter)
-        if exclusive and self.exclusive.get(real) is session:
-            del self.exclusive[real]
-        if group is not None:
-            shared = self.groups.get((group, real))
-            if shared is not None:
-                shared.remove(session)
-                if not shared.members:
-                    del self.groups[(group, real)]
-                    self.router.unsubscribe(real, shared)
-                    if self.cluster is not None:
-                        self.cluster.routeRemoved(f"$share/{group}/{real}")
-            return True
-        removed = self.router.unsubscribe(real, session)
+    def unsubscribeTarget(self, topicFilter: str, target: Any) -> bool:
+        """Stop routing C{topicFilter} to C{target}; True if it was routed."""
+        removed = self.router.unsubscribe(topicFilter, target)
         if removed and self.cluster is not None:
-            self.cluster.routeRemoved(real)
+            self.cluster.routeRemoved(topicFilter)
         return removed
-
-    def _saveSession(self, session: Session, outcome: Outcome) -> None:
-        if self.persistence is not None and session.expiryInterval and not self.sessions.restoring:
-            outcome.wait(self.persistence.saveSession(session))
-
-    def redeliverShared(self, session: Session) -> None:
-        """A shared-group member left: its undelivered group messages go to the others."""
-        outcome = Outcome()
-        for group, messages in session.takeGroupMessages():
-            group.redeliver(messages, session, outcome)
-        outcome.background()
 
     # Connections
 
@@ -338,15 +260,7 @@ class Broker(Service):
                 if message.expiresAt is None or message.expiresAt > now:
                     self.retained.update(message)
                     retained += 1
-            records = await persistence.loadSessions()
-            restored = self.sessions.restore(records)
-            self.log.info(
-                "recovered {retained} retained messages and {sessions} persistent sessions "
-                "({messages} held messages) from storage",
-                retained=retained,
-                sessions=restored,
-                messages=sum(len(r["messages"]) for r in records),
-            )
+            self.log.info("recovered {retained} retained messages from storage", retained=retained)
         self.ready = True
         self.log.info("broker {version} started", version=self.version)
         waiting, self._waiting = self._waiting, []
@@ -360,8 +274,6 @@ class Broker(Service):
         reactor.callLater(0, reactor.stop)  # type: ignore[attr-defined]
 
     async def _stop(self) -> None:
-        self.delayed.stop()
-        self.sessions.stop()
         for connection in list(self.connections):
             connection.shutdown()
         if self.store is not None:

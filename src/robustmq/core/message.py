@@ -9,6 +9,12 @@ from typing import Any
 class Message:
     """One published application message as the router carries it.
 
+    The neutral form every protocol converts to and from (docs/topic-space.md):
+    a topic name in the MQTT topic space, the payload, a QoS (0-2), the
+    retain flag, the publish time, and properties in MQTT 5 form
+    (C{content_type}, C{correlation_data}, C{response_topic},
+    C{message_expiry_interval}, C{user_property} pairs, ...).
+
     C{encodings} is a small cache that protocols use to encode a message once
     and write the same bytes to every subscriber (keyed by a protocol-chosen
     key); the core never looks inside it.
@@ -24,6 +30,7 @@ class Message:
         "origin",
         "encodings",
         "expiresAt",
+        "source",
     )
 
     def __init__(
@@ -35,6 +42,7 @@ class Message:
         timestamp: float | None = None,
         properties: dict[str, Any] | None = None,
         origin: str | None = None,
+        source: str | None = None,
     ) -> None:
         self.topic = topic
         self.payload = payload
@@ -44,6 +52,9 @@ class Message:
         self.properties = properties
         #: client id of the publisher, when there is one
         self.origin = origin
+        #: the protocol that published it ("mqtt", "amqp", "kafka"; None: the broker itself);
+        #: a message is never handed back into the protocol it came from (topic-space mappings)
+        self.source = source
         self.encodings: dict[Any, bytes] | None = None
         #: absolute time after which it is not delivered (MQTT 5 Message Expiry Interval)
         self.expiresAt: float | None = None
@@ -62,6 +73,7 @@ class Message:
             self.timestamp,
             self.properties,
             self.origin,
+            self.source,
         )
         m.expiresAt = self.expiresAt
         for k, v in changes.items():

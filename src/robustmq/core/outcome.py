@@ -27,9 +27,12 @@ class Outcome:
     @ivar congested: delivery targets whose bounded queues are full; a
         publisher that can pause (stop reading) waits until each of them
         calls its C{congestionCleared}; None when there are none.
+    @ivar refused: how many targets refused the message at their bound
+        (an AMQP queue with C{x-overflow = reject-publish}); an AMQP
+        publisher confirm is a nack when any did.
     """
 
-    __slots__ = ("delivered", "writes", "congested")
+    __slots__ = ("delivered", "writes", "congested", "refused")
 
     log = Logger()
 
@@ -37,6 +40,7 @@ class Outcome:
         self.delivered = 0
         self.writes: list[defer.Deferred[Any]] | None = None
         self.congested: list[Any] | None = None
+        self.refused = 0
 
     def __repr__(self) -> str:
         return (
@@ -51,7 +55,7 @@ class Outcome:
         writes = self.writes
         if writes is None:
             self.writes = [write]
-        else:
+        elif writes[-1] is not write:  # a store's batch shared by consecutive writes
             writes.append(write)
 
     def congest(self, target: Any) -> None:
@@ -65,6 +69,7 @@ class Outcome:
     def absorb(self, other: Outcome) -> None:
         """Add C{other}'s effects to these (its delivered count, writes and congestion)."""
         self.delivered += other.delivered
+        self.refused += other.refused
         if other.writes:
             for write in other.writes:
                 self.wait(write)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -29,8 +29,21 @@ from robustmq.core.message import Message
 from robustmq.core.subscription import SubscriptionOptions
 from robustmq.interfaces import IShardStore
 
-if TYPE_CHECKING:
-    from robustmq.core.session import Session
+
+class Session(Protocol):
+    """The state of a session that is stored (the MQTT protocol's session provides it)."""
+
+    clientId: str
+    expiryInterval: int
+    disconnectedAt: float | None
+    nextSeq: int
+    subscriptions: dict[str, SubscriptionOptions]
+    storedSeqs: set[int]
+    awaitingRel: Any
+    inflight: dict[int, list[Any]]
+    queue: Any
+    pendingWill: Message | None
+    willDueAt: float | None
 
 SESSIONS = "mqtt/sessions"
 MESSAGES = "mqtt/session-messages"

@@ -11,9 +11,10 @@ from robustmq.core.topics import TopicTrie
 class Subscriber(Protocol):
     """What the router delivers to: a session, or a shared-subscription group."""
 
-    clientId: str | None
+    @property
+    def clientId(self) -> str | None: ...
 
-    def deliver(self, message: Any, qos: int, sub: Any = None) -> None: ...
+    def deliver(self, message: Any, qos: int, sub: Any, outcome: Any) -> None: ...
 
 
 class Router:

@@ -4,18 +4,32 @@ from __future__ import annotations
 
 import random
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from zope.interface import implementer
 
 from robustmq.core.subscription import SubscriptionOptions
+from robustmq.interfaces import IDeliveryTarget
 
 if TYPE_CHECKING:
     from robustmq.core.message import Message
     from robustmq.core.outcome import Outcome
-    from robustmq.core.session import Session
+
+
+class Session(Protocol):
+    """What a group member is to the group: a delivery target that may be online."""
+
+    connection: Any
+    #: messages waiting to be written (falsy when none) and whether they block publishers
+    queue: Any
+    congested: bool
+
+    def deliver(self, message: Message, qos: int, sub: Any, outcome: Outcome) -> None: ...
 
 STRATEGIES = ("round_robin", "random", "sticky", "hash_clientid", "hash_topic")
 
 
+@implementer(IDeliveryTarget)
 class SharedGroup:
     """One C{$share/<name>/<filter>} group: the router delivers to it as to one subscriber.
 

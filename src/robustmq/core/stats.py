@@ -49,6 +49,7 @@ class Stats:
         "malformedPackets",
         "messagesExpired",
         "messagesDelayed",
+        "sessions",
     )
 
     def __init__(self) -> None:
@@ -76,6 +77,8 @@ class Stats:
         self.malformedPackets = 0
         self.messagesExpired = 0
         self.messagesDelayed = 0
+        #: sessions the node keeps, online and offline (MQTT's clients/total)
+        self.sessions = 0
 
     # Totals over protocols (what $SYS/broker/... publishes)
 

@@ -18,7 +18,7 @@ def sysValues(broker: Broker) -> dict[str, str]:
         "$SYS/broker/uptime": f"{int(s.uptime())} seconds",
         "$SYS/broker/clients/connected": str(s.clientsConnected),
         "$SYS/broker/clients/maximum": str(s.clientsMaximum),
-        "$SYS/broker/clients/total": str(len(broker.sessions)),
+        "$SYS/broker/clients/total": str(s.sessions),
         "$SYS/broker/messages/received": str(s.messagesReceived),
         "$SYS/broker/messages/sent": str(s.messagesSent),
         "$SYS/broker/messages/dropped": str(s.messagesDropped),

@@ -10,41 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
+from robustmq.topicrules import InvalidTopic, validateTopicFilter, validateTopicName
+
+__all__ = [
+    "InvalidTopic",
+    "TopicStore",
+    "TopicTrie",
+    "topicMatches",
+    "validateTopicFilter",
+    "validateTopicName",
+]
+
 K = TypeVar("K")
 V = TypeVar("V")
-
-
-class InvalidTopic(ValueError):
-    """A topic name or filter that breaks the MQTT rules."""
-
-
-def validateTopicName(topic: str, maxLevels: int = 0) -> None:
-    """Check a topic name used for publishing (MQTT-4.7.3-1, MQTT-3.3.2-2)."""
-    if not topic:
-        raise InvalidTopic("empty topic name")
-    if "+" in topic or "#" in topic:
-        raise InvalidTopic("wildcard in a topic name")
-    if "\x00" in topic:
-        raise InvalidTopic("null character in a topic name")
-    if maxLevels and topic.count("/") >= maxLevels:
-        raise InvalidTopic(f"more than {maxLevels} topic levels")
-
-
-def validateTopicFilter(topicFilter: str, maxLevels: int = 0) -> None:
-    """Check a subscription filter (MQTT-4.7.1-2, MQTT-4.7.1-3)."""
-    if not topicFilter:
-        raise InvalidTopic("empty topic filter")
-    if "\x00" in topicFilter:
-        raise InvalidTopic("null character in a topic filter")
-    levels = topicFilter.split("/")
-    if maxLevels and len(levels) > maxLevels:
-        raise InvalidTopic(f"more than {maxLevels} topic levels")
-    last = len(levels) - 1
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != last):
-            raise InvalidTopic("'#' must be a whole last level")
-        if "+" in level and level != "+":
-            raise InvalidTopic("'+' must occupy a whole level")
 
 
 def topicMatches(topicFilter: str, topic: str) -> bool:
@@ -74,12 +52,33 @@ class _Node:
 class TopicTrie(Generic[K, V]):
     """Topic filters → {key: value}, matched against topic names.
 
-    Used for subscriptions (key: a session, value: its options).
+    Used for subscriptions (key: a session or another delivery target,
+    value: its options).  By default it speaks MQTT: levels separated by
+    C{/}, C{+} one level, C{#} this level and every one below, and
+    first-level wildcards do not match C{$}-topics (MQTT-4.7.2-1).  AMQP
+    topic exchanges use the same trie with C{separator="."}, C{single="*"}
+    and C{dollarRule=False}.
+
+    A multi-level wildcard may also stand I{inside} a filter (C{a/#/c}, an
+    AMQP binding key C{a.#.c}): it then matches zero or more levels before
+    the rest of the filter.  MQTT clients cannot subscribe such filters
+    (L{validateTopicFilter}); AMQP bindings on the MQTT topic exchange can,
+    and costs grow only with such filters present.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        separator: str = "/",
+        single: str = "+",
+        multi: str = "#",
+        dollarRule: bool = True,
+    ) -> None:
         self._root = _Node()
         self._count = 0
+        self.separator = separator
+        self._single = single
+        self._multi = multi
+        self._dollarRule = dollarRule
 
     def __len__(self) -> int:
         return self._count
@@ -87,7 +86,7 @@ class TopicTrie(Generic[K, V]):
     def add(self, topicFilter: str, key: K, value: V) -> bool:
         """Set C{key}'s value under C{topicFilter}; True if the key was new there."""
         node = self._root
-        for level in topicFilter.split("/"):
+        for level in topicFilter.split(self.separator):
             child = node.children.get(level)
             if child is None:
                 child = node.children[level] = _Node()
@@ -102,7 +101,7 @@ class TopicTrie(Generic[K, V]):
         """Remove C{key} from C{topicFilter}; prunes empty branches. True if it was there."""
         path: list[tuple[_Node, str]] = []
         node = self._root
-        for level in topicFilter.split("/"):
+        for level in topicFilter.split(self.separator):
             child = node.children.get(level)
             if child is None:
                 return False
@@ -119,9 +118,16 @@ class TopicTrie(Generic[K, V]):
         return True
 
     def match(self, topic: str) -> Iterator[tuple[K, V]]:
-        """Yield every (key, value) whose filter matches C{topic} (with repeats per filter)."""
-        levels = topic.split("/")
-        dollar = topic.startswith("$")
+        """Yield every (key, value) whose filter matches C{topic}.
+
+        A key appears once per matching filter (callers merge), and may
+        appear more than once for a filter with an inner multi-level
+        wildcard.
+        """
+        levels = topic.split(self.separator)
+        dollar = self._dollarRule and topic.startswith("$")
+        single = self._single
+        multi = self._multi
         n = len(levels)
         stack: list[tuple[_Node, int]] = [(self._root, 0)]
         while stack:
@@ -130,9 +136,13 @@ class TopicTrie(Generic[K, V]):
             # MQTT-4.7.2-1: wildcards at the first level do not match $-topics.
             wild = not (dollar and i == 0)
             if wild:
-                hashNode = children.get("#")
+                hashNode = children.get(multi)
                 if hashNode is not None:
                     yield from hashNode.values.items()
+                    if hashNode.children:
+                        # An inner '#': it takes levels i..j-1, the rest matches from j.
+                        for j in range(i, n + 1):
+                            stack.append((hashNode, j))
             if i == n:
                 yield from node.values.items()
                 continue
@@ -140,7 +150,7 @@ class TopicTrie(Generic[K, V]):
             if exact is not None:
                 stack.append((exact, i + 1))
             if wild:
-                plus = children.get("+")
+                plus = children.get(single)
                 if plus is not None:
                     stack.append((plus, i + 1))
 
@@ -150,7 +160,7 @@ class TopicTrie(Generic[K, V]):
         while stack:
             node, path = stack.pop()
             for key, value in node.values.items():
-                yield "/".join(path), key, value
+                yield self.separator.join(path), key, value
             for level, child in node.children.items():
                 stack.append((child, [*path, level]))
 
@@ -233,6 +243,6 @@ class TopicStore(Generic[V]):
                         continue
                     stack.append((child, i + 1))
             else:
-                child = node.children.get(level)
-                if child is not None:
-                    stack.append((child, i + 1))
+                exact = node.children.get(level)
+                if exact is not None:
+                    stack.append((exact, i + 1))

@@ -86,9 +86,10 @@ def linger(
         transport.unregisterProducer()
     except Exception:  # noqa: BLE001 - a transport without a producer to unregister
         pass
-    if IHalfCloseableDescriptor.providedBy(transport) and not isinstance(
+    halfCloseable = IHalfCloseableDescriptor.providedBy(transport) and not isinstance(
         transport, ProtocolWrapper
-    ):
+    )
+    if halfCloseable:
         # Plain TCP: FIN after the buffered bytes, the receiving side stays open.
         transport.loseWriteConnection()
     else:

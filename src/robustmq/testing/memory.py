@@ -17,6 +17,7 @@ from robustmq.config import ListenerSettings, Settings, settingsFromMapping
 from robustmq.core.broker import Broker
 from robustmq.protocols.mqtt import MQTTParser, encode
 from robustmq.protocols.mqtt._factory import MQTTServerFactory
+from robustmq.protocols.mqtt._node import MQTTNode
 from robustmq.protocols.mqtt._packets import Packet
 
 
@@ -34,8 +35,16 @@ class InMemoryBroker:
             authMechanisms={"SCRAM-SHA-256": scramSha256Plugin.build(self.settings)},
         )
         self.broker.startService()
+        self.node = MQTTNode(self.broker, self.clock)
+        self.broker.nodeServices["mqtt"] = self.node
+        self.node.startService()
         self.listener = ListenerSettings(port=1883, bind="127.0.0.1")
         self.factory = MQTTServerFactory(self.broker, self.listener, self.clock)
+
+    @property
+    def sessions(self) -> Any:
+        """The MQTT session registry."""
+        return self.node.sessions
 
     def connect(self, port: int = 50000) -> FakeClient:
         """A new connection (no MQTT sent yet)."""

@@ -17,10 +17,12 @@ TIMEOUT = 5.0
 class Received:
     """A message as a paho client saw it."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "dup", "mid")
+    __slots__ = ("topic", "payload", "qos", "retain", "dup", "mid", "properties")
 
     def __init__(self, msg: mqtt.MQTTMessage) -> None:
         self.topic = msg.topic
+        #: MQTT 5 PUBLISH properties (paho's Properties), None under 3.x
+        self.properties = getattr(msg, "properties", None)
         self.payload = msg.payload
         self.qos = msg.qos
         self.retain = bool(msg.retain)
@@ -148,9 +150,24 @@ class PahoClient:
             event = self._unsubacks.setdefault(mid, threading.Event())
         assert event.wait(TIMEOUT), f"no UNSUBACK for {topic!r}"
 
-    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> None:
-        """PUBLISH and wait until paho has sent it (and, at QoS 1/2, had it acknowledged)."""
-        info = self.client.publish(topic, payload, qos, retain)
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        """PUBLISH and wait until paho has sent it (and, at QoS 1/2, had it acknowledged).
+
+        @param properties: MQTT 5 properties by paho's names (C{{"ContentType": ...}}).
+        """
+        props = None
+        if properties:
+            props = mqtt.Properties(mqtt.PacketTypes.PUBLISH)
+            for name, value in properties.items():
+                setattr(props, name, value)
+        info = self.client.publish(topic, payload, qos, retain, properties=props)
         info.wait_for_publish(TIMEOUT)
         assert info.is_published(), f"PUBLISH to {topic!r} not completed"
 

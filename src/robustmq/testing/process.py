@@ -85,7 +85,13 @@ class BrokerProcess:
         dataDir: str | None = None,
         port: int | None = None,
         workdir: Path | None = None,
+        env: dict[str, str] | None = None,
+        logLevel: str = "debug",
     ) -> None:
+        #: extra environment variables for the node (ROBUSTMQ_... overrides, PYTHONPATH)
+        self.env = env
+        #: [log] level (benchmarks run at "info": debug lines cost time)
+        self.logLevel = logLevel
         if workdir is None:
             workdir = Path(tempfile.mkdtemp(prefix="robustmq-test-"))
         else:
@@ -111,7 +117,7 @@ class BrokerProcess:
 data_dir = "{self.dataDir}"
 
 [log]
-level = "debug"
+level = "{self.logLevel}"
 
 [[listeners]]
 protocol = "mqtt"
@@ -154,6 +160,7 @@ port = {self.port}
             stdout=logFile,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            env=None if self.env is None else {**os.environ, **self.env},
         )
         logFile.close()
 

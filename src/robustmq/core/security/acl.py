@@ -81,6 +81,20 @@ def coversFilter(pattern: Sequence[str], wanted: Sequence[str]) -> bool:
     return len(pattern) == len(wanted)
 
 
+def filtersOverlap(first: Sequence[str], second: Sequence[str]) -> bool:
+    """True if some topic name matches both filters (split on '/')."""
+    for i in range(max(len(first), len(second))):
+        a = first[i] if i < len(first) else None
+        b = second[i] if i < len(second) else None
+        if a == "#" or b == "#":
+            return True
+        if a is None or b is None:
+            return False
+        if a != b and a != "+" and b != "+":
+            return False
+    return True
+
+
 @attrs.frozen
 class Rule:
     """One ACL rule."""
@@ -193,6 +207,23 @@ class Rule:
                 return True
         return False
 
+    def overlaps(self, access: ClientAccess, topicFilter: str) -> bool:
+        """Whether this rule speaks of some topic that C{topicFilter} matches (for reading)."""
+        if self.action not in ("all", SUBSCRIBE) or not self.appliesTo(access):
+            return False
+        words = topicFilter.split("/")
+        for pattern in self.topics:
+            if pattern.startswith("eq "):
+                pattern = pattern[3:]
+            if "%u" in pattern:
+                if not access.username:
+                    continue
+                pattern = pattern.replace("%u", access.username)
+            pattern = pattern.replace("%c", access.clientId)
+            if filtersOverlap(pattern.split("/"), words):
+                return True
+        return False
+
 
 def loadRuleFile(path: str) -> list[Rule]:
     """Rules from a TOML file of C{[[rules]]} tables, in file order."""
@@ -290,7 +321,7 @@ class ACL:
 
     def list(self) -> list[dict[str, Any]]:
         """Every rule in decision order, with its source."""
-        out = []
+        out: list[dict[str, Any]] = []
         for name in self.settings.sources:
             rules = self.storeRules if name == "store" else self.fileRules
             out.extend({**rule.toDict(), "source": name} for rule in rules)
@@ -314,6 +345,14 @@ class ACL:
         if action == SUBSCRIBE and self.sysReadable and topic.startswith("$SYS/"):
             return True
         return self.noMatch
+
+    def deniedWithin(self, access: ClientAccess, topicFilter: str) -> bool:
+        """Whether a deny rule for this client reaches into C{topicFilter} (reading)."""
+        for rules in (access.rules, *self._sources):
+            for rule in rules:
+                if rule.permission == "deny" and rule.overlaps(access, topicFilter):
+                    return True
+        return False
 
 
 class ClientAccess:
@@ -388,6 +427,31 @@ class ClientAccess:
             return True
         return self.allowed(SUBSCRIBE, topicFilter)
 
+    def canReadAll(self, topicFilter: str) -> bool:
+        """May this client read I{every} topic C{topicFilter} matches?
+
+        For subscriptions the broker cannot filter message by message: an
+        AMQP binding on the MQTT topic exchange, a Kafka topic mapped from
+        MQTT topics (docs/topic-space.md).  Stricter than L{canSubscribe}:
+        a deny rule for any topic under the filter refuses it.
+        """
+        if not self.canSubscribe(topicFilter):
+            return False
+        if self.superuser or (not self.rules and self.acl.open):
+            return True
+        key = ("read-all", topicFilter)
+        if self.acl.version != self._version:
+            self._cache.clear()
+            self._version = self.acl.version
+        decision = self._cache.get(key)
+        if decision is None:
+            decision = not self.acl.deniedWithin(self, topicFilter)
+            if self.acl.cacheSize:
+                if len(self._cache) >= self.acl.cacheSize:
+                    self._cache.clear()
+                self._cache[key] = decision
+        return decision
+
 
 __all__ = [
     "ACL",
@@ -395,6 +459,7 @@ __all__ = [
     "Rule",
     "RuleError",
     "coversFilter",
+    "filtersOverlap",
     "loadRuleFile",
     "matchTopic",
 ]

@@ -91,7 +91,7 @@ class JWTAuthenticator:
         if found is None:
             return self._deny(credentials, f"no key for algorithm {header.get('alg')!r}")
         key, algorithms = found
-        options = {"require": ["exp"]} if self.requireExp else {}
+        options: Any = {"require": ["exp"]} if self.requireExp else {}
         try:
             claims = jwt.decode(
                 token, key, algorithms=algorithms, leeway=self.leeway, options=options

@@ -10,11 +10,14 @@ without the connection noticing beyond its channel table.
 from __future__ import annotations
 
 import secrets
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from robustmq.core.outcome import Outcome
+from robustmq.core.topics import InvalidTopic, validateTopicName
 from robustmq.protocols.amqp import _spec
 from robustmq.protocols.amqp._exceptions import (
     AMQPError,
@@ -35,6 +38,12 @@ from robustmq.protocols.amqp._model import (
     Queue,
     QueuedMessage,
     _freeze,
+)
+from robustmq.protocols.amqp._topicspace import (
+    TopicSpaceExchange,
+    mqttFilterOf,
+    mqttTopicOf,
+    toCoreMessage,
 )
 
 if TYPE_CHECKING:
@@ -315,6 +324,7 @@ class AMQPChannel:
         src = self._exchange(m.source)
         if src.name == "" or dest.name == "":
             raise accessRefused("operation not permitted on the default exchange")
+        self._checkTopicRead(src, m.routing_key)
         if src.bind(dest, m.routing_key, m.arguments or {}):
             dest.incoming.add((src, m.routing_key, _freeze(m.arguments)))
             self.vhost.server.persistence.bindingAdded(
@@ -390,6 +400,18 @@ class AMQPChannel:
         if not m.nowait:
             self.sendMethod(_spec.QueueDeclareOk(q.name, q.count, len(q.consumers)))
 
+    def _checkTopicRead(self, ex: Exchange, key: str) -> None:
+        """A binding on the MQTT topic exchange subscribes to an MQTT filter: the MQTT ACL
+        must let this user read every topic under it (403 otherwise; messages are not
+        filtered one by one once bound)."""
+        if isinstance(ex, TopicSpaceExchange) and not self.conn.topicAccess().canReadAll(
+            mqttFilterOf(key)
+        ):
+            raise accessRefused(
+                f"read access to topic '{key}' in exchange '{ex.name}' in vhost "
+                f"'{self.vhost.name}' refused for user '{self.conn.user}'"
+            )
+
     def handle_queue_bind(self, m: _spec.QueueBind) -> None:
         q = self._queue(m.queue)
         ex = self._exchange(m.exchange)
@@ -398,6 +420,7 @@ class AMQPChannel:
         key = m.routing_key
         if m.routing_key == "" and m.queue == "":
             key = q.name
+        self._checkTopicRead(ex, key)
         if ex.bind(q, key, m.arguments or {}):
             q.bindings.add((ex, key, _freeze(m.arguments)))
             self.vhost.server.persistence.bindingAdded(self.vhost, ex, q, key, m.arguments)
@@ -532,15 +555,58 @@ class AMQPChannel:
         else:
             message = Message(m.exchange, m.routing_key, props, body, self._propsRaw or None)
         self.conn.server.broker.stats.amqpReceived += 1
+        route = self._route
+        if isinstance(ex, TopicSpaceExchange):
+            topic = self._topicSpaceTopic(ex, m.routing_key)
+            if topic is not None:
+                route = partial(self._publishToTopicSpace, topic)  # type: ignore[assignment]
         if self.tx:
-            self.txOps.append(lambda: self._route(m, ex, message, None))
+            self.txOps.append(lambda: route(m, ex, message, None))
             return
         seq = None
         if self.confirm:
             self.publishSeq += 1
             seq = self.publishSeq
-        self._route(m, ex, message, seq)
+        route(m, ex, message, seq)
         self.conn.checkMemory()
+
+    def _topicSpaceTopic(self, ex: Exchange, routingKey: str) -> str | None:
+        """The MQTT topic a publish to the MQTT topic exchange goes to; None: not a topic
+        name (routed to the exchange's AMQP bindings only).
+
+        @raise ChannelError: 403 when the MQTT ACL refuses this user the topic.
+        """
+        topic = mqttTopicOf(routingKey)
+        try:
+            validateTopicName(topic, self.conn.server.broker.settings.mqtt.max_topic_levels)
+        except InvalidTopic:
+            return None
+        if not self.conn.topicAccess().canPublish(topic):
+            raise accessRefused(
+                f"write access to topic '{routingKey}' in exchange '{ex.name}' in vhost "
+                f"'{self.vhost.name}' refused for user '{self.conn.user}'"
+            )
+        return topic
+
+    def _publishToTopicSpace(
+        self, topic: str, m: _spec.BasicPublish, ex: Exchange, message: Message, seq: int | None
+    ) -> None:
+        """Publish through the broker's router: MQTT subscribers, mapped Kafka topics and
+        this exchange's AMQP bindings all get it (docs/topic-space.md)."""
+        server = self.vhost.server
+        broker = server.broker
+        outcome = broker.publish(toCoreMessage(message, topic, server.reactor.seconds()))
+        if not outcome.delivered:
+            if m.mandatory:
+                self._return(m, message)
+            else:
+                broker.stats.amqpDropped += 1
+        if outcome.congested:
+            self.conn.gate.waitFor(outcome.congested)
+        if seq is not None:
+            self._confirmAfter(seq, outcome, not outcome.refused)
+        elif outcome.writes:
+            outcome.background()
 
     def _route(
         self, m: _spec.BasicPublish, ex: Exchange, message: Message, seq: int | None
@@ -566,17 +632,21 @@ class AMQPChannel:
                 self._confirmed(seq, True)
             return
         server = v.server
-        server.pendingWrites = writes = []
+        outcome = Outcome()
         accepted = True
         for q in queues:
-            if q.push(message) is None:
+            if q.push(message, outcome=outcome) is None:
                 accepted = False
                 server.broker.stats.amqpDropped += 1
-        server.pendingWrites = []
         for q in queues:
             q.dispatch()
         if seq is None:
             return
+        self._confirmAfter(seq, outcome, accepted)
+
+    def _confirmAfter(self, seq: int, outcome: Outcome, accepted: bool) -> None:
+        """Confirm publish C{seq} once C{outcome}'s durable writes are done (nack: refused)."""
+        writes = outcome.writes
         if writes and accepted:
             # Confirm once every queue's batch holding the message is durable.
             self.confirmWaiting[seq] = len(writes)

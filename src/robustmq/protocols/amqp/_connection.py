@@ -21,6 +21,8 @@ from zope.interface import implementer
 
 from robustmq import __version__
 from robustmq.core.auth import Credentials
+from robustmq.core.backpressure import PublisherGate
+from robustmq.core.security import securityOf
 from robustmq.protocols._linger import Linger, linger
 from robustmq.protocols.amqp import _spec
 from robustmq.protocols.amqp._channel import AMQPChannel
@@ -101,6 +103,10 @@ class AMQPServerProtocol(Protocol):
         #: frames written during the current batch (see L{AMQPServer.batch}), not yet sent
         self._out: list[bytes] = []
         self._outBytes = 0
+        #: authorization in the MQTT topic namespace (the topic exchange), once logged in
+        self._topicAccess: Any = None
+        #: pauses reading while MQTT sessions (or other targets) this publisher filled drain
+        self.gate = PublisherGate(self._pauseForTargets, self._resumeAfterTargets)
 
     # -- transport ------------------------------------------------------
 
@@ -521,6 +527,24 @@ class AMQPServerProtocol(Protocol):
                 self.blocked = True
                 self.sendMethod(0, _spec.ConnectionBlocked("low on memory"))
 
+    def topicAccess(self) -> Any:
+        """This user's authorization in the MQTT topic namespace (the topic exchange)."""
+        access = self._topicAccess
+        if access is None:
+            host = self.peer.rpartition(":")[0]
+            access = self._topicAccess = securityOf(self.server.broker).access(
+                f"amqp:{self.peer}", self.user, host
+            )
+        return access
+
+    def _pauseForTargets(self) -> None:
+        if not self.readPaused and self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def _resumeAfterTargets(self) -> None:
+        if not self.readPaused and not self.closed and self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
     def unblock(self) -> None:
         """The memory alarm cleared."""
         if self.blocked:
@@ -528,7 +552,8 @@ class AMQPServerProtocol(Protocol):
             self.sendMethod(0, _spec.ConnectionUnblocked())
         if self.readPaused:
             self.readPaused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            if not self.gate.blockedOn:
+                self.transport.resumeProducing()  # type: ignore[union-attr]
 
     # -- closing --------------------------------------------------------
 
@@ -597,6 +622,7 @@ class AMQPServerProtocol(Protocol):
             self._linger.ended()
             self._linger = None
         self._teardown()
+        self.gate.release()
         self.server.connections.discard(self)
         self.server.broker.connectionClosed(self)
         if self.factory is not None:

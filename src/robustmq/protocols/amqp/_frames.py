@@ -144,7 +144,7 @@ def decodeMethod(payload: Any) -> _spec.Method:
             methodId,
         )
     try:
-        return cls.decode(payload, 4)
+        return cls.decode(payload, 4)  # type: ignore[attr-defined, no-any-return]
     except (DecodeError, struct.error, IndexError, UnicodeDecodeError) as e:
         raise FrameError(
             _spec.SYNTAX_ERROR, f"SYNTAX_ERROR - cannot decode {cls.NAME}: {e}", classId, methodId

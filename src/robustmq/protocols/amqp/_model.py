@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from robustmq.core.outcome import Outcome
+from robustmq.core.topics import TopicTrie
 from robustmq.protocols.amqp import _spec
 from robustmq.protocols.amqp._exceptions import preconditionFailed
 from robustmq.protocols.amqp._types import encodeShortstr
@@ -237,6 +239,8 @@ class Queue:
     ) -> None:
         """RabbitMQ's 406 'inequivalent arg' check of a redeclaration."""
         v = self.vhost.name
+        mine: Any
+        theirs: Any
         for prop, mine, theirs in (
             ("durable", self.durable, durable),
             ("auto_delete", self.autoDelete, autoDelete),
@@ -292,9 +296,17 @@ class Queue:
         return expiresAt
 
     def push(
-        self, message: Message, fromStore: QueuedMessage | None = None
+        self,
+        message: Message,
+        fromStore: QueuedMessage | None = None,
+        outcome: Outcome | None = None,
     ) -> QueuedMessage | None:
-        """Enqueue C{message}; None when the overflow policy refused it."""
+        """Enqueue C{message}; None when the overflow policy refused it.
+
+        A persistent message in a durable queue is written to the queue's
+        shard; the write goes to C{outcome} (a publisher confirm waits for
+        it), or runs in the background without one.
+        """
         if self.count + 1 > self.maxLength or self.bytes + message.size > self.maxBytes:
             if self.overflow != "drop-head":
                 if self.overflow == "reject-publish-dlx":
@@ -320,7 +332,9 @@ class Queue:
         self.bytes += message.size
         self.vhost.server.accountBytes(message.size)
         if fromStore is None and self.store is not None and message.persistent:
-            self.store.write(qm)
+            write = self.store.write(qm)
+            if outcome is not None:
+                outcome.wait(write)
         if qm.expiresAt is not None and self._expiryCall is None:
             self._scheduleExpiry()
         return qm
@@ -522,27 +536,6 @@ def _show(value: Any) -> str:
     return f"'{value}'"
 
 
-def topicMatches(pattern: str, key: str) -> bool:
-    """True when routing key C{key} matches topic binding C{pattern}."""
-    return _matchWords(pattern.split("."), 0, key.split("."), 0)
-
-
-def _matchWords(p: list[str], i: int, k: list[str], j: int) -> bool:
-    while i < len(p):
-        w = p[i]
-        if w == "#":
-            if i == len(p) - 1:
-                return True
-            return any(_matchWords(p, i + 1, k, jj) for jj in range(j, len(k) + 1))
-        if j >= len(k):
-            return False
-        if w != "*" and w != k[j]:
-            return False
-        i += 1
-        j += 1
-    return j == len(k)
-
-
 def headersMatch(args: dict[str, Any], headers: dict[str, Any] | None) -> bool:
     """RabbitMQ's headers-exchange rule (x-match all / any / all-with-x / any-with-x)."""
     mode = args.get("x-match", "all")
@@ -577,6 +570,10 @@ class Exchange:
         #: (destination, routing key, frozen arguments) -> arguments
         self.bindings: dict[tuple[Any, str, Any], dict[str, Any]] = {}
         self.direct: dict[str, list[Any]] = {}
+        #: a topic exchange's binding keys → destinations, in the core's topic trie
+        self.topics: TopicTrie[Any, None] | None = (
+            TopicTrie(".", "*", "#", dollarRule=False) if type == "topic" else None
+        )
         self.incoming: set[tuple[Exchange, str, Any]] = set()
         self.deleted = False
 
@@ -588,6 +585,8 @@ class Exchange:
         self.bindings[ident] = dict(args or {})
         if self.type == "direct":
             self.direct.setdefault(key, []).append(dest)
+        elif self.topics is not None:
+            self.topics.add(key, dest, None)
         return True
 
     def unbind(self, dest: Any, key: str, args: dict[str, Any]) -> bool:
@@ -601,6 +600,11 @@ class Exchange:
                 lst.remove(dest)
                 if not lst:
                     del self.direct[key]
+        elif self.topics is not None and not any(
+            d is dest and k == key for (d, k, _a) in self.bindings
+        ):
+            # Topic exchanges ignore binding arguments: the key goes with the last binding.
+            self.topics.remove(key, dest)
         return True
 
     def unbindAll(self, dest: Any) -> list[tuple[str, Any]]:
@@ -617,8 +621,8 @@ class Exchange:
             return self.direct.get(key, ())
         if t == "fanout":
             return [d for (d, _k, _a) in self.bindings]
-        if t == "topic":
-            return [d for (d, k, _a) in self.bindings if topicMatches(k, key)]
+        if self.topics is not None:
+            return {d for d, _ in self.topics.match(key)}
         return [d for (d, _k, _a), args in self.bindings.items() if headersMatch(args, headers)]
 
 
@@ -650,6 +654,10 @@ class VirtualHost:
             ("amq.match", "headers"),
         ):
             self.exchanges[name_] = Exchange(name_, type_, True, False, False, {})
+        space = getattr(server, "topicSpace", None)
+        if space is not None and name == space.vhostName:
+            # The MQTT topic space (docs/topic-space.md): amq.topic unless configured.
+            self.exchanges[space.exchangeName] = space.exchangeFor(self)
 
     # -- routing --------------------------------------------------------
 

@@ -12,6 +12,7 @@ from twisted.logger import Logger
 
 from robustmq.protocols.amqp._model import VirtualHost
 from robustmq.protocols.amqp._store import Persistence
+from robustmq.protocols.amqp._topicspace import TopicSpace
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
@@ -33,17 +34,18 @@ class AMQPServer(Service):
     """
 
     log = Logger()
-    name = "amqp"
+    name = "amqp"  # type: ignore[assignment]
 
     def __init__(self, broker: Broker, reactor: Any) -> None:
         self.broker = broker
         self.reactor = reactor
         self.settings = broker.settings.amqp
+        #: the MQTT topic exchange of [amqp] mqtt_vhost (docs/topic-space.md)
+        self.topicSpace = TopicSpace(self)
         self.vhosts: dict[str, VirtualHost] = {}
         self.connections: set[Any] = set()
         self.bytes = 0
         self.blocked = False
-        self.pendingWrites: list[defer.Deferred[Any]] = []
         self.persistence = Persistence(self, broker.store)
         self.ready: defer.Deferred[None] | None = None
         #: nesting depth of L{batch}; while above 0, connections hold their writes

@@ -59,7 +59,9 @@ class QueueStore:
 
     def __init__(self, persistence: Persistence, queue: Queue) -> None:
         self.persistence = persistence
-        self.store = persistence.store
+        store = persistence.store
+        assert store is not None, "durable queues need a shard store"
+        self.store: IShardStore = store
         self.queue = queue
         self.shard = queueShard(queue.vhost.name, queue.name)
         self.ready: defer.Deferred[Any] = defer.Deferred()
@@ -99,11 +101,7 @@ class QueueStore:
                 ("p", m.propsRaw),
             ],
         }
-        d = self._pending()
-        server = self.persistence.server
-        if d not in server.pendingWrites:
-            server.pendingWrites.append(d)
-        return d
+        return self._pending()
 
     def _pending(self) -> defer.Deferred[Any]:
         """This batch's Deferred; the batch is written when the node's batch ends."""
@@ -141,7 +139,7 @@ class QueueStore:
         if self.ready.called:
             run(None)
         else:
-            self.ready.addCallback(lambda r: (run(r), r)[1])
+            self.ready.addCallback(_runThen, run)
 
     def remove(self, qm: QueuedMessage) -> None:
         """The message left the queue: write its tombstone (or drop its unwritten upsert)."""
@@ -345,3 +343,9 @@ class Persistence:
                 queues=queues,
                 messages=messages,
             )
+
+
+def _runThen(result: Any, run: Any) -> Any:
+    """Call C{run(result)} and pass C{result} on (a Deferred callback)."""
+    run(result)
+    return result

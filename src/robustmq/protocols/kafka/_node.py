@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._groups import GroupCoordinator
+from robustmq.protocols.kafka._mappings import KafkaMappings
 from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
 
 if TYPE_CHECKING:
@@ -221,7 +222,7 @@ class KafkaNode(Service):
     """
 
     log = Logger()
-    name = "kafka"
+    name = "kafka"  # type: ignore[assignment]
 
     def __init__(self, broker: Broker, reactor: Any) -> None:
         self.broker = broker
@@ -234,11 +235,19 @@ class KafkaNode(Service):
         self.groups = GroupCoordinator(self.settings, reactor)
         self.txns = TransactionCoordinator(self)
         self.saslRequired = self.settings.sasl_required
+        #: Kafka topics mapped to MQTT topic filters ([[mappings]], docs/topic-space.md)
+        self.mappings = KafkaMappings(self, broker.settings.mappings)
+
+    def startService(self) -> None:
+        """Put the MQTT → Kafka mappings in the broker's router."""
+        super().startService()
+        self.mappings.start()
 
     def stopService(self) -> None:
         """The node is stopping: cancel group timers (rebalance and session deadlines)."""
         super().stopService()
         self.groups.stop()
+        self.mappings.stop()
 
     async def ready(self) -> None:
         """Returns once topics and the previous run's producer state are loaded."""

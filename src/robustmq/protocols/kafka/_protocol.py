@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from robustmq.core.auth import Credentials
 from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
+from robustmq.core.security import securityOf
 from robustmq.protocols._linger import Linger, linger
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._codec import (
@@ -71,6 +72,8 @@ class KafkaServerProtocol(Protocol):
         self.principal: str | None = None
         #: the SCRAM exchange in progress, if any
         self._scram: Any = None
+        #: authorization in the MQTT topic namespace, for mapped topics (see _access)
+        self._topicAccess: Any = None
         #: fired to end a long-polling Fetch early (another request arrived behind it)
         self._parkedFetch: defer.Deferred[None] | None = None
         self.factory: Any = None
@@ -223,7 +226,7 @@ class KafkaServerProtocol(Protocol):
 
     def _advertised(self) -> tuple[str, int]:
         s = self.settings
-        here = self.transport.getHost()  # type: ignore[union-attr]
+        here: Any = self.transport.getHost()  # type: ignore[union-attr]
         return (s.advertised_host or here.host, s.advertised_port or here.port)
 
     # -- ApiVersions, Metadata ------------------------------------------
@@ -286,11 +289,13 @@ class KafkaServerProtocol(Protocol):
         b = req.body
         acks = b["acks"]
         topics = self.node.topics
+        mappings = self.node.mappings
         txnId = b.get("transactional_id")
         waits: list[defer.Deferred[Any]] = []
         responses = []
         for td in b["topic_data"]:
             name = td["name"]
+            mapped = name in mappings.toMqtt
             presp = []
             for pd in td["partition_data"]:
                 r: dict[str, Any] = {"index": pd["index"], "error_code": E.NONE, "base_offset": -1}
@@ -309,8 +314,12 @@ class KafkaServerProtocol(Protocol):
                     r["error_code"] = E.CORRUPT_MESSAGE
                     r["error_message"] = str(e)
                     continue
+                toMqtt = [mappings.decode(name, data, h) for h in batches] if mapped else None
+                if toMqtt and not self._mayPublishMapped(name, toMqtt):
+                    r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
+                    continue
                 first = None
-                for h in batches:
+                for i, h in enumerate(batches):
                     if h.transactional and not self.node.txns.partitionInTxn(
                         txnId, h.producerId, h.producerEpoch, part.shard
                     ):
@@ -324,6 +333,10 @@ class KafkaServerProtocol(Protocol):
                         base = dup
                     else:
                         base, d = topics.append(part, data[h.start : h.start + h.size], h)
+                        records = toMqtt[i] if toMqtt else None
+                        if records:
+                            # Published to MQTT once durable (docs/topic-space.md).
+                            d.addCallback(_publishMapped, mappings, name, records)
                         waits.append(d)
                         self.node.broker.stats.kafkaReceived += h.count
                     if first is None:
@@ -346,6 +359,51 @@ class KafkaServerProtocol(Protocol):
         if acks == 0:
             return None
         return {"responses": responses, "throttle_time_ms": 0}
+
+    # -- The MQTT topic space (docs/topic-space.md) ------------------------
+
+    def _access(self) -> Any:
+        """This connection's authorization in the MQTT topic namespace (cached)."""
+        access = self._topicAccess
+        if access is None:
+            security = securityOf(self.node.broker)
+            access = self._topicAccess = security.access(
+                self.clientId or "", self.principal, self.peerHost
+            )
+        return access
+
+    def _mayPublishMapped(self, topic: str, decoded: list[Any]) -> bool:
+        """Records of mapped C{topic} become MQTT publishes: the MQTT ACL must allow each."""
+        access = self._access()
+        for records in decoded:
+            if records:
+                for name in self.node.mappings.targetTopics(topic, records):
+                    if not access.canPublish(name):
+                        self.log.info(
+                            "{who}: produce to {topic} refused: not authorized to publish "
+                            "to MQTT topic {name!r}",
+                            who=self.principal or self.peer,
+                            topic=topic,
+                            name=name,
+                        )
+                        return False
+        return True
+
+    def _mayReadMapped(self, topic: str) -> bool:
+        """Reading a topic MQTT messages are mapped to is subscribing its MQTT filter: the
+        MQTT ACL must let this client read every topic under it."""
+        topicFilter = self.node.mappings.mqttFilterOf(topic)
+        if topicFilter is None:
+            return True
+        if self._access().canReadAll(topicFilter):
+            return True
+        self.log.info(
+            "{who}: fetch from {topic} refused: not authorized to subscribe to {filter!r}",
+            who=self.principal or self.peer,
+            topic=topic,
+            filter=topicFilter,
+        )
+        return False
 
     # -- Fetch -----------------------------------------------------------
 
@@ -411,6 +469,9 @@ class KafkaServerProtocol(Protocol):
                 part = await topics.partition(name, fp["partition"])
                 if part is None:
                     r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
+                    continue
+                if not self._mayReadMapped(name):
+                    r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
                     continue
                 parts.append(part)
                 start, end = await topics.store.offsets(part.shard)
@@ -961,3 +1022,9 @@ class KafkaServerProtocol(Protocol):
 def _fire(d: defer.Deferred[None]) -> None:
     if not d.called:
         d.callback(None)
+
+
+def _publishMapped(result: Any, mappings: Any, topic: str, records: list[Any]) -> Any:
+    """A batch of a mapped topic is durable: publish its records to MQTT; pass C{result} on."""
+    mappings.produced(topic, records)
+    return result

@@ -328,9 +328,10 @@ class _Compiler:
             isTagged = tag is not None and _within(v, _versions(fd.get("taggedVersions")))
             if isTagged and not self.flexible:
                 continue
-            f = self.field(fd, where, None if not isTagged else int(tag))
-            if isTagged:
-                tagged[int(tag)] = f
+            tagNumber = int(tag) if isTagged and tag is not None else None
+            f = self.field(fd, where, tagNumber)
+            if tagNumber is not None:
+                tagged[tagNumber] = f
             else:
                 plain.append(f)
         defaults = {f.key: f.default for f in plain}

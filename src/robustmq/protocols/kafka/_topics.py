@@ -436,7 +436,7 @@ class TopicManager:
                     if started is not None:
                         also.append(started)
         if self.spans:
-            d = self.store.appendSpan(part.shard, batch, n)
+            d = self.store.appendSpan(part.shard, batch, n)  # type: ignore[attr-defined]
         else:
             records = [batch]
             records.extend({"timestamp": ts, "key": _DELTA.pack(i)} for i in range(1, n))

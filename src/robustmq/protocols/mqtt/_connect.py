@@ -10,10 +10,8 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from robustmq.core.auth import Credentials
-from robustmq.core.broker import ExclusiveTaken
 from robustmq.core.message import Message
 from robustmq.core.outcome import Outcome
-from robustmq.core.rewrite import expand
 from robustmq.core.security import securityOf
 from robustmq.core.subscription import SubscriptionOptions
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
@@ -22,6 +20,7 @@ from robustmq.protocols.mqtt._codec import (
     encodeConnack,
 )
 from robustmq.protocols.mqtt._exceptions import ProtocolViolation
+from robustmq.protocols.mqtt._node import ExclusiveTaken
 from robustmq.protocols.mqtt._packets import (
     CONNACK_V3_FOR_REASON,
     MQTT5,
@@ -31,9 +30,10 @@ from robustmq.protocols.mqtt._packets import (
     Connect,
     Reason,
 )
+from robustmq.protocols.mqtt._rewrite import expand
 
 if TYPE_CHECKING:
-    from robustmq.core.session import Session
+    from robustmq.protocols.mqtt._session import Session
 
     pass
 from robustmq.protocols.mqtt._connection import (
@@ -330,7 +330,7 @@ class ConnectHandling(MQTTConnection):
         broker = self.broker
         settings = self.settings
         v5 = self._v5
-        session, present = broker.sessions.open(clientId, packet.cleanSession, self, expiry)
+        session, present = self.node.sessions.open(clientId, packet.cleanSession, self, expiry)
         self.session = session
         maxInflight = settings.max_inflight
         if v5 is not None and v5["receiveMaximum"] < maxInflight:
@@ -453,7 +453,7 @@ class ConnectHandling(MQTTConnection):
             try:
                 validateTopicFilter(topicFilter, self.settings.max_topic_levels)
                 outcome = Outcome()
-                retained = self.broker.subscribe(session, topicFilter, options, outcome)
+                retained = self.node.subscribe(session, topicFilter, options, outcome)
                 outcome.background()
             except (InvalidTopic, ValueError, ExclusiveTaken) as e:
                 self.log.warn(

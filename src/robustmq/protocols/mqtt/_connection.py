@@ -38,13 +38,15 @@ from robustmq.protocols.mqtt._packets import (
     Connect,
     Disconnect,
     Packet,
+    Publish,
     Reason,
 )
 
 if TYPE_CHECKING:
     from robustmq.config import ListenerSettings
     from robustmq.core.broker import Broker
-    from robustmq.core.session import Session
+    from robustmq.protocols.mqtt._node import MQTTNode
+    from robustmq.protocols.mqtt._session import Session
 
 # Connection states.
 AWAIT_CONNECT = 0
@@ -86,7 +88,7 @@ class MQTTConnection(Protocol):
     code).  Delivery pauses (messages wait in the bounded session queue)
     while the transport says its write buffer is full (64 KiB in Twisted's TCP
     transport); reading pauses while a session this client published to is
-    congested (see L{robustmq.core.session.Session}).
+    congested (see L{robustmq.protocols.mqtt._session.Session}).
     """
 
     log = Logger()
@@ -120,6 +122,7 @@ class MQTTConnection(Protocol):
         "factory",
         "keepAlive",
         "listener",
+        "node",
         "parser",
         "peer",
         "reactor",
@@ -139,6 +142,8 @@ class MQTTConnection(Protocol):
         #: wall-clock time the credentials expire (a JWT's exp), then its timer
         self._authExpiry: Any = None
         self.broker = broker
+        #: the node's MQTT service: sessions, subscriptions, delays, rewrite rules
+        self.node: MQTTNode = broker.nodeService("mqtt")
         self.listener = listener
         self.reactor = reactor
         self.settings = broker.settings.mqtt
@@ -181,7 +186,7 @@ class MQTTConnection(Protocol):
         #: bytes written during this reactor turn, sent with one writeSequence (see Broker)
         self._out: list[bytes] | None = None
         #: 3.x QoS 2 PUBLISHes held while max_awaiting_rel await PUBREL (packet id → packet)
-        self._heldQos2: dict[int, Packet] | None = None
+        self._heldQos2: dict[int, Publish] | None = None
         self._heldQos2Bytes = 0
         #: the connection is over for the broker (see L{_end}); the lingering close, if any
         self._ended = False
@@ -197,10 +202,10 @@ class MQTTConnection(Protocol):
         if hasattr(transport, "setTcpNoDelay"):
             transport.setTcpNoDelay(True)
         transport.registerProducer(self, True)
-        if not self.broker.ready:
+        if not self.node.ready:
             # Storage is still being recovered: read nothing until it is.
             transport.pauseProducing()
-            self.broker.whenReady().addCallback(lambda _: self._brokerReady())
+            self.node.whenReady().addCallback(self._whenNodeReady)
         self._lastActivity = self.reactor.seconds()
         self._timer = self.reactor.callLater(self.settings.connect_timeout, self._connectTimeout)
 
@@ -249,7 +254,7 @@ class MQTTConnection(Protocol):
         why = self._closeReason or "connection lost"
         self.log.info("client {clientId} disconnected: {why}", clientId=self.clientId, why=why)
         will, self.will = self.will, None
-        broker.sessions.close(self.session, self, will, self.willDelay)
+        self.node.sessions.close(self.session, self, will, self.willDelay)
 
     def _write(self, data: bytes) -> None:
         """Queue bytes for this connection; the broker flushes them once per read or turn."""
@@ -510,12 +515,19 @@ class MQTTConnection(Protocol):
         return result
 
 
+    def _whenNodeReady(self, _: object) -> None:
+        self._brokerReady()
+
     # Provided by the concern mixins (see the module docstring).
     if TYPE_CHECKING:
         _handlers: list[Any]
 
         def handle_connect(self, packet: Connect) -> None: ...
         def handle_auth(self, packet: Auth) -> None: ...
+        def _brokerReady(self) -> None: ...
+        def _connectTimeout(self) -> None: ...
+        def _waitFor(self, congested: list[Any]) -> None: ...
+
         def _ack(
             self, packetType: int, pid: int, reason: int = 0, why: str | None = None
         ) -> None: ...

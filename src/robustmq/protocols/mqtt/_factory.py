@@ -10,6 +10,7 @@ from zope.interface import implementer
 from robustmq.core.security import securityOf
 from robustmq.interfaces import IProtocolPlugin
 from robustmq.protocols._limits import ConnectionLimitedFactory
+from robustmq.protocols.mqtt._node import MQTTNode
 from robustmq.protocols.mqtt._protocol import MQTTServerProtocol
 
 if TYPE_CHECKING:
@@ -50,9 +51,9 @@ class MQTTProtocolPlugin:
     transports = ("tcp", "tls", "ws", "wss", "quic")
     configSection = None  # [mqtt] is a built-in section (robustmq.config.MQTTSettings)
 
-    def buildNodeService(self, broker: Broker, reactor: Any) -> None:
-        """MQTT sessions live in the broker core for now: no service of its own."""
-        return None
+    def buildNodeService(self, broker: Broker, reactor: Any) -> MQTTNode:
+        """Sessions, shared and exclusive subscriptions, wills and delayed publishes."""
+        return MQTTNode(broker, reactor)
 
     def buildFactory(
         self, broker: Broker, listener: ListenerSettings, reactor: Any

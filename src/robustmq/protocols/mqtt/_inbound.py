@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from robustmq.core.delayed import parseDelayed
 from robustmq.core.message import Message
 from robustmq.core.outcome import Outcome
-from robustmq.core.session import AWAITING_COMP
 from robustmq.protocols.mqtt._codec import (
     encodeAck,
     encodeAck5,
 )
+from robustmq.protocols.mqtt._delayed import parseDelayed
 from robustmq.protocols.mqtt._exceptions import ProtocolViolation, Refused
 from robustmq.protocols.mqtt._packets import (
     PUBACK,
@@ -22,6 +21,7 @@ from robustmq.protocols.mqtt._packets import (
     Reason,
     UnacceptedPublish,
 )
+from robustmq.protocols.mqtt._session import AWAITING_COMP
 
 if TYPE_CHECKING:
     pass
@@ -75,7 +75,7 @@ class InboundPublishing(MQTTConnection):
             raise Refused(Reason.QOS_NOT_SUPPORTED, f"PUBLISH at QoS {qos} above the maximum")
         if packet.retain and not settings.retain_available:
             raise Refused(Reason.RETAIN_NOT_SUPPORTED, "retained PUBLISH but retain is off")
-        rewriter = broker.rewriter
+        rewriter = self.node.rewriter
         if rewriter.active:
             topic = rewriter.rewrite(topic, "publish", self.clientId or "", self.username)
         access = self.access
@@ -291,11 +291,11 @@ class InboundPublishing(MQTTConnection):
         assert parsed is not None
         seconds, real = parsed
         message.topic = real
-        if not self.broker.delayed.add(message, seconds):
+        if not self.node.delayed.add(message, seconds):
             self.log.warn(
                 "{clientId}: delayed message refused: {n} delayed messages held",
                 clientId=self.clientId,
-                n=len(self.broker.delayed),
+                n=len(self.node.delayed),
             )
             return Reason.QUOTA_EXCEEDED
         return 0

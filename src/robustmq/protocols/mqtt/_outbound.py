@@ -180,7 +180,7 @@ class OutboundDelivery(MQTTConnection):
         congested.clear()
         if self._blockedOn and self.transport is not None:
             self.transport.pauseProducing()
-            timeout = self.broker.congestionTimeout
+            timeout = self.settings.congestion_timeout
             if not waiting and timeout > 0:
                 self._waitTimer = self.reactor.callLater(timeout, self._waitedTooLong)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from robustmq.core.broker import ExclusiveTaken
 from robustmq.core.message import Message
 from robustmq.core.outcome import Outcome
 from robustmq.core.subscription import SubscriptionOptions, parseFilter
@@ -15,6 +14,7 @@ from robustmq.protocols.mqtt._codec import (
     encodeUnsuback,
 )
 from robustmq.protocols.mqtt._exceptions import ProtocolViolation, Refused
+from robustmq.protocols.mqtt._node import ExclusiveTaken
 from robustmq.protocols.mqtt._packets import (
     SUBACK_FAILURE,
     UNSUBACK,
@@ -24,7 +24,7 @@ from robustmq.protocols.mqtt._packets import (
 )
 
 if TYPE_CHECKING:
-    from robustmq.core.session import Session
+    from robustmq.protocols.mqtt._session import Session
 
     pass
 from robustmq.protocols.mqtt._connection import (
@@ -42,7 +42,6 @@ class SubscriptionHandling(MQTTConnection):
     def handle_subscribe(self, packet: Subscribe) -> None:
         session = self.session
         assert session is not None
-        broker = self.broker
         settings = self.settings
         v5 = self._v5 is not None
         identifier = packet.properties.get("subscription_identifier") if v5 else None
@@ -69,10 +68,10 @@ class SubscriptionHandling(MQTTConnection):
                 continue
             if options.qos > settings.max_qos:
                 options.qos = settings.max_qos
-            if broker.rewriter.active:
+            if self.node.rewriter.active:
                 topicFilter = self._rewriteFilter(topicFilter)
             try:
-                messages = broker.subscribe(session, topicFilter, options, outcome)
+                messages = self.node.subscribe(session, topicFilter, options, outcome)
             except ExclusiveTaken:
                 self._refuseFilter(topicFilter, "exclusive subscription already taken")
                 codes.append(Reason.QUOTA_EXCEEDED if v5 else SUBACK_FAILURE)
@@ -134,7 +133,7 @@ class SubscriptionHandling(MQTTConnection):
 
     def _rewriteFilter(self, topicFilter: str) -> str:
         group, real, exclusive = parseFilter(topicFilter)
-        new = self.broker.rewriter.rewrite(real, "subscribe", self.clientId or "", self.username)
+        new = self.node.rewriter.rewrite(real, "subscribe", self.clientId or "", self.username)
         if new == real:
             return topicFilter
         return topicFilter[: len(topicFilter) - len(real)] + new
@@ -159,12 +158,12 @@ class SubscriptionHandling(MQTTConnection):
                 # MQTT 5.0 UNSUBACK reason 0x8F: the filter is not a valid filter.
                 codes.append(Reason.TOPIC_FILTER_INVALID)
                 continue
-            if self.broker.rewriter.active:
+            if self.node.rewriter.active:
                 try:
                     topicFilter = self._rewriteFilter(topicFilter)
                 except ValueError:
                     pass
-            existed = self.broker.unsubscribe(session, topicFilter, outcome)
+            existed = self.node.unsubscribe(session, topicFilter, outcome)
             codes.append(Reason.SUCCESS if existed else Reason.NO_SUBSCRIPTION_EXISTED)
         if self._v5 is not None:
             self._writeAck(encodeUnsuback(packet.packetId, codes, {}), outcome.writes)

@@ -12,6 +12,9 @@ from collections import deque
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.logger import Logger
+from zope.interface import implementer
+
+from robustmq.interfaces import ICongestible, IDeliveryTarget
 
 if TYPE_CHECKING:
     from robustmq.config import MQTTSettings
@@ -27,6 +30,7 @@ AWAITING_COMP = 1  # PUBREL sent; waiting for PUBCOMP (QoS 2)
 NEVER_EXPIRES = 0xFFFFFFFF
 
 
+@implementer(IDeliveryTarget, ICongestible)
 class Session:
     """State the broker keeps for one client id.
 
@@ -254,7 +258,7 @@ class Session:
                 seq = self.nextSeq
                 self.nextSeq += 1
                 outcome.wait(store.saveDelivery(self, seq, message, qos, sub, 0, AWAITING_ACK))
-        queue.append((message, qos, sub, seq))
+        queue.append((message, qos, sub, seq))  # type: ignore[union-attr]
         self.queuedBytes += size
         if online and qos and (len(queue) >= limit or self.queuedBytes >= byteLimit):
             if not self.congested:

@@ -1,4 +1,4 @@
-"""The session registry: one session per client id, with takeover, expiry and wills."""
+"""The MQTT session registry: one session per client id, with takeover, expiry and wills."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from robustmq.config import MQTTSettings
 from robustmq.core.message import Message
 from robustmq.core.outcome import Outcome
 from robustmq.core.persistence import pendingWillFromJson, pendingWillToJson
-from robustmq.core.session import NEVER_EXPIRES, Session
 from robustmq.core.stats import Stats
+from robustmq.protocols.mqtt._session import NEVER_EXPIRES, Session
 
 if TYPE_CHECKING:
-    from robustmq.core.broker import Broker
+    from robustmq.protocols.mqtt._node import MQTTNode
 
 
 class SessionRegistry:
@@ -31,8 +31,8 @@ class SessionRegistry:
 
     log = Logger()
 
-    def __init__(self, broker: Broker, settings: MQTTSettings, stats: Stats) -> None:
-        self._broker = broker
+    def __init__(self, node: MQTTNode, settings: MQTTSettings, stats: Stats) -> None:
+        self._node = node
         self._settings = settings
         self._stats = stats
         self._sessions: dict[str, Session] = {}
@@ -92,10 +92,11 @@ class SessionRegistry:
                 self._save(existing)
             return existing, True
         session = Session(
-            clientId, cleanStart, self._settings, self._stats, self._broker.now(), self._broker
+            clientId, cleanStart, self._settings, self._stats, self._node.now(), self._node
         )
         session.expiryInterval = expiryInterval
         self._sessions[clientId] = session
+        self._stats.sessions += 1
         self._save(session)
         return session, False
 
@@ -109,13 +110,13 @@ class SessionRegistry:
         connection = session.connection
         if connection is None:
             return
-        session.detach(self._broker.now())
+        session.detach(self._node.now())
         if not keepWill:
             connection.will = None
         connection.takeOver()
 
     def _save(self, session: Session) -> None:
-        persistence = self._broker.persistence
+        persistence = self._node.persistence
         if persistence is not None and session.expiryInterval and not self.restoring:
             d = persistence.saveSession(session)
             d.addErrback(
@@ -130,45 +131,45 @@ class SessionRegistry:
         @param will: the will to publish (None after a normal DISCONNECT).
         @param willDelay: MQTT 5 Will Delay Interval in seconds.
         """
-        broker = self._broker
+        node = self._node
         if session.connection is not connection:
             # Taken over: a new connection for the client id deletes a will that would
             # wait for a delay (MQTT-3.1.2-8); one without a delay is due now.
             if will is not None and willDelay <= 0:
-                broker.publishWill(will)
+                node.publishWill(will)
             return
-        session.detach(broker.now())
-        broker.redeliverShared(session)
+        session.detach(node.now())
+        node.redeliverShared(session)
         expiry = session.expiryInterval
         if expiry == 0:
             self.discard(session)
             if will is not None:
-                broker.publishWill(will)
+                node.publishWill(will)
             return
         if will is not None and willDelay <= 0:
-            broker.publishWill(will)
+            node.publishWill(will)
             will = None
         session.pendingWill = will
-        session.willDueAt = broker.now() + willDelay if will is not None else None
+        session.willDueAt = node.now() + willDelay if will is not None else None
         self._save(session)
         self._arm(session, willDelay if will is not None else None)
 
     def _arm(self, session: Session, willDelay: float | None) -> None:
         """Schedule the next offline event: the will (if sooner) or the session's end."""
         expiry = session.expiryInterval
-        sinceOffline = self._broker.now() - (session.disconnectedAt or self._broker.now())
+        sinceOffline = self._node.now() - (session.disconnectedAt or self._node.now())
         remaining = None if expiry == NEVER_EXPIRES else max(0.0, expiry - sinceOffline)
         if willDelay is not None and (remaining is None or willDelay < remaining):
-            session.setTimer(self._broker.callLater(willDelay, self._willDue, session))
+            session.setTimer(self._node.callLater(willDelay, self._willDue, session))
         elif remaining is not None:
-            session.setTimer(self._broker.callLater(remaining, self._expire, session))
+            session.setTimer(self._node.callLater(remaining, self._expire, session))
         else:
             session.cancelTimer()
 
     def deferWill(self, session: Session, will: Message, delay: float) -> None:
         """Give offline C{session} a will due in C{delay} seconds (unless it resumes first)."""
         session.pendingWill = will
-        session.willDueAt = self._broker.now() + delay
+        session.willDueAt = self._node.now() + delay
         self._save(session)
         self._arm(session, delay)
 
@@ -183,7 +184,7 @@ class SessionRegistry:
         session.willDueAt = None
         session.setTimer(None)
         if will is not None:
-            self._broker.publishWill(will)
+            self._node.publishWill(will)
         if self._sessions.get(session.clientId) is session and session.connection is None:
             self._save(session)  # without the will: a restart must not publish it again
             self._arm(session, None)
@@ -202,11 +203,11 @@ class SessionRegistry:
         session.cancelTimer()
         changes = Outcome() if outcome is None else outcome
         for topicFilter in list(session.subscriptions):
-            self._broker.unsubscribe(session, topicFilter, changes)
+            self._node.unsubscribe(session, topicFilter, changes)
         if outcome is None:
             changes.background()
-        self._broker.redeliverShared(session)
-        persistence = self._broker.persistence
+        self._node.redeliverShared(session)
+        persistence = self._node.persistence
         if persistence is not None and (session.storedSeqs or session.expiryInterval):
             d = persistence.deleteSession(session)
             d.addErrback(
@@ -216,10 +217,11 @@ class SessionRegistry:
         session.inflight.clear()
         if self._sessions.get(session.clientId) is session:
             del self._sessions[session.clientId]
+            self._stats.sessions -= 1
         will, session.pendingWill = session.pendingWill, None
         if will is not None:
-            self._broker.publishWill(will)
-        cluster = getattr(self._broker, "cluster", None)
+            self._node.publishWill(will)
+        cluster = self._node.broker.cluster
         if cluster is not None:
             cluster.sessionEnded(session.clientId)
 
@@ -230,8 +232,8 @@ class SessionRegistry:
         (its held messages are deleted); the others get timers for what is
         left of their expiry.
         """
-        broker = self._broker
-        now = broker.now()
+        node = self._node
+        now = node.now()
         self.restoring = True
         try:
             for record in records:
@@ -254,9 +256,9 @@ class SessionRegistry:
         existing = self._sessions.get(record["clientId"])
         if existing is not None:
             self.discard(existing)
-        broker = self._broker
-        session = self._rebuild(record, broker.now(), outcome)
-        persistence = broker.persistence
+        node = self._node
+        session = self._rebuild(record, node.now(), outcome)
+        persistence = node.persistence
         if persistence is not None and session.expiryInterval:
             outcome.wait(persistence.saveSession(session))
             for pid, (message, qos, state, sub, seq) in session.inflight.items():
@@ -266,7 +268,7 @@ class SessionRegistry:
             for pid in session.awaitingRel:
                 outcome.wait(persistence.saveIncoming(session, pid))
         if session.connection is None:
-            self._arm(session, self._willLeft(session, broker.now()))
+            self._arm(session, self._willLeft(session, node.now()))
         return session
 
     def export(self, session: Session) -> dict[str, Any]:
@@ -293,14 +295,15 @@ class SessionRegistry:
 
         from robustmq.core.subscription import SubscriptionOptions
 
-        broker = self._broker
-        session = Session(record["clientId"], False, self._settings, self._stats, now, broker)
+        node = self._node
+        session = Session(record["clientId"], False, self._settings, self._stats, now, node)
         session.expiryInterval = record["expiry"]
         session.disconnectedAt = record["offline"] or now
         pending = pendingWillFromJson(record.get("will"))
         if pending is not None:
             session.pendingWill, session.willDueAt = pending
         self._sessions[session.clientId] = session
+        self._stats.sessions += 1
         for topicFilter, o in record["subs"].items():
             options = SubscriptionOptions(
                 qos=o["qos"],
@@ -310,7 +313,7 @@ class SessionRegistry:
                 identifiers=tuple(o["identifiers"]),
             )
             try:
-                broker.subscribe(session, topicFilter, options, outcome)
+                node.subscribe(session, topicFilter, options, outcome)
             except Exception as e:  # an exclusive filter taken twice, say
                 self.log.warn(
                     "not restoring subscription {f} of {c}: {e}",
@@ -318,7 +321,7 @@ class SessionRegistry:
                     c=session.clientId,
                     e=str(e),
                 )
-        queue = deque()
+        queue: deque[tuple[Message, int, Any, int]] = deque()
         nextSeq = record.get("seq", 1)
         for seq, message, header, sub in record["messages"]:
             session.storedSeqs.add(seq)
