@@ -300,8 +300,18 @@ class KafkaSettings:
     max_aborted_transactions: int = field(default=1000, metadata=_range(1, None))
     max_transactions: int = field(default=10_000, metadata=_range(1, None))
     transaction_max_timeout_ms: int = field(default=900_000, metadata=_range(1, None))
+    transaction_check_interval_ms: int = field(default=10_000, metadata=_range(10, 3_600_000))
     sasl_required: bool = False
     close_linger: float = field(default=2.0, metadata=_range(0, 60))
+    max_fetch_sessions: int = field(default=1000, metadata=_range(0, 1_000_000))
+    fetch_read_bytes: int = field(default=8 * MiB, metadata=_range(4096, 1 << 30))
+    consumer_session_timeout_ms: int = field(default=45_000, metadata=_range(1000, None))
+    consumer_heartbeat_interval_ms: int = field(default=5000, metadata=_range(100, None))
+    share_record_lock_duration_ms: int = field(default=30_000, metadata=_range(1000, 3_600_000))
+    share_delivery_count_limit: int = field(default=5, metadata=_range(2, 10))
+    share_session_timeout_ms: int = field(default=45_000, metadata=_range(1000, None))
+    share_heartbeat_interval_ms: int = field(default=5000, metadata=_range(100, None))
+    share_partition_max_record_locks: int = field(default=2000, metadata=_range(100, 1_000_000))
     mapping_max_batch_bytes: int = field(
         default=1 * MiB,
         metadata={**_range(1024, 64 * MiB), "doc": "records of a [[mappings]] entry per batch"},

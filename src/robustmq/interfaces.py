@@ -186,6 +186,29 @@ class ISpanShardStore(IShardStore):
         """
 
 
+class IShardAdminStore(IShardStore):
+    """An L{IShardStore} that can change a shard's config and tell its size (optional).
+
+    Kafka's AlterConfigs changes a topic's C{retention.ms} and
+    C{retention.bytes}; a store providing this applies the new bounds to the
+    shard from its next retention pass.  DescribeLogDirs reports each
+    partition's size.  The memory and segment stores provide it; without it
+    a shard keeps the config given at creation and its size is summed from
+    its records.
+    """
+
+    def shardSize(shard):  # type: ignore[no-untyped-def]
+        """Fire with the bytes the shard occupies in the store (framing included)."""
+
+    def configureShard(shard, config):  # type: ignore[no-untyped-def]
+        """
+        Replace a shard's config (the keys C{createShard} takes, defaults filled in).
+
+        C{compacted} cannot change (C{ValueError} if it would).
+        @return: Deferred firing with the normalised config once it is durable.
+        """
+
+
 class IAuthenticator(Interface):
     """A source that decides whether a client may connect.
 
@@ -339,7 +362,9 @@ class ISessionDirectory(Interface):
         "keepWill), deferWill(session, will, delay)."
     )
     groups = Attribute("Local shared-subscription groups by (group name, filter).")
-    persistence = Attribute("Where sessions are stored (core.persistence.SessionPersistence) or None.")
+    persistence = Attribute(
+        "Where sessions are stored (core.persistence.SessionPersistence) or None."
+    )
 
     def whenReady():  # type: ignore[no-untyped-def]
         """Fires once persistent sessions are restored from storage."""

@@ -45,6 +45,7 @@ class Session(Protocol):
     pendingWill: Message | None
     willDueAt: float | None
 
+
 SESSIONS = "mqtt/sessions"
 MESSAGES = "mqtt/session-messages"
 INCOMING = "mqtt/incoming-qos2"

@@ -31,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from robustmq.interfaces import ISpanShardStore
+from robustmq.interfaces import IShardAdminStore, ISpanShardStore
 from robustmq.storage._common import normalizeShardConfig
 from robustmq.storage._segment.compaction import CompactionResult, compactSegments
 from robustmq.storage._segment.files import HandleCache, IOWorker, atomicWrite, fsyncPath, syncPaths
@@ -72,7 +72,7 @@ def _missing(shard: str) -> defer.Deferred[Any]:
     return defer.fail(KeyError(shard))
 
 
-@implementer(ISpanShardStore)
+@implementer(ISpanShardStore, IShardAdminStore)
 class SegmentShardStore:
     """
     Shards as directories of segment files under C{<data_dir>/shards/}.
@@ -445,6 +445,40 @@ class SegmentShardStore:
         self._waiters.append((d, True))
         self._schedule()
         return d
+
+    def configureShard(self, shard: str, config: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """Replace C{shard}'s config in memory and in its metadata file (L{IShardAdminStore})."""
+        log = self._shards.get(shard)
+        if log is None:
+            return _missing(shard)
+        try:
+            self._check()
+            cfg = normalizeShardConfig(config, self._settings)
+            if cfg["compacted"] != log.config.get("compacted", False):
+                raise ValueError("shard config 'compacted' cannot change")
+            if self._failure is not None:
+                raise self._failure
+        except Exception as e:
+            return defer.fail(e)
+        log.config = cfg
+        self._ops.append(
+            (
+                "atomic",
+                os.path.join(log.directory, META_FILE),
+                metaBytes(shard, cfg, log.startOffset),
+            )
+        )
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._waiters.append((d, dict(cfg)))
+        self._schedule()
+        return d
+
+    def shardSize(self, shard: str) -> defer.Deferred[int]:
+        """Bytes of C{shard}'s segment files (L{IShardAdminStore})."""
+        log = self._shards.get(shard)
+        if log is None:
+            return _missing(shard)
+        return defer.succeed(log.totalBytes())
 
     def deleteShard(self, shard: str) -> defer.Deferred[bool]:
         """Delete C{shard}: its files, its index cache entries and group offsets."""

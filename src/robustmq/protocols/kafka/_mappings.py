@@ -205,6 +205,17 @@ class MappedTopicWriter:
 
     async def _write(self, batches: dict[int, _Batch]) -> None:
         try:
+            await self._append(batches)
+        except Exception:
+            # Whatever went wrong, nobody may wait forever for these records.
+            self.log.failure("mapping {topic}: appending failed", topic=self.topic)
+            failure = Failure()
+            for batch in batches.values():
+                if batch.waiters or batch.size:
+                    self._settle(batch, failure)
+
+    async def _append(self, batches: dict[int, _Batch]) -> None:
+        try:
             ok = await self._topicReady()
         except Exception:
             ok = False
@@ -246,14 +257,16 @@ class MappedTopicWriter:
                 self._settle(batch, None)
 
     def _settle(self, batch: _Batch, failure: Failure | None) -> None:
-        for done in batch.waiters:
-            if done is None:
+        waiters, batch.waiters = batch.waiters, []
+        size, batch.size = batch.size, 0
+        for done in waiters:
+            if done is None or done.called:
                 continue
             if failure is None:
                 done.callback(None)
             else:
                 done.errback(failure)
-        self._released(batch.size)
+        self._released(size)
 
 
 class KafkaMappings:

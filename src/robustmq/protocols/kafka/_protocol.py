@@ -28,6 +28,7 @@ from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
 from robustmq.core.security import securityOf
 from robustmq.protocols._linger import Linger, linger
 from robustmq.protocols.kafka import _errors as E
+from robustmq.protocols.kafka._admin import AdminHandlers
 from robustmq.protocols.kafka._codec import (
     FrameTooLarge,
     KafkaParser,
@@ -36,10 +37,13 @@ from robustmq.protocols.kafka._codec import (
     apiVersionsBody,
     apiVersionsError,
     decodeRequest,
-    encodeResponse,
+    encodeResponseParts,
 )
-from robustmq.protocols.kafka._records import InvalidRecord, iterBatches
-from robustmq.protocols.kafka._schema import DecodeError
+from robustmq.protocols.kafka._consumergroups import ConsumerGroupHandlers
+from robustmq.protocols.kafka._fetchsessions import FetchPartition
+from robustmq.protocols.kafka._records import BatchHeader, InvalidRecord, iterBatches
+from robustmq.protocols.kafka._schema import DecodeError, Spliced
+from robustmq.protocols.kafka._sharegroups import ShareGroupHandlers
 from robustmq.protocols.kafka._topics import GROUPS_SHARD
 
 if TYPE_CHECKING:
@@ -52,7 +56,7 @@ _NO_AUTH_NEEDED = frozenset({17, 18, 36})
 _UNKNOWN_OPS = -2147483648
 
 
-class KafkaServerProtocol(Protocol):
+class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandlers, Protocol):
     """Serves Kafka requests for one client connection."""
 
     log = Logger()
@@ -175,19 +179,24 @@ class KafkaServerProtocol(Protocol):
         if self._closed:
             return
         if result is not None:
-            self.node.broker.stats.kafkaBytesSent += len(result)
-            self.transport.write(result)  # type: ignore[union-attr]
+            self.node.broker.stats.kafkaBytesSent += sum(len(p) for p in result)
+            try:
+                self.transport.writeSequence(result)  # type: ignore[union-attr]
+            except Exception:
+                self.log.failure("{peer}: writing a response failed; closing", peer=self.peerHost)
+                self._close()
+                return
         if self._paused and len(self._queue) <= self.settings.max_pending_requests // 2:
             self._paused = False
             self.transport.resumeProducing()  # type: ignore[union-attr]
         self._pump()
 
-    async def _process(self, frame: bytes) -> bytes | None:
+    async def _process(self, frame: bytes) -> list[Any] | None:
         try:
             req = decodeRequest(frame)
         except UnsupportedVersion as e:
             if e.apiKey == 18:
-                return apiVersionsError(e.correlationId)
+                return [apiVersionsError(e.correlationId)]
             self.log.warn(
                 "{peer}: unsupported api {key} version {version}; closing",
                 peer=self.peerHost,
@@ -220,7 +229,7 @@ class KafkaServerProtocol(Protocol):
         body = await handler(req)
         if body is None:
             return None
-        return encodeResponse(req.apiKey, req.apiVersion, req.correlationId, body)
+        return encodeResponseParts(req.apiKey, req.apiVersion, req.correlationId, body)
 
     # -- helpers ---------------------------------------------------------
 
@@ -241,11 +250,27 @@ class KafkaServerProtocol(Protocol):
         if req.apiVersion == 0 and not wanted:
             wanted = None
         allowCreate = b.get("allow_auto_topic_creation", True)
+        out = []
         if wanted is None:
             names = sorted(topics.topics)
         else:
-            names = [t["name"] for t in wanted if t.get("name") is not None]
-        out = []
+            names = []
+            for t in wanted:
+                if t.get("name") is not None:
+                    names.append(t["name"])
+                elif t.get("topic_id") is not None:  # v10+: by id (KIP-516)
+                    known = topics.byId.get(t["topic_id"])
+                    if known is None:
+                        out.append(
+                            {
+                                "error_code": E.UNKNOWN_TOPIC_ID,
+                                "name": None if req.apiVersion >= 12 else "",
+                                "topic_id": t["topic_id"],
+                                "partitions": [],
+                            }
+                        )
+                    else:
+                        names.append(known)
         bid = self.settings.broker_id
         for name in names:
             if name not in topics.topics and allowCreate:
@@ -260,6 +285,7 @@ class KafkaServerProtocol(Protocol):
                 {
                     "error_code": E.NONE,
                     "name": name,
+                    "topic_id": t.topicId,
                     "is_internal": False,
                     "partitions": [
                         {
@@ -408,15 +434,62 @@ class KafkaServerProtocol(Protocol):
     # -- Fetch -----------------------------------------------------------
 
     async def handle_fetch(self, req: Request) -> dict[str, Any]:
+        """Fetch: stored batches as they are, long-polling, with fetch sessions (KIP-227).
+
+        From v13 topics are named by id (KIP-516).  The batches go into the
+        response as L{Spliced} parts, written with C{writeSequence} without
+        being joined or re-encoded.
+        """
         b = req.body
+        v = req.apiVersion
+        topics = self.node.topics
         reactor = self.node.reactor
         committed = b.get("isolation_level", 0) == 1
         maxWait = min(max(b["max_wait_ms"], 0), self.settings.max_wait_ms) / 1000
         minBytes = b["min_bytes"]
         maxBytes = b.get("max_bytes", 0x7FFFFFFF)
+        byIds = v >= 13
+        asked: list[FetchPartition] = []
+        unknownIds: list[dict[str, Any]] = []
+        for t in b["topics"]:
+            name = topics.byId.get(t["topic_id"]) if byIds else t["topic"]
+            if name is None:
+                unknownIds.append(
+                    {
+                        "topic_id": t["topic_id"],
+                        "partitions": [
+                            _partitionError(fp["partition"], E.UNKNOWN_TOPIC_ID)
+                            for fp in t["partitions"]
+                        ],
+                    }
+                )
+                continue
+            tid = topics.topics[name].topicId if name in topics.topics else None
+            for fp in t["partitions"]:
+                asked.append(
+                    FetchPartition(
+                        name, tid, fp["partition"], fp["fetch_offset"], fp["partition_max_bytes"]
+                    )
+                )
+        forgotten: list[tuple[str, int]] = []
+        for t in b.get("forgotten_topics_data") or []:
+            name = topics.byId.get(t["topic_id"]) if byIds else t["topic"]
+            if name is not None:
+                forgotten.extend((name, p) for p in t["partitions"])
+        code, session, wanted = self.node.fetchSessions.resolve(
+            b.get("session_id", 0), b.get("session_epoch", -1), asked, forgotten
+        )
+        if code != E.NONE:
+            return {
+                "throttle_time_ms": 0,
+                "error_code": code,
+                "session_id": 0,
+                "responses": [],
+            }
+        incremental = session is not None and b.get("session_epoch", -1) > 0
         deadline = reactor.seconds() + maxWait
         for _attempt in range(1000):
-            responses, total, parts = await self._fetchOnce(b["topics"], committed, maxBytes)
+            answers, total, parts = await self._fetchOnce(wanted, committed, maxBytes)
             remaining = deadline - reactor.seconds()
             # Responses go out in request order, so a Fetch that waits also delays
             # every request pipelined behind it (ListOffsets, commits, heartbeats):
@@ -438,72 +511,81 @@ class KafkaServerProtocol(Protocol):
                     p.waiters.remove(wake)
             if self._closed:
                 break
+        responses: list[dict[str, Any]] = []
+        byTopic: dict[str, dict[str, Any]] = {}
+        for fp, r in answers:
+            if incremental and not (
+                r["records"]
+                or r["error_code"]
+                or (r["high_watermark"], r["last_stable_offset"], r["log_start_offset"])
+                != (fp.hw, fp.lso, fp.start)
+            ):
+                continue  # nothing new for this partition: left out (KIP-227)
+            fp.hw, fp.lso, fp.start = (
+                r["high_watermark"],
+                r["last_stable_offset"],
+                r["log_start_offset"],
+            )
+            t = byTopic.get(fp.topic)
+            if t is None:
+                t = {"topic": fp.topic, "topic_id": fp.topicId, "partitions": []}
+                byTopic[fp.topic] = t
+                responses.append(t)
+            t["partitions"].append(r)
         return {
             "throttle_time_ms": 0,
             "error_code": E.NONE,
-            "session_id": 0,
-            "responses": responses,
+            "session_id": session.sessionId if session is not None else 0,
+            "responses": responses + unknownIds,
         }
 
     async def _fetchOnce(
-        self, wanted: list[dict[str, Any]], committed: bool, maxBytes: int
-    ) -> tuple[list[dict[str, Any]], int, list[Any]]:
+        self, wanted: list[FetchPartition], committed: bool, maxBytes: int
+    ) -> tuple[list[tuple[FetchPartition, dict[str, Any]]], int, list[Any]]:
         topics = self.node.topics
         total = 0
         parts = []
-        responses = []
-        for t in wanted:
-            name = t["topic"]
-            presp = []
-            for fp in t["partitions"]:
-                r: dict[str, Any] = {
-                    "partition_index": fp["partition"],
-                    "error_code": E.NONE,
-                    "high_watermark": -1,
-                    "last_stable_offset": -1,
-                    "log_start_offset": -1,
-                    "aborted_transactions": None,
-                    "records": b"",
-                }
-                presp.append(r)
-                part = await topics.partition(name, fp["partition"])
-                if part is None:
-                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
-                    continue
-                if not self._mayReadMapped(name):
-                    r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
-                    continue
-                parts.append(part)
-                start, end = await topics.store.offsets(part.shard)
-                lso = part.lastStable()
-                r["high_watermark"] = end
-                r["last_stable_offset"] = lso
-                r["log_start_offset"] = start
-                offset = fp["fetch_offset"]
-                if offset < start or offset > end:
-                    r["error_code"] = E.OFFSET_OUT_OF_RANGE
-                    continue
-                upTo = lso if committed else end
-                budget = min(fp["partition_max_bytes"], maxBytes - total)
-                if budget <= 0 and total:
-                    continue
-                batches = await topics.read(part, offset, budget, upTo)
-                if committed:
-                    r["aborted_transactions"] = [
-                        {"producer_id": pid, "first_offset": first}
-                        for pid, first, last in part.aborted
-                        if last >= offset and first < upTo
-                    ]
-                if batches:
-                    data = b"".join(batches)
-                    r["records"] = data
-                    total += len(data)
-                    # Whole batches: one fetched from its middle counts all its records.
-                    self.node.broker.stats.kafkaSent += sum(
-                        h.count for h in iterBatches(data, check=False) if not h.control
-                    )
-            responses.append({"topic": name, "partitions": presp})
-        return responses, total, parts
+        answers = []
+        for fp in wanted:
+            r = _partitionError(fp.index, E.NONE)
+            answers.append((fp, r))
+            part = await topics.partition(fp.topic, fp.index)
+            if part is None:
+                r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
+                continue
+            if not self._mayReadMapped(fp.topic):
+                r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
+                continue
+            parts.append(part)
+            start, end = await topics.store.offsets(part.shard)
+            lso = part.lastStable()
+            r["high_watermark"] = end
+            r["last_stable_offset"] = lso
+            r["log_start_offset"] = start
+            offset = fp.fetchOffset
+            if offset < start or offset > end:
+                r["error_code"] = E.OFFSET_OUT_OF_RANGE
+                continue
+            upTo = lso if committed else end
+            budget = min(fp.maxBytes, maxBytes - total)
+            if budget <= 0 and total:
+                continue
+            batches = await topics.read(part, offset, budget, upTo)
+            if committed:
+                r["aborted_transactions"] = [
+                    {"producer_id": pid, "first_offset": first}
+                    for pid, first, last in part.aborted
+                    if last >= offset and first < upTo
+                ]
+            if batches:
+                records = Spliced(batches)
+                r["records"] = records
+                total += records.size
+                # Whole batches: one fetched from its middle counts all its records.
+                self.node.broker.stats.kafkaSent += sum(
+                    h.count for h in map(_header, batches) if not h.control
+                )
+        return answers, total, parts
 
     # -- ListOffsets, OffsetForLeaderEpoch ------------------------------
 
@@ -523,20 +605,31 @@ class KafkaServerProtocol(Protocol):
                 start, end = await topics.store.offsets(part.shard)
                 latest = part.lastStable() if committed else end
                 ts = p["timestamp"]
+                stamp = -1
                 if ts == -2:
                     offset = start
                 elif ts == -1:
                     offset = latest
-                elif ts == -3:
-                    offset = max(start, end - 1)
                 else:
-                    found = await topics.store.offsetForTimestamp(part.shard, ts)
-                    offset = -1 if found is None else found
+                    try:
+                        if ts == -3:  # MAX_TIMESTAMP (KIP-734)
+                            found = await topics.maxTimestamp(part, latest)
+                        else:
+                            found = await topics.offsetForTime(part, ts, latest)
+                    except InvalidRecord as e:
+                        self.log.warn(
+                            "{shard}: unreadable batch in a timestamp lookup: {error}",
+                            shard=part.shard,
+                            error=str(e),
+                        )
+                        r["error_code"] = E.CORRUPT_MESSAGE
+                        continue
+                    offset, stamp = found if found is not None else (-1, -1)
                 if req.apiVersion == 0:
                     r["old_style_offsets"] = [offset] if offset >= 0 else []
                 else:
                     r["offset"] = offset
-                    r["timestamp"] = ts if ts >= 0 and offset >= 0 else -1
+                    r["timestamp"] = stamp
                     r["leader_epoch"] = 0
             out.append({"name": t["name"], "partitions": presp})
         return {"throttle_time_ms": 0, "topics": out}
@@ -593,6 +686,7 @@ class KafkaServerProtocol(Protocol):
             b.get("rebalance_timeout_ms", -1),
             b["protocol_type"],
             [(p["name"], p["metadata"]) for p in b["protocols"]],
+            requireKnownMemberId=req.apiVersion >= 4,
         )
         body = dict(body)
         body.setdefault("member_id", b["member_id"])
@@ -640,9 +734,11 @@ class KafkaServerProtocol(Protocol):
     async def handle_offset_commit(self, req: Request) -> dict[str, Any]:
         b = req.body
         group = b["group_id"]
-        code = self.node.groups.checkCommit(
-            group, b.get("generation_id_or_member_epoch", -1), b.get("member_id", "")
-        )
+        generation = b.get("generation_id_or_member_epoch", -1)
+        memberId = b.get("member_id", "")
+        code = self.node.consumerGroups.checkCommit(group, memberId, generation)
+        if code is None:  # not a KIP-848 group: the classic coordinator decides
+            code = self.node.groups.checkCommit(group, generation, memberId)
         out = await self._commit(group, b["topics"], code)
         return {"throttle_time_ms": 0, "topics": out}
 
@@ -723,27 +819,42 @@ class KafkaServerProtocol(Protocol):
         out = []
         for g in req.body["groups"]:
             d = groups.describe(g)
-            if d["group_state"] == "Dead" and g in self.node.knownGroups:
+            modern = self.node.consumerGroups.groups.get(g)
+            if d["group_state"] == "Dead" and modern is not None:
+                # a KIP-848 group seen through the classic API (as Kafka shows it)
+                d["group_state"] = modern.state
+                d["protocol_type"] = "consumer"
+            elif d["group_state"] == "Dead" and g in self.node.knownGroups:
                 d["group_state"] = "Empty"
             out.append(d)
         return {"throttle_time_ms": 0, "groups": out}
 
     async def handle_list_groups(self, req: Request) -> dict[str, Any]:
         groups = self.node.groups.groups
+        modern = self.node.consumerGroups.groups
         states = req.body.get("states_filter") or []
+        types = {t.lower() for t in req.body.get("types_filter") or []}
         out = []
-        names = set(groups) | self.node.knownGroups
+        share = self.node.shareGroups.groups
+        names = set(groups) | set(modern) | set(share) | self.node.knownGroups
         for name in sorted(names):
             g = groups.get(name)
-            state = g.state if g is not None else "Empty"
-            if states and state not in states:
+            if name in share:
+                state, kind, ptype = share[name].state, "share", "share"
+            elif name in modern and (g is None or not g.members):
+                state, kind, ptype = modern[name].state, "consumer", "consumer"
+            else:
+                state = g.state if g is not None else "Empty"
+                kind = "classic"
+                ptype = (g.protocolType if g is not None else None) or "consumer"
+            if (states and state not in states) or (types and kind not in types):
                 continue
             out.append(
                 {
                     "group_id": name,
-                    "protocol_type": (g.protocolType if g is not None else None) or "consumer",
+                    "protocol_type": ptype,
                     "group_state": state,
-                    "group_type": "classic",
+                    "group_type": kind,
                 }
             )
         return {"throttle_time_ms": 0, "error_code": E.NONE, "groups": out}
@@ -752,12 +863,13 @@ class KafkaServerProtocol(Protocol):
         out = []
         store = self.node.topics.store
         for name in req.body["groups_names"]:
-            code = self.node.groups.delete(name)
+            modern = self.node.consumerGroups.delete(name)
+            code = modern if modern is not None else self.node.groups.delete(name)
             if code == E.NONE:
                 if name in self.node.knownGroups:
                     self.node.knownGroups.discard(name)
                     await store.deleteKey(GROUPS_SHARD, name.encode())
-                else:
+                elif modern is None:
                     code = E.GROUP_ID_NOT_FOUND
             out.append({"group_id": name, "error_code": code})
         return {"throttle_time_ms": 0, "results": out}
@@ -778,7 +890,7 @@ class KafkaServerProtocol(Protocol):
             )
             r: dict[str, Any] = {"name": t["name"], "error_code": code, "error_message": msg}
             if code == E.NONE:
-                r["num_partitions"] = n if n > 0 else self.settings.default_partitions
+                r["num_partitions"] = n if n > 0 else topics.defaultPartitions()
                 r["replication_factor"] = 1
                 r["configs"] = [
                     {
@@ -813,49 +925,6 @@ class KafkaServerProtocol(Protocol):
                 t["name"], t["count"], b["validate_only"]
             )
             out.append({"name": t["name"], "error_code": code, "error_message": msg})
-        return {"throttle_time_ms": 0, "results": out}
-
-    async def handle_describe_configs(self, req: Request) -> dict[str, Any]:
-        topics = self.node.topics
-        out = []
-        for res in req.body["resources"]:
-            r: dict[str, Any] = {
-                "error_code": E.NONE,
-                "error_message": None,
-                "resource_type": res["resource_type"],
-                "resource_name": res["resource_name"],
-                "configs": [],
-            }
-            keys = res["configuration_keys"]
-            values: dict[str, tuple[str, bool]] = {}
-            if res["resource_type"] == 2:  # topic
-                t = topics.topics.get(res["resource_name"])
-                if t is None:
-                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
-                else:
-                    values = {k: (v, False) for k, v in t.configs.items()}
-                    for k, v in self.node.topicDefaults().items():
-                        values.setdefault(k, (v, True))
-            elif res["resource_type"] == 4:  # broker
-                values = {k: (v, True) for k, v in self.node.brokerConfigs().items()}
-            else:
-                r["error_code"] = E.INVALID_REQUEST
-            for k, (v, isDefault) in sorted(values.items()):
-                if keys is not None and k not in keys:
-                    continue
-                r["configs"].append(
-                    {
-                        "name": k,
-                        "value": v,
-                        "read_only": res["resource_type"] == 4,
-                        "is_default": isDefault,
-                        "config_source": 5 if isDefault else 1,
-                        "is_sensitive": False,
-                        "synonyms": [],
-                        "documentation": None,
-                    }
-                )
-            out.append(r)
         return {"throttle_time_ms": 0, "results": out}
 
     # -- idempotent and transactional producers --------------------------
@@ -1017,6 +1086,23 @@ class KafkaServerProtocol(Protocol):
 
     def __repr__(self) -> str:
         return f"<KafkaServerProtocol {getattr(self, 'peerHost', '?')}>"
+
+
+def _partitionError(index: int, code: int) -> dict[str, Any]:
+    """A Fetch response partition with no data (yet)."""
+    return {
+        "partition_index": index,
+        "error_code": code,
+        "high_watermark": -1,
+        "last_stable_offset": -1,
+        "log_start_offset": -1,
+        "aborted_transactions": None,
+        "records": b"",
+    }
+
+
+def _header(batch: bytes) -> BatchHeader:
+    return BatchHeader(batch, 0)
 
 
 def _fire(d: defer.Deferred[None]) -> None:

@@ -514,7 +514,6 @@ class MQTTConnection(Protocol):
                 self._write(data)
         return result
 
-
     def _whenNodeReady(self, _: object) -> None:
         self._brokerReady()
 
