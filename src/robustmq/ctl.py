@@ -545,6 +545,72 @@ def _acl(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
     return 0
 
 
+AMQP_PERMISSION_COLUMNS = [
+    ("VHOST", "vhost"),
+    ("USER", "user"),
+    ("CONFIGURE", "configure"),
+    ("WRITE", "write"),
+    ("READ", "read"),
+]
+
+
+def _amqp(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    """C{amqp permissions list [USER]|set USER VHOST CONF WRITE READ|clear USER VHOST}."""
+    words = list(args.words)
+    action = words.pop(0) if words else "list"
+    if action == "list":
+        query = {"user": words[0] if words else None, "vhost": args.vhost}
+
+        def render(r: dict[str, Any]) -> str:
+            return f"{formatTable(r['data'], AMQP_PERMISSION_COLUMNS)}\n(no match: {r['no_match']})"
+
+        out.emit(api.call("GET", "/api/v1/amqp/permissions", query), render)
+        return 0
+    if action == "set":
+        if len(words) != 5:
+            raise CtlError("amqp permissions set: give USER VHOST CONF WRITE READ", EXIT_USAGE)
+        user, vhost, conf, write, read = words
+        path = f"/api/v1/amqp/permissions/{quote(vhost, safe='')}/{quote(user, safe='')}"
+        body = {"configure": conf, "write": write, "read": read}
+        out.emit(
+            api.call("PUT", path, body=body),
+            lambda r: f"set permissions of {r['user']} in vhost {r['vhost']}",
+        )
+        return 0
+    if action == "clear":
+        if len(words) != 2:
+            raise CtlError("amqp permissions clear: give USER VHOST", EXIT_USAGE)
+        user, vhost = words
+        path = f"/api/v1/amqp/permissions/{quote(vhost, safe='')}/{quote(user, safe='')}"
+        out.emit(
+            api.call("DELETE", path),
+            lambda r: f"cleared permissions of {r['cleared']['user']} in vhost {r['cleared']['vhost']}",
+        )
+        return 0
+    raise CtlError(f"amqp permissions: unknown action {action!r} (list, set, clear)", EXIT_USAGE)
+
+
+KAFKA_ACL_COLUMNS = [
+    ("RESOURCE", "resource_type"),
+    ("NAME", "resource_name"),
+    ("PATTERN", "pattern_type"),
+    ("PRINCIPAL", "principal"),
+    ("HOST", "host"),
+    ("OPERATION", "operation"),
+    ("PERMISSION", "permission"),
+]
+
+
+def _kafka(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    """C{kafka acls list}: the Kafka ACL bindings (managed with Kafka's AdminClient or the API)."""
+
+    def render(r: dict[str, Any]) -> str:
+        return f"{formatTable(r['data'], KAFKA_ACL_COLUMNS)}\n(no match: {r['no_match']})"
+
+    out.emit(api.call("GET", "/api/v1/kafka/acls", {"principal": args.principal}), render)
+    return 0
+
+
 def _ban(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
     if args.action == "list":
         columns = [
@@ -721,6 +787,22 @@ def buildParser() -> argparse.ArgumentParser:
     p.add_argument("--clientid", help="only for this client id")
     p.add_argument("--ipaddress", help="only for this IP address or CIDR")
     p.set_defaults(run=_acl)
+
+    p = sub.add_parser(
+        "amqp",
+        help="AMQP permissions: permissions list [USER] | set USER VHOST CONF WRITE READ | "
+        "clear USER VHOST",
+    )
+    p.add_argument("what", choices=("permissions",))
+    p.add_argument("words", nargs="*", help="action and its arguments")
+    p.add_argument("--vhost", help="list: only this virtual host")
+    p.set_defaults(run=_amqp)
+
+    p = sub.add_parser("kafka", help="Kafka ACL bindings: acls list [--principal User:NAME]")
+    p.add_argument("what", choices=("acls",))
+    p.add_argument("action", choices=("list",), nargs="?", default="list")
+    p.add_argument("--principal", help="only bindings of this principal")
+    p.set_defaults(run=_kafka)
 
     p = sub.add_parser("ban", help="bans: list, add KIND VALUE [--duration S], del KIND VALUE")
     p.add_argument("action", choices=("list", "add", "del"), nargs="?", default="list")

@@ -121,6 +121,7 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
 
         store = TimedShardStore(store)
     # Users, ACL rules and bans (docs/security.md); the chain runs in [auth] chain order.
+    shardMetadata = None
     if cluster.enabled:
         # Users, ACL rules and bans shared through the placement center.
         import os
@@ -129,6 +130,12 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
 
         path = os.path.join(settings.node.data_dir, "metadata", "security.sqlite3")
         security = Security(settings, reactor, ClusterMetadataStore(path))
+    elif getattr(store, "stateless", False):
+        # A store any node can read (s3): keep them with the shards, not in node.data_dir.
+        from robustmq.core.security.metadata import ShardMetadataStore
+
+        shardMetadata = ShardMetadataStore(store)
+        security = Security(settings, reactor, shardMetadata)
     else:
         security = Security.forNode(settings, reactor)
     auth = AuthChain(
@@ -143,6 +150,8 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     }
     broker = Broker(settings, reactor, store=store, auth=auth, authMechanisms=mechanisms)
     broker.security = security  # type: ignore[attr-defined]
+    if shardMetadata is not None:
+        broker.recoveryHooks.append(shardMetadata.load)
 
     # A new ban (made here, or pushed from the cluster) closes the clients it covers.
     def banned(kind: str, key: str, value: Any) -> None:

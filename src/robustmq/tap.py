@@ -6,7 +6,7 @@ from twisted.application.service import IService
 from twisted.python import usage
 
 from robustmq import logs
-from robustmq.config import ConfigError, Settings, loadSettings
+from robustmq.config import ConfigError, Settings, loadSettings, secretValues
 from robustmq.service import makeService as _makeService
 
 
@@ -28,7 +28,7 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     """Build the node's services from validated options."""
-    logs.configure(options.settings.log)
+    logs.configure(options.settings.log, secretValues(options.settings))
     try:
         return _makeService(options.settings)
     except ConfigError as e:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import json
 import os
 import time
@@ -30,7 +29,7 @@ from robustmq.admin._http import (
 )
 from robustmq.admin._metrics import Metrics
 from robustmq.admin._security import SecurityAPI
-from robustmq.config import Settings
+from robustmq.config import Settings, maskedSettings
 from robustmq.core.message import Message
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
 
@@ -43,9 +42,6 @@ DEFAULT_LIMIT = 100
 
 #: Seconds C{GET /api/v1/cluster} waits for the cluster's answer before a 504.
 CLUSTER_STATUS_TIMEOUT = 5.0
-
-#: The secrets of [http] that the config view hides.
-_SECRETS = ("token", "password")
 
 Params = dict[str, str]
 
@@ -227,6 +223,10 @@ class AdminAPI:
         checks = {"broker": bool(self.broker.running)}
         for svc in self.listenerServices():
             checks[f"listener:{svc.listener.label}"] = svc.port is not None
+        # A store that reports its health (the s3 store: requests failing, a write unsettled).
+        health = getattr(self.broker.store, "health", None)
+        if callable(health):
+            checks["storage"] = bool(health()[0])
         ok = all(checks.values())
         if not ok:
             return RawResponse(
@@ -370,13 +370,7 @@ class AdminAPI:
 
     def config(self, request: server.Request, params: Params) -> Any:
         """The effective configuration (file + environment + defaults), secrets hidden."""
-        data = dataclasses.asdict(self.settings)
-        for key in _SECRETS:
-            if data["http"].get(key):
-                data["http"][key] = "***"
-        if data.get("auth", {}).get("jwt_secret"):
-            data["auth"]["jwt_secret"] = "***"
-        return data
+        return maskedSettings(self.settings)
 
     # Clients
 

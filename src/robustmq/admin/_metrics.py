@@ -342,13 +342,32 @@ def _mappingMetrics(broker: Any) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "robustmq_mapping_kafka_only_records",
         "Records produced to mapped Kafka topics that were not published to MQTT (no key, "
-        "a key that is not a matching MQTT topic, transactional batches)",
+        "a key that is not a matching MQTT topic, a batch that does not decode)",
         value=mappings.kafkaOnly,
     )
 
 
 def _storageMetrics(store: Any) -> Iterator[Metric]:
-    """Latency histograms of the shard store's calls, when it is timed."""
+    """Latency histograms of the shard store's calls, when it is timed, and the
+    store's own numbers where it keeps some (the s3 store's C{stats()})."""
+    stats = getattr(store, "stats", None)
+    if callable(stats):
+        family = GaugeMetricFamily(
+            "robustmq_storage_store",
+            "The shard store's own counters and gauges (s3: requests by method, bytes "
+            "written, PUT failures, failed acknowledgements, fenced shards, cache use)",
+            labels=["name"],
+        )
+        for name, value in sorted(stats().items()):
+            family.add_metric([name], value)
+        yield family
+        health = getattr(store, "health", None)
+        if callable(health):
+            yield GaugeMetricFamily(
+                "robustmq_storage_healthy",
+                "1 while the shard store answers (0: object store failing or a write unsettled)",
+                value=1 if health()[0] else 0,
+            )
     timings = getattr(store, "timings", None)
     if not timings:
         return

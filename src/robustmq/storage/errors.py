@@ -11,10 +11,12 @@ __all__ = [
     "CorruptRecordError",
     "LimitExceededError",
     "NotCompactedError",
+    "ShardFencedError",
     "ShardLimitError",
     "StorageClosedError",
     "StorageError",
     "StorageFailedError",
+    "StorageUnavailableError",
 ]
 
 
@@ -49,4 +51,25 @@ class StorageFailedError(StorageError):
     A log whose write failed half-way cannot tell which offsets reached the
     disk; like a Kafka log directory that goes offline, the store stops
     accepting appends until it is reopened (which runs recovery).
+    """
+
+
+class StorageUnavailableError(StorageError):
+    """
+    The object store did not store a write within the configured time.
+
+    The records it carried are not acknowledged (they may or may not be in
+    the bucket: the C{s3} store settles which before its next write to the
+    shard); the store keeps working and later writes succeed once the object
+    store answers again.
+    """
+
+
+class ShardFencedError(StorageError):
+    """
+    Another broker took the shard: this store may no longer write to it.
+
+    The C{s3} store's fencing (docs/storage.md): a writer whose conditional
+    PUT finds the sequence number taken by a successor stops writing that
+    shard for good, so the log never forks.
     """

@@ -253,6 +253,18 @@ class AMQPChannel:
     def handle_access_request(self, method: _spec.AccessRequest) -> None:
         self.sendMethod(_spec.AccessRequestOk(1))
 
+    # -- permissions (RabbitMQ's configure / write / read) ---------------
+
+    def _permit(self, permission: str, kind: str, name: str) -> None:
+        """Raise RabbitMQ's 403 unless the user has C{permission} on the named resource."""
+        access = self.conn.access
+        if access is not None and not access.allowed(permission, name):
+            shown = name or "amq.default"
+            raise accessRefused(
+                f"{permission} access to {kind} '{shown}' in vhost '{self.vhost.name}' "
+                f"refused for user '{self.conn.user}'"
+            )
+
     # -- exchanges ------------------------------------------------------
 
     def _exchange(self, name: str) -> Exchange:
@@ -267,6 +279,8 @@ class AMQPChannel:
         if m.passive:
             self._exchange(name) if name else None
         else:
+            if name:
+                self._permit("configure", "exchange", name)
             if name == "" or name.startswith("amq."):
                 raise accessRefused(
                     f"exchange name '{name}' contains reserved prefix 'amq.*'"
@@ -311,6 +325,7 @@ class AMQPChannel:
         name = m.exchange
         if name == "" or name.startswith("amq."):
             raise accessRefused(f"operation not permitted on the exchange '{name}'")
+        self._permit("configure", "exchange", name)
         ex = self.vhost.exchanges.get(name)
         if ex is not None:
             if m.if_unused and (ex.bindings or ex.incoming):
@@ -320,6 +335,8 @@ class AMQPChannel:
             self.sendMethod(_spec.ExchangeDeleteOk())
 
     def handle_exchange_bind(self, m: _spec.ExchangeBind) -> None:
+        self._permit("write", "exchange", m.destination)
+        self._permit("read", "exchange", m.source)
         dest = self._exchange(m.destination)
         src = self._exchange(m.source)
         if src.name == "" or dest.name == "":
@@ -334,6 +351,8 @@ class AMQPChannel:
             self.sendMethod(_spec.ExchangeBindOk())
 
     def handle_exchange_unbind(self, m: _spec.ExchangeUnbind) -> None:
+        self._permit("write", "exchange", m.destination)
+        self._permit("read", "exchange", m.source)
         dest = self.vhost.exchanges.get(m.destination)
         src = self.vhost.exchanges.get(m.source)
         if src is not None and dest is not None and src.unbind(dest, m.routing_key, m.arguments):
@@ -373,6 +392,7 @@ class AMQPChannel:
                 raise accessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
             if name == "":
                 name = "amq.gen-" + _token(16)
+            self._permit("configure", "queue", name)
             q = v.queues.get(name)
             args = m.arguments or {}
             if q is not None:
@@ -413,6 +433,8 @@ class AMQPChannel:
             )
 
     def handle_queue_bind(self, m: _spec.QueueBind) -> None:
+        self._permit("write", "queue", self._queueName(m.queue))
+        self._permit("read", "exchange", m.exchange)
         q = self._queue(m.queue)
         ex = self._exchange(m.exchange)
         if ex.name == "":
@@ -428,6 +450,8 @@ class AMQPChannel:
             self.sendMethod(_spec.QueueBindOk())
 
     def handle_queue_unbind(self, m: _spec.QueueUnbind) -> None:
+        self._permit("write", "queue", self._queueName(m.queue))
+        self._permit("read", "exchange", m.exchange)
         q = self._queue(m.queue)
         ex = self.vhost.exchanges.get(m.exchange)
         if ex is not None and ex.unbind(q, m.routing_key, m.arguments):
@@ -439,6 +463,7 @@ class AMQPChannel:
         self.sendMethod(_spec.QueueUnbindOk())
 
     def handle_queue_purge(self, m: _spec.QueuePurge) -> None:
+        self._permit("read", "queue", self._queueName(m.queue))
         q = self._queue(m.queue)
         n = q.purge()
         if not m.nowait:
@@ -446,6 +471,7 @@ class AMQPChannel:
 
     def handle_queue_delete(self, m: _spec.QueueDelete) -> None:
         name = self._queueName(m.queue)
+        self._permit("configure", "queue", name)
         q = self.vhost.queues.get(name)
         n = 0
         if q is not None:
@@ -490,6 +516,7 @@ class AMQPChannel:
             if not m.nowait:
                 self.sendMethod(_spec.BasicConsumeOk(tag))
             return
+        self._permit("read", "queue", self._queueName(m.queue))
         q = self._queue(m.queue)
         if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
             raise accessRefused(f"queue '{q.name}' in vhost '{self.vhost.name}' in exclusive use")
@@ -540,6 +567,7 @@ class AMQPChannel:
     def publish(self, m: _spec.BasicPublish, props: _spec.BasicProperties, body: bytes) -> None:
         """Route a complete message (after its content header and body)."""
         v = self.vhost
+        self._permit("write", "exchange", m.exchange)
         ex = v.exchanges.get(m.exchange)
         if ex is None:
             raise notFound("exchange", m.exchange, v.name)
@@ -704,6 +732,7 @@ class AMQPChannel:
     # -- basic: get, ack ------------------------------------------------
 
     def handle_basic_get(self, m: _spec.BasicGet) -> None:
+        self._permit("read", "queue", self._queueName(m.queue))
         q = self._queue(m.queue)
         q.touch()
         qm = q.popLive()

@@ -72,6 +72,9 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     25: (0, 3),  # AddOffsetsToTxn
     26: (0, 3),  # EndTxn
     28: (0, 3),  # TxnOffsetCommit
+    29: (0, 3),  # DescribeAcls
+    30: (0, 3),  # CreateAcls
+    31: (0, 3),  # DeleteAcls
     32: (0, 4),  # DescribeConfigs
     33: (0, 2),  # AlterConfigs
     35: (0, 3),  # DescribeLogDirs
@@ -273,6 +276,15 @@ class KafkaParser:
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
         return len(self._buf)
+
+    @property
+    def pendingFrame(self) -> int:
+        """Bytes the frame being received will hold: its full size once the prefix is read."""
+        buf = self._buf
+        if len(buf) < 4:
+            return len(buf)
+        (size,) = _SIZE.unpack_from(buf, 0)
+        return max(size, 0) + 4
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add C{data}; return every complete frame (without its size prefix).

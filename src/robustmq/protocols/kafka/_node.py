@@ -15,6 +15,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from robustmq.protocols.kafka import _errors as E
+from robustmq.protocols.kafka._buffers import RequestMemory
 from robustmq.protocols.kafka._configs import ConfigStore
 from robustmq.protocols.kafka._consumergroups import ConsumerGroupCoordinator
 from robustmq.protocols.kafka._fetchsessions import FetchSessionCache
@@ -279,6 +280,8 @@ class KafkaNode(Service):
         self.topics.topicDeleted = self._topicDeleted
         self.topics.topicsChanged = self.consumerGroups.topicsChanged
         self.saslRequired = self.settings.sasl_required
+        #: bytes held for unanswered requests over every Kafka connection of the node
+        self.memory = RequestMemory(self.settings.max_buffered_request_bytes)
         self._txnCheck = LoopingCall(self._checkTransactions)
         self._txnCheck.clock = reactor
         #: Kafka topics mapped to MQTT topic filters ([[mappings]], docs/topic-space.md)
