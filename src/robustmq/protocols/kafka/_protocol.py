@@ -44,6 +44,7 @@ from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
 from robustmq.core.security import KafkaAccess, securityOf
 from robustmq.core.security import kafkaacl as K
 from robustmq.interfaces import CorruptRecordError, StorageError, StorageUnavailableError
+from robustmq.protocols._linger import Linger, linger
 from robustmq.protocols.kafka import _acls
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._admin import AdminHandlers
@@ -110,6 +111,8 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
         #: fired to end a long-polling Fetch early (another request arrived behind it)
         self._parkedFetch: defer.Deferred[None] | None = None
         self.factory: Any = None
+        #: the lingering close once the broker closed the connection (see L{_close})
+        self._linger: Linger | None = None
 
     # -- connection ------------------------------------------------------
 
@@ -203,6 +206,9 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
         self._idleCall = self._authCall = None
         self._releaseFetch()
         self.node.broker.connectionClosed(self)
+        if self._linger is not None:
+            self._linger.ended()
+            self._linger = None
         if self.factory is not None:
             self.factory.connectionEnded(self)
 
@@ -242,11 +248,25 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
             d.callback(None)
 
     def _close(self) -> None:
+        """Close after what was written, reading and dropping what the client still
+        sends for at most C{close_linger} seconds, so that it reads an error response
+        that preceded the close instead of a reset (L{robustmq.protocols._linger})."""
+        if self._closed:
+            return
         self._closed = True
         self._queue.clear()
         self._queuedBytes = 0
         self.node.memory.update(self, 0)
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._releaseFetch()
+        broker = self.node.broker
+        broker.connectionClosed(self)  # no longer a client, even while it lingers
+        self._linger = linger(
+            self.transport,
+            self.node.reactor,
+            self.settings.close_linger,
+            broker.lingering,
+            broker.settings.limits.max_lingering,
+        )
 
     def _pump(self) -> None:
         if self._running:
