@@ -78,6 +78,12 @@ class PeerAvatar(pb.Avatar):
     def perspective_retainedSnapshot(self) -> list[bytes]:
         return self.node.retainedSnapshot()  # type: ignore[no-any-return]
 
+    def perspective_call(self, name: str, method: str, args: list[Any]) -> Deferred[Any]:
+        """A protocol's call (IClusterServices.callBroker) to the handler it serves."""
+        if not isinstance(name, str) or not isinstance(method, str) or not isinstance(args, list):
+            raise ValueError("call(name: str, method: str, args: list)")
+        return maybeDeferred(self.node.callHandler, self.nodeId, name, method, args)
+
 
 @implementer(portal.IRealm)
 class PeerRealm:
