@@ -60,13 +60,14 @@ def _endOffset(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def mqttToMqtt(node, count: int, size: int, qos: int, seconds: float) -> float:
-    result = _bench(
-        "throughput",
+def _load(mode: str, node, topic: str, count: int, size: int, qos: int, seconds: float) -> dict:
+    """One ``robustmq bench <mode>`` run: one MQTT publisher of C{count} messages on C{topic}."""
+    return _bench(
+        mode,
         "--port",
         str(node.port),
         "--topic",
-        "plain/t",
+        topic,
         "--qos",
         str(qos),
         "--size",
@@ -76,6 +77,10 @@ def mqttToMqtt(node, count: int, size: int, qos: int, seconds: float) -> float:
         "--duration",
         str(seconds),
     )
+
+
+def mqttToMqtt(node, count: int, size: int, qos: int, seconds: float) -> float:
+    result = _load("throughput", node, "plain/t", count, size, qos, seconds)
     assert result.get("lost", 0) == 0 or qos == 0, result
     return float(result["msgs_per_sec"])
 
@@ -83,21 +88,7 @@ def mqttToMqtt(node, count: int, size: int, qos: int, seconds: float) -> float:
 def mqttToKafka(node, count: int, size: int, qos: int, seconds: float) -> float:
     before = _endOffset(node.bootstrap, "bench")
     start = time.perf_counter()
-    _bench(
-        "pub",
-        "--port",
-        str(node.port),
-        "--topic",
-        "bench/t",
-        "--qos",
-        str(qos),
-        "--size",
-        str(size),
-        "--count",
-        str(count),
-        "--duration",
-        str(seconds),
-    )
+    _load("pub", node, "bench/t", count, size, qos, seconds)
     deadline = start + seconds
     while _endOffset(node.bootstrap, "bench") - before < count:
         if time.perf_counter() > deadline:
@@ -126,21 +117,8 @@ def mqttToAmqp(node, count: int, size: int, qos: int, seconds: float) -> float:
     ch.basic_consume(queue, onMessage)
     start = time.perf_counter()
     publisher = threading.Thread(
-        target=_bench,
-        args=(
-            "pub",
-            "--port",
-            str(node.port),
-            "--topic",
-            "amqp/t",
-            "--qos",
-            str(qos),
-            "--size",
-            str(size),
-            "--count",
-            str(count),
-            "--duration",
-            str(seconds),
+        target=_load,
+        args=("pub", node, "amqp/t", count, size, qos, seconds),
         ),
     )
     publisher.start()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import uuid
 
@@ -11,38 +10,13 @@ from topicspacenode import TIMEOUT, TopicSpaceNode
 from robustmq.testing.mosquitto import MosquittoSub
 
 
-def _kcatConsume(node: TopicSpaceNode, topic: str, count: int) -> list[dict]:
-    """Read C{count} records of C{topic} from the beginning with kcat, as JSON envelopes."""
-    out = subprocess.run(
-        [
-            "kcat",
-            "-C",
-            "-b",
-            node.bootstrap,
-            "-t",
-            topic,
-            "-o",
-            "beginning",
-            "-c",
-            str(count),
-            "-e",
-            "-J",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=True,
-    ).stdout
-    return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-
 def test_mosquittoPubReachesKcatConsumerKeyedByTopic(node: TopicSpaceNode) -> None:
     """mosquitto_pub on sensors/... → the Kafka topic "sensors", key = the MQTT topic."""
     room = uuid.uuid4().hex[:8]
     for i in range(3):
         node.mosquittoPub(f"sensors/{room}/temp", f"t{i}", "-q", "1")
     node.mosquittoPub(f"elsewhere/{room}", "not mapped", "-q", "1")
-    records = [r for r in _kcatConsume(node, "sensors", 1000) if room in (r.get("key") or "")]
+    records = [r for r in node.kafkaRecords("sensors", 1000) if room in (r.get("key") or "")]
     assert [r["payload"] for r in records] == ["t0", "t1", "t2"]
     assert {r["key"] for r in records} == {f"sensors/{room}/temp"}
     assert len({r["partition"] for r in records}) == 1  # one MQTT topic, one partition
@@ -92,7 +66,7 @@ def test_mqttToKafkaOnlyMappingPublishesNothingBack(node: TopicSpaceNode) -> Non
         assert not any("from kafka" in line for line in sub.seen)
     finally:
         sub.kill()
-    records = _kcatConsume(node, "positions", 2)
+    records = node.kafkaRecords("positions", 2)
     assert sorted(r["payload"] for r in records) == ["from kafka", "from mqtt"]
 
 

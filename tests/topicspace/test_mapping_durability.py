@@ -3,8 +3,6 @@ after SIGKILL and a restart, every acknowledged message is in the Kafka topic.""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import threading
 import time
 import uuid
@@ -47,14 +45,7 @@ def test_ackedMqttPublishesSurviveSigkillInMappedTopic(tmp_path: Path) -> None:
         thread.join(TIMEOUT)
         client.stop()
         node.start()
-        out = subprocess.run(
-            ["kcat", "-C", "-b", node.bootstrap, "-t", "sensors", "-o", "beginning", "-e", "-J"],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=True,
-        ).stdout
-        stored = [json.loads(line)["payload"] for line in out.splitlines() if line.strip()]
+        stored = [r["payload"] for r in node.kafkaRecords("sensors")]
         missing = set(acked) - set(stored)
         assert not missing, f"{len(missing)} acknowledged messages lost, e.g. {sorted(missing)[:5]}"
         # One MQTT topic, one partition: in publish order.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import urllib.request
 
@@ -64,6 +65,31 @@ direction = "mqtt_to_kafka"
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.kafkaPort}"
+
+    def kafkaRecords(self, topic: str, count: int | None = None) -> list[dict]:
+        """The records of C{topic} from the beginning (at most C{count}), read with kcat as
+        JSON envelopes (key, payload, partition, offset...)."""
+        limit = ["-c", str(count)] if count is not None else []
+        out = subprocess.run(
+            [
+                "kcat",
+                "-C",
+                "-b",
+                self.bootstrap,
+                "-t",
+                topic,
+                "-o",
+                "beginning",
+                *limit,
+                "-e",
+                "-J",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=True,
+        ).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
 
     def metrics(self) -> str:
         """The node's Prometheus exposition."""
