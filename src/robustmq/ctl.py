@@ -159,7 +159,11 @@ class Output:
     def page(self, result: dict[str, Any], columns: Sequence[tuple[str, str]]) -> None:
         def render(r: dict[str, Any]) -> str:
             meta = r["meta"]
-            text = formatTable(r["data"], columns)
+            shown = list(columns)
+            if any("worker" in row for row in r["data"]):
+                # A node with several worker processes names the one holding each entry.
+                shown.append(("WORKER", "worker"))
+            text = formatTable(r["data"], shown)
             footer = f"({len(r['data'])} of {meta['count']}, page {meta['page']}"
             footer += ", more: --page {})".format(meta["page"] + 1) if meta["hasnext"] else ")"
             return f"{text}\n{footer}"
@@ -202,9 +206,44 @@ def _status(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
             f"roles {', '.join(node['roles'])}, up {_duration(node['uptime_seconds'])}\n"
             f"cluster: {st['cluster']['mode']}, {len(st['cluster']['nodes'])} node(s)\n"
         )
-        return head + formatRecord(st["stats"])
+        workers = st.get("workers") or []
+        table = f"{renderWorkers(workers)}\n" if workers else ""
+        return head + table + formatRecord(st["stats"])
 
     out.emit(st, render)
+    return 0
+
+
+WORKER_COLUMNS = [
+    ("WORKER", "worker"),
+    ("PID", "pid"),
+    ("STATE", "state"),
+    ("CONNECTIONS", "connections"),
+    ("CPU %", "cpu_percent"),
+    ("RSS MiB", "rss_mib"),
+    ("RESTARTS", "restarts"),
+    ("UPTIME", "uptime"),
+]
+
+
+def renderWorkers(workers: Sequence[dict[str, Any]]) -> str:
+    """The workers table of C{status} and C{workers}: one row per worker process."""
+    rows = [
+        {
+            **w,
+            "rss_mib": None if w.get("rss_bytes") is None else round(w["rss_bytes"] / 2**20, 1),
+            "uptime": None
+            if w.get("uptime_seconds") is None
+            else _duration(w["uptime_seconds"]),
+        }
+        for w in workers
+    ]
+    return formatTable(rows, WORKER_COLUMNS)
+
+
+def _workers(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    result = api.call("GET", "/api/v1/workers")
+    out.emit(result, lambda r: renderWorkers(r["data"]))
     return 0
 
 
@@ -623,7 +662,10 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--http-timeout", type=float, default=10.0, help="seconds per HTTP request")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("status", help="node, cluster and counters").set_defaults(run=_status)
+    sub.add_parser("status", help="node, workers, cluster and counters").set_defaults(run=_status)
+    sub.add_parser(
+        "workers", help="the node's worker processes: connections, CPU, memory, restarts"
+    ).set_defaults(run=_workers)
     sub.add_parser("listeners", help="listeners and their sockets").set_defaults(run=_listeners)
     p = sub.add_parser("cluster", help="cluster status: every node, its roles, state and uptime")
     p.add_argument("action", choices=("status",), nargs="?", default="status")

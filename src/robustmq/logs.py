@@ -3,10 +3,15 @@
 twistd builds its log observer after C{makeService} ran, so C{configure}
 (called from makeService) stores the settings that L{observer} then uses;
 C{robustmq start} passes C{--logger robustmq.logs.observer} to twistd.
+
+A node with worker processes has one log stream: each worker logs to its
+standard output, and the node writes every line it reads there to its own
+destination with the worker's tag after the timestamp (L{relay}).
 """
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import TextIO
 
@@ -21,6 +26,10 @@ from twisted.logger import (
 from robustmq.config import LogSettings
 
 _settings = LogSettings()
+#: Where the observer writes (relayed worker lines go to the same place).
+_stream: TextIO | None = None
+#: A log line's leading timestamp (twistd's classic text format).
+_STAMPED = re.compile(r"^(\d{4}-\d\d-\d\dT\S+) ")
 
 
 def configure(settings: LogSettings) -> None:
@@ -31,10 +40,31 @@ def configure(settings: LogSettings) -> None:
 
 def observer() -> ILogObserver:
     """A text log observer at the configured level and destination."""
+    global _stream
     stream: TextIO
     if _settings.file in ("-", ""):
         stream = sys.stdout
     else:
         stream = open(_settings.file, "a", encoding="utf-8")  # noqa: SIM115
+    _stream = stream
     predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(_settings.level))
     return FilteringLogObserver(textFileLogObserver(stream), [predicate])
+
+
+def tagLine(line: str, tag: str) -> str:
+    """C{line} with C{[tag]} after its timestamp, or in front of it if it has none
+    (a traceback's continuation lines, a worker's own output on stderr)."""
+    stamped = _STAMPED.match(line)
+    if stamped is None:
+        return f"[{tag}] {line}"
+    return f"{stamped.group(1)} [{tag}] {line[stamped.end() :]}"
+
+
+def relay(line: str, tag: str) -> None:
+    """Write a line a worker logged, tagged, where this process logs."""
+    stream = _stream or sys.stdout
+    try:
+        stream.write(tagLine(line, tag) + "\n")
+        stream.flush()
+    except (OSError, ValueError):
+        pass  # the log destination is gone (closed at exit): nothing to do

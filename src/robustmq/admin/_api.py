@@ -33,6 +33,7 @@ from robustmq.admin._security import SecurityAPI
 from robustmq.config import Settings
 from robustmq.core.message import Message
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
+from robustmq.workers._proc import cpuSeconds, rssBytes
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
@@ -150,6 +151,7 @@ class AdminAPI:
             Route("GET", f"{v1}/status", self.status),
             Route("GET", f"{v1}/nodes", self.nodes),
             Route("GET", f"{v1}/cluster", self.cluster),
+            Route("GET", f"{v1}/workers", self.workers),
             Route("GET", f"{v1}/listeners", self.listeners),
             Route("GET", f"{v1}/config", self.config),
             Route("GET", f"{v1}/clients", self.clients),
@@ -266,6 +268,7 @@ class AdminAPI:
         return {
             "node": self._node(),
             "cluster": self._membership(),
+            "workers": self._workers(),
             "stats": {
                 "connections": s.clientsConnected,
                 "connections_max": s.clientsMaximum,
@@ -284,6 +287,33 @@ class AdminAPI:
             },
             "time": time.time(),
         }
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """This process as the one worker of its node (docs/workers.md)."""
+        pid = os.getpid()
+        uptime = self.broker.stats.uptime()
+        cpu = cpuSeconds(pid)
+        return [
+            {
+                "worker": 0,
+                "node": self.settings.node.id,
+                "pid": pid,
+                "state": "ready" if self.broker.running else "starting",
+                "started_at": self.broker.stats.startTime,
+                "uptime_seconds": round(uptime, 3),
+                "restarts": 0,
+                "cpu_percent": round(100.0 * cpu / uptime, 1) if cpu and uptime > 0 else None,
+                "cpu_seconds": cpu,
+                "rss_bytes": rssBytes(pid),
+                "connections": self.broker.stats.clientsConnected,
+                "sessions": self.broker.stats.sessions,
+            }
+        ]
+
+    def workers(self, request: server.Request, params: Params) -> Any:
+        """The node's worker processes: pid, state, uptime, restarts, CPU, memory,
+        connections (one row, this process, on a node with C{[node] workers = 1})."""
+        return {"data": self._workers()}
 
     def _membership(self) -> dict[str, Any]:
         cluster = getattr(self.broker, "cluster", None)
@@ -370,13 +400,7 @@ class AdminAPI:
 
     def config(self, request: server.Request, params: Params) -> Any:
         """The effective configuration (file + environment + defaults), secrets hidden."""
-        data = dataclasses.asdict(self.settings)
-        for key in _SECRETS:
-            if data["http"].get(key):
-                data["http"][key] = "***"
-        if data.get("auth", {}).get("jwt_secret"):
-            data["auth"]["jwt_secret"] = "***"
-        return data
+        return configView(self.settings)
 
     # Clients
 
@@ -611,6 +635,19 @@ class AdminAPI:
         return defer.gatherResults(writes).addCallback(lambda _: answer)
 
 
+def configView(settings: Settings) -> dict[str, Any]:
+    """C{settings} as JSON, with the secrets replaced by C{***}."""
+    data = dataclasses.asdict(settings)
+    for key in _SECRETS:
+        if data["http"].get(key):
+            data["http"][key] = "***"
+    if data.get("auth", {}).get("jwt_secret"):
+        data["auth"]["jwt_secret"] = "***"
+    if data.get("placement", {}).get("cluster_secret"):
+        data["placement"]["cluster_secret"] = "***"
+    return data
+
+
 class _NoSessions:
     """The session registry of a node without MQTT: always empty."""
 
@@ -628,4 +665,4 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-__all__ = ["AdminAPI", "CLUSTER_STATUS_TIMEOUT", "DEFAULT_LIMIT"]
+__all__ = ["AdminAPI", "CLUSTER_STATUS_TIMEOUT", "DEFAULT_LIMIT", "configView"]

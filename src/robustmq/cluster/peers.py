@@ -27,12 +27,13 @@ from twisted.application.internet import ClientService, backoffPolicy
 from twisted.cred import portal
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.spread import pb
 from zope.interface import implementer
 
+from robustmq.addresses import clientEndpoint
 from robustmq.cluster import wire
 from robustmq.placement.pbclient import dropFailedConnection, failLoginOnDisconnect
 from robustmq.transports.tls import clientTLSOptions
@@ -113,10 +114,8 @@ class _Endpoint:
         self.cafile = cafile
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        host, _, port = self.address.rpartition(":")
-        host = host.strip("[]")
-        endpoint: Any = HostnameEndpoint(self.reactor, host, int(port))
-        if self.cafile:
+        endpoint, host = clientEndpoint(self.reactor, self.address)
+        if self.cafile and host:
             endpoint = wrapClientTLS(clientTLSOptions(host, cafile=self.cafile), endpoint)
         return endpoint.connect(factory)  # type: ignore[no-any-return]
 

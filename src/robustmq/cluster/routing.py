@@ -43,6 +43,10 @@ class _Drain:
 class Routing:
     """The ClusterNode's routing (mixed into L{robustmq.cluster.node.ClusterNode})."""
 
+    #: Whether C{$SYS/} topics are routed to the other brokers too: a node's worker
+    #: processes are one node (docs/workers.md); brokers of a cluster are not.
+    sysNodeWide = False
+
     # Routing
 
     def routeAdded(self, key: str, outcome: Outcome) -> None:
@@ -56,7 +60,7 @@ class Routing:
         """Deliver C{message} here and forward it to every other node that wants it."""
         broker = self.broker
         topic = message.topic
-        if topic.startswith("$SYS/"):
+        if topic.startswith("$SYS/") and not self.sysNodeWide:
             return broker.routeLocally(message, outcome)  # type: ignore[no-any-return]
         normal, sharedRemote = self.remote.match(topic)
         #: holder node -> the dead node whose sessions it must adopt before routing
