@@ -83,7 +83,7 @@ def test_crossWorkerPubSubWithMosquitto(node: WorkerNode, uniq: str) -> None:
         # worker, every message reaches at least one worker it was not published on.
         for i in range(6):
             _pub(node, f"x/{uniq}/t", f"m{i}", "-q", "1", "-i", f"pub{i}-{uniq}")
-        for worker, sub in placed.items():
+        for sub in placed.values():
             for i in range(6):
                 sub.waitFor(f"x/{uniq}/t m{i}", 15)
 
@@ -92,7 +92,9 @@ def test_crossWorkerPubSubWithMosquitto(node: WorkerNode, uniq: str) -> None:
 
         def makeLate(n: int) -> tuple[MosquittoSub, str]:
             clientId = f"late{n}-{uniq}"
-            sub = MosquittoSub(node.port, "mqttv311", ["-t", f"r/{uniq}", "-q", "1", "-i", clientId])
+            sub = MosquittoSub(
+                node.port, "mqttv311", ["-t", f"r/{uniq}", "-q", "1", "-i", clientId]
+            )
             late.append(sub)
             sub.waitFor(f"r/{uniq} kept", 15)
             return sub, clientId
@@ -182,7 +184,9 @@ def test_persistentSessionMovesBetweenWorkersUnderQos1LosesNothing(
     while (moves < 3 or not done.is_set()) and time.monotonic() < deadline:
         time.sleep(0.2)
         close(subscriber)
-        subscriber, landed = connectOn(node, make, clientId, close, lambda w: w != worker)
+        subscriber, landed = connectOn(
+            node, make, clientId, close, lambda w, left=worker: w != left
+        )
         assert subscriber.sessionPresent, "the session moved with its client"
         moves += 1
         worker = landed
