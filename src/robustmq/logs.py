@@ -61,8 +61,9 @@ def tagLine(line: str, tag: str) -> str:
 
 
 def relay(line: str, tag: str) -> None:
-    """Write a line a worker logged, tagged, where this process logs."""
-    stream = _stream or sys.stdout
+    """Write a line a worker logged, tagged, where this process logs (its standard
+    output when twistd runs with its own logger, whose observer we do not know)."""
+    stream = _stream or sys.__stdout__
     try:
         stream.write(tagLine(line, tag) + "\n")
         stream.flush()

@@ -177,7 +177,7 @@ class PeerLink(ClientService):
         self.queue: deque[_Entry] = deque()
         #: call number -> entries of a batch in flight
         self.inflight: dict[int, list[_Entry]] = {}
-        self._calls = 0
+        self.calls = 0
         #: forwarded messages queued or in flight (the bounded quantity)
         self.pending = 0
         self.congested = False
@@ -321,8 +321,8 @@ class PeerLink(ClientService):
             batch: list[_Entry] = []
             while self.queue and len(batch) < self.batchSize and self.queue[0].kind == kind:
                 batch.append(self.queue.popleft())
-            self._calls += 1
-            number = self._calls
+            self.calls += 1
+            number = self.calls
             self.inflight[number] = batch
             chunks = wire.pack(e.data for e in batch)
             if kind.startswith(FORWARD_FOR):

@@ -25,9 +25,6 @@ from urllib.request import Request, urlopen
 
 from robustmq.testing.process import BrokerProcess, freePort
 
-#: What the node logs once every worker answered its readiness check.
-READY = "worker processes"
-
 
 class WorkerNode(BrokerProcess):
     """A node of C{workers} worker processes on loopback ports (a context manager).
@@ -37,9 +34,13 @@ class WorkerNode(BrokerProcess):
 
     name = "node"
 
-    def __init__(self, workers: int = 2, extraConfig: str = "", **kwargs: Any) -> None:
+    def __init__(
+        self, workers: int = 2, extraConfig: str = "", listenerConfig: str = "", **kwargs: Any
+    ) -> None:
+        """@param listenerConfig: more keys of the MQTT listener's table (TOML lines)."""
         super().__init__(extraConfig=extraConfig, **kwargs)
         self.workers = workers
+        self.listenerConfig = listenerConfig
         self.httpPort = freePort()
 
     def configText(self) -> str:
@@ -63,17 +64,52 @@ protocol = "mqtt"
 transport = "tcp"
 bind = "127.0.0.1"
 port = {self.port}
+{self.listenerConfig}
 
 {self.extraConfig}
 """
 
     def readyLines(self) -> list[str]:
-        return [f"ready: {self.workers} {READY}"]
+        return []
 
     def start(self, timeout: float = 60.0) -> WorkerNode:
         """Start the node and wait until every worker is ready (slow on a busy machine)."""
         super().start(timeout)
         return self
+
+    def waitReady(self, timeout: float = 60.0) -> WorkerNode:
+        """Wait until the node's admin API says every worker is ready (at any log level).
+
+        On failure or timeout the node is stopped and the error raised.
+        """
+        assert self.process is not None, "spawn() first"
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.name} exited with {self.process.returncode}:\n{self.output()}"
+                    )
+                try:
+                    with urlopen(self.httpURL + "/health/ready", timeout=2) as answer:
+                        if answer.status == 200:
+                            return self
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{self.name} not ready after {timeout}s:\n{self.output()[-3000:]}"
+                    )
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def pids(self) -> list[int]:
+        """The node's processes: its own, then every running worker's (one for workers = 1)."""
+        assert self.pid is not None
+        workers = [int(r["pid"]) for r in self.workerRows() if r.get("pid")]
+        return [self.pid] + [p for p in workers if p != self.pid]
 
     def __enter__(self) -> WorkerNode:
         return self.start()

@@ -41,6 +41,8 @@ STABLE_AFTER = 30.0
 RESTART_DELAY = (0.5, 30.0)
 #: Seconds between CPU and memory samples of the workers.
 SAMPLE_INTERVAL = 5.0
+#: The environment variable that chooses the workers' link (see L{WorkerSupervisor.linkKind}).
+LINK_ENV = "RMQ_WORKER_LINK"
 #: Longest line relayed from a worker; longer output is cut into lines of this length.
 MAX_LINE = 64 * 1024
 
@@ -160,6 +162,9 @@ class WorkerSupervisor(Service):
         self.quickEnds = [0] * count
         self.http = WorkerHTTP(reactor, runDir)
         self.stopping = False
+        #: RMQ_WORKER_LINK=tcp links the workers over loopback TCP instead of Unix
+        #: sockets: a knob for measuring what the local link saves (bench/workers.py)
+        self.linkKind = "tcp" if os.environ.get(LINK_ENV) == "tcp" else "unix"
         self._allReadyOnce = False
         self._sampler: LoopingCall | None = None
         self._previousHup: Any = None
@@ -201,7 +206,7 @@ class WorkerSupervisor(Service):
         for slot, (listener, fd) in enumerate(sorted(self.sockets.fdsFor(index).items())):
             childFDs[3 + slot] = fd
             fds[listener] = 3 + slot
-        context = WorkerContext(index, self.count, self.runDir, self.secret, fds)
+        context = WorkerContext(index, self.count, self.runDir, self.secret, fds, self.linkKind)
         path = os.path.join(self.runDir, f"w{index}.json")
         context.save(path)
         args = [sys.executable, "-m", "robustmq.workers.child", "--worker", path]
