@@ -1,17 +1,21 @@
 """A node of two worker processes behaves as one broker: cross-worker delivery with
-mosquitto clients, retained messages and shared subscriptions node-wide, a persistent
-session moving between workers under QoS 1 traffic, AMQP served by the home worker
-into the MQTT topic space of every worker, and one admin API and /metrics showing
-every worker.  One node (real processes) serves the whole module."""
+mosquitto clients (and over QUIC, whose UDP flows keep their worker), retained messages,
+shared subscriptions, users and bans node-wide, a persistent session moving between
+workers under QoS 1 traffic, AMQP served by the home worker into the MQTT topic space
+of every worker, and one admin API and /metrics showing every worker.  One node (real
+processes) serves the whole module."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from urllib.error import HTTPError
 
 import paho.mqtt.client as mqtt
 import pika
@@ -21,15 +25,25 @@ from workerclients import connectOn, onEveryWorker
 from robustmq.testing.mosquitto import MosquittoSub
 from robustmq.testing.paho import PahoClient
 from robustmq.testing.process import freePort
+from robustmq.testing.quicclient import QuicClient
+from robustmq.testing.rawclient import RawClient
 from robustmq.testing.workers import WorkerNode
+from robustmq.transports.testcerts import generateTestCertificates
 
 pytestmark = pytest.mark.timeout(180)
 
 AMQP_PORT = freePort()
+QUIC_PORT = freePort()
 
 
 @pytest.fixture(scope="module")
-def node() -> Iterator[WorkerNode]:
+def certs() -> Iterator[dict[str, str]]:
+    with tempfile.TemporaryDirectory(prefix="robustmq-certs-") as folder:
+        yield {k: str(v) for k, v in generateTestCertificates(Path(folder), ("127.0.0.1",)).items()}
+
+
+@pytest.fixture(scope="module")
+def node(certs: dict[str, str]) -> Iterator[WorkerNode]:
     extra = f"""
 [mqtt]
 sys_interval = 1
@@ -39,6 +53,14 @@ protocol = "amqp"
 transport = "tcp"
 bind = "127.0.0.1"
 port = {AMQP_PORT}
+
+[[listeners]]
+protocol = "mqtt"
+transport = "quic"
+bind = "127.0.0.1"
+port = {QUIC_PORT}
+certfile = "{certs["server"]}"
+keyfile = "{certs["server_key"]}"
 """
     with WorkerNode(workers=2, extraConfig=extra, logLevel="info") as n:
         yield n
@@ -302,3 +324,65 @@ def test_adminApiAndMetricsShowEveryWorker(
         if value == total:
             break
     assert seen and seen[-1][0] == seen[-1][1], f"$SYS vs the node's connections: {seen}"
+
+
+def test_quicClientsOnEveryWorker(node: WorkerNode, uniq: str, certs: dict[str, str]) -> None:
+    """The node's UDP sockets are a SO_REUSEPORT group: each QUIC connection's datagrams
+    reach the worker that holds its state."""
+    made: list[QuicClient] = []
+
+    def make(n: int) -> tuple[QuicClient, str]:
+        clientId = f"quic{n}-{uniq}"
+        client = QuicClient(QUIC_PORT, cafile=certs["ca"])
+        made.append(client)
+        client.connect(clientId)
+        client.subscribe([(f"u/{uniq}", 1)])
+        return client, clientId
+
+    try:
+        placed = onEveryWorker(node, make, lambda c: c.close())
+        for i in range(3):
+            _pub(node, f"u/{uniq}", f"q{i}", "-q", "1")
+        for client in placed.values():
+            got = []
+            for _ in range(3):
+                publish = client.expectPublish(15)
+                client.ack(publish)
+                got.append(publish.payload)
+            assert got == [b"q0", b"q1", b"q2"]
+    finally:
+        for client in made:
+            client.close()
+
+
+def test_usersAndBansAreNodeWide(node: WorkerNode, uniq: str) -> None:
+    """A user and a ban made through the node's admin API hold on every worker."""
+    user = f"u{uniq}"
+    node.call("POST", "/api/v1/users", {"username": user, "password": "pw-" + uniq})
+    seen: set[int] = set()
+    for n in range(24):
+        with RawClient(node.port) as raw:
+            connack = raw.connect(f"auth{n}-{uniq}", username=user, password=b"pw-" + uniq.encode())
+            assert connack.returnCode == 0
+            seen.add(node.workerOf(f"auth{n}-{uniq}"))
+        if seen == {0, 1}:
+            break
+    assert seen == {0, 1}, "a user added through the node authenticates on every worker"
+
+    banned = f"banned-{uniq}"
+    node.call("POST", "/api/v1/bans", {"kind": "clientid", "value": banned, "duration": 300})
+    for _ in range(8):  # whichever worker each connection lands on
+        with RawClient(node.port) as raw:
+            assert raw.connect(banned).returnCode != 0
+    node.call("DELETE", f"/api/v1/bans/clientid/{banned}")
+    deadline = time.monotonic() + 10
+    while True:
+        with RawClient(node.port) as raw:
+            if raw.connect(banned).returnCode == 0:
+                break
+        assert time.monotonic() < deadline, "the lifted ban still holds somewhere"
+        time.sleep(0.2)
+    try:
+        node.get(f"/api/v1/users/{user}")
+    except HTTPError as e:  # pragma: no cover - a failure shows the answer
+        raise AssertionError(e.read()) from None
