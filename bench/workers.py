@@ -46,6 +46,7 @@ import statistics
 import struct
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -394,6 +395,23 @@ max_connections = {int(total * 1.5)}
         time.sleep(2)
         pids = node.pids()
         sources = [f"127.0.0.{i}" for i in range(1, args.sources + 1)]
+        parentRss = _rssKb(pids[0])
+        cpuBefore = nodeCpu(pids)
+        # The workers' connection counts while the bench holds them open (the most seen).
+        held: dict[int, int] = {}
+        done = threading.Event()
+
+        def watch() -> None:
+            while not done.wait(2.0):
+                try:
+                    for row in node.workerRows():
+                        count = row.get("connections") or 0
+                        held[row["worker"]] = max(held.get(row["worker"], 0), count)
+                except OSError:
+                    pass
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
         report = bench(
             [
                 "conn",
@@ -411,20 +429,29 @@ max_connections = {int(total * 1.5)}
                 str(args.window),
                 "--settle",
                 "3",
+                "--hold",
+                "6",
                 "--duration",
                 "600",
             ],
             900,
         )
+        cpuAfter = nodeCpu(pids)
+        done.set()
+        watcher.join(10)
         parent = report["rss_by_process_kb"]
-        rows = node.workerRows()
         return {
             "machine": machine(),
             "workers": args.workers,
             "report": report,
-            "worker_connections": [r["connections"] for r in rows],
+            "worker_connections_held": [held.get(w, 0) for w in range(args.workers)],
             "node_pid": pids[0],
+            "node_process_rss_kb_before": parentRss,
             "node_process_rss_kb_after": _rssKb(pids[0]),
+            "cpu_seconds": {
+                "node": round(cpuAfter[pids[0]] - cpuBefore[pids[0]], 2),
+                "workers": round(sum(cpuAfter[p] - cpuBefore[p] for p in pids[1:]), 2),
+            },
             "by_process_kb": parent,
         }
     finally:
