@@ -105,7 +105,7 @@ def mergeExpositions(texts: list[tuple[int, str]]) -> str:
                 continue
             elif current is not None:
                 current["samples"].append(labelSample(line, worker))
-    out = []
+    out: list[str] = []
     for family in families.values():
         out.extend(x for x in (family["help"], family["type"]) if x)
         out.extend(family["samples"])
@@ -233,7 +233,7 @@ class NodeAdminAPI:
             for i in workers
         ]
         results = await defer.DeferredList(calls, consumeErrors=True)
-        out = []
+        out: list[tuple[int, Any]] = []
         for index, (ok, answer) in zip(workers, results, strict=True):
             if not ok:
                 self.log.info(

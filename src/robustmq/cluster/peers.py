@@ -55,12 +55,14 @@ class PeerAvatar(pb.Avatar):
         self.node = node
 
     def perspective_forward(self, chunks: list[bytes]) -> Deferred[Any]:
-        return maybeDeferred(self.node.receiveForward, self.nodeId, wire.unpack(chunks))
+        return maybeDeferred(self.node.receiveForward, self.nodeId, wire.decodeForwards(chunks))
 
     def perspective_forwardFor(self, dead: str, chunks: list[bytes]) -> Deferred[Any]:
         if not isinstance(dead, str):
             raise ValueError("forwardFor(dead: str, chunks)")
-        return ensureDeferred(self.node.receiveForwardFor(self.nodeId, dead, wire.unpack(chunks)))
+        return ensureDeferred(
+            self.node.receiveForwardFor(self.nodeId, dead, wire.decodeForwards(chunks))
+        )
 
     def perspective_replicate(self, chunks: list[bytes]) -> Deferred[Any]:
         return maybeDeferred(self.node.replicas.apply, self.nodeId, wire.unpack(chunks))
@@ -129,18 +131,10 @@ class _ConnectionFactory(Factory):
         return factory.buildProtocol(addr)  # type: ignore[no-any-return]
 
 
-class _Entry:
-    """One queued item: packed bytes, who waits for it, and whether a loss may drop it."""
-
-    __slots__ = ("kind", "data", "waiter", "droppable")
-
-    def __init__(
-        self, kind: str, data: bytes, waiter: Deferred[Any] | None, droppable: bool
-    ) -> None:
-        self.kind = kind
-        self.data = data
-        self.waiter = waiter
-        self.droppable = droppable
+#: One queued item: (kind, packed bytes, who waits for its reply or None, whether a lost
+#: connection may drop it) -- a plain tuple: one is made per forwarded message.
+_Entry = tuple[str, bytes, "Deferred[Any] | None", bool]
+KIND, DATA, WAITER, DROPPABLE = 0, 1, 2, 3
 
 
 class PeerLink(ClientService):
@@ -254,7 +248,7 @@ class PeerLink(ClientService):
         self.inflight.clear()
         dropped = 0
         for entry in reversed(requeue):
-            if entry.droppable:
+            if entry[DROPPABLE]:
                 dropped += 1
                 self._settle(entry, None)
             else:
@@ -293,12 +287,15 @@ class PeerLink(ClientService):
         A QoS 0 entry is dropped (None) when the link is down.
         """
         isForward = kind != REPLICATE
-        droppable = isForward and qos == 0
-        if droppable and self.perspective is None:
-            self.onDrop(1)
-            return None
-        waiter: Deferred[Any] | None = None if droppable else Deferred()
-        self.queue.append(_Entry(kind, data, waiter, droppable))
+        if isForward and qos == 0:
+            if self.perspective is None:
+                self.onDrop(1)
+                return None
+            self.queue.append((kind, data, None, True))
+            waiter = None
+        else:
+            waiter = Deferred()
+            self.queue.append((kind, data, waiter, False))
         if isForward:
             self.pending += 1
             if self.pending >= self.maxPending and not self.congested:
@@ -316,15 +313,16 @@ class PeerLink(ClientService):
     def _flush(self) -> None:
         self._flushing = False
         perspective = self.perspective
-        while perspective is not None and self.queue and len(self.inflight) < MAX_CALLS:
-            kind = self.queue[0].kind
+        queue = self.queue
+        while perspective is not None and queue and len(self.inflight) < MAX_CALLS:
+            kind = queue[0][KIND]
             batch: list[_Entry] = []
-            while self.queue and len(batch) < self.batchSize and self.queue[0].kind == kind:
-                batch.append(self.queue.popleft())
+            while queue and len(batch) < self.batchSize and queue[0][KIND] == kind:
+                batch.append(queue.popleft())
             self.calls += 1
             number = self.calls
             self.inflight[number] = batch
-            chunks = wire.pack(e.data for e in batch)
+            chunks = wire.pack([e[DATA] for e in batch])
             if kind.startswith(FORWARD_FOR):
                 d = perspective.callRemote("forwardFor", kind[len(FORWARD_FOR) :], chunks)
             else:
@@ -335,8 +333,15 @@ class PeerLink(ClientService):
         batch = self.inflight.pop(number, None)
         if batch is None:
             return  # requeued after the connection was lost
+        # A batch holds entries of one kind: settle them together.
+        if batch[0][KIND] != REPLICATE:
+            self.pending -= len(batch)
+            if self.congested and self.pending <= self.maxPending // 2:
+                self._endCongestion()
         for entry in batch:
-            self._settle(entry, None)
+            waiter = entry[WAITER]
+            if waiter is not None and not waiter.called:
+                waiter.callback(None)
         self._flush()
 
     def _failed(self, failure: Any, number: int) -> None:
@@ -352,7 +357,7 @@ class PeerLink(ClientService):
         self.log.warn(
             "broker {peer} refused a {kind} batch: {error}",
             peer=self.peerId,
-            kind=batch[0].kind,
+            kind=batch[0][KIND],
             error=failure.getErrorMessage(),
         )
         for entry in batch:
@@ -360,11 +365,11 @@ class PeerLink(ClientService):
         self._flush()
 
     def _settle(self, entry: _Entry, failure: Any) -> None:
-        if entry.kind != REPLICATE:
+        if entry[KIND] != REPLICATE:
             self.pending -= 1
             if self.congested and self.pending <= self.maxPending // 2:
                 self._endCongestion()
-        waiter = entry.waiter
+        waiter = entry[WAITER]
         if waiter is not None and not waiter.called:
             if failure is None:
                 waiter.callback(None)
@@ -384,9 +389,9 @@ class PeerLink(ClientService):
         self.queue.clear()
         kept = []
         for entry in entries:
-            if entry.kind != REPLICATE:
+            if entry[KIND] != REPLICATE:
                 self.pending -= 1
-            if entry.droppable:
+            if entry[DROPPABLE]:
                 continue
             kept.append(entry)
         if self.congested:

@@ -65,6 +65,7 @@ class WorkerProcess(ProcessProtocol):
         self.cpuPercent: float | None = None
 
     def connectionMade(self) -> None:
+        assert self.transport is not None
         self.pid = self.transport.pid
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:

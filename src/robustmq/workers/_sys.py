@@ -57,11 +57,11 @@ class NodeSysTopics(TimerService):
         counters = sysCounters(self.broker)
         for other in await self._others():
             for topic in SUMMED:
-                value = other.get(topic)
-                if isinstance(value, int):
-                    counters[topic] += value
-        for topic, value in sysValues(self.broker, counters).items():
-            self.broker.publishInternal(topic, value.encode(), retain=True)
+                number = other.get(topic)
+                if isinstance(number, int):
+                    counters[topic] += number
+        for topic, text in sysValues(self.broker, counters).items():
+            self.broker.publishInternal(topic, text.encode(), retain=True)
 
 
 __all__ = ["NodeSysTopics"]
