@@ -38,12 +38,20 @@ class Options(usage.Options):
 
 def makeService(options: Options) -> IService:
     """Build the node's services from validated options."""
-    from robustmq.workers import WorkerContext, raiseFileLimit, resolvedWorkers
+    from twisted.internet import reactor
+
+    from robustmq.workers import (
+        WorkerContext,
+        raiseFileLimit,
+        resolvedWorkers,
+        tuneGarbageCollector,
+    )
 
     settings = options.settings
     logs.configure(settings.log)
     worker = WorkerContext.load(options["worker"]) if options["worker"] else None
     limit = raiseFileLimit(settings)
+    tuneGarbageCollector(reactor)
     count = 1 if worker is not None else resolvedWorkers(settings)
     log.info(
         "open files: soft limit {soft} (was {before}, hard limit {hard}): room for about "

@@ -45,6 +45,7 @@ from robustmq.workers._context import (
     workerSettings,
 )
 from robustmq.workers._files import FileLimit, raiseFileLimit
+from robustmq.workers._gc import tuneGarbageCollector
 from robustmq.workers._parent import ParentWatch
 from robustmq.workers._proc import cpuSeconds, rssBytes
 from robustmq.workers._sockets import SharedSockets
@@ -115,6 +116,7 @@ __all__ = [
     "resolvedWorkers",
     "rssBytes",
     "servedBy",
+    "tuneGarbageCollector",
     "workerNodeId",
     "workerSettings",
 ]
