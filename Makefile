@@ -8,10 +8,14 @@ CONFIG ?= etc/robustmq.toml
 
 .PHONY: venv run test lint unit e2e system-deps bench compare cluster-start cluster-stop clean
 
+# pip shows what it collects and installs, so a slow first install does not look hung.
 $(BIN)/.installed: pyproject.toml
+	@echo "==> creating the virtualenv $(VENV) (first run: a few minutes; later runs skip this)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --progress-bar on --upgrade pip
+	@echo "==> installing RobustMQ and its test dependencies into $(VENV)"
+	$(BIN)/pip install --progress-bar on -e '.[test]'
+	@echo "==> $(VENV) ready"
 	touch $@
 
 venv: $(BIN)/.installed

@@ -210,7 +210,8 @@ def main() -> None:
 
     from topicspacenode import TopicSpaceNode
 
-    node = TopicSpaceNode(logLevel="info").start()
+    node = TopicSpaceNode('[[mappings]]\nmqtt = "bench/#"\nkafka = "bench"\n', logLevel="info")
+    node.start()
     rows = []
     try:
         base = mqttToMqtt(node, args.count, args.size, args.qos, args.seconds)

@@ -15,7 +15,7 @@ command -v etcd >/dev/null 2>&1 || need="$need etcd-server"  # placement etcd ba
 
 [ -z "$need" ] && exit 0
 
-echo "installing Debian packages:$need"
+echo "==> installing Debian packages:$need (apt-get; a minute or more the first time)"
 if [ "$(id -u)" -eq 0 ]; then
     SUDO=""
 elif command -v sudo >/dev/null 2>&1; then
@@ -25,9 +25,11 @@ else
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
+echo "==> apt-get update"
+$SUDO apt-get update -q
 # shellcheck disable=SC2086
-$SUDO apt-get install -y -qq $need >/dev/null
+$SUDO apt-get install -y -q $need
+echo "==> Debian packages installed"
 # The mosquitto package starts a system broker on 1883; the tests run their
 # own brokers on free ports, and `make run` needs 1883, so stop it.
 if [ -x /usr/sbin/mosquitto ] && command -v systemctl >/dev/null 2>&1; then

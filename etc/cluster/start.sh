@@ -14,6 +14,11 @@
 #   RMQ_CLUSTER_DIR                     run directory (default etc/cluster/run)
 #   RMQ_VENV                            virtualenv (default <repo>/.venv)
 #   RMQ_START_TIMEOUT                   seconds to wait for each group (default 60)
+#   RMQ_PORT_OFFSET                     added to every port below (default 0), so a
+#                                       second cluster (or the tests) can run beside
+#                                       `make run` or another cluster; the node configs
+#                                       keep the standard ports and start.sh overrides
+#                                       them with ROBUSTMQ_* variables
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -21,18 +26,32 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 RUN="${RMQ_CLUSTER_DIR:-$HERE/run}"
 VENV="${RMQ_VENV:-$ROOT/.venv}"
 TIMEOUT="${RMQ_START_TIMEOUT:-60}"
+OFFSET="${RMQ_PORT_OFFSET:-0}"
+if [[ ! "$OFFSET" =~ ^[0-9]+$ ]] || ((OFFSET > 50000)); then
+    printf 'start.sh: RMQ_PORT_OFFSET must be a number from 0 to 50000, not %s\n' "$OFFSET" >&2
+    exit 1
+fi
+START_TIME="$(date +%s)"
 
+# Every port, shifted by RMQ_PORT_OFFSET.
+shifted() {
+    local p out=()
+    for p in "$@"; do out+=($((p + OFFSET))); done
+    echo "${out[*]}"
+}
 PLACEMENT=(placement-1 placement-2 placement-3)
 BROKERS=(broker-1 broker-2 broker-3)
 ETCD=(etcd-1 etcd-2 etcd-3)
-ETCD_CLIENT=(2379 2389 2399)
-ETCD_PEER=(2380 2390 2400)
-PB_PORTS=(1228 1238 1248)
-LINK_PORTS=(1229 1239 1249)
-MQTT_PORTS=(1883 1884 1885)
-WS_PORTS=(8083 8084 8085)
-HTTP_PORTS=(8080 8081 8082)
-OTHER_PORTS=(9092 5672)   # Kafka and AMQP, on broker-1
+read -r -a ETCD_CLIENT <<<"$(shifted 2379 2389 2399)"
+read -r -a ETCD_PEER <<<"$(shifted 2380 2390 2400)"
+read -r -a PB_PORTS <<<"$(shifted 1228 1238 1248)"
+read -r -a LINK_PORTS <<<"$(shifted 1229 1239 1249)"
+read -r -a MQTT_PORTS <<<"$(shifted 1883 1884 1885)"
+read -r -a WS_PORTS <<<"$(shifted 8083 8084 8085)"
+read -r -a HTTP_PORTS <<<"$(shifted 8080 8081 8082)"
+read -r -a OTHER_PORTS <<<"$(shifted 9092 5672)" # Kafka and AMQP, on broker-1
+KAFKA_PORT="${OTHER_PORTS[0]}"
+AMQP_PORT="${OTHER_PORTS[1]}"
 
 say() { printf '%s\n' "$*"; }
 die() {
@@ -76,7 +95,7 @@ for port in "${ETCD_CLIENT[@]}" "${ETCD_PEER[@]}" "${PB_PORTS[@]}" "${LINK_PORTS
     portOpen "$port" && busy+=("$port")
 done
 if ((${#busy[@]})); then
-    die "port(s) ${busy[*]} on 127.0.0.1 already in use (another broker, mosquitto, etcd?); free them first"
+    die "port(s) ${busy[*]} on 127.0.0.1 already in use (another broker, mosquitto, etcd?); free them first, or shift every port with RMQ_PORT_OFFSET=N"
 fi
 
 # The secret every node logs in to the placement center with.  A leading
@@ -179,24 +198,51 @@ for i in 0 1 2; do
     done
 done
 
+# The node configs' ports, shifted: ROBUSTMQ_* variables override the files.
+servers="[\"127.0.0.1:${PB_PORTS[0]}\", \"127.0.0.1:${PB_PORTS[1]}\", \"127.0.0.1:${PB_PORTS[2]}\"]"
+etcdEndpoints=""
+for i in 0 1 2; do etcdEndpoints+="${etcdEndpoints:+, }\"http://127.0.0.1:${ETCD_CLIENT[i]}\""; done
+portsOf() {
+    local name="$1" i
+    i=$((${1##*-} - 1))
+    local vars=("ROBUSTMQ_PLACEMENT__SERVERS=$servers")
+    case "$name" in
+    placement-*)
+        vars+=("ROBUSTMQ_PLACEMENT__PORT=${PB_PORTS[i]}"
+            "ROBUSTMQ_PLACEMENT__ADVERTISE=\"127.0.0.1:${PB_PORTS[i]}\""
+            "ROBUSTMQ_PLACEMENT__ETCD_ENDPOINTS=[$etcdEndpoints]")
+        ;;
+    broker-*)
+        vars+=("ROBUSTMQ_CLUSTER__PORT=${LINK_PORTS[i]}" "ROBUSTMQ_HTTP__PORT=${HTTP_PORTS[i]}"
+            "ROBUSTMQ_LISTENERS__0__PORT=${MQTT_PORTS[i]}"
+            "ROBUSTMQ_LISTENERS__1__PORT=${WS_PORTS[i]}")
+        if [[ "$name" == broker-1 ]]; then
+            vars+=("ROBUSTMQ_LISTENERS__2__PORT=$KAFKA_PORT" "ROBUSTMQ_LISTENERS__3__PORT=$AMQP_PORT")
+        fi
+        ;;
+    esac
+    printf '%s\n' "${vars[@]}"
+}
+
 node() {
-    local name="$1"
+    local name="$1" vars=()
     mkdir -p "$RUN/$name"
+    mapfile -t vars < <(portsOf "$name")
     # --pidfile= : start.sh records the PID itself (twistd's default twistd.pid
     # in the shared working directory would stop the second node).
-    launch "$name" "$TWISTD" --nodaemon --pidfile= --logger=robustmq.logs.observer \
-        robustmq --config "$HERE/$name.toml"
+    launch "$name" env "${vars[@]}" "$TWISTD" --nodaemon --pidfile= \
+        --logger=robustmq.logs.observer robustmq --config "$HERE/$name.toml"
 }
 
 # 2. The placement nodes (they run for leader through etcd).
 for name in "${PLACEMENT[@]}"; do node "$name"; done
 say "placement: waiting for ports ${PB_PORTS[*]}"
-waitPorts "placement-1:1228" "placement-2:1238" "placement-3:1248"
+waitPorts "placement-1:${PB_PORTS[0]}" "placement-2:${PB_PORTS[1]}" "placement-3:${PB_PORTS[2]}"
 
 # 3. The brokers (they register with the placement leader and link to each other).
 for name in "${BROKERS[@]}"; do node "$name"; done
 say "brokers: waiting for MQTT ports ${MQTT_PORTS[*]}"
-waitPorts "broker-1:1883" "broker-2:1884" "broker-3:1885"
+waitPorts "broker-1:${MQTT_PORTS[0]}" "broker-2:${MQTT_PORTS[1]}" "broker-3:${MQTT_PORTS[2]}"
 deadline=$((SECONDS + TIMEOUT))
 for i in 0 1 2; do
     until httpHas "http://127.0.0.1:${HTTP_PORTS[i]}/health/ready" '"ready"'; do
@@ -206,16 +252,20 @@ for i in 0 1 2; do
     done
 done
 
-# Answers whether broker-1 sees all six nodes (3 placement, 3 brokers) alive.
+# Answers whether broker-1 sees all six nodes (3 placement, 3 brokers) alive, each
+# registered by this run: a registration from an earlier run (its state is kept in
+# the run directory) stays "alive" with its old uptime until it times out.
 allMembers() {
-    "$PYTHON" - "http://127.0.0.1:${HTTP_PORTS[0]}/api/v1/cluster" <<'EOF'
+    "$PYTHON" - "http://127.0.0.1:${HTTP_PORTS[0]}/api/v1/cluster" "$START_TIME" <<'EOF'
 import json, sys, urllib.request
 try:
     with urllib.request.urlopen(sys.argv[1], timeout=6) as r:
         members = json.load(r)["data"]
 except (OSError, ValueError, KeyError):
     sys.exit(1)
-sys.exit(0 if sum(m.get("state") == "alive" for m in members) >= 6 else 1)
+since = float(sys.argv[2]) - 1
+fresh = [m for m in members if m.get("state") == "alive" and (m.get("started_at") or 0) >= since]
+sys.exit(0 if len(fresh) >= 6 else 1)
 EOF
 }
 say "cluster: waiting until broker-1 sees all 6 nodes alive"
@@ -234,22 +284,22 @@ cat <<EOF
 
 RobustMQ cluster running on 127.0.0.1 (run directory $RUN)
 
-  etcd         client :2379 :2389 :2399   peer :2380 :2390 :2400
-  placement-1  PB 127.0.0.1:1228
-  placement-2  PB 127.0.0.1:1238
-  placement-3  PB 127.0.0.1:1248
-  broker-1     MQTT :1883  ws://127.0.0.1:8083/mqtt  Kafka :9092  AMQP :5672  admin http://127.0.0.1:8080/  link :1229
-  broker-2     MQTT :1884  ws://127.0.0.1:8084/mqtt  admin http://127.0.0.1:8081/  link :1239
-  broker-3     MQTT :1885  ws://127.0.0.1:8085/mqtt  admin http://127.0.0.1:8082/  link :1249
+  etcd         client :${ETCD_CLIENT[0]} :${ETCD_CLIENT[1]} :${ETCD_CLIENT[2]}   peer :${ETCD_PEER[0]} :${ETCD_PEER[1]} :${ETCD_PEER[2]}
+  placement-1  PB 127.0.0.1:${PB_PORTS[0]}
+  placement-2  PB 127.0.0.1:${PB_PORTS[1]}
+  placement-3  PB 127.0.0.1:${PB_PORTS[2]}
+  broker-1     MQTT :${MQTT_PORTS[0]}  ws://127.0.0.1:${WS_PORTS[0]}/mqtt  Kafka :$KAFKA_PORT  AMQP :$AMQP_PORT  admin http://127.0.0.1:${HTTP_PORTS[0]}/  link :${LINK_PORTS[0]}
+  broker-2     MQTT :${MQTT_PORTS[1]}  ws://127.0.0.1:${WS_PORTS[1]}/mqtt  admin http://127.0.0.1:${HTTP_PORTS[1]}/  link :${LINK_PORTS[1]}
+  broker-3     MQTT :${MQTT_PORTS[2]}  ws://127.0.0.1:${WS_PORTS[2]}/mqtt  admin http://127.0.0.1:${HTTP_PORTS[2]}/  link :${LINK_PORTS[2]}
 
 Across nodes: subscribe on broker-2, publish on broker-1:
-  mosquitto_sub -h 127.0.0.1 -p 1884 -t 'demo/#' -v &
-  mosquitto_pub -h 127.0.0.1 -p 1883 -t demo/hello -m 'hi from broker-1' -q 1
+  mosquitto_sub -h 127.0.0.1 -p ${MQTT_PORTS[1]} -t 'demo/#' -v &
+  mosquitto_pub -h 127.0.0.1 -p ${MQTT_PORTS[0]} -t demo/hello -m 'hi from broker-1' -q 1
 
-Members:  $ctl --url http://127.0.0.1:8080 cluster status
+Members:  $ctl --url http://127.0.0.1:${HTTP_PORTS[0]} cluster status
 Logs:     $RUN/<node>.log
 Secret:   ROBUSTMQ_PLACEMENT__CLUSTER_SECRET, from $secretFrom
 Stop:     $HERE/stop.sh   (or: make cluster-stop)
 EOF
 say ""
-"$VENV/bin/robustmq" ctl --url http://127.0.0.1:8080 cluster status 2>&1 || true
+"$VENV/bin/robustmq" ctl --url "http://127.0.0.1:${HTTP_PORTS[0]}" cluster status 2>&1 || true

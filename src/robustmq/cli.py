@@ -13,6 +13,7 @@ def _start(args: argparse.Namespace) -> int:
     from twisted.scripts.twistd import ServerOptions, _SomeApplicationRunner
 
     from robustmq.config import ConfigError, loadSettings
+    from robustmq.startup import ListenError
 
     try:
         loadSettings(args.config)
@@ -29,7 +30,12 @@ def _start(args: argparse.Namespace) -> int:
     config.parseOptions(argv)
     # twistd's runApp re-raises SIGTERM/SIGINT after a clean shutdown (exit
     # status 128+n); `robustmq start` reports a clean stop as 0 instead.
-    _SomeApplicationRunner(config).run()
+    try:
+        _SomeApplicationRunner(config).run()
+    except ListenError as e:
+        # twistd has sent sys.stderr to the log by now: write to the real one.
+        print(f"robustmq: {e}", file=sys.__stderr__ or sys.stderr)
+        return 1
     return 0
 
 

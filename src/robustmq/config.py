@@ -44,6 +44,15 @@ def _range(low: int | float | None = None, high: int | float | None = None) -> d
     return {"min": low, "max": high}
 
 
+#: What a secret value is shown as (admin API, ctl, logs, error messages).
+MASK = "***"
+
+
+def _secret(doc: str = "") -> dict[str, Any]:
+    """Field metadata marking a secret: masked in every API response, log line and error."""
+    return {"secret": True, **({"doc": doc} if doc else {})}
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     """Identity and roles of this process."""
@@ -82,6 +91,21 @@ class StorageSettings:
     retention_ms: int = field(default=0, metadata=_range(0, None))
     retention_bytes: int = field(default=0, metadata=_range(0, None))
     max_shards: int = field(default=1_000_000, metadata=_range(1, None))
+    on_corruption: str = field(default="fail", metadata=_choice("fail", "skip"))
+    min_free_bytes: int = field(default=16 * MiB, metadata=_range(0, None))
+    s3_endpoint: str = field(default="", metadata={"doc": "empty: AWS S3 itself"})
+    s3_bucket: str = "robustmq"
+    s3_region: str = "us-east-1"
+    s3_prefix: str = "robustmq/"
+    s3_flush_interval_ms: int = field(default=5, metadata=_range(0, 60_000))
+    s3_max_batch_bytes: int = field(default=4 * MiB, metadata=_range(1024, 5 * 1024 * MiB))
+    s3_max_pending_bytes: int = field(default=64 * MiB, metadata=_range(1024, None))
+    s3_ack_timeout_ms: int = field(default=10_000, metadata=_range(100, 3_600_000))
+    s3_request_timeout_ms: int = field(default=5_000, metadata=_range(100, 600_000))
+    s3_max_connections: int = field(default=32, metadata=_range(1, 10_000))
+    s3_max_puts_per_shard: int = field(default=4, metadata=_range(1, 64))
+    s3_cache_bytes: int = field(default=256 * MiB, metadata=_range(0, None))
+    s3_cache_dir: str = field(default="", metadata={"doc": "empty: no disk tier (memory only)"})
 
 
 @dataclass(frozen=True)
@@ -93,7 +117,7 @@ class PlacementSettings:
     bind: str = "127.0.0.1"
     advertise: str = field(default="", metadata={"doc": "empty: <bind>:<port>"})
     servers: tuple[str, ...] = ("127.0.0.1:1228",)
-    cluster_secret: str = ""
+    cluster_secret: str = field(default="", metadata=_secret())
     heartbeat_interval: float = field(default=1.0, metadata=_range(0.05, 3600))
     heartbeat_timeout: float = field(default=5.0, metadata=_range(0.1, 86400))
     reconnect_max_delay: float = field(default=10.0, metadata=_range(0.1, 3600))
@@ -150,7 +174,7 @@ class ScramUser:
     """A user for MQTT 5 enhanced authentication (SCRAM-SHA-256)."""
 
     username: str = ""
-    password: str = ""
+    password: str = field(default="", metadata=_secret())
 
 
 @dataclass(frozen=True)
@@ -227,13 +251,13 @@ class AuthSettings:
     allow_anonymous: str = field(default="loopback", metadata=_choice("off", "loopback", "on"))
     hash_concurrency: int = field(default=2, metadata=_range(1, 64))
     max_users: int = field(default=100_000, metadata=_range(1, None))
-    jwt_secret: str = field(default="", metadata={"doc": "HS256 shared secret"})
+    jwt_secret: str = field(default="", metadata=_secret("HS256 shared secret"))
     jwt_public_key_file: str = ""
     jwt_jwks_file: str = ""
     jwt_from: str = field(default="password", metadata=_choice("password", "username"))
     jwt_require_exp: bool = True
     jwt_leeway: float = field(default=0.0, metadata=_range(0, 3600))
-    http_url: str = ""
+    http_url: str = field(default="", metadata={"url": True})
     http_timeout: float = field(default=5.0, metadata=_range(0.1, 300))
     http_verify_tls: bool = True
     http_cafile: str = ""
@@ -256,6 +280,7 @@ class ACLSettings:
     sys_readable: bool = True
     max_rules: int = field(default=10_000, metadata=_range(1, None))
     cache_size: int = field(default=64, metadata=_range(0, 100_000))
+    check_deliveries: bool = True
 
 
 @dataclass(frozen=True)
@@ -266,12 +291,13 @@ class HTTPSettings:
     bind: str = "127.0.0.1"
     port: int = field(default=8080, metadata=_range(0, 65535))
     auth: str = field(default="none", metadata=_choice("none", "token", "basic"))
-    token: str = field(default="", metadata={"doc": "bearer token for auth = token"})
+    token: str = field(default="", metadata=_secret("bearer token for auth = token"))
     username: str = "admin"
-    password: str = field(default="", metadata={"doc": "password for auth = basic"})
+    password: str = field(default="", metadata=_secret("password for auth = basic"))
     loopback_exempt: bool = False
     max_page_size: int = field(default=1000, metadata=_range(1, 100_000))
     max_body_bytes: int = field(default=1 * MiB, metadata=_range(1024, 256 * MiB))
+    metrics_max_objects: int = field(default=1000, metadata=_range(0, 1_000_000))
 
 
 @dataclass(frozen=True)
@@ -300,7 +326,20 @@ class KafkaSettings:
     max_aborted_transactions: int = field(default=1000, metadata=_range(1, None))
     max_transactions: int = field(default=10_000, metadata=_range(1, None))
     transaction_max_timeout_ms: int = field(default=900_000, metadata=_range(1, None))
+    transaction_check_interval_ms: int = field(default=10_000, metadata=_range(10, 3_600_000))
     sasl_required: bool = False
+    connections_max_idle_ms: int = field(default=600_000, metadata=_range(100, None))
+    authentication_timeout_ms: int = field(default=10_000, metadata=_range(100, 3_600_000))
+    max_buffered_request_bytes: int = field(default=256 * MiB, metadata=_range(1024, None))
+    max_fetch_sessions: int = field(default=1000, metadata=_range(0, 1_000_000))
+    fetch_read_bytes: int = field(default=8 * MiB, metadata=_range(4096, 1 << 30))
+    consumer_session_timeout_ms: int = field(default=45_000, metadata=_range(1000, None))
+    consumer_heartbeat_interval_ms: int = field(default=5000, metadata=_range(100, None))
+    share_record_lock_duration_ms: int = field(default=30_000, metadata=_range(1000, 3_600_000))
+    share_delivery_count_limit: int = field(default=5, metadata=_range(2, 10))
+    share_session_timeout_ms: int = field(default=45_000, metadata=_range(1000, None))
+    share_heartbeat_interval_ms: int = field(default=5000, metadata=_range(100, None))
+    share_partition_max_record_locks: int = field(default=2000, metadata=_range(100, 1_000_000))
     mapping_max_batch_bytes: int = field(
         default=1 * MiB,
         metadata={**_range(1024, 64 * MiB), "doc": "records of a [[mappings]] entry per batch"},
@@ -321,7 +360,7 @@ class AMQPSettings:
     default_vhost: str = "/"
     vhosts: tuple[str, ...] = ("/",)
     default_user: str = "guest"
-    default_pass: str = "guest"
+    default_pass: str = field(default="guest", metadata=_secret())
     default_user_loopback_only: bool = True
     max_message_size: int = field(default=16 * MiB, metadata=_range(1, 512 * MiB))
     max_queue_length: int = field(default=1_000_000, metadata=_range(0, None))
@@ -517,7 +556,8 @@ def _coerce(key: str, tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
         value = float(value)
     elif tp is str:
         if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
+            shown = MASK if meta.get("secret") else repr(value)  # never echo a secret
+            raise ConfigError(f"{key}: expected a string, got {shown}")
     choices = meta.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}")
@@ -554,8 +594,13 @@ def _parseEnvValue(text: str) -> Any:
         return text
 
 
-def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
-    """Overlay C{ROBUSTMQ_SECTION__KEY} variables on the parsed TOML C{data}."""
+def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, str]:
+    """Overlay C{ROBUSTMQ_SECTION__KEY} variables on the parsed TOML C{data}.
+
+    Returns the variable that set each key (C{"mqtt.max_inflight"},
+    C{"listeners[0].port"}), so an error in its value names the variable.
+    """
+    origins: dict[str, str] = {}
     for name, text in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
@@ -575,6 +620,7 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             while len(entries) <= index:
                 entries.append({})
             entries[index][path[2]] = value
+            origins[f"{array}[{index}].{path[2]}"] = name
         else:
             if len(path) != 2:
                 raise ConfigError(f"environment variable {name}: too many '__' parts")
@@ -582,6 +628,8 @@ def _applyEnvironment(data: dict[str, Any], environ: Mapping[str, str]) -> None:
             if not isinstance(section, dict):
                 raise ConfigError(f"{path[0]}: expected a table")
             section[path[1]] = value
+            origins[f"{path[0]}.{path[1]}"] = name
+    return origins
 
 
 def _protocolPlugins() -> dict[str, Any]:
@@ -837,12 +885,69 @@ def loadSettings(path: str | None, environ: Mapping[str, str] | None = None) -> 
             raise ConfigError(f"{path}: config file not found") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    _applyEnvironment(data, os.environ if environ is None else environ)
+    origins = _applyEnvironment(data, os.environ if environ is None else environ)
     try:
         return settingsFromMapping(data)
     except ConfigError as e:
+        message = str(e)
+        for key, variable in origins.items():
+            if message.startswith(f"{key}:") or message.startswith(f"{key}."):
+                # The value came from the environment, not the file: blame the variable.
+                raise ConfigError(f"environment variable {variable}: {message}") from None
         where = f"{path}: " if path else ""
-        raise ConfigError(f"{where}{e}") from None
+        raise ConfigError(f"{where}{message}") from None
+
+
+def _maskURL(url: str) -> str:
+    """C{url} with the password of its user information masked."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", f":{MASK}@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _walk(obj: Any, found: list[str] | None) -> Any:
+    """asdict of C{obj} with secrets masked; secret values appended to C{found}."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("secret") and isinstance(value, str):
+                if value and found is not None:
+                    found.append(value)
+                out[f.name] = MASK if value else value
+            elif f.metadata.get("url") and isinstance(value, str):
+                masked = _maskURL(value)
+                if masked != value and found is not None:
+                    from urllib.parse import urlsplit
+
+                    found.append(urlsplit(value).password or "")
+                out[f.name] = masked
+            else:
+                out[f.name] = _walk(value, found)
+        return out
+    if isinstance(obj, tuple | list):
+        return [_walk(v, found) for v in obj]
+    return obj
+
+
+def maskedSettings(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON-able data with every secret shown as L{MASK} (one place for the
+    admin API's config view, C{robustmq ctl config} and anything else that shows settings)."""
+    return _walk(settings, None)  # type: ignore[no-any-return]
+
+
+def secretValues(settings: Settings) -> list[str]:
+    """Every secret value configured (for scrubbing log lines), longest first."""
+    found: list[str] = []
+    _walk(settings, found)
+    return sorted({v for v in found if v}, key=len, reverse=True)
 
 
 def describeDefaults() -> dict[str, Any]:

@@ -186,6 +186,29 @@ class ISpanShardStore(IShardStore):
         """
 
 
+class IShardAdminStore(IShardStore):
+    """An L{IShardStore} that can change a shard's config and tell its size (optional).
+
+    Kafka's AlterConfigs changes a topic's C{retention.ms} and
+    C{retention.bytes}; a store providing this applies the new bounds to the
+    shard from its next retention pass.  DescribeLogDirs reports each
+    partition's size.  The memory and segment stores provide it; without it
+    a shard keeps the config given at creation and its size is summed from
+    its records.
+    """
+
+    def shardSize(shard):  # type: ignore[no-untyped-def]
+        """Fire with the bytes the shard occupies in the store (framing included)."""
+
+    def configureShard(shard, config):  # type: ignore[no-untyped-def]
+        """
+        Replace a shard's config (the keys C{createShard} takes, defaults filled in).
+
+        C{compacted} cannot change (C{ValueError} if it would).
+        @return: Deferred firing with the normalised config once it is durable.
+        """
+
+
 class IAuthenticator(Interface):
     """A source that decides whether a client may connect.
 
@@ -339,7 +362,9 @@ class ISessionDirectory(Interface):
         "keepWill), deferWill(session, will, delay)."
     )
     groups = Attribute("Local shared-subscription groups by (group name, filter).")
-    persistence = Attribute("Where sessions are stored (core.persistence.SessionPersistence) or None.")
+    persistence = Attribute(
+        "Where sessions are stored (core.persistence.SessionPersistence) or None."
+    )
 
     def whenReady():  # type: ignore[no-untyped-def]
         """Fires once persistent sessions are restored from storage."""
@@ -475,3 +500,105 @@ class IPlacementBackendPlugin(Interface):
 
     def build(settings, reactor):  # type: ignore[no-untyped-def]
         """Return an unopened L{IPlacementBackend} configured from the node settings."""
+
+
+# -- errors a shard store raises --------------------------------------------
+#
+# They live here, beside IShardStore, because callers on every layer (the core's
+# session persistence, the protocols that map them onto their own error codes)
+# must tell them apart without importing a storage adapter.
+# L{robustmq.storage.errors} re-exports them for the adapters.
+
+
+class StorageError(Exception):
+    """Base class of every storage failure other than a missing shard."""
+
+
+class LimitExceededError(StorageError):
+    """An operation would take a bounded collection past its configured bound."""
+
+
+class ShardLimitError(LimitExceededError):
+    """C{createShard} was refused: the store already holds C{max_shards} shards."""
+
+
+class NotCompactedError(StorageError, ValueError):
+    """A keyed operation (upsert, lookup, deleteKey, keys) on a shard that is not compacted."""
+
+
+class CorruptRecordError(StorageError):
+    """
+    A stored record failed its CRC32C check (or its frame cannot be parsed).
+
+    Raised by a read whose I{first} record would be damaged: records before
+    the damage are returned by the read that reaches it, so a reader gets
+    everything up to the damage, then this error.  A reader that wants to go
+    on reads again from C{lastOffset + 1}.
+
+    @ivar shard: the shard (None if not known).
+    @ivar firstOffset: first offset of the damaged range (None if not known).
+    @ivar lastOffset: last offset of the damaged range (None if not known).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        shard: str | None = None,
+        firstOffset: int | None = None,
+        lastOffset: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.shard = shard
+        self.firstOffset = firstOffset
+        self.lastOffset = lastOffset
+
+
+class StorageClosedError(StorageError):
+    """The store is not open (never opened, or already closed)."""
+
+
+class StorageUnavailableError(StorageError):
+    """
+    The store did not take a write: it refuses writes for now, or (the C{s3}
+    store) the object store did not confirm it in time.  The write is not
+    acknowledged; protocols answer with their own error (Kafka
+    KAFKA_STORAGE_ERROR, AMQP basic.nack, MQTT 5 PUBACK 0x80 or 0x97), never
+    with an acknowledgement, and the store keeps working.
+
+    Raised as such by the C{s3} store when the object store did not store a
+    write within the configured time (the records may or may not be in the
+    bucket: the C{s3} store settles which before its next write to the
+    shard).  Its subclasses L{StorageFullError} and L{StorageFailedError}
+    (the C{segment} store) guarantee that nothing of the refused write is
+    stored.
+    """
+
+
+class StorageFullError(StorageUnavailableError):
+    """
+    The disk is full (ENOSPC or EDQUOT): writes are refused until space is freed.
+
+    Nothing of a write that failed this way is stored; the store resumes
+    writing by itself once enough space is free again.
+    """
+
+
+class ShardFencedError(StorageError):
+    """
+    Another broker took the shard: this store may no longer write to it.
+
+    The C{s3} store's fencing (docs/storage.md): a writer whose conditional
+    PUT finds the sequence number taken by a successor stops writing that
+    shard for good, so the log never forks.
+    """
+
+
+class StorageFailedError(StorageUnavailableError):
+    """
+    An earlier write or fsync to disk failed, so the store refuses further writes.
+
+    A log whose write or fsync failed with an I/O error cannot tell which
+    offsets reached the disk; like a Kafka log directory that goes offline,
+    the store stops accepting appends until it is reopened (which runs
+    recovery).
+    """

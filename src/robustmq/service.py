@@ -6,7 +6,6 @@ from typing import Any
 
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import defer
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 
@@ -23,6 +22,7 @@ from robustmq.interfaces import (
     IShardStorePlugin,
 )
 from robustmq.registry import findPlugin, findPlugins
+from robustmq.startup import listenFailure
 from robustmq.transports import CertificateReloader, serverEndpoint
 
 
@@ -50,8 +50,14 @@ class ListenerService(Service):
         d = self.endpoint.listen(self.factory)
         d.addCallbacks(self._listening, failures.append)
         if failures:
-            error = failures[0].value
-            raise CannotListenError(self.listener.bind, self.listener.port, error)
+            ls = self.listener
+            raise listenFailure(
+                f"listener {ls.label}",
+                ls.bind,
+                ls.port,
+                failures[0].value,
+                f"change `port` of this [[listeners]] entry ({ls.protocol} over {ls.transport})",
+            )
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
@@ -145,6 +151,7 @@ def makeService(
 
         store = TimedShardStore(store)
     # Users, ACL rules and bans (docs/security.md); the chain runs in [auth] chain order.
+    shardMetadata = None
     if cluster.enabled:
         # Users, ACL rules and bans shared through the placement center.
         import os
@@ -153,6 +160,12 @@ def makeService(
 
         path = os.path.join(settings.node.data_dir, "metadata", "security.sqlite3")
         security = Security(settings, reactor, ClusterMetadataStore(path))
+    elif getattr(store, "stateless", False):
+        # A store any node can read (s3): keep them with the shards, not in node.data_dir.
+        from robustmq.core.security.metadata import ShardMetadataStore
+
+        shardMetadata = ShardMetadataStore(store)
+        security = Security(settings, reactor, shardMetadata)
     else:
         security = Security.forNode(settings, reactor)
     auth = AuthChain(
@@ -167,6 +180,8 @@ def makeService(
     }
     broker = Broker(settings, reactor, store=store, auth=auth, authMechanisms=mechanisms)
     broker.security = security  # type: ignore[attr-defined]
+    if shardMetadata is not None:
+        broker.recoveryHooks.append(shardMetadata.load)
 
     # A new ban (made here, or pushed from the cluster) closes the clients it covers.
     def banned(kind: str, key: str, value: Any) -> None:

@@ -7,7 +7,7 @@ from twisted.logger import Logger
 from twisted.python import usage
 
 from robustmq import logs
-from robustmq.config import ConfigError, Settings, loadSettings
+from robustmq.config import ConfigError, Settings, loadSettings, secretValues
 from robustmq.service import makeService as _makeService
 
 log = Logger(namespace="robustmq.node")
@@ -48,7 +48,7 @@ def makeService(options: Options) -> IService:
     )
 
     settings = options.settings
-    logs.configure(settings.log)
+    logs.configure(settings.log, secretValues(settings))
     worker = WorkerContext.load(options["worker"]) if options["worker"] else None
     limit = raiseFileLimit(settings)
     tuneGarbageCollector(reactor)

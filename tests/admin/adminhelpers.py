@@ -129,3 +129,30 @@ class Paho:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class ProtocolNode(AdminNode):
+    """An admin node that also serves Kafka and AMQP on free loopback ports."""
+
+    def __init__(
+        self, extra: str = "", mqtt: str = "sys_interval = 0", http: str = "", ws: bool = False
+    ) -> None:
+        self.kafkaPort, self.amqpPort = freePort(), freePort()
+        #: an MQTT-over-WebSocket listener (path /mqtt), if asked for
+        self.wsPort = freePort() if ws else None
+        served = [("kafka", "tcp", self.kafkaPort), ("amqp", "tcp", self.amqpPort)]
+        if self.wsPort is not None:
+            served.append(("mqtt", "ws", self.wsPort))
+        listeners = "".join(
+            f'[[listeners]]\nprotocol = "{protocol}"\ntransport = "{transport}"\n'
+            f'bind = "127.0.0.1"\nport = {port}\n\n'
+            for protocol, transport, port in served
+        )
+        super().__init__(http=http, extra=f"{listeners}[mqtt]\n{mqtt}\n{extra}")
+
+    def start(self) -> ProtocolNode:
+        super().start()
+        for port in (self.kafkaPort, self.amqpPort, self.wsPort):
+            if port is not None:
+                waitForPort("127.0.0.1", port)
+        return self

@@ -199,12 +199,19 @@ def test_grafana_dashboard_charts_only_metrics_that_exist() -> None:
 
     root = Path(__file__).resolve().parents[2]
     dashboard = json.loads((root / "docs" / "grafana-dashboard.json").read_text())
-    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {m for e in exprs for m in re.findall(r"\b((?:robustmq|process)_[a-z_]+)\b", e)}
     # Every family the collector can yield, with its sample suffixes, including the
     # storage histograms (a timed store) and per-listener families (no listener here).
-    broker = InMemoryBroker().broker
+    harness = InMemoryBroker()
+    broker = harness.broker
     broker.store = TimedShardStore(MemoryShardStore())
+    # The Kafka and AMQP node services, as a node with those listeners has them.
+    from robustmq.protocols.amqp._server import AMQPServer
+    from robustmq.protocols.kafka._node import KafkaNode
+
+    broker.nodeServices["kafka"] = KafkaNode(broker, harness.clock)
+    broker.nodeServices["amqp"] = AMQPServer(broker, harness.clock)
     exposed = set()
     for family in Metrics(broker).registry.collect():
         suffixes = {
@@ -214,3 +221,5 @@ def test_grafana_dashboard_charts_only_metrics_that_exist() -> None:
         }.get(family.type, ("",))
         exposed |= {family.name + suffix for suffix in suffixes}
     assert used and used <= exposed, used - exposed
+    for family in ("robustmq_kafka_group_lag", "robustmq_amqp_queue_messages_ready"):
+        assert family in used, f"no Grafana panel charts {family}"

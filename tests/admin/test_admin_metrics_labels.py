@@ -83,6 +83,11 @@ def test_mqtt_messages_by_qos_drops_and_queue_gauges(node: Node) -> None:
         sub.subscribe("lq/#", 2)
         parked.subscribe("lq/#", 1)
         parked.close()  # its session stays: QoS 1 messages queue, QoS 0 ones are dropped
+        # The DISCONNECT is handled asynchronously: publish only once the session is offline.
+        waitFor(
+            lambda: node.get("/api/v1/sessions/labels-parked")["online"] is False,
+            "the parked session to go offline",
+        )
         for qos, n in ((0, 2), (1, 3), (2, 4)):
             for i in range(n):
                 pub.publish(f"lq/{qos}/{i}", b"payload", qos=qos)

@@ -297,3 +297,47 @@ def test_writesOfOneReadGoOutAsOneTransportWrite():
     assert len(writes) == 1
     assert [type(m) for m in _methods(transport)] == [spec.ChannelOpenOk] * 5
     proto.connectionLost(None)
+
+
+def test_namesThatAreNotUtf8():
+    """Found by bench/fuzz.py: a durable queue (or exchange) named with bytes that are not
+    UTF-8 failed to be stored with a traceback and an internal error; it is a 406 now.
+    Binding keys may be any bytes, and a durable binding with one is stored."""
+    from robustmq.storage.memory import MemoryShardStore
+
+    clock = Clock()
+    settings = Settings()
+    store = MemoryShardStore(settings.storage, clock=clock)
+    store.durable = True  # persist as a disk store would
+    store.open()
+    broker = Broker(settings, clock, store=store)
+    broker.startService()
+    clock.advance(1)
+    server = AMQPServer(broker, clock)
+    proto = AMQPServerProtocol(server, settings.listeners[0], clock)
+    transport = StringTransport(peerAddress=_Peer())
+    proto.makeConnection(transport)
+    proto.dataReceived(PROTOCOL_HEADER)
+    proto.dataReceived(encodeMethod(0, spec.ConnectionStartOk({}, "PLAIN", b"\0guest\0guest")))
+    proto.dataReceived(encodeMethod(0, spec.ConnectionTuneOk(10, 8192, 0)))
+    proto.dataReceived(encodeMethod(0, spec.ConnectionOpen("/")))
+    clock.advance(1)
+    _methods(transport)
+    bad = "q-\udcff"  # the bytes b"q-\xff" as the codec decodes them
+    proto.dataReceived(encodeMethod(1, spec.ChannelOpen()))
+    proto.dataReceived(encodeMethod(1, spec.QueueDeclare(0, bad, False, True)))
+    out = _methods(transport)
+    assert isinstance(out[-1], spec.ChannelClose) and out[-1].reply_code == 406, out
+    proto.dataReceived(encodeMethod(2, spec.ChannelOpen()))
+    proto.dataReceived(encodeMethod(2, spec.ExchangeDeclare(0, bad, "topic", False, True)))
+    out = _methods(transport)
+    assert isinstance(out[-1], spec.ChannelClose) and out[-1].reply_code == 406, out
+    proto.dataReceived(encodeMethod(3, spec.ChannelOpen()))
+    proto.dataReceived(encodeMethod(3, spec.ExchangeDeclare(0, "x", "topic", False, True)))
+    proto.dataReceived(encodeMethod(3, spec.QueueDeclare(0, "q", False, True)))
+    proto.dataReceived(encodeMethod(3, spec.QueueBind(0, "q", "x", "k.\udcff")))
+    clock.advance(1)
+    out = _methods(transport)
+    assert isinstance(out[-1], spec.QueueBindOk), out
+    assert not transport.disconnecting
+    proto.connectionLost(None)

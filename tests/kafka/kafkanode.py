@@ -34,3 +34,34 @@ group_initial_rebalance_delay_ms = 0
         super().start(timeout)
         waitForPort("127.0.0.1", self.kafkaPort, timeout)
         return self
+
+
+def kafkaRequest(
+    bootstrap: str, apiKey: int, version: int, body: dict, timeout: float = TIMEOUT
+) -> dict:
+    """Send one request with the broker's own codec over a fresh socket; return the body.
+
+    For APIs that no client library in the test extras offers.
+    """
+    import socket
+    import struct
+
+    from robustmq.protocols.kafka._codec import decodeResponse, encodeRequest
+
+    host, port = bootstrap.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(encodeRequest(apiKey, version, 1, body))
+
+        def recv(n: int) -> bytes:
+            out = b""
+            while len(out) < n:
+                chunk = s.recv(n - len(out))
+                if not chunk:
+                    raise ConnectionError("closed by the broker")
+                out += chunk
+            return out
+
+        (size,) = struct.unpack(">i", recv(4))
+        correlation, response = decodeResponse(apiKey, version, recv(size))
+        assert correlation == 1
+        return response

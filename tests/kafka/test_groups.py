@@ -6,7 +6,7 @@ import time
 
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
-from kafkanode import TIMEOUT, KafkaNodeProcess
+from kafkanode import TIMEOUT, KafkaNodeProcess, kafkaRequest
 
 from kafka import KafkaConsumer
 
@@ -185,3 +185,25 @@ def test_restartKeepsDataAndOffsets(uniq: str) -> None:
         assert rest == list(range(12, 20))
     finally:
         node.cleanup()
+
+
+def test_joinGroupMemberIdRequired(kafkaNode: KafkaNodeProcess, uniq: str) -> None:
+    """KIP-394: JoinGroup v4+ without a member id gets MEMBER_ID_REQUIRED and the id to use."""
+    join = {
+        "group_id": uniq,
+        "session_timeout_ms": 10000,
+        "rebalance_timeout_ms": 10000,
+        "member_id": "",
+        "group_instance_id": None,
+        "protocol_type": "consumer",
+        "protocols": [{"name": "range", "metadata": b""}],
+    }
+    first = kafkaRequest(kafkaNode.bootstrap, 11, 5, join)
+    assert first["error_code"] == 79  # MEMBER_ID_REQUIRED
+    assert first["member_id"]
+    second = kafkaRequest(kafkaNode.bootstrap, 11, 5, {**join, "member_id": first["member_id"]})
+    assert second["error_code"] == 0
+    assert second["member_id"] == first["member_id"] == second["leader"]
+    # v3 and older keep the single round trip
+    old = kafkaRequest(kafkaNode.bootstrap, 11, 3, {**join, "group_id": uniq + "-v3"})
+    assert old["error_code"] == 0

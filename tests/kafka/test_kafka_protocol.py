@@ -13,9 +13,10 @@ from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
 from robustmq.config import ListenerSettings, settingsFromMapping
-from robustmq.core.auth import ALLOW, DENY, AuthChain
+from robustmq.core.auth import ALLOW, DENY, IGNORE, AuthChain
 from robustmq.core.broker import Broker
 from robustmq.core.scram import ScramClient, scramSha256Plugin, scramSha512Plugin
+from robustmq.core.security.authenticators import AnonymousAuthenticator
 from robustmq.interfaces import IAuthenticator
 from robustmq.protocols.kafka import KafkaParser, KafkaServerFactory, kafkaPlugin
 from robustmq.protocols.kafka._codec import decodeResponse, encodeRequest
@@ -27,6 +28,8 @@ class _OnePassword:
     name = "test"
 
     def authenticate(self, credentials):  # type: ignore[no-untyped-def]
+        if credentials.password is None:
+            return IGNORE  # left to the anonymous authenticator (loopback only)
         ok = credentials.username == "alice" and credentials.password == b"secret"
         return ALLOW if ok else DENY
 
@@ -91,7 +94,7 @@ class KafkaProtocolTests(TestCase):
             settings,
             self.clock,
             store=store,
-            auth=AuthChain([_OnePassword()]),
+            auth=AuthChain([_OnePassword(), AnonymousAuthenticator("loopback")]),
             authMechanisms=mechanisms,
         )
         self.broker.nodeServices["kafka"] = kafkaPlugin.buildNodeService(self.broker, self.clock)
@@ -99,11 +102,11 @@ class KafkaProtocolTests(TestCase):
             self.broker, ListenerSettings(protocol="kafka", port=9092), self.clock
         )
 
-    def connect(self) -> tuple[object, StringTransport]:
-        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+    def connect(self, host: str = "127.0.0.1") -> tuple[object, StringTransport]:
+        proto = self.factory.buildProtocol(IPv4Address("TCP", host, 5000))
         transport = StringTransport(
             hostAddress=IPv4Address("TCP", "127.0.0.1", 9092),
-            peerAddress=IPv4Address("TCP", "127.0.0.1", 5000),
+            peerAddress=IPv4Address("TCP", host, 5000),
         )
         proto.makeConnection(transport)
         return proto, transport
@@ -289,12 +292,79 @@ class KafkaProtocolTests(TestCase):
             self.assertEqual(decodeResponse(36, 2, frames[1])[1]["error_code"], code)
 
     def test_requestBeforeSaslCloses(self) -> None:
-        """With sasl_required, Metadata before authenticating closes the connection."""
+        """With sasl_required, Metadata before authenticating is answered with
+        SASL_AUTHENTICATION_FAILED for its topics, then the connection closes."""
         self.makeNode({"sasl_required": True})
         proto, t = self.connect()
-        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": []}))
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "t"}]}))
+        (frame,) = self.responses(t)
+        topics = decodeResponse(3, 1, frame)[1]["topics"]
+        self.assertEqual([(x["name"], x["error_code"]) for x in topics], [("t", 58)])
+        self.clock.advance(0)
         self.assertTrue(t.disconnecting)
-        self.assertEqual(t.value(), b"")
+
+    def test_anonymousOnlyFromLoopback(self) -> None:
+        """Without SASL a loopback client is served (anonymous); another host's Produce
+        gets SASL_AUTHENTICATION_FAILED per partition, nothing is written, and it is closed."""
+        proto, t = self.connect("10.211.0.2")
+        proto.dataReceived(encodeRequest(0, 7, 1, _produce(_batch(2))))
+        (frame,) = self.responses(t)
+        part = decodeResponse(0, 7, frame)[1]["responses"][0]["partition_responses"][0]
+        self.assertEqual(part["error_code"], 58)
+        self.clock.advance(0)
+        self.assertTrue(t.disconnecting)
+        local, t2 = self.connectWithTopic()
+        local.dataReceived(encodeRequest(0, 7, 1, _produce(_batch(2))))
+        (frame,) = self.responses(t2)
+        part = decodeResponse(0, 7, frame)[1]["responses"][0]["partition_responses"][0]
+        self.assertEqual((part["error_code"], part["base_offset"]), (0, 0))  # nothing before
+        self.assertEqual(local.principal, None)
+        self.assertEqual(local.access.principal, "User:ANONYMOUS")
+
+    def test_authenticationTimeout(self) -> None:
+        """A connection that does not authenticate within authentication_timeout_ms is closed."""
+        self.makeNode({"authentication_timeout_ms": 2000})
+        proto, t = self.connect("10.211.0.2")
+        proto.dataReceived(encodeRequest(18, 0, 1, {}))  # ApiVersions needs no authentication
+        self.clock.advance(1.9)
+        self.assertFalse(t.disconnecting)
+        self.clock.advance(0.2)
+        self.assertTrue(t.disconnecting)
+        # An authenticated one stays (until it is idle for connections_max_idle_ms).
+        ok, t2 = self.connect()
+        ok.dataReceived(encodeRequest(3, 1, 1, {"topics": []}))
+        self.clock.advance(5)
+        self.assertFalse(t2.disconnecting)
+
+    def test_idleConnectionsClosed(self) -> None:
+        """connections_max_idle_ms: no request for that long closes; traffic keeps it open."""
+        self.makeNode({"connections_max_idle_ms": 1000, "authentication_timeout_ms": 60000})
+        busy, t1 = self.connect()
+        idle, t2 = self.connect()
+        for _ in range(5):
+            busy.dataReceived(encodeRequest(18, 0, 1, {}))
+            self.clock.advance(0.5)
+        self.assertFalse(t1.disconnecting)
+        self.assertTrue(t2.disconnecting)
+        self.clock.advance(1.1)
+        self.assertTrue(t1.disconnecting)
+
+    def test_nodeWideRequestMemory(self) -> None:
+        """Bytes held for unfinished requests are bounded node-wide: beyond the bound, the
+        later connection is not read until the earlier one's request is complete."""
+        self.makeNode({"max_buffered_request_bytes": 4096})
+        first, t1 = self.connect()
+        second, t2 = self.connect()
+        big = encodeRequest(18, 0, 1, {}, clientId="x" * 3000)
+        first.dataReceived(big[:100])  # claims the whole 3 KB request
+        second.dataReceived(big[:100])  # 6 KB held in all: the second must wait
+        self.assertEqual(t1.producerState, "producing")
+        self.assertEqual(t2.producerState, "paused")
+        first.dataReceived(big[100:])  # complete: answered, released
+        self.assertEqual(t2.producerState, "producing")
+        second.dataReceived(big[100:])
+        self.assertEqual(len(self.responses(t2)), 1)
+        self.assertEqual(self.factory.node.memory.total, 0)
 
     def test_oversizeRequestCloses(self) -> None:
         """A size prefix above max_request_size closes the connection at once."""
@@ -305,3 +375,59 @@ class KafkaProtocolTests(TestCase):
 
     def tearDown(self) -> None:
         self.factory.node.groups.stop()
+
+
+class _GoneTransport(StringTransport):
+    """Like a closed TCP transport: no address once the connection is lost."""
+
+    def loseConnection(self) -> None:
+        super().loseConnection()
+        self.gone = True
+
+    def getHost(self):  # type: ignore[no-untyped-def]
+        if getattr(self, "gone", False):
+            raise AttributeError("'Server' object has no attribute 'socket'")
+        return super().getHost()
+
+
+class _SlowCreate(MemoryShardStore):
+    """A store whose createShard answers a second later (as a disk does, eventually)."""
+
+    def createShard(self, shard, config=None):  # type: ignore[no-untyped-def]
+        from twisted.internet import defer
+
+        d = defer.Deferred()
+        self._clock.callLater(
+            1, lambda: super(_SlowCreate, self).createShard(shard, config).chainDeferred(d)
+        )
+        return d
+
+
+class RequestAfterCloseTests(TestCase):
+    """Found by bench/fuzz.py: a request finishing after its connection closed raised in
+    getHost() (a critical traceback per occurrence)."""
+
+    def test_metadataFinishingAfterTheConnectionClosed(self) -> None:
+        clock = Clock()
+        settings = settingsFromMapping({})
+        store = _SlowCreate(settings.storage, clock=clock)
+        store._clock = clock
+        store.open()
+        broker = Broker(settings, clock, store=store)
+        broker.nodeServices["kafka"] = kafkaPlugin.buildNodeService(broker, clock)
+        factory = KafkaServerFactory(broker, ListenerSettings(protocol="kafka", port=9092), clock)
+        proto = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        transport = _GoneTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 9092),
+            peerAddress=IPv4Address("TCP", "127.0.0.1", 5000),
+        )
+        proto.makeConnection(transport)
+        for _ in range(3):
+            clock.advance(1)  # the node's own shards
+        proto.dataReceived(encodeRequest(3, 1, 1, {"topics": [{"name": "new"}]}))
+        proto.dataReceived(b"\x7f\xff\xff\xff")  # too large: the node closes at once
+        self.assertTrue(transport.gone)
+        proto.connectionLost()
+        for _ in range(3):
+            clock.advance(1)
+        self.assertEqual(self.flushLoggedErrors(), [])

@@ -240,3 +240,29 @@ def test_kcatTls(tlsNode: _Node, certs: dict[str, Path], uniq: str) -> None:
         timeout=TIMEOUT,
     )
     assert out.stdout.decode().split() == [f"tls{i}" for i in range(10)]
+
+
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_failedLoginAnsweredAndLogged(saslNode: _Node, uniq: str, mechanism: str) -> None:
+    """A login as an unknown user: librdkafka is told SASL authentication failed at once
+    (no timeout), and the node logs the mechanism and the user name, never the password."""
+    user = f"nobody-{uniq[-8:]}"
+    password = f"pw-{uniq}"
+    errors: list[KafkaError] = []
+    p = Producer(
+        {
+            "bootstrap.servers": saslNode.bootstrap,
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": mechanism,
+            "sasl.username": user,
+            "sasl.password": password,
+            "error_cb": errors.append,
+        }
+    )
+    deadline = time.monotonic() + TIMEOUT
+    while not any(e.code() == KafkaError._AUTHENTICATION for e in errors):
+        assert time.monotonic() < deadline, errors
+        p.poll(0.2)
+    assert any("Authentication failed" in e.str() for e in errors), errors
+    saslNode.waitForOutput(f"SASL {mechanism} failed for {user}")
+    assert password not in saslNode.output()

@@ -152,7 +152,15 @@ class ReopenTests(_Base):
         store = await self.openStore()
         self.assertEqual(await store.offsets("s"), (0, 300))
         await self.assertIntact(store, "s", range(300))
-        self.assertTrue(any("no clean-shutdown marker" in m for m in self.logged))
+        self.assertTrue(any("did not shut down cleanly" in m for m in self.logged))
+
+    async def test_firstStartSaysNothingAlarming(self) -> None:
+        """An empty data directory is new, not a crash to recover from."""
+        store = await self.openStore()
+        await self.closeStore(store, clean=False)
+        self.assertTrue(any("new data directory" in m for m in self.logged), self.logged)
+        alarming = ("did not shut down", "scanning", "marker", "unclean", "truncated")
+        self.assertEqual([m for m in self.logged if any(w in m for w in alarming)], [])
 
     async def test_spanRecordsSurviveReopen(self) -> None:
         """Span records across segment rolls: offsets and reads after clean and unclean stops,
@@ -203,7 +211,9 @@ class TornTailTests(_Base):
         self.assertEqual(await store.offsets("s"), (0, 19))
         await self.assertIntact(store, "s", range(19))
         self.assertEqual(os.path.getsize(path), size - frame)
-        self.assertTrue(any("truncated torn/corrupt tail" in m for m in self.logged), self.logged)
+        self.assertTrue(
+            any("truncated the torn or damaged tail" in m for m in self.logged), self.logged
+        )
         self.assertEqual(await store.append("s", [{"value": _value(19)}]), [19])
         await self.assertIntact(store, "s", range(20))
 
@@ -241,7 +251,7 @@ class CorruptionTests(_Base):
         frame = os.path.getsize(path) // 20
         self.flipByte(path, 10 * frame + frame - 5)  # inside record 10's value
         store = await self.openStore(segment_bytes=1 << 20)
-        self.assertTrue(any("fails its CRC but later records are intact" in m for m in self.logged))
+        self.assertTrue(any("are damaged; kept in place" in m for m in self.logged))
         self.assertEqual(await store.offsets("s"), (0, 20), "nothing truncated")
         records = await store.read("s", 0)
         self.assertEqual([r["offset"] for r in records], list(range(10)))

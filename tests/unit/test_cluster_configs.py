@@ -23,9 +23,10 @@ def _load() -> dict[str, Settings]:
 
 
 def _startScriptPorts(name: str) -> list[int]:
-    """The ports start.sh names in its C{NAME=(...)} array."""
+    """The ports (at C{RMQ_PORT_OFFSET} 0) start.sh puts in its array C{NAME}:
+    C{read -r -a NAME <<<"$(shifted 1 2 3)"}."""
     text = (CLUSTER / "start.sh").read_text()
-    m = re.search(rf"^{name}=\(([^)]*)\)", text, re.MULTILINE)
+    m = re.search(rf'^read -r -a {name} <<<"\$\(shifted ([0-9 ]+)\)"', text, re.MULTILINE)
     assert m is not None, f"{name} not in start.sh"
     return [int(p) for p in m.group(1).split()]
 
@@ -100,10 +101,21 @@ def test_start_script_waits_on_the_ports_the_configs_use() -> None:
     mqtt = [next(ls.port for ls in settings[n].listeners if ls.transport == "tcp") for n in BROKERS]
     assert _startScriptPorts("MQTT_PORTS") == mqtt
     text = (CLUSTER / "start.sh").read_text()
-    for name, port in zip(PLACEMENT, _startScriptPorts("PB_PORTS"), strict=True):
-        assert f'"{name}:{port}"' in text
-    for name, port in zip(BROKERS, mqtt, strict=True):
-        assert f'"{name}:{port}"' in text
+    for i, name in enumerate(PLACEMENT):
+        assert f'"{name}:${{PB_PORTS[{i}]}}"' in text
+    for i, name in enumerate(BROKERS):
+        assert f'"{name}:${{MQTT_PORTS[{i}]}}"' in text
+    # Shifted ports reach the nodes as ROBUSTMQ_* overrides of the same keys.
+    for override in (
+        "ROBUSTMQ_PLACEMENT__PORT=${PB_PORTS[i]}",
+        "ROBUSTMQ_CLUSTER__PORT=${LINK_PORTS[i]}",
+        "ROBUSTMQ_HTTP__PORT=${HTTP_PORTS[i]}",
+        "ROBUSTMQ_LISTENERS__0__PORT=${MQTT_PORTS[i]}",
+        "ROBUSTMQ_LISTENERS__1__PORT=${WS_PORTS[i]}",
+        "ROBUSTMQ_LISTENERS__2__PORT=$KAFKA_PORT",
+        "ROBUSTMQ_LISTENERS__3__PORT=$AMQP_PORT",
+    ):
+        assert override in text, override
     checked = {
         p
         for array in (

@@ -102,3 +102,23 @@ def test_describeDefaultsCoversEverySection():
     d = describeDefaults()
     assert set(d) >= {"node", "log", "storage", "mqtt", "limits", "listeners"}
     assert d["mqtt"]["max_inflight"] == 32
+
+
+def test_badEnvironmentValueNamesTheVariableNotTheFile(tmp_path):
+    """ROBUSTMQ_MQTT__MAX_INFLIGHT=abc was blamed on the TOML file."""
+    path = tmp_path / "robustmq.toml"
+    path.write_text("[mqtt]\nmax_inflight = 10\n")
+    with pytest.raises(ConfigError) as e:
+        loadSettings(str(path), {"ROBUSTMQ_MQTT__MAX_INFLIGHT": "abc"})
+    assert str(e.value) == (
+        "environment variable ROBUSTMQ_MQTT__MAX_INFLIGHT: mqtt.max_inflight: "
+        "expected an integer, got 'abc'"
+    )
+    with pytest.raises(ConfigError) as e:
+        loadSettings(str(path), {"ROBUSTMQ_LISTENERS__0__PORT": "99999"})
+    assert str(e.value).startswith("environment variable ROBUSTMQ_LISTENERS__0__PORT: ")
+    # A bad value in the file still names the file.
+    path.write_text("[mqtt]\nmax_inflight = 'x'\n")
+    with pytest.raises(ConfigError) as e:
+        loadSettings(str(path), {"ROBUSTMQ_MQTT__MAX_QOS": "1"})
+    assert str(e.value).startswith(f"{path}: mqtt.max_inflight")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import dataclasses
 import json
 import os
 import time
@@ -28,9 +27,10 @@ from robustmq.admin._http import (
     jsonBody,
     queryArgs,
 )
-from robustmq.admin._metrics import Metrics
+from robustmq.admin._metrics import Metrics, storeHealth
+from robustmq.admin._protocols import ProtocolsAPI
 from robustmq.admin._security import SecurityAPI
-from robustmq.config import Settings
+from robustmq.config import Settings, maskedSettings
 from robustmq.core.message import Message
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
 from robustmq.workers._proc import cpuSeconds, rssBytes
@@ -44,9 +44,6 @@ DEFAULT_LIMIT = 100
 
 #: Seconds C{GET /api/v1/cluster} waits for the cluster's answer before a 504.
 CLUSTER_STATUS_TIMEOUT = 5.0
-
-#: The secrets of [http] that the config view hides.
-_SECRETS = ("token", "password")
 
 Params = dict[str, str]
 
@@ -166,8 +163,12 @@ class AdminAPI:
             Route("GET", f"{v1}/retained/{{topic}}", self.retainedGet, greedy=True),
             Route("DELETE", f"{v1}/retained/{{topic}}", self.retainedDelete, greedy=True),
             Route("POST", f"{v1}/publish", self.publish),
+            Route("GET", f"{v1}/storage", self.storageStatus),
+            Route("GET", f"{v1}/storage/check", self.storageCheck),
             # Users, ACL rules and bans (robustmq.admin._security, docs/security.md).
             *SecurityAPI(self.broker).routes(v1),
+            # Kafka topics and groups; AMQP vhosts, queues, exchanges, bindings, connections.
+            *ProtocolsAPI(self.broker, self._page).routes(v1),
         ]
 
     # Helpers
@@ -225,18 +226,42 @@ class AdminAPI:
         return {"status": "live"}
 
     def ready(self, request: server.Request, params: Params) -> Any:
-        """Ready for traffic: broker running and every listener bound (503 otherwise)."""
+        """Ready for traffic: broker running, every listener bound and the store
+        taking writes (503 otherwise, with the reasons)."""
         checks = {"broker": bool(self.broker.running)}
         for svc in self.listenerServices():
             checks[f"listener:{svc.listener.label}"] = svc.port is not None
+        reasons: list[str] = []
+        health = storeHealth(self.broker.store)
+        if health is not None:
+            checks["storage"] = bool(health["writable"])
+            if health["reason"]:
+                reasons.append(f"storage {health['state']}: {health['reason']}")
         ok = all(checks.values())
         if not ok:
-            return RawResponse(
-                _dumps({"status": "not ready", "checks": checks}),
-                b"application/json; charset=utf-8",
-                503,
-            )
+            body: dict[str, Any] = {"status": "not ready", "checks": checks}
+            if reasons:
+                body["reasons"] = reasons
+            return RawResponse(_dumps(body), b"application/json; charset=utf-8", 503)
         return {"status": "ready", "checks": checks}
+
+    def storageCheck(self, request: server.Request, params: Params) -> Any:
+        """Verify every acknowledged record of the node's store (CRCs, gaps); 404
+        for a store that cannot check itself (the memory store)."""
+        check = getattr(self.broker.store, "check", None)
+        if check is None:
+            raise APIError(404, f"the {self.broker.store.name} store has nothing to check")
+        return check()
+
+    def storageStatus(self, request: server.Request, params: Params) -> Any:
+        """The store's health and its fault counters."""
+        store = self.broker.store
+        statistics = getattr(store, "statistics", None) or getattr(store, "stats", None)
+        return {
+            "backend": store.name,
+            "health": storeHealth(store) or {"writable": True, "state": "ok", "reason": None},
+            "counters": statistics() if callable(statistics) else {},
+        }
 
     def openapi(self, request: server.Request, params: Params) -> Any:
         """This API's OpenAPI 3 document."""
@@ -265,8 +290,17 @@ class AdminAPI:
         """Node, cluster membership and the broker's counters (the $SYS values)."""
         broker = self.broker
         s = broker.stats
+        byProtocol: dict[str, int] = {}
+        for conn in broker.connections:
+            name = _protocolOf(conn)
+            byProtocol[name] = byProtocol.get(name, 0) + 1
+        served = {svc.listener.protocol for svc in self.listenerServices()}
+        served.update(broker.nodeServices)
+        for name in served:
+            byProtocol.setdefault(name, 0)
         return {
             "node": self._node(),
+            "protocols": sorted(served),
             "cluster": self._membership(),
             "workers": self._workers(),
             "stats": {
@@ -279,6 +313,11 @@ class AdminAPI:
                 "messages_received": s.messagesReceived,
                 "messages_sent": s.messagesSent,
                 "messages_dropped": s.messagesDropped,
+                "dropped_by_reason": {
+                    f"{protocol}/{reason}": n
+                    for (protocol, reason), n in sorted(s.dropReasons.items())
+                },
+                "connections_by_protocol": dict(sorted(byProtocol.items())),
                 "publish_received": s.publishReceived,
                 "publish_sent": s.publishSent,
                 "bytes_received": s.bytesReceived,
@@ -400,7 +439,7 @@ class AdminAPI:
 
     def config(self, request: server.Request, params: Params) -> Any:
         """The effective configuration (file + environment + defaults), secrets hidden."""
-        return configView(self.settings)
+        return maskedSettings(self.settings)
 
     # Clients
 
@@ -466,6 +505,7 @@ class AdminAPI:
             "queued": len(session.queue),
             "queued_bytes": session.queuedBytes,
             "congested": session.congested,
+            "dropped": session.dropped,
             "created_at": session.createdAt,
             "disconnected_at": session.disconnectedAt,
         }
@@ -635,19 +675,6 @@ class AdminAPI:
         return defer.gatherResults(writes).addCallback(lambda _: answer)
 
 
-def configView(settings: Settings) -> dict[str, Any]:
-    """C{settings} as JSON, with the secrets replaced by C{***}."""
-    data = dataclasses.asdict(settings)
-    for key in _SECRETS:
-        if data["http"].get(key):
-            data["http"][key] = "***"
-    if data.get("auth", {}).get("jwt_secret"):
-        data["auth"]["jwt_secret"] = "***"
-    if data.get("placement", {}).get("cluster_secret"):
-        data["placement"]["cluster_secret"] = "***"
-    return data
-
-
 class _NoSessions:
     """The session registry of a node without MQTT: always empty."""
 
@@ -665,4 +692,4 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-__all__ = ["AdminAPI", "CLUSTER_STATUS_TIMEOUT", "DEFAULT_LIMIT", "configView"]
+__all__ = ["AdminAPI", "CLUSTER_STATUS_TIMEOUT", "DEFAULT_LIMIT"]

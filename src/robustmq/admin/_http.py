@@ -162,13 +162,20 @@ STATIC_TYPES = {
 
 
 def loadStatic() -> dict[str, RawResponse]:
-    """Read the dashboard's files from the package once, at start."""
+    """Read the dashboard's files from the package once, at start.
+
+    The files of C{static/} are served at C{/NAME}, those of C{static/vendor/}
+    (third-party libraries, see its README) at C{/vendor/NAME}.
+    """
     out: dict[str, RawResponse] = {}
     folder = resources.files("robustmq.admin") / "static"
-    for entry in folder.iterdir():
-        suffix = "." + entry.name.rsplit(".", 1)[-1]
-        if entry.is_file() and suffix in STATIC_TYPES:
-            out["/" + entry.name] = RawResponse(entry.read_bytes(), STATIC_TYPES[suffix])
+    for prefix, where in (("/", folder), ("/vendor/", folder / "vendor")):
+        if not where.is_dir():
+            continue
+        for entry in where.iterdir():
+            suffix = "." + entry.name.rsplit(".", 1)[-1]
+            if entry.is_file() and suffix in STATIC_TYPES:
+                out[prefix + entry.name] = RawResponse(entry.read_bytes(), STATIC_TYPES[suffix])
     if "/index.html" in out:
         out["/"] = out["/index.html"]
     return out

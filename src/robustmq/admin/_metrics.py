@@ -104,6 +104,26 @@ class BrokerCollector(Collector):
         yield from _messageMetrics(stats)
         yield from _storageMetrics(broker.store)
         yield from _mappingMetrics(broker)
+        limit = broker.settings.http.metrics_max_objects
+        omitted = GaugeMetricFamily(
+            "robustmq_metrics_omitted_objects",
+            "Kafka partitions, group partitions and AMQP queues left out of the labelled "
+            "series above [http] metrics_max_objects",
+            labels=["kind"],
+        )
+        kafka = broker.nodeServices.get("kafka")
+        if kafka is not None:
+            rows = kafka.metricRows(limit)
+            yield from _kafkaMetrics(rows)
+            for kind, n in rows["omitted"].items():
+                omitted.add_metric([kind], n)
+        amqp = broker.nodeServices.get("amqp")
+        if amqp is not None:
+            rows = amqp.metricRows(limit)
+            yield from _amqpMetrics(rows)
+            for kind, n in rows["omitted"].items():
+                omitted.add_metric([kind], n)
+        yield omitted
 
         sessions = online = congested = inflight = queued = queuedBytes = 0
         mqtt = broker.nodeServices.get("mqtt")
@@ -276,6 +296,87 @@ def _clusterMetrics(cluster: Any) -> Iterator[Metric]:
     yield calls
 
 
+def _kafkaMetrics(rows: dict[str, Any]) -> Iterator[Metric]:
+    """Per-partition offsets and bytes, per-group committed offsets and lag."""
+    labels = ["topic", "partition"]
+    start = GaugeMetricFamily(
+        "robustmq_kafka_partition_log_start_offset",
+        "First readable offset of each Kafka partition",
+        labels=labels,
+    )
+    end = GaugeMetricFamily(
+        "robustmq_kafka_partition_log_end_offset",
+        "Next offset to be written (high watermark) of each Kafka partition",
+        labels=labels,
+    )
+    size = GaugeMetricFamily(
+        "robustmq_kafka_partition_bytes",
+        "Bytes each Kafka partition holds in the store",
+        labels=labels,
+    )
+    for topic, index, first, nxt, nbytes in rows["partitions"]:
+        values = [topic, str(index)]
+        start.add_metric(values, first)
+        end.add_metric(values, nxt)
+        if nbytes is not None:
+            size.add_metric(values, nbytes)
+    groupLabels = ["group", "topic", "partition"]
+    committed = GaugeMetricFamily(
+        "robustmq_kafka_group_committed_offset",
+        "Offset each consumer group committed, per partition",
+        labels=groupLabels,
+    )
+    lag = GaugeMetricFamily(
+        "robustmq_kafka_group_lag",
+        "Records behind the log end offset, per consumer group and partition",
+        labels=groupLabels,
+    )
+    for group, topic, index, offset, behind in rows["groups"]:
+        values = [group, topic, str(index)]
+        committed.add_metric(values, offset)
+        lag.add_metric(values, behind)
+    yield from (start, end, size, committed, lag)
+
+
+def _amqpMetrics(rows: dict[str, Any]) -> Iterator[Metric]:
+    """Per-queue depth, unacknowledged messages, consumers and message counters."""
+    labels = ["vhost", "queue"]
+    families = [
+        GaugeMetricFamily(
+            "robustmq_amqp_queue_messages_ready", "Messages ready in each AMQP queue", labels=labels
+        ),
+        GaugeMetricFamily(
+            "robustmq_amqp_queue_messages_unacknowledged",
+            "Messages delivered from each AMQP queue and not yet acknowledged",
+            labels=labels,
+        ),
+        GaugeMetricFamily(
+            "robustmq_amqp_queue_consumers", "Consumers of each AMQP queue", labels=labels
+        ),
+        CounterMetricFamily(
+            "robustmq_amqp_queue_published",
+            "Messages accepted into each AMQP queue (rate(): publish rate)",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "robustmq_amqp_queue_delivered",
+            "Messages delivered from each AMQP queue to consumers and Basic.Get (rate(): "
+            "deliver rate)",
+            labels=labels,
+        ),
+        CounterMetricFamily(
+            "robustmq_amqp_queue_dropped",
+            "Messages each AMQP queue lost (overflow, expiry, delivery limit) without "
+            "dead-lettering them",
+            labels=labels,
+        ),
+    ]
+    for vhost, name, *values in rows["queues"]:
+        for family, value in zip(families, values, strict=True):
+            family.add_metric([vhost, name], value)
+    yield from families
+
+
 def _messageMetrics(stats: Stats) -> Iterator[Metric]:
     """Messages and bytes by protocol (and MQTT QoS): the $SYS totals, split."""
     families = [
@@ -296,7 +397,8 @@ def _messageMetrics(stats: Stats) -> Iterator[Metric]:
             "robustmq_messages_dropped",
             "Messages dropped, by protocol and MQTT QoS (sum: $SYS messages/dropped). "
             "MQTT: offline QoS 0, queue overflow, above the client's maximum packet size; "
-            "AMQP: unroutable without mandatory, refused by a full queue",
+            "AMQP: unroutable without mandatory, overflow, expired (not dead-lettered); "
+            "robustmq_messages_dropped_by_reason says why",
             labels=["protocol", "qos"],
         ),
     ]
@@ -318,8 +420,115 @@ def _messageMetrics(stats: Stats) -> Iterator[Metric]:
         received.add_metric([protocol], bytesIn)
         sent.add_metric([protocol], bytesOut)
     yield from families
+    reasons = CounterMetricFamily(
+        "robustmq_messages_dropped_by_reason",
+        "Messages dropped, by protocol and reason: offline_qos0, queue_overflow, too_large "
+        "(MQTT); unroutable, overflow, expired, delivery_limit (AMQP)",
+        labels=["protocol", "reason"],
+    )
+    for (protocol, reason), n in sorted(stats.dropReasons.items()):
+        reasons.add_metric([protocol, reason], n)
+    yield reasons
     yield received
     yield sent
+
+
+#: (metric name without _total, help, key of the store's statistics()) of storage fault counters
+STORAGE_COUNTERS: tuple[tuple[str, str, str], ...] = (
+    (
+        "robustmq_storage_damaged_ranges",
+        "Damaged record ranges found (at start-up or by reads); each logged once",
+        "damaged_ranges",
+    ),
+    (
+        "robustmq_storage_damaged_offsets",
+        "Offsets inside the damaged ranges found",
+        "damaged_offsets",
+    ),
+    (
+        "robustmq_storage_recovery_lost_offsets",
+        "Acknowledged offsets found missing or damaged at start-up",
+        "recovery_lost_offsets",
+    ),
+    (
+        "robustmq_storage_disk_full_events",
+        "Times the disk filled up and writes were refused until space was freed",
+        "disk_full_events",
+    ),
+    (
+        "robustmq_storage_fsync_rounds",
+        "fsync rounds of the always policy (each covers every batch written since the last)",
+        "fsync_rounds",
+    ),
+    (
+        "robustmq_storage_fsync_batches",
+        "Write batches acknowledged by those fsync rounds",
+        "fsync_batches",
+    ),
+)
+
+
+def storeHealth(store: Any) -> dict[str, Any] | None:
+    """
+    The store's C{health()} in one shape, or None for a store without one.
+
+    The segment store answers C{{"writable", "state", "reason", "free_bytes"}};
+    the s3 store C{(ok, detail)}.  Either way the result here has the former's
+    keys (C{state} "unhealthy" for a store that gave no finer one).
+    """
+    health = getattr(store, "health", None)
+    if not callable(health):
+        return None
+    state = health()
+    if isinstance(state, dict):
+        return state
+    ok, detail = state
+    return {
+        "writable": bool(ok),
+        "state": "ok" if ok else "unhealthy",
+        "reason": None if ok else str(detail),
+        "free_bytes": None,
+    }
+
+
+def _storageHealthMetrics(store: Any) -> Iterator[Metric]:
+    """Whether the store takes writes, and what faults it found and handled."""
+    state = storeHealth(store)
+    if state is not None:
+        yield GaugeMetricFamily(
+            "robustmq_storage_writable",
+            "1 while the store takes writes; 0 while it refuses them (disk full, failed)",
+            value=1 if state["writable"] else 0,
+        )
+        if state.get("free_bytes") is not None:
+            yield GaugeMetricFamily(
+                "robustmq_storage_free_bytes",
+                "Bytes free for the store under its data directory",
+                value=state["free_bytes"],
+            )
+    statistics = getattr(store, "statistics", None)
+    if statistics is None:
+        return
+    values = statistics()
+    for name, doc, key in STORAGE_COUNTERS:
+        yield CounterMetricFamily(name, doc, value=values.get(key, 0))
+    recovery = CounterMetricFamily(
+        "robustmq_storage_recovery_events",
+        "Repairs and losses found at start-up, by kind (each logged at warning)",
+        labels=["kind"],
+    )
+    errors = CounterMetricFamily(
+        "robustmq_storage_write_errors",
+        "Write batches that failed, by kind (full: no space; io: any other error)",
+        labels=["kind"],
+    )
+    for key, value in sorted(values.items()):
+        if key.startswith("recovery:"):
+            recovery.add_metric([key[len("recovery:") :]], value)
+        elif key.startswith("write_errors:"):
+            errors.add_metric([key[len("write_errors:") :]], value)
+    yield recovery
+    yield errors
 
 
 def _mappingMetrics(broker: Any) -> Iterator[Metric]:
@@ -349,13 +558,35 @@ def _mappingMetrics(broker: Any) -> Iterator[Metric]:
     yield CounterMetricFamily(
         "robustmq_mapping_kafka_only_records",
         "Records produced to mapped Kafka topics that were not published to MQTT (no key, "
-        "a key that is not a matching MQTT topic, transactional batches)",
+        "a key that is not a matching MQTT topic, a batch that does not decode)",
         value=mappings.kafkaOnly,
     )
 
 
 def _storageMetrics(store: Any) -> Iterator[Metric]:
-    """Latency histograms of the shard store's calls, when it is timed."""
+    """Storage health and fault counters, and the latency histograms of the
+    shard store's calls when it is timed."""
+    yield from _storageHealthMetrics(store)
+    """Latency histograms of the shard store's calls, when it is timed, and the
+    store's own numbers where it keeps some (the s3 store's C{stats()})."""
+    stats = getattr(store, "stats", None)
+    if callable(stats):
+        family = GaugeMetricFamily(
+            "robustmq_storage_store",
+            "The shard store's own counters and gauges (s3: requests by method, bytes "
+            "written, PUT failures, failed acknowledgements, fenced shards, cache use)",
+            labels=["name"],
+        )
+        for name, value in sorted(stats().items()):
+            family.add_metric([name], value)
+        yield family
+        health = getattr(store, "health", None)
+        if callable(health):
+            yield GaugeMetricFamily(
+                "robustmq_storage_healthy",
+                "1 while the shard store answers (0: object store failing or a write unsettled)",
+                value=1 if health()[0] else 0,
+            )
     timings = getattr(store, "timings", None)
     if not timings:
         return
@@ -405,4 +636,4 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-__all__ = ["COUNTERS", "BrokerCollector", "Metrics"]
+__all__ = ["COUNTERS", "STORAGE_COUNTERS", "BrokerCollector", "Metrics", "storeHealth"]

@@ -13,7 +13,9 @@ which each worker serves on a Unix socket of the node's run directory
 - what every worker holds alike (retained messages, users, ACL rules, bans,
   which the workers share through the placement center) is read from, and
   written through, one worker; a retained message is deleted on every worker;
-  a publish goes through one worker, which routes it to all;
+  a publish goes through one worker, which routes it to all; Kafka and AMQP
+  endpoints are answered by the worker that serves them;
+- storage status and checks cover every worker's store;
 - status adds up the workers' counters and lists the workers (pid, state,
   restarts, CPU, memory, connections); C{/metrics} is every worker's
   metrics with a C{worker} label, plus the node's own C{robustmq_worker_*}
@@ -43,7 +45,7 @@ from twisted.logger import Logger
 from twisted.web import server
 
 from robustmq import __version__
-from robustmq.admin._api import DEFAULT_LIMIT, configView
+from robustmq.admin._api import DEFAULT_LIMIT
 from robustmq.admin._http import (
     AdminResource,
     AdminSite,
@@ -53,7 +55,9 @@ from robustmq.admin._http import (
     Route,
     queryArgs,
 )
-from robustmq.config import Settings
+from robustmq.admin._protocols import ProtocolsAPI
+from robustmq.admin._security import SecurityAPI
+from robustmq.config import Settings, maskedSettings
 from robustmq.workers import HOME_WORKER, servedBy
 from robustmq.workers._http import WorkerUnavailable
 
@@ -206,17 +210,18 @@ class NodeAdminAPI:
             Route("GET", f"{v1}/retained/{{topic}}", one, greedy=True),
             Route("DELETE", f"{v1}/retained/{{topic}}", self.retainedDelete, greedy=True),
             Route("POST", f"{v1}/publish", one),
-            Route("GET", f"{v1}/users", one),
-            Route("POST", f"{v1}/users", one),
-            Route("GET", f"{v1}/users/{{username}}", one),
-            Route("PUT", f"{v1}/users/{{username}}", one),
-            Route("DELETE", f"{v1}/users/{{username}}", one),
-            Route("GET", f"{v1}/acl", one),
-            Route("POST", f"{v1}/acl", one),
-            Route("DELETE", f"{v1}/acl/{{id}}", one),
-            Route("GET", f"{v1}/bans", one),
-            Route("POST", f"{v1}/bans", one),
-            Route("DELETE", f"{v1}/bans/{{kind}}/{{value}}", one, greedy=True),
+            # Users, ACL rules, bans, Kafka ACLs, AMQP permissions: shared by the workers.
+            *[
+                Route(route.method, route.path, one, greedy=route.greedy)
+                for route in SecurityAPI(_RouteTable()).routes(v1)
+            ],
+            Route("GET", f"{v1}/storage", self.storageStatus),
+            Route("GET", f"{v1}/storage/check", self.storageCheck),
+            # Kafka and AMQP live on the home worker (docs/workers.md, "Not built").
+            *[
+                Route(route.method, route.path, self.forwardToHome, greedy=route.greedy)
+                for route in ProtocolsAPI(_RouteTable(), _RouteTable()).routes(v1)
+            ],
         ]
 
     # Talking to the workers
@@ -272,6 +277,18 @@ class NodeAdminAPI:
                 continue
         raise APIError(503, "no worker is ready")
 
+    async def _forwardToHome(self, request: server.Request) -> RawResponse:
+        if HOME_WORKER not in self._ready():
+            raise APIError(503, f"worker {HOME_WORKER}, which serves Kafka and AMQP, is not ready")
+        try:
+            return await self._forward(HOME_WORKER, request)
+        except WorkerUnavailable as e:
+            raise APIError(503, str(e)) from None
+
+    def forwardToHome(self, request: server.Request, params: Params) -> Any:
+        """Answered by the worker that serves Kafka and AMQP."""
+        return self._forwardToHome(request)
+
     def forwardToOne(self, request: server.Request, params: Params) -> Any:
         """Answered by one worker: what the workers share (retained messages, users,
         ACL rules, bans) or what one worker routes to all (a publish)."""
@@ -304,18 +321,38 @@ class NodeAdminAPI:
     def live(self, request: server.Request, params: Params) -> Any:
         return {"status": "live"}
 
-    def ready(self, request: server.Request, params: Params) -> Any:
-        """Ready when every worker is."""
+    async def _readiness(self) -> Any:
         checks = {"placement": bool(self.supervisor.placement.ready.called)}
+        reasons: dict[str, Any] = {}
+        ready = set(self._ready())
         for row in self.supervisor.workers():
-            checks[f"worker:{row['worker']}"] = row.get("state") == "ready"
+            index = row["worker"]
+            key = f"worker:{index}"
+            checks[key] = False
+            if index not in ready:
+                continue
+            try:
+                answer = await self.http.request(index, "GET", "/health/ready", timeout=5.0)
+            except WorkerUnavailable as e:
+                reasons[key] = str(e)
+                continue
+            checks[key] = answer.code == 200
+            if answer.code != 200:
+                try:
+                    reasons[key] = answer.json()
+                except ValueError:
+                    reasons[key] = answer.body.decode("utf-8", "replace")[:200]
         if not all(checks.values()):
-            return RawResponse(
-                json.dumps({"status": "not ready", "checks": checks}).encode(),
-                b"application/json; charset=utf-8",
-                503,
-            )
+            body: dict[str, Any] = {"status": "not ready", "checks": checks}
+            if reasons:
+                body["reasons"] = reasons
+            return RawResponse(json.dumps(body).encode(), b"application/json; charset=utf-8", 503)
         return {"status": "ready", "checks": checks}
+
+    def ready(self, request: server.Request, params: Params) -> Any:
+        """Ready when every worker answers that it is (broker running, listeners bound,
+        store writable)."""
+        return self._readiness()
 
     def openapi(self, request: server.Request, params: Params) -> Any:
         return RawResponse(self._openapi, b"application/json; charset=utf-8")
@@ -372,17 +409,25 @@ class NodeAdminAPI:
     async def _status(self) -> dict[str, Any]:
         rows, statuses = await self._workers()
         stats: dict[str, Any] = {}
+        protocols: set[str] = set()
         for status in statuses.values():
+            protocols.update(status.get("protocols", ()))
             for key, value in status.get("stats", {}).items():
-                if not isinstance(value, int | float):
+                if isinstance(value, dict):  # counts by reason, by protocol: added up per key
+                    into = stats.setdefault(key, {})
+                    for k, v in value.items():
+                        if isinstance(v, int | float):
+                            into[k] = into.get(k, 0) + v
+                elif not isinstance(value, int | float):
                     continue
-                if key in _SHARED_STATS:
+                elif key in _SHARED_STATS:
                     stats[key] = max(stats.get(key, 0), value)
                 else:
                     stats[key] = stats.get(key, 0) + value
         node = self._node()
         return {
             "node": node,
+            "protocols": sorted(protocols),
             "cluster": {"mode": "single", "nodes": [node]},
             "workers": rows,
             "stats": stats,
@@ -459,7 +504,7 @@ class NodeAdminAPI:
 
     def config(self, request: server.Request, params: Params) -> Any:
         """The node's effective configuration, secrets hidden."""
-        return configView(self.settings)
+        return maskedSettings(self.settings)
 
     # Merged lists
 
@@ -575,9 +620,64 @@ class NodeAdminAPI:
             return last
         raise APIError(503, "no worker is ready")
 
+    async def _storageStatus(self) -> dict[str, Any]:
+        answers = await self._each("/api/v1/storage", timeout=10.0)
+        if not answers:
+            raise APIError(503, "no worker answered")
+        counters: dict[str, Any] = {}
+        health = {"writable": True, "state": "ok", "reason": None}
+        for index, answer in answers:
+            for key, value in (answer.get("counters") or {}).items():
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    counters[key] = counters.get(key, 0) + value
+            mine = answer.get("health") or {}
+            if not mine.get("writable", True):
+                health["writable"] = False
+            if mine.get("state", "ok") != "ok" and health["state"] == "ok":
+                health["state"] = mine["state"]
+                health["reason"] = f"worker {index}: {mine.get('reason')}"
+        return {
+            "backend": answers[0][1].get("backend"),
+            "health": health,
+            "counters": counters,
+            "workers": [{"worker": i, **answer} for i, answer in answers],
+        }
+
+    def storageStatus(self, request: server.Request, params: Params) -> Any:
+        """Every worker's store: the worst health, the fault counters added up, and each."""
+        return self._storageStatus()
+
+    async def _storageCheck(self) -> dict[str, Any]:
+        answers = await self._each("/api/v1/storage/check", timeout=600.0)
+        if not answers:
+            raise APIError(503, "no worker answered")
+        report: dict[str, Any] = {
+            "data_dir": "; ".join(str(a.get("data_dir")) for _, a in answers),
+            "damaged": [],
+            "problems": [],
+        }
+        for key in ("shards", "segments", "records", "bytes"):
+            report[key] = sum(int(a.get(key, 0)) for _, a in answers)
+        for index, answer in answers:
+            report["damaged"] += [{**d, "worker": index} for d in answer.get("damaged", [])]
+            report["problems"] += [{**p, "worker": index} for p in answer.get("problems", [])]
+        report["ok"] = all(a.get("ok") for _, a in answers)
+        return report
+
+    def storageCheck(self, request: server.Request, params: Params) -> Any:
+        """Every worker's store checked; damaged ranges and problems name their worker."""
+        return self._storageCheck()
+
     def retainedDelete(self, request: server.Request, params: Params) -> Any:
         """Delete a retained message on every worker (each holds the node's retained set)."""
         return self._retainedDelete(request)
+
+
+class _RouteTable:
+    """Stands in for the broker when only the route table of an endpoint group is wanted
+    (the node's process answers those routes by forwarding them to a worker)."""
+
+    security = True
 
 
 def _message(body: bytes) -> str:

@@ -1,4 +1,5 @@
-"""Admin API endpoints for users, ACL rules and bans (C{robustmq ctl user|acl|ban}).
+"""Admin API endpoints for users, ACL rules, Kafka ACLs, AMQP permissions and bans
+(C{robustmq ctl user|acl|kafka acls|amqp permissions|ban}).
 
 Passwords arrive in request bodies only, are hashed at once and are never
 echoed or logged.
@@ -11,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 from twisted.web import server
 
 from robustmq.admin._http import APIError, Route, jsonBody
-from robustmq.core.security import BanError, RuleError, UserError, securityOf
+from robustmq.core.security import (
+    AMQPPermissionError,
+    BanError,
+    KafkaAclError,
+    RuleError,
+    UserError,
+    securityOf,
+)
+from robustmq.core.security.kafkaacl import AclBinding, AclFilter
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
@@ -46,6 +55,12 @@ class SecurityAPI:
             Route("GET", f"{v1}/acl", self.rules),
             Route("POST", f"{v1}/acl", self.addRule),
             Route("DELETE", f"{v1}/acl/{{id}}", self.deleteRule),
+            Route("GET", f"{v1}/kafka/acls", self.kafkaAcls),
+            Route("POST", f"{v1}/kafka/acls", self.addKafkaAcl),
+            Route("DELETE", f"{v1}/kafka/acls", self.deleteKafkaAcls),
+            Route("GET", f"{v1}/amqp/permissions", self.amqpPermissions),
+            Route("PUT", f"{v1}/amqp/permissions/{{vhost}}/{{user}}", self.setAmqpPermissions),
+            Route("DELETE", f"{v1}/amqp/permissions/{{vhost}}/{{user}}", self.clearAmqpPermissions),
             Route("GET", f"{v1}/bans", self.bans),
             Route("POST", f"{v1}/bans", self.addBan),
             Route("DELETE", f"{v1}/bans/{{kind}}/{{value}}", self.deleteBan, greedy=True),
@@ -120,6 +135,92 @@ class SecurityAPI:
         if not self.security.acl.delete(params["id"]):
             raise APIError(404, f"no stored rule {params['id']!r}")
         return {"deleted": params["id"]}
+
+    # Kafka ACLs (the bindings Kafka's DescribeAcls/CreateAcls/DeleteAcls manage)
+
+    def _kafkaFilter(self, request: server.Request) -> AclFilter:
+        q = {k.decode(): v[0].decode() for k, v in (request.args or {}).items()}
+        known = {
+            "resource_type",
+            "resource_name",
+            "pattern_type",
+            "principal",
+            "host",
+            "operation",
+            "permission",
+        }
+        unknown = sorted(set(q) - known)
+        if unknown:
+            raise APIError(400, f"unknown query parameter {unknown[0]!r}; known: {sorted(known)}")
+        try:
+            return AclFilter.create(
+                q.get("resource_type", "ANY"),
+                q.get("resource_name"),
+                q.get("pattern_type", "ANY"),
+                q.get("principal"),
+                q.get("host"),
+                q.get("operation", "ANY"),
+                q.get("permission", "ANY"),
+            )
+        except KafkaAclError as e:
+            raise APIError(400, str(e)) from None
+
+    def kafkaAcls(self, request: server.Request, params: Params) -> Any:
+        """Kafka ACL bindings, filtered by the query (Kafka's names, e.g. resource_type=TOPIC)."""
+        flt = self._kafkaFilter(request)
+        acl = self.security.kafkaAcl
+        return {
+            "data": [b.toDict() for b in acl.describe(flt)],
+            "no_match": "allow" if acl.noMatch else "deny",
+        }
+
+    def addKafkaAcl(self, request: server.Request, params: Params) -> Any:
+        """Create one binding: C{{resource_type, resource_name, pattern_type, principal, host,
+        operation, permission}}."""
+        try:
+            binding = AclBinding.fromDict(jsonBody(request))
+            self.security.kafkaAcl.create(binding)
+        except KafkaAclError as e:
+            raise APIError(400, str(e)) from None
+        return binding.toDict()
+
+    def deleteKafkaAcls(self, request: server.Request, params: Params) -> Any:
+        """Delete the bindings the query's filter matches (an empty filter matches every one)."""
+        flt = self._kafkaFilter(request)
+        return {"deleted": [b.toDict() for b in self.security.kafkaAcl.delete(flt)]}
+
+    # AMQP permissions (RabbitMQ's set_permissions)
+
+    def amqpPermissions(self, request: server.Request, params: Params) -> Any:
+        """Permission entries, optionally of one C{user} and/or C{vhost} (query)."""
+        q = {k.decode(): v[0].decode() for k, v in (request.args or {}).items()}
+        table = self.security.amqpPermissions
+        return {
+            "data": table.list(q.get("user"), q.get("vhost")),
+            "no_match": "allow" if table.noMatch else "deny",
+        }
+
+    def setAmqpPermissions(self, request: server.Request, params: Params) -> Any:
+        """Set C{{configure, write, read}} regular expressions of a user in a vhost."""
+        body = _object(request, {"configure", "write", "read"})
+        try:
+            return self.security.amqpPermissions.set(
+                params["user"],
+                params["vhost"],
+                body.get("configure"),  # type: ignore[arg-type]
+                body.get("write"),  # type: ignore[arg-type]
+                body.get("read"),  # type: ignore[arg-type]
+            )
+        except AMQPPermissionError as e:
+            raise APIError(400, str(e)) from None
+
+    def clearAmqpPermissions(self, request: server.Request, params: Params) -> Any:
+        """Remove a user's permissions in a vhost."""
+        if not self.security.amqpPermissions.clear(params["user"], params["vhost"]):
+            raise APIError(
+                404, f"no permissions of {params['user']!r} in vhost {params['vhost']!r}"
+            )
+        return {"cleared": {"user": params["user"], "vhost": params["vhost"]}}
 
     # Bans
 

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
-from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
@@ -16,6 +15,7 @@ from robustmq.addresses import UNIX, unixServerEndpoint
 from robustmq.admin._api import AdminAPI
 from robustmq.admin._http import AdminResource, AdminSite, Authenticator, loadStatic
 from robustmq.config import Settings
+from robustmq.startup import listenFailure
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
@@ -85,7 +85,13 @@ class AdminService(Service):
         d = endpoint.listen(self.site)
         d.addCallbacks(self._listening, failures.append)
         if failures:
-            raise CannotListenError(bind, port, failures[0].value)
+            raise listenFailure(
+                "the admin API ([http])",
+                bind,
+                port,
+                failures[0].value,
+                "set [http] port (or [http] enabled = false)",
+            )
 
     def _listening(self, port: IListeningPort) -> None:
         self.port = port

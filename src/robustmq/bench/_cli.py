@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _sources(thr)
     thr.add_argument(
+        "--persistent",
+        action="store_true",
+        help="subscribers keep persistent sessions (clean session 0): at QoS 1 the broker "
+        "stores each message for them before acknowledging it",
+    )
+    thr.add_argument(
         "--sub-procs",
         type=int,
         default=0,
@@ -228,6 +234,7 @@ def _run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         settle=getattr(args, "settle", 0.0),
         pairs=getattr(args, "pairs", 0),
         sub_source_ports=getattr(args, "sub_source_ports", ()),
+        persistent=getattr(args, "persistent", False),
     )
     return _throughput.run(spec)
 

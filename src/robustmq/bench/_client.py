@@ -51,8 +51,10 @@ def open_session(
     keepalive: int = 60,
     timeout: float = 10.0,
     source_port: int = 0,
+    clean: bool = True,
 ) -> socket.socket:
-    """Connect, send CONNECT (clean session) and wait for a successful CONNACK.
+    """Connect, send CONNECT (clean session unless C{clean} is false) and wait for a
+    successful CONNACK.
 
     ``source_port`` fixes the connection's local port (0: any): a node with
     several worker processes picks the worker by a hash of the connection's
@@ -66,7 +68,7 @@ def open_session(
         raise BenchError(f"cannot connect to {host}:{port}: {exc}") from exc
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.sendall(wire.connect(client_id, keepalive))
+        sock.sendall(wire.connect(client_id, keepalive, clean))
         read_connack(sock, deadline)
     except BaseException:
         sock.close()

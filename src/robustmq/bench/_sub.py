@@ -41,6 +41,8 @@ class SubSpec:
     pairs: bool = False
     #: subscriber i's source port is source_ports[i] (beyond the tuple: any)
     source_ports: tuple[int, ...] = ()
+    #: persistent sessions: the broker holds QoS 1 messages for them durably
+    persistent: bool = False
 
     def topic_for(self, index: int) -> str:
         """The topic subscriber ``index`` subscribes to."""
@@ -77,6 +79,7 @@ def connect_subscribers(spec: SubSpec, indices: range) -> list[socket.socket]:
                 spec.keepalive,
                 spec.connect_timeout,
                 spec.source_ports[i] if i < len(spec.source_ports) else 0,
+                clean=not spec.persistent,
             )
             socks.append(sock)
             subscribe(sock, spec.topic_for(i), spec.qos, spec.connect_timeout)

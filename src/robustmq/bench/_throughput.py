@@ -41,6 +41,7 @@ class ThroughputSpec:
     settle: float = 0.0  # seconds from the subscribers' SUBACKs to the publishers' start
     pairs: int = 0  # > 0: that many publisher/subscriber pairs, each on its own topic
     sub_source_ports: tuple[int, ...] = ()  # subscriber i's source port (see open_session)
+    persistent: bool = False  # subscribers with persistent sessions (durable QoS 1 flow)
 
 
 def _pub_job(spec: PubSpec, index: int) -> Job:
@@ -95,6 +96,7 @@ def run(spec: ThroughputSpec) -> dict[str, Any]:
         connect_timeout=pub.connect_timeout,
         pairs=bool(spec.pairs),
         source_ports=spec.sub_source_ports,
+        persistent=spec.persistent,
     )
     sub_procs = spec.sub_procs or usable_cpus()
     group = WorkerGroup()

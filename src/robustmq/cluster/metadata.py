@@ -1,4 +1,4 @@
-"""Users, ACL rules and bans shared by every broker through the placement center.
+"""Users, ACL rules (MQTT and Kafka), AMQP permissions and bans shared by every broker through the placement center.
 
 L{ClusterMetadataStore} is the security layer's L{IMetadataStore} in a
 cluster.  Reads stay local and synchronous (the in-memory view, backed by
@@ -29,7 +29,7 @@ from zope.interface import implementer
 from robustmq.core.security.metadata import EmbeddedMetadataStore, IMetadataStore
 
 PREFIX = "meta."
-KINDS = ("users", "acl", "bans")
+KINDS = ("users", "acl", "bans", "kafka_acl", "amqp_permissions")
 
 
 def configKey(kind: str, key: str) -> str:

@@ -382,8 +382,13 @@ class ClusterNode(Routing, HandOver, Adoption, Service):
             "received": self.received,
             "dropped": self.dropped,
             "redirected": self.redirected,
-            "counters": sysCounters(broker),
         }
+
+    def sysCounters(self) -> dict[str, float]:
+        """This broker's $SYS numbers, sampled now (the home worker of a node adds up
+        its workers', docs/workers.md)."""
+        self.broker.stats.sample(self.reactor.seconds())
+        return sysCounters(self.broker)
 
     async def _remoteStatus(self, info: NodeInfo) -> dict[str, Any] | None:
         if info.nodeId == self.nodeId:

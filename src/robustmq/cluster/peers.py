@@ -26,15 +26,17 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.cred import portal
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
+from twisted.internet.defer import Deferred, FirstError, ensureDeferred, maybeDeferred
 from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
 
 from robustmq.addresses import clientEndpoint
 from robustmq.cluster import wire
+from robustmq.interfaces import StorageClosedError
 from robustmq.placement.pbclient import dropFailedConnection, failLoginOnDisconnect
 from robustmq.transports.tls import clientTLSOptions
 
@@ -65,7 +67,8 @@ class PeerAvatar(pb.Avatar):
         )
 
     def perspective_replicate(self, chunks: list[bytes]) -> Deferred[Any]:
-        return maybeDeferred(self.node.replicas.apply, self.nodeId, wire.unpack(chunks))
+        d = maybeDeferred(self.node.replicas.apply, self.nodeId, wire.unpack(chunks))
+        return d.addErrback(_refuseWhileStopping)
 
     def perspective_replicaReset(self) -> Deferred[Any]:
         return ensureDeferred(self.node.replicas.reset(self.nodeId))
@@ -78,8 +81,23 @@ class PeerAvatar(pb.Avatar):
     def perspective_status(self) -> dict[str, Any]:
         return self.node.localStatus()  # type: ignore[no-any-return]
 
+    def perspective_sysCounters(self) -> dict[str, float]:
+        return self.node.sysCounters()  # type: ignore[no-any-return]
+
     def perspective_retainedSnapshot(self) -> list[bytes]:
         return self.node.retainedSnapshot()  # type: ignore[no-any-return]
+
+
+def _refuseWhileStopping(failure: Failure) -> Failure:
+    """A batch that found this broker's store closed (it is stopping) is refused with a
+    plain PB error: the sender keeps going without this copy, and no traceback is logged
+    for what is no fault."""
+    inner = failure
+    if failure.check(FirstError):
+        inner = failure.value.subFailure
+    if inner.check(StorageClosedError):
+        raise pb.Error("this broker is stopping: its store is closed")
+    return failure
 
 
 @implementer(portal.IRealm)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Awaitable, Callable, Container
 from typing import Any
 
 from twisted.application.service import Service
@@ -65,6 +65,9 @@ class Broker(Service):
             self.persistence = SessionPersistence(store)
         self._waiting: list[defer.Deferred[None]] = []
         self.ready = False
+        #: awaited after storage is open and recovered, before the broker is ready
+        #: (e.g. security records kept in the shard store, see robustmq.service)
+        self.recoveryHooks: list[Callable[[], Awaitable[None]]] = []
         #: connections with bytes queued this turn, and whether a read is in progress
         self.dirty: list[Any] = []
         self.reading = 0
@@ -258,6 +261,8 @@ class Broker(Service):
                     self.retained.update(message)
                     retained += 1
             self.log.info("recovered {retained} retained messages from storage", retained=retained)
+        for hook in self.recoveryHooks:
+            await hook()
         self.ready = True
         self.log.info("broker {version} started", version=self.version)
         waiting, self._waiting = self._waiting, []

@@ -15,6 +15,8 @@ from typing import Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from robustmq.core.persistence import logWriteFailure
+
 __all__ = ["Outcome"]
 
 
@@ -94,5 +96,5 @@ class Outcome:
         if writes:
             self.writes = None
             for d in writes:
-                d.addErrback(lambda f: self.log.failure("durable write failed", f))
+                d.addErrback(lambda f: logWriteFailure(self.log, f, "durable write failed"))
         self.congested = None

@@ -27,7 +27,12 @@ from twisted.logger import Logger
 
 from robustmq.core.message import Message
 from robustmq.core.subscription import SubscriptionOptions
-from robustmq.interfaces import IShardStore
+from robustmq.interfaces import (
+    CorruptRecordError,
+    IShardStore,
+    StorageError,
+    StorageUnavailableError,
+)
 
 
 class Session(Protocol):
@@ -44,6 +49,7 @@ class Session(Protocol):
     queue: Any
     pendingWill: Message | None
     willDueAt: float | None
+
 
 SESSIONS = "mqtt/sessions"
 MESSAGES = "mqtt/session-messages"
@@ -116,6 +122,23 @@ def decodeMessage(data: bytes) -> tuple[Message, dict[str, Any]]:
     return m, header
 
 
+def logWriteFailure(log: Logger, failure: Any, message: str, **fields: Any) -> None:
+    """
+    Log a failed durable write that nothing waits for.
+
+    A store that refuses writes (disk full, failed disk) has said why once
+    (L{StorageUnavailableError}): each refused write is only a debug line, so
+    a full disk does not flood the log.  Other storage errors get one line,
+    anything else a traceback.
+    """
+    if failure.check(StorageUnavailableError):
+        log.debug(message + ": {error}", error=str(failure.value), **fields)
+    elif failure.check(StorageError):
+        log.warn(message + ": {error}", error=str(failure.value), **fields)
+    else:
+        log.failure(message, failure, **fields)
+
+
 def _subKey(clientId: str, n: int) -> bytes:
     return clientId.encode() + _SEP + b"%016x" % n
 
@@ -144,12 +167,28 @@ class SessionPersistence:
             await self.store.createShard(shard, {"compacted": True})
 
     async def _scan(self, shard: str) -> dict[bytes, bytes]:
-        """Every live key of a compacted shard with its latest value."""
+        """Every live key of a compacted shard with its latest value.
+
+        Damaged records are skipped with one log line each (the key keeps
+        its last readable value, or is gone if it had none).
+        """
         start, end = await self.store.offsets(shard)
         latest: dict[bytes, bytes] = {}
         offset = start
         while offset < end:
-            records = await self.store.read(shard, offset, 10_000, 16 * 1024 * 1024)
+            try:
+                records = await self.store.read(shard, offset, 10_000, 16 * 1024 * 1024)
+            except CorruptRecordError as e:
+                if e.lastOffset is None or e.lastOffset < offset:
+                    raise
+                self.log.warn(
+                    "recovery of {shard}: skipped damaged records {first}..{last}",
+                    shard=shard,
+                    first=e.firstOffset,
+                    last=e.lastOffset,
+                )
+                offset = e.lastOffset + 1
+                continue
             if not records:
                 break
             for record in records:

@@ -111,6 +111,8 @@ class ScramServer:
         self._nonce = ""
         self._credentials: ScramCredentials | None = None
         self.username: str | None = None
+        #: the user name the client gave, known or not (for log lines)
+        self.claimed: str | None = None
 
     def step(self, data: bytes) -> tuple[str, bytes]:
         """Consume the client's message; return (CONTINUE|SUCCESS|FAILURE, data to send)."""
@@ -133,6 +135,7 @@ class ScramServer:
         if "n" not in attrs_ or "r" not in attrs_:
             raise ScramError("client-first-message needs n= and r=")
         username = attrs_["n"].replace("=2C", ",").replace("=3D", "=")
+        self.claimed = username
         credentials = self._lookup(username)
         if credentials is None:
             # Answer as if the user existed, and fail at the proof.

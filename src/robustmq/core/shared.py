@@ -23,6 +23,7 @@ class Session(Protocol):
 
     def deliver(self, message: Message, qos: int, sub: Any, outcome: Outcome) -> None: ...
 
+
 STRATEGIES = ("round_robin", "random", "sticky", "hash_clientid", "hash_topic")
 
 

@@ -22,7 +22,13 @@ class Stats:
     topic space: client PUBLISHes, admin API publishes, wills and delayed
     messages.  Kafka counts records (produced, fetched); AMQP counts
     messages (basic.publish in; basic.deliver and basic.get-ok out; dropped:
-    unroutable or refused by a full queue).
+    unroutable, refused or pushed out by a full queue, or expired, when not
+    dead-lettered).
+
+    Every drop also counts in L{dropReasons} under its reason (L{dropped}),
+    so operators can tell I{why}: C{offline_qos0}, C{queue_overflow},
+    C{too_large} (MQTT), C{unroutable}, C{overflow}, C{expired},
+    C{delivery_limit} (AMQP).
     """
 
     __slots__ = (
@@ -49,6 +55,8 @@ class Stats:
         "malformedPackets",
         "messagesExpired",
         "messagesDelayed",
+        "dropReasons",
+        "loadSamples",
         "sessions",
     )
 
@@ -77,6 +85,11 @@ class Stats:
         self.malformedPackets = 0
         self.messagesExpired = 0
         self.messagesDelayed = 0
+        #: (protocol, reason) -> messages dropped for that reason
+        self.dropReasons: dict[tuple[str, str], int] = {}
+        #: (time, messages received, messages sent, bytes received, bytes sent), oldest
+        #: first, one per $SYS interval over the last 15 minutes (L{sample}, L{load})
+        self.loadSamples: list[tuple[float, int, int, int, int]] = []
         #: sessions the node keeps, online and offline (MQTT's clients/total)
         self.sessions = 0
 
@@ -128,6 +141,54 @@ class Stats:
             ("kafka", self.kafkaBytesReceived, self.kafkaBytesSent),
             ("amqp", self.amqpBytesReceived, self.amqpBytesSent),
         ]
+
+    def dropped(self, protocol: str, reason: str, qos: int = 0, n: int = 1) -> None:
+        """Count C{n} messages of C{protocol} dropped for C{reason} (not the hot path)."""
+        if protocol == "mqtt":
+            self.mqttDropped[qos] += n
+        elif protocol == "amqp":
+            self.amqpDropped += n
+        key = (protocol, reason)
+        self.dropReasons[key] = self.dropReasons.get(key, 0) + n
+
+    def sample(self, now: float) -> None:
+        """Remember the counters at C{now}, for L{load} (kept for 15 minutes)."""
+        samples = self.loadSamples
+        samples.append(
+            (now, self.messagesReceived, self.messagesSent, self.bytesReceived, self.bytesSent)
+        )
+        horizon = now - 15 * 60 - 1
+        drop = 0
+        while drop < len(samples) - 1 and samples[drop + 1][0] <= horizon:
+            drop += 1
+        del samples[:drop]
+
+    def load(self, now: float, minutes: int) -> tuple[float, float, float, float]:
+        """Per-minute rates over the last C{minutes} (mosquitto's C{$SYS/broker/load/#}).
+
+        C{(messages received, messages sent, bytes received, bytes sent)} per
+        minute, from the oldest sample within the window to the newest; zeros
+        until two samples exist.
+        """
+        samples = self.loadSamples
+        if len(samples) < 2:
+            return 0.0, 0.0, 0.0, 0.0
+        newest = samples[-1]
+        oldest = newest
+        for s in samples:
+            if s[0] >= now - minutes * 60 - 0.5:
+                oldest = s
+                break
+        span = newest[0] - oldest[0]
+        if span <= 0:
+            return 0.0, 0.0, 0.0, 0.0
+        scale = 60.0 / span
+        return (
+            (newest[1] - oldest[1]) * scale,
+            (newest[2] - oldest[2]) * scale,
+            (newest[3] - oldest[3]) * scale,
+            (newest[4] - oldest[4]) * scale,
+        )
 
     def clientConnected(self) -> None:
         """Count a connection that completed its handshake."""

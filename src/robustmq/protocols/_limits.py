@@ -7,6 +7,8 @@ from typing import Any
 from twisted.internet.protocol import ServerFactory
 from twisted.logger import Logger
 
+from robustmq.core.security import securityOf
+
 
 class ConnectionLimitedFactory(ServerFactory):
     """Counts a listener's connections against its own and the node's limit.
@@ -48,6 +50,15 @@ class ConnectionLimitedFactory(ServerFactory):
             or broker.openSockets >= broker.settings.limits.max_connections
         ):
             self._refuse(addr, "connection limit reached")
+            return False
+        return True
+
+    def _admitPeer(self, addr: Any) -> bool:
+        """False (and counted, logged) for a socket over C{[limits] connection_rate}
+        or from a banned address (Kafka and AMQP; MQTT checks bans at CONNECT)."""
+        why = securityOf(self.broker).admitAddress(getattr(addr, "host", None))
+        if why is not None:
+            self._refuse(addr, why)
             return False
         return True
 

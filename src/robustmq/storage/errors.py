@@ -2,51 +2,35 @@
 
 A missing shard is reported with the builtin L{KeyError}, as the
 L{robustmq.interfaces.IShardStore} contract says; the classes here cover
-the other ways an operation can fail.
+the other ways an operation can fail.  They are defined in
+L{robustmq.interfaces} (so the core and the protocols can tell them apart
+without importing a store) and re-exported here for the adapters.
 """
 
 from __future__ import annotations
+
+from robustmq.interfaces import (
+    CorruptRecordError,
+    LimitExceededError,
+    NotCompactedError,
+    ShardFencedError,
+    ShardLimitError,
+    StorageClosedError,
+    StorageError,
+    StorageFailedError,
+    StorageFullError,
+    StorageUnavailableError,
+)
 
 __all__ = [
     "CorruptRecordError",
     "LimitExceededError",
     "NotCompactedError",
+    "ShardFencedError",
     "ShardLimitError",
     "StorageClosedError",
     "StorageError",
     "StorageFailedError",
+    "StorageFullError",
+    "StorageUnavailableError",
 ]
-
-
-class StorageError(Exception):
-    """Base class of every storage failure other than a missing shard."""
-
-
-class LimitExceededError(StorageError):
-    """An operation would take a bounded collection past its configured bound."""
-
-
-class ShardLimitError(LimitExceededError):
-    """C{createShard} was refused: the store already holds C{max_shards} shards."""
-
-
-class NotCompactedError(StorageError, ValueError):
-    """A keyed operation (upsert, lookup, deleteKey, keys) on a shard that is not compacted."""
-
-
-class CorruptRecordError(StorageError):
-    """A stored record failed its CRC32C check (or its frame cannot be parsed)."""
-
-
-class StorageClosedError(StorageError):
-    """The store is not open (never opened, or already closed)."""
-
-
-class StorageFailedError(StorageError):
-    """
-    An earlier write to disk failed, so the store refuses further writes.
-
-    A log whose write failed half-way cannot tell which offsets reached the
-    disk; like a Kafka log directory that goes offline, the store stops
-    accepting appends until it is reopened (which runs recovery).
-    """

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from robustmq.interfaces import ISpanShardStore
+from robustmq.interfaces import IShardAdminStore, ISpanShardStore
 from robustmq.storage._common import defaultSettings, normalizeShardConfig, requireBytes
 from robustmq.storage.errors import (
     LimitExceededError,
@@ -138,7 +138,7 @@ class _MemoryShard:
         self.dead = 0
 
 
-@implementer(ISpanShardStore)
+@implementer(ISpanShardStore, IShardAdminStore)
 class MemoryShardStore:
     """
     Shards held in memory, for tests and transient data.
@@ -233,6 +233,29 @@ class MemoryShardStore:
             return defer.fail(e)
         self._shards[shard] = _MemoryShard(cfg)
         return defer.succeed(True)
+
+    def configureShard(self, shard: str, config: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """Replace C{shard}'s config (L{IShardAdminStore}); bounds apply from now on."""
+        try:
+            s = self._shard(shard)
+            cfg = normalizeShardConfig(
+                config,
+                self._settings,
+                {"max_records": DEFAULT_MAX_RECORDS, "max_groups": DEFAULT_MAX_GROUPS},
+            )
+            if cfg["compacted"] != s.config["compacted"]:
+                raise ValueError("shard config 'compacted' cannot change")
+        except Exception as e:
+            return defer.fail(e)
+        s.config = cfg
+        return defer.succeed(dict(cfg))
+
+    def shardSize(self, shard: str) -> defer.Deferred[int]:
+        """Bytes of C{shard}'s live records (L{IShardAdminStore})."""
+        try:
+            return defer.succeed(self._shard(shard).bytes)
+        except Exception as e:
+            return defer.fail(e)
 
     def deleteShard(self, shard: str) -> defer.Deferred[bool]:
         """Forget C{shard} and the group offsets committed for it."""
@@ -502,6 +525,23 @@ class MemoryShardStore:
         return defer.succeed(list(s.keys))
 
     # -- consumer groups -------------------------------------------------
+
+    # -- introspection (admin API, metrics, $SYS) ------------------------
+
+    def shardUsage(self, shard: str) -> tuple[int, int]:
+        """C{(records, bytes)} held by one shard now; L{KeyError} if there is none."""
+        s = self._shards.get(shard)
+        if s is None:
+            raise KeyError(shard)
+        return s.count(), s.bytes
+
+    def usage(self) -> tuple[int, int]:
+        """C{(records, bytes)} held by every shard now."""
+        records = size = 0
+        for s in self._shards.values():
+            records += s.count()
+            size += s.bytes
+        return records, size
 
     def commitOffset(
         self, group: str, shard: str, offset: int, metadata: bytes = b""

@@ -9,7 +9,7 @@ from zope.interface import implementer
 
 from robustmq.interfaces import IShardStore, IShardStorePlugin
 
-__all__ = ["memoryStorePlugin", "segmentStorePlugin"]
+__all__ = ["memoryStorePlugin", "s3StorePlugin", "segmentStorePlugin"]
 
 
 @implementer(IPlugin, IShardStorePlugin)
@@ -38,5 +38,19 @@ class _SegmentStorePlugin:
         return SegmentShardStore(settings.storage, reactor)
 
 
+@implementer(IPlugin, IShardStorePlugin)
+class _S3StorePlugin:
+    """Builds L{robustmq.storage.s3.S3ShardStore} (C{[storage] backend = "s3"})."""
+
+    name = "s3"
+
+    def build(self, settings: Any, reactor: Any) -> IShardStore:
+        """Return an unopened s3 store for C{settings.storage}'s bucket and prefix."""
+        from robustmq.storage.s3 import S3ShardStore
+
+        return S3ShardStore(settings.storage, reactor)
+
+
 memoryStorePlugin = _MemoryStorePlugin()
+s3StorePlugin = _S3StorePlugin()
 segmentStorePlugin = _SegmentStorePlugin()

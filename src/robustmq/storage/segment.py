@@ -19,7 +19,7 @@ import errno
 import fcntl
 import os
 import shutil
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +28,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from robustmq.interfaces import ISpanShardStore
+from robustmq.interfaces import IShardAdminStore, ISpanShardStore
 from robustmq.storage._common import normalizeShardConfig
+from robustmq.storage._segment.checkpoint import (
+    CHECKPOINT_FILE,
+    checkpointBytes,
+    readCheckpoint,
+)
 from robustmq.storage._segment.compaction import CompactionResult, compactSegments
 from robustmq.storage._segment.files import HandleCache, IOWorker, atomicWrite, fsyncPath, syncPaths
 from robustmq.storage._segment.index import TRAILER_SIZE, SegmentIndex, readTrailer
@@ -46,12 +52,13 @@ from robustmq.storage._segment.recovery import (
     recoverGroups,
     recoverShard,
 )
-from robustmq.storage._segment.scan import scanSegment
+from robustmq.storage._segment.scan import Damage, scanSegment
 from robustmq.storage.errors import (
     NotCompactedError,
     ShardLimitError,
     StorageClosedError,
     StorageFailedError,
+    StorageFullError,
 )
 
 if TYPE_CHECKING:
@@ -66,13 +73,30 @@ RETENTION_CHECK_SECONDS = 30.0
 #: transient file on the I/O thread, one on the sync thread, one for index loads
 _RESERVED_FDS = 4
 _CLEAN_MARKER = ".clean-shutdown"
+#: how often the durable offsets are checkpointed (seconds; only when they changed)
+CHECKPOINT_SECONDS = 5.0
+#: how often free space is checked while the disk is full (seconds)
+FULL_PROBE_SECONDS = 1.0
+#: how often a still-full disk is mentioned again in the log (seconds)
+FULL_REMINDER_SECONDS = 60.0
+#: errnos of a write that failed for want of space (not damage): recoverable
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _missing(shard: str) -> defer.Deferred[Any]:
     return defer.fail(KeyError(shard))
 
 
-@implementer(ISpanShardStore)
+class _Created:
+    """The waiter result of createShard: True, once the shard is durable."""
+
+    __slots__ = ("shard",)
+
+    def __init__(self, shard: str) -> None:
+        self.shard = shard
+
+
+@implementer(ISpanShardStore, IShardAdminStore)
 class SegmentShardStore:
     """
     Shards as directories of segment files under C{<data_dir>/shards/}.
@@ -96,9 +120,21 @@ class SegmentShardStore:
       - Compacted shards keep every live key in memory (key -> offset); they
         are compacted when more than half their records are superseded.
 
-    Records become readable when their append's Deferred fires.  A failed
-    write (disk full, I/O error) fails that batch and every later write with
-    L{StorageFailedError} until the store is reopened.
+    Records become readable when their append's Deferred fires.
+
+    Faults (docs/reliability.md):
+
+      - A damaged record (CRC mismatch, impossible header) is isolated: reads
+        return the records before it, then fail with L{CorruptRecordError}
+        naming the damaged offsets (C{on_corruption = "fail"}) or step over
+        it (C{"skip"}); each damaged range is logged once and counted.
+      - A write that fails for want of space (ENOSPC, EDQUOT) is undone: the
+        batch and everything queued behind it fail with L{StorageFullError},
+        the shards they touched are rebuilt from disk, and writes are refused
+        (one log line) until C{min_free_bytes} are free again, which is
+        checked every second.
+      - Any other write or fsync error fails that batch and every later write
+        with L{StorageFailedError} until the store is reopened.
     """
 
     name = "segment"
@@ -125,6 +161,9 @@ class SegmentShardStore:
         self._open = False
         self._shards: dict[str, ShardLog] = {}
         self._groups: dict[str, dict[str, tuple[int, bytes]]] = {}
+        self._skipDamage = getattr(settings, "on_corruption", "fail") == "skip"
+        #: what the store found and did, for C{/metrics} (see L{statistics})
+        self.counters: Counter[str] = Counter()
         self._reset()
 
     def _reset(self) -> None:
@@ -141,6 +180,23 @@ class SegmentShardStore:
         self._failure: BaseException | None = None
         self._indexCache: OrderedDict[Segment, None] = OrderedDict()
         self._deleteSeq = 0
+        #: the disk was full: writes are refused until space is free again
+        self._full: StorageFullError | None = None
+        self._fullSince = 0.0
+        self._fullProbe: LoopingCall | None = None
+        self._lastReminder = 0.0
+        #: a full-disk rollback is running; fires when the shards are rebuilt
+        self._rebuilding: defer.Deferred[None] | None = None
+        self._syncsInFlight = 0
+        self._afterSyncs: list[Any] = []
+        #: shards created but not yet durable (a failed batch removes them)
+        self._unconfirmed: set[str] = set()
+        #: the checkpoint entries last written (see _segment/checkpoint.py)
+        self._checkpoint: dict[str, dict[str, Any]] = {}
+        self._checkpointLoop: LoopingCall | None = None
+        self._syncedSnapshot: dict[str, dict[str, Any]] | None = None
+        #: written batches waiting for the next fsync round (policy always)
+        self._syncQueue: list[tuple[list[str], Any]] = []
 
     # -- lifecycle -------------------------------------------------------
 
@@ -171,11 +227,17 @@ class SegmentShardStore:
         for rec in recovered:
             for level, fmt, fields in rec.events:
                 getattr(self.log, level)(fmt, **fields)
+            for kind in rec.repairs:
+                self.counters["recovery:" + kind] += 1
+            self.counters["recovery_lost_offsets"] += rec.lostOffsets
             if rec.log is None:
                 continue
             self._shards[rec.log.name] = rec.log
             for seg in rec.newIndexes:
                 self._queueIndex(seg)
+            for seg in rec.log.segments:
+                for damage in (seg.damage or {}).values():
+                    self._countDamage(damage)
         self._groups = groups
         self._open = True
         self.log.info(
@@ -192,8 +254,11 @@ class SegmentShardStore:
         self._retentionLoop = LoopingCall(self.enforceRetention)
         self._retentionLoop.clock = self._reactor
         self._retentionLoop.start(RETENTION_CHECK_SECONDS, now=False)
-        if self._ops:
-            self._schedule()
+        self._checkpointLoop = LoopingCall(self._periodicCheckpoint)
+        self._checkpointLoop.clock = self._reactor
+        self._checkpointLoop.start(CHECKPOINT_SECONDS, now=False)
+        # what recovery found is the new truth: a later recovery compares with it
+        self._writeCheckpoint(self._snapshot())
 
     def _recover(self) -> tuple[list[Recovered], dict[str, Any], list[Any]]:
         """Thread side of L{open}: lock, read markers, recover every shard."""
@@ -213,27 +278,47 @@ class SegmentShardStore:
         if clean:
             os.unlink(marker)
             fsyncPath(self._root)
-        else:
+        elif any(
+            os.path.isdir(os.path.join(self._shardsDir, n)) for n in os.listdir(self._shardsDir)
+        ):
             events.append(
                 (
                     "info",
-                    "{dataDir}: no clean-shutdown marker; scanning active segments",
+                    "{dataDir}: the previous run did not shut down cleanly; "
+                    "checking the active segments",
                     {"dataDir": self._root},
                 ),
             )
+        else:
+            # A first start: nothing to recover, nothing to alarm anyone about.
+            events.append(("info", "{dataDir}: new data directory", {"dataDir": self._root}))
         for name in os.listdir(self._trashDir):
             shutil.rmtree(os.path.join(self._trashDir, name), ignore_errors=True)
         defaults = normalizeShardConfig(None, self._settings)
+        checkpoint, problem = readCheckpoint(self._root)
+        if problem is not None:
+            self.counters["recovery:checkpoint_unreadable"] += 1
+            events.append(
+                (
+                    "warn",
+                    "{dataDir}: the recovery checkpoint is {problem}; ignored (losses of "
+                    "acknowledged records cannot be detected this time)",
+                    {"dataDir": self._root, "problem": problem},
+                ),
+            )
         recovered = []
         for name in sorted(os.listdir(self._shardsDir)):
             path = os.path.join(self._shardsDir, name)
             if not os.path.isdir(path):
                 continue
-            rec = recoverShard(path, self._settings.index_interval_bytes, clean, defaults)
+            rec = recoverShard(
+                path, self._settings.index_interval_bytes, clean, defaults, checkpoint
+            )
             for i, (level, fmt, fields) in enumerate(rec.events):
                 rec.events[i] = (level, fmt, {"directory": path, **fields})
             recovered.append(rec)
         groups, groupEvents = recoverGroups(self._groupsDir)
+        self.counters["recovery:group_offsets_lost"] += len(groupEvents)
         events.extend(groupEvents)
         return recovered, groups, events
 
@@ -245,38 +330,54 @@ class SegmentShardStore:
         if not self._open:
             return
         self._open = False
-        for loop in (getattr(self, "_syncLoop", None), self._retentionLoop):
+        for loop in (
+            getattr(self, "_syncLoop", None),
+            self._retentionLoop,
+            self._checkpointLoop,
+            self._fullProbe,
+        ):
             if loop is not None and loop.running:
                 loop.stop()
         self._syncLoop = None
-        failed = self._failure is not None
+        if self._rebuilding is not None:
+            await self._rebuilding
+        failed = self._failure is not None or self._full is not None
         if not failed:
             # the active segments' indexes, so a clean reopen skips the scan
             for shard in self._shards.values():
                 active = shard.active
                 if active.size and not active.indexPersisted:
                     self._queueIndex(active, final=True)
-            await self._barrier()
+            try:
+                await self._barrier()
+            except Exception:
+                failed = True
         try:
             if self._flushCall is not None:
                 self._flushCall.cancel()
                 self._flushCall = None
-            if not failed:
-                paths = list(self._dirty)
-                self._dirty = {}
-                sync = self._settings.sync != "os"
-                await deferToThreadPool(self._reactor, self._ioPool, self._finalSync, paths, sync)
+            paths = list(self._dirty)
+            self._dirty = {}
+            sync = self._settings.sync != "os"
+            checkpoint = checkpointBytes(self._snapshot(final=True))
+            await deferToThreadPool(
+                self._reactor, self._ioPool, self._finalSync, paths, sync, checkpoint, failed
+            )
         finally:
             self._readHandles.closeAll()
             self._stopPools()
         self.log.info("closed {dataDir}", dataDir=self._root)
 
-    def _finalSync(self, paths: list[str], sync: bool) -> None:
-        self._worker.close()
-        if sync:
-            syncPaths(paths)
-        atomicWrite(os.path.join(self._root, _CLEAN_MARKER), b"", sync=sync)
-        os.close(self._lockFd)
+    def _finalSync(self, paths: list[str], sync: bool, checkpoint: bytes, failed: bool) -> None:
+        try:
+            self._worker.close()
+            if not failed:
+                if sync:
+                    syncPaths(paths)
+                atomicWrite(os.path.join(self._root, CHECKPOINT_FILE), checkpoint, sync=sync)
+                atomicWrite(os.path.join(self._root, _CLEAN_MARKER), b"", sync=sync)
+        finally:
+            os.close(self._lockFd)
 
     def _stopPools(self) -> None:
         self._ioPool.stop()
@@ -328,7 +429,8 @@ class SegmentShardStore:
         self._flushCall = None
         if self._inflight or not (self._ops or self._waiters or self._dirtyGroups):
             return
-        for group in self._dirtyGroups:
+        groups = self._dirtyGroups
+        for group in groups:
             path = os.path.join(self._groupsDir, escape(group) + ".json")
             offsets = self._groups.get(group)
             if offsets:
@@ -337,7 +439,7 @@ class SegmentShardStore:
                 self._ops.append(("unlink", path))
         self._dirtyGroups = set()
         ops = [("append", op[1], b"".join(op[2])) if op[0] == "append" else op for op in self._ops]
-        batch = (self._waiters, self._visible, self._sealed)
+        batch = (self._waiters, self._visible, self._sealed, ops, groups)
         self._ops = []
         self._openAppend = {}
         self._waiters = []
@@ -353,11 +455,11 @@ class SegmentShardStore:
     def _written(self, paths: list[str], batch: Any) -> None:
         self._inflight = False
         policy = self._settings.sync
-        if policy == "always":  # through the sync thread even if empty: keeps acks in order
-            d = deferToThreadPool(self._reactor, self._syncPool, syncPaths, paths)
-            d.addCallbacks(
-                lambda _: self._acknowledge(batch), self._syncFailed, errbackArgs=(batch,)
-            )
+        if policy == "always":
+            # Group commit: one fsync round covers every batch written since the
+            # previous round began; acknowledgements stay in order.
+            self._syncQueue.append((paths, batch))
+            self._startSync()
         else:
             if policy == "interval":
                 self._dirty.update(dict.fromkeys(paths))
@@ -365,8 +467,34 @@ class SegmentShardStore:
         if self._ops or self._waiters or self._dirtyGroups:
             self._schedule()
 
+    def _startSync(self) -> None:
+        if self._syncsInFlight or not self._syncQueue:
+            return
+        queued, self._syncQueue = self._syncQueue, []
+        paths: dict[str, None] = {}
+        for batchPaths, _ in queued:
+            paths.update(dict.fromkeys(batchPaths))
+        self._syncsInFlight += 1
+        self.counters["fsync_rounds"] += 1
+        self.counters["fsync_batches"] += len(queued)
+        d = deferToThreadPool(self._reactor, self._syncPool, syncPaths, list(paths))
+        d.addCallbacks(self._synced, self._syncFailed, (queued,), errbackArgs=(queued,))
+
+    def _synced(self, _: Any, queued: list[tuple[list[str], Any]]) -> None:
+        self._syncsInFlight -= 1
+        for _paths, batch in queued:
+            self._acknowledge(batch)
+        self._syncDone()
+        self._startSync()
+
+    def _syncDone(self) -> None:
+        if not self._syncsInFlight and not self._syncQueue:
+            calls, self._afterSyncs = self._afterSyncs, []
+            for call in calls:
+                call()
+
     def _acknowledge(self, batch: Any) -> None:
-        waiters, visible, sealed = batch
+        waiters, visible, sealed = batch[:3]
         for shard, segs, sizes, nextOffset in visible:
             for seg, size in zip(segs, sizes, strict=True):
                 if size > seg.visibleSize:
@@ -378,20 +506,43 @@ class SegmentShardStore:
             if isSealed and seg.index is not None:
                 self._cacheIndex(seg)
         for d, result in waiters:
+            if isinstance(result, _Created):
+                self._unconfirmed.discard(result.shard)
+                result = True
             d.callback(result)
 
     def _writeFailed(self, failure: Any, batch: Any) -> None:
         self._inflight = False
-        self._failure = StorageFailedError(f"a write to {self._root} failed: {failure.value}")
-        self.log.failure("storage write failed; refusing further writes until reopened", failure)
-        self._fail(batch[0], failure.value)
+        error = failure.value
+        if isinstance(error, OSError) and error.errno in _NO_SPACE:
+            self._diskFull(error, batch)
+            return
+        self.counters["write_errors:io"] += 1
+        self._failure = StorageFailedError(f"a write to {self._root} failed: {error}")
+        self.log.error(
+            "storage write failed: {error}; refusing further writes until the store is reopened",
+            error=str(error),
+        )
+        self._fail(batch[0], self._failure)
         if self._ops or self._waiters:
             self._schedule()
 
-    def _syncFailed(self, failure: Any, batch: Any) -> None:
+    def _syncFailed(self, failure: Any, queued: list[tuple[list[str], Any]]) -> None:
+        self._syncsInFlight -= 1
+        self.counters["write_errors:io"] += 1
+        # After a failed fsync the kernel may have dropped the dirty pages: what
+        # reached the disk is unknown until recovery reads it back.
         self._failure = StorageFailedError(f"fsync in {self._root} failed: {failure.value}")
-        self.log.failure("storage fsync failed; refusing further writes until reopened", failure)
-        self._fail(batch[0], failure.value)
+        self.log.error(
+            "storage fsync failed: {error}; refusing further writes until the store is reopened",
+            error=str(failure.value),
+        )
+        for _paths, batch in queued:
+            self._fail(batch[0], self._failure)
+        for _paths, batch in self._syncQueue:
+            self._fail(batch[0], self._failure)
+        self._syncQueue = []
+        self._syncDone()
 
     def _fail(self, waiters: list[tuple[defer.Deferred[Any], Any]], error: BaseException) -> None:
         for d, _ in waiters:
@@ -403,18 +554,238 @@ class SegmentShardStore:
         paths = list(self._dirty)
         self._dirty = {}
         self._syncing = True
+        snapshot = self._snapshot()
 
         def done(_: Any) -> None:
             self._syncing = False
+            self._syncedSnapshot = snapshot
 
         def failed(failure: Any) -> None:
             self._syncing = False
-            self.log.failure("periodic fsync failed; refusing further writes", failure)
+            self.counters["write_errors:io"] += 1
+            self.log.error(
+                "periodic fsync failed: {error}; refusing further writes until the store is "
+                "reopened",
+                error=str(failure.value),
+            )
             self._failure = StorageFailedError(f"fsync in {self._root} failed: {failure.value}")
 
         deferToThreadPool(self._reactor, self._syncPool, syncPaths, paths).addCallbacks(
             done, failed
         )
+
+    # -- a full disk -----------------------------------------------------
+
+    def _diskFull(self, error: OSError, batch: Any) -> None:
+        """
+        A batch failed for want of space (the I/O worker undid it).
+
+        Refuse writes, fail the batch and everything queued behind it with
+        L{StorageFullError}, rebuild the shards they touched from disk once
+        the batches before it are acknowledged, then check for free space
+        every second and resume writing when there is enough.
+        """
+        self.counters["write_errors:full"] += 1
+        if self._full is None:
+            self.counters["disk_full_events"] += 1
+            self._fullSince = self._lastReminder = self._reactor.seconds()
+            self._full = StorageFullError(
+                f"the disk under {self._root} is full ({error.strerror}); writes resume when "
+                f"{self._settings.min_free_bytes} bytes are free"
+            )
+            self.log.warn(
+                "storage full under {dataDir} ({error}): refusing writes until "
+                "{needed} bytes are free (checked every {every:g}s)",
+                dataDir=self._root,
+                error=error.strerror,
+                needed=self._settings.min_free_bytes,
+                every=FULL_PROBE_SECONDS,
+            )
+        # Everything queued was encoded after the failed batch: it goes too,
+        # except deletions (they free space, and the shards already forgot it).
+        failed = [batch]
+        queued = (self._waiters, self._visible, self._sealed, self._ops, self._dirtyGroups)
+        failed.append(queued)
+        self._ops = [op for op in self._ops if op[0] in ("unlink", "rmtree")]
+        self._openAppend = {}
+        self._waiters = []
+        self._visible = []
+        self._sealed = []
+        self._dirtyGroups = set()
+        self._inflight = True  # no batch starts until the rebuild is done
+        done: defer.Deferred[None] = defer.Deferred()
+        self._rebuilding = done
+
+        def rebuild() -> None:
+            defer.ensureDeferred(self._rebuild(failed)).addBoth(finished)
+
+        def finished(result: Any) -> None:
+            self._rebuilding = None
+            self._inflight = False
+            if isinstance(result, Failure):
+                self._failure = StorageFailedError(f"rebuilding after a full disk: {result.value}")
+                self.log.failure("rebuilding shards after a full disk failed", result)
+            done.callback(None)
+            self._startProbe()
+            if self._ops or self._waiters:
+                self._schedule()
+
+        if self._syncsInFlight or self._syncQueue:
+            self._afterSyncs.append(rebuild)
+        else:
+            rebuild()
+
+    async def _rebuild(self, failed: list[Any]) -> None:
+        """Rebuild the shards the failed batches touched from disk; fail their waiters."""
+        dirs: set[str] = set()
+        prefix = self._shardsDir + os.sep
+        for _w, _v, _s, ops, groups in failed:
+            for op in ops:
+                if len(op) > 1 and isinstance(op[1], str) and op[1].startswith(prefix):
+                    dirs.add(op[1][len(prefix) :].split(os.sep, 1)[0])
+            self._dirtyGroups |= groups  # written again once the disk has room
+        byDir = {os.path.basename(log.directory): log for log in self._shards.values()}
+        drop: list[str] = []
+        redo: list[ShardLog] = []
+        for name in sorted(dirs):
+            log = byDir.get(name)
+            if log is None:
+                continue
+            if log.name in self._unconfirmed:
+                drop.append(log.name)
+            else:
+                redo.append(log)
+        for shard in drop:
+            log = self._shards.pop(shard)
+            log.deleted = True
+            self._unconfirmed.discard(shard)
+            self._forgetLog(log)
+        rebuilt = await deferToThreadPool(
+            self._reactor,
+            self._ioPool,
+            self._rebuildOnDisk,
+            [log.directory for log in redo],
+            [
+                self._shards.get(s) is None and os.path.join(self._shardsDir, escape(s))
+                for s in drop
+            ],
+        )
+        for old, rec in zip(redo, rebuilt, strict=True):
+            if self._shards.get(old.name) is not old or rec.log is None:
+                continue
+            old.deleted = True  # a compaction holding it gives up
+            self._forgetLog(old)
+            self._shards[old.name] = rec.log
+            for seg in rec.newIndexes:
+                self._queueIndex(seg)
+        self.counters["shards_rebuilt"] += len(redo)
+        for waiters, *_ in failed:
+            self._fail(waiters, self._full or StorageFullError("the disk is full"))
+
+    def _rebuildOnDisk(self, directories: list[str], remove: list[Any]) -> list[Recovered]:
+        """I/O thread: remove half-created shards, re-read the others from disk."""
+        for directory in remove:
+            if directory:
+                self._worker.handles.dropUnder(directory)
+                shutil.rmtree(directory, ignore_errors=True)
+        defaults = normalizeShardConfig(None, self._settings)
+        out = []
+        for directory in directories:
+            self._worker.handles.dropUnder(directory)
+            out.append(
+                recoverShard(directory, self._settings.index_interval_bytes, False, defaults)
+            )
+        return out
+
+    def _forgetLog(self, log: ShardLog) -> None:
+        for seg in log.segments:
+            self._readHandles.drop(seg.path)
+            self._indexCache.pop(seg, None)
+
+    def _startProbe(self) -> None:
+        if self._full is None or (self._fullProbe is not None and self._fullProbe.running):
+            return
+        self._fullProbe = LoopingCall(self._probeSpace)
+        self._fullProbe.clock = self._reactor
+        self._fullProbe.start(FULL_PROBE_SECONDS, now=False)
+
+    def freeBytes(self) -> int | None:
+        """Bytes an unprivileged writer may still use under C{data_dir} (None if unknown)."""
+        try:
+            st = os.statvfs(self._root)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
+    def _probeSpace(self) -> None:
+        if self._full is None:
+            if self._fullProbe is not None and self._fullProbe.running:
+                self._fullProbe.stop()
+            return
+        free = self.freeBytes()
+        now = self._reactor.seconds()
+        if free is not None and free >= self._settings.min_free_bytes:
+            self.log.info(
+                "storage under {dataDir} has {free} bytes free again after {seconds:.1f}s: "
+                "writes resume",
+                dataDir=self._root,
+                free=free,
+                seconds=now - self._fullSince,
+            )
+            self._full = None
+            if self._fullProbe is not None and self._fullProbe.running:
+                self._fullProbe.stop()
+            if self._dirtyGroups:
+                self._schedule()
+        elif now - self._lastReminder >= FULL_REMINDER_SECONDS:
+            self._lastReminder = now
+            self.log.warn(
+                "storage under {dataDir} still full after {seconds:.0f}s ({free} bytes free, "
+                "{needed} needed); writes refused",
+                dataDir=self._root,
+                seconds=now - self._fullSince,
+                free=free,
+                needed=self._settings.min_free_bytes,
+            )
+
+    def _refusal(self) -> BaseException | None:
+        """Why writes are refused right now, or None."""
+        if self._failure is not None:
+            return self._failure
+        if self._full is not None:
+            return self._full
+        return None
+
+    # -- the recovery checkpoint -------------------------------------------
+
+    def _snapshot(self, final: bool = False) -> dict[str, dict[str, Any]]:
+        """Checkpoint entries of what is durable now (acknowledged, under C{always})."""
+        return {
+            name: {"next": log.visibleNext, "start": log.startOffset, "config": log.config}
+            for name, log in self._shards.items()
+            if name not in self._unconfirmed
+        }
+
+    def _periodicCheckpoint(self) -> None:
+        if self._refusal() is not None:
+            return
+        if self._settings.sync == "interval":
+            # what the last periodic fsync made durable (acknowledged is not enough)
+            snapshot = self._syncedSnapshot
+            if snapshot is None:
+                return
+            snapshot = {n: e for n, e in snapshot.items() if n in self._shards}
+        else:
+            snapshot = self._snapshot()
+        if snapshot != self._checkpoint:
+            self._writeCheckpoint(snapshot)
+
+    def _writeCheckpoint(self, snapshot: dict[str, dict[str, Any]]) -> None:
+        self._checkpoint = snapshot
+        self._ops.append(
+            ("atomic", os.path.join(self._root, CHECKPOINT_FILE), checkpointBytes(snapshot))
+        )
+        self._schedule()
 
     # -- shards ----------------------------------------------------------
 
@@ -430,21 +801,58 @@ class SegmentShardStore:
                     f"{self._settings.max_shards} shards"
                 )
             cfg = normalizeShardConfig(config, self._settings)
-            if self._failure is not None:
-                raise self._failure
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
         except Exception as e:
             return defer.fail(e)
         directory = os.path.join(self._shardsDir, escape(shard))
         log = ShardLog(shard, directory, cfg)
         log.addSegment(Segment(directory, 0))
         self._shards[shard] = log
+        self._unconfirmed.add(shard)
         self._ops.append(("mkdir", directory))
         self._ops.append(("atomic", os.path.join(directory, META_FILE), metaBytes(shard, cfg, 0)))
         self._ops.append(("create", log.active.path))
         d: defer.Deferred[bool] = defer.Deferred()
-        self._waiters.append((d, True))
+        self._waiters.append((d, _Created(shard)))
         self._schedule()
         return d
+
+    def configureShard(self, shard: str, config: dict[str, Any]) -> defer.Deferred[dict[str, Any]]:
+        """Replace C{shard}'s config in memory and in its metadata file (L{IShardAdminStore})."""
+        log = self._shards.get(shard)
+        if log is None:
+            return _missing(shard)
+        try:
+            self._check()
+            cfg = normalizeShardConfig(config, self._settings)
+            if cfg["compacted"] != log.config.get("compacted", False):
+                raise ValueError("shard config 'compacted' cannot change")
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
+        except Exception as e:
+            return defer.fail(e)
+        log.config = cfg
+        self._ops.append(
+            (
+                "atomic",
+                os.path.join(log.directory, META_FILE),
+                metaBytes(shard, cfg, log.startOffset),
+            )
+        )
+        d: defer.Deferred[dict[str, Any]] = defer.Deferred()
+        self._waiters.append((d, dict(cfg)))
+        self._schedule()
+        return d
+
+    def shardSize(self, shard: str) -> defer.Deferred[int]:
+        """Bytes of C{shard}'s segment files (L{IShardAdminStore})."""
+        log = self._shards.get(shard)
+        if log is None:
+            return _missing(shard)
+        return defer.succeed(log.totalBytes())
 
     def deleteShard(self, shard: str) -> defer.Deferred[bool]:
         """Delete C{shard}: its files, its index cache entries and group offsets."""
@@ -464,6 +872,10 @@ class SegmentShardStore:
             self._trashDir, f"{os.path.basename(log.directory)}.deleted-{self._deleteSeq}"
         )
         self._ops.append(("rmtree", log.directory, trash))
+        self._unconfirmed.discard(shard)
+        if shard in self._checkpoint:
+            # a shard of this name created later must not be measured against this one
+            self._writeCheckpoint({n: e for n, e in self._checkpoint.items() if n != shard})
         for group, offsets in self._groups.items():
             if offsets.pop(shard, None) is not None:
                 self._dirtyGroups.add(group)
@@ -492,8 +904,9 @@ class SegmentShardStore:
         log = self._shards.get(shard)
         if log is None or not self._open:
             return _missing(shard) if self._open else defer.fail(StorageClosedError())
-        if self._failure is not None:
-            return defer.fail(self._failure)
+        refusal = self._refusal()
+        if refusal is not None:
+            return defer.fail(refusal)
         if not records:
             return defer.succeed([])
         if log.keys is not None:
@@ -509,8 +922,9 @@ class SegmentShardStore:
         log = self._shards.get(shard)
         if log is None or not self._open:
             return _missing(shard) if self._open else defer.fail(StorageClosedError())
-        if self._failure is not None:
-            return defer.fail(self._failure)
+        refusal = self._refusal()
+        if refusal is not None:
+            return defer.fail(refusal)
         if isinstance(span, bool) or not isinstance(span, int) or not 1 <= span <= 0x7FFFFFFF:
             return defer.fail(ValueError(f"span must be an int in 1..2**31-1, not {span!r}"))
         if log.keys is not None:
@@ -590,7 +1004,9 @@ class SegmentShardStore:
         except OSError:
             pass
         self.log.warn("rebuilding the damaged or missing index of {segment}", segment=seg.path)
-        scan = scanSegment(seg.path, self._settings.index_interval_bytes, False)
+        scan = scanSegment(
+            seg.path, self._settings.index_interval_bytes, False, seg.base, seg.visibleSize
+        )
         seg.index = scan.index
         seg.indexPersisted = False
         self._queueIndex(seg)
@@ -608,7 +1024,15 @@ class SegmentShardStore:
             return _missing(shard)
         try:
             return defer.succeed(
-                log.read(offset, maxRecords, maxBytes, self._fdFor, self._indexFor)
+                log.read(
+                    offset,
+                    maxRecords,
+                    maxBytes,
+                    self._fdFor,
+                    self._indexFor,
+                    self._damageAt,
+                    self._skipDamage,
+                )
             )
         except Exception as e:
             return defer.fail(e)
@@ -619,16 +1043,151 @@ class SegmentShardStore:
         if log is None:
             return _missing(shard)
         try:
-            return defer.succeed(log.offsetForTimestamp(timestamp, self._fdFor, self._indexFor))
+            return defer.succeed(
+                log.offsetForTimestamp(timestamp, self._fdFor, self._indexFor, self._damageAt)
+            )
         except Exception as e:
             return defer.fail(e)
 
     def offsets(self, shard: str) -> defer.Deferred[tuple[int, int]]:
-        """Fire with C{(startOffset, nextOffset)}."""
+        """Fire with C{(startOffset, nextOffset)}.
+
+        While the store rebuilds shards after a full disk, this waits for the
+        rebuild: the next offset then is the one the next append gets.
+        """
+        if self._rebuilding is not None:
+            d: defer.Deferred[tuple[int, int]] = defer.Deferred()
+            self._rebuilding.addBoth(lambda r: (self.offsets(shard).chainDeferred(d), r)[1])
+            return d
         log = self._shards.get(shard)
         if log is None:
             return _missing(shard)
         return defer.succeed((log.startOffset, log.nextOffset))
+
+    # -- damaged records -------------------------------------------------
+
+    def _damageAt(self, log: ShardLog, i: int, pos: int) -> Damage:
+        """
+        The damage a read met at byte C{pos} of C{log}'s segment C{i}.
+
+        The first time, the segment is scanned (up to what is acknowledged)
+        for every damaged range, each logged once and counted.
+        """
+        seg = log.segments[i]
+        known = seg.damage
+        if known is None or pos not in known:
+            scan = scanSegment(
+                seg.path, self._settings.index_interval_bytes, False, seg.base, seg.visibleSize
+            )
+            found = list(scan.damaged)
+            if scan.tail is not None:
+                found.append(scan.tail)
+            if i + 1 < len(log.segments):
+                lastOffset = log.segments[i + 1].base - 1
+            else:
+                lastOffset = log.visibleNext - 1
+            fresh: dict[int, Damage] = {}
+            for damage in found:
+                if damage.lastOffset is None:
+                    damage.lastOffset = lastOffset
+                fresh[damage.start] = damage
+                if known is None or damage.start not in known:
+                    self._reportDamage(log, seg, damage)
+            known = seg.damage = {**(known or {}), **fresh}
+        damage = known.get(pos)
+        if damage is None:
+            for d in known.values():
+                if d.start <= pos < d.end:
+                    return d
+            # The scanner and the decoder disagree on this frame (a CRC-valid frame
+            # whose fields do not add up): give the rest of the segment up.
+            lastOffset = log.segments[i + 1].base - 1 if i + 1 < len(log.segments) else -1
+            damage = Damage(pos, seg.visibleSize, seg.base, max(lastOffset, log.visibleNext - 1))
+            known[pos] = damage
+            self._reportDamage(log, seg, damage)
+        return damage
+
+    def _reportDamage(self, log: ShardLog, seg: Segment, damage: Damage) -> None:
+        self._countDamage(damage)
+        self.log.warn(
+            "shard {shard!r}: offsets {first}..{last} of {segment} (bytes {start}..{end}) are "
+            "damaged; reads {action}",
+            shard=log.name,
+            first=damage.firstOffset,
+            last=damage.lastOffset,
+            segment=os.path.basename(seg.path),
+            start=damage.start,
+            end=damage.end,
+            action="skip them (on_corruption = skip)"
+            if self._skipDamage
+            else "of them fail with CorruptRecordError",
+        )
+
+    def _countDamage(self, damage: Damage) -> None:
+        self.counters["damaged_ranges"] += 1
+        if damage.lastOffset is not None:
+            self.counters["damaged_offsets"] += max(0, damage.lastOffset - damage.firstOffset + 1)
+
+    # -- health, metrics and checks --------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """
+        Whether the store takes writes now, and why not.
+
+        C{{"writable": bool, "state": "ok" | "full" | "failed" | "closed",
+        "reason": str or None, "free_bytes": int or None}}; the admin API's
+        C{/health/ready} answers 503 with the reason while not writable.
+        """
+        if not self._open:
+            state, reason = "closed", "the store is not open"
+        elif self._failure is not None:
+            state, reason = "failed", str(self._failure)
+        elif self._full is not None:
+            state, reason = "full", str(self._full)
+        else:
+            state, reason = "ok", None
+        return {
+            "writable": state == "ok",
+            "state": state,
+            "reason": reason,
+            "free_bytes": self.freeBytes(),
+        }
+
+    def statistics(self) -> dict[str, int]:
+        """Counters of faults found and handled since the store was built (for C{/metrics})."""
+        return dict(self.counters)
+
+    def check(self) -> defer.Deferred[dict[str, Any]]:
+        """
+        Verify every acknowledged byte of every shard (on the I/O thread) and
+        report what is damaged; changes nothing.  Backs C{GET /api/v1/storage/check}
+        and C{robustmq ctl storage check --online}.
+        """
+        from robustmq.storage.check import checkShards
+
+        try:
+            self._check()
+        except Exception as e:
+            return defer.fail(e)
+        targets = [
+            (
+                log.name,
+                [
+                    (seg.path, seg.base, seg.visibleSize, seg.visibleSize == seg.size)
+                    for seg in log.segments
+                ],
+                log.keys is not None,
+            )
+            for log in self._shards.values()
+        ]
+        return deferToThreadPool(
+            self._reactor,
+            self._ioPool,
+            checkShards,
+            self._root,
+            targets,
+            self._settings.index_interval_bytes,
+        )
 
     # -- deletion and retention -----------------------------------------
 
@@ -747,8 +1306,9 @@ class SegmentShardStore:
         try:
             log = self._keyed(shard)
             self._check()
-            if self._failure is not None:
-                raise self._failure
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
             if key is None:
                 raise ValueError("upsert needs a key")
         except Exception as e:
@@ -763,7 +1323,7 @@ class SegmentShardStore:
             offset = log.keys.get(bytes(key)) if log.keys is not None else None
             if offset is None or offset >= log.visibleNext:
                 return defer.succeed(None)
-            records = log.read(offset, 1, 1, self._fdFor, self._indexFor)
+            records = log.read(offset, 1, 1, self._fdFor, self._indexFor, self._damageAt, True)
         except Exception as e:
             return defer.fail(e)
         if records and records[0]["offset"] == offset:
@@ -775,8 +1335,9 @@ class SegmentShardStore:
         try:
             log = self._keyed(shard)
             self._check()
-            if self._failure is not None:
-                raise self._failure
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
         except Exception as e:
             return defer.fail(e)
         assert log.keys is not None
@@ -877,8 +1438,9 @@ class SegmentShardStore:
             return _missing(shard)
         try:
             self._check()
-            if self._failure is not None:
-                raise self._failure
+            refusal = self._refusal()
+            if refusal is not None:
+                raise refusal
         except Exception as e:
             return defer.fail(e)
         self._groups.setdefault(group, {})[shard] = (int(offset), bytes(metadata))
@@ -896,6 +1458,31 @@ class SegmentShardStore:
 
     # -- introspection for tests and metrics ----------------------------
 
+    def shardUsage(self, shard: str) -> tuple[int, int]:
+        """C{(records, bytes)} of one shard's segment files (written records, before
+        compaction or retention removes them); L{KeyError} if there is none."""
+        log = self._shards.get(shard)
+        if log is None:
+            raise KeyError(shard)
+        return _logUsage(log)
+
+    def usage(self) -> tuple[int, int]:
+        """C{(records, bytes)} of every shard's segment files."""
+        records = size = 0
+        for log in self._shards.values():
+            r, b = _logUsage(log)
+            records += r
+            size += b
+        return records, size
+
     def openFileCount(self) -> int:
         """Descriptors held by the two handle caches right now."""
         return len(self._readHandles) + len(self._worker.handles)
+
+
+def _logUsage(log: ShardLog) -> tuple[int, int]:
+    records = size = 0
+    for seg in log.segments:
+        records += seg.recordCount
+        size += seg.size
+    return records, size

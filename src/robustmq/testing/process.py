@@ -103,6 +103,8 @@ class BrokerProcess:
         self.configPath = self.workdir / "robustmq.toml"
         self.log = self.workdir / "node.log"
         self.process: subprocess.Popen[bytes] | None = None
+        #: the node's open-files limit (RLIMIT_NOFILE), when a test wants a small one
+        self.fileLimit: int | None = None
 
     def writeConfig(self) -> None:
         """Write L{configText} to C{configPath}."""
@@ -155,11 +157,20 @@ port = {self.port}
         self._logStart = self.log.stat().st_size if self.log.exists() else 0
         twistd = Path(sys.executable).with_name("twistd")
         logFile = open(self.log, "ab")  # noqa: SIM115
+        limit = self.fileLimit
+
+        def limitFiles() -> None:
+            import resource
+
+            if limit is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
         self.process = subprocess.Popen(
             [str(twistd), "-n", "--pidfile=", "robustmq", "--config", str(self.configPath)],
             stdout=logFile,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
+            preexec_fn=limitFiles if limit is not None else None,
             env=None if self.env is None else {**os.environ, **self.env},
         )
         logFile.close()

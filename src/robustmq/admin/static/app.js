@@ -9,7 +9,8 @@ const CHART_POINTS = 90;       // samples kept per chart (3 minutes at POLL_MS)
 const $ = (id) => document.getElementById(id);
 let authHeader = sessionStorage.getItem("robustmq.auth") || null;
 let currentTab = "overview";
-const pages = { clients: 1, subscriptions: 1, topics: 1, retained: 1 };
+const pages = { clients: 1, subscriptions: 1, topics: 1, retained: 1, kafka: 1, amqp: 1 };
+const WS_MAX_ROWS = 500;       // messages kept on the WebSocket client page
 let lastStatus = null;
 
 class HTTPError extends Error {
@@ -100,6 +101,12 @@ async function pollStatus() {
     $("stat-subscriptions").textContent = s.subscriptions;
     $("stat-retained").textContent = s.retained;
     $("stat-dropped").textContent = s.messages_dropped;
+    const why = Object.entries(s.dropped_by_reason || {}).map(([k, n]) => `${k.replace("/", " ")}: ${n}`);
+    $("stat-dropped-why").textContent = why.join(", ");
+    const byProtocol = s.connections_by_protocol || {};
+    for (const p of ["mqtt", "kafka", "amqp"]) {
+      $(`stat-conn-${p}`).textContent = p in byProtocol ? byProtocol[p] : "off";
+    }
     $("stat-uptime").textContent = fmtDuration(st.node.uptime_seconds);
     if (lastStatus) {
       const dt = Math.max(st.time - lastStatus.time, 0.001), p = lastStatus.stats;
@@ -114,6 +121,7 @@ async function pollStatus() {
     lastStatus = st;
     fillTable("nodes-table", st.cluster.nodes.map((n) => [n.id, n.version, n.roles.join(", "), n.status, fmtDuration(n.uptime_seconds)]), 5);
     setError("");
+    if (currentTab === "kafka" || currentTab === "amqp") refreshList(currentTab);
   } catch (e) {
     $("conn-state").className = "state bad";
     $("conn-state").title = String(e.message);
@@ -192,6 +200,98 @@ const lists = {
   },
 };
 
+// Kafka and AMQP: a node without those listeners answers 404 (see docs/operations.md).
+
+const lagChart = new LineChart($("chart-kafka-lag"), [{ label: "lag", color: "#cf222e" }], CHART_POINTS);
+
+function notServed(name, e) {
+  const note = $(`${name}-note`);
+  if (e && e.status === 404) { note.hidden = false; note.textContent = e.message; return true; }
+  note.hidden = true;
+  return false;
+}
+
+function lagBars(offsets) {
+  const span = document.createElement("span");
+  const max = Math.max(1, ...offsets.map((o) => o.lag || 0));
+  for (const o of offsets) {
+    const row = document.createElement("div");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${Math.round(80 * (o.lag || 0) / max)}px`;
+    row.append(bar, `${o.topic}/${o.partition}: ${o.lag == null ? "–" : o.lag}`);
+    row.dataset.lag = String(o.lag);
+    span.append(row);
+  }
+  return span;
+}
+
+lists.kafka = async function kafka() {
+  let topics, groups;
+  try {
+    topics = await api(`/api/v1/kafka/topics?${listQuery("kafka", "topic")}`);
+    groups = await api("/api/v1/kafka/groups?limit=50");
+  } catch (e) {
+    if (notServed("kafka", e)) { fillTable("kafka-topics-table", [], 7); fillTable("kafka-groups-table", [], 6); return; }
+    throw e;
+  }
+  notServed("kafka", null);
+  showPage("kafka", topics.meta);
+  fillTable("kafka-topics-table", topics.data.map((t) => [
+    t.name, t.partitions, t.messages, t.bytes,
+    t.partition_details.map((p) => `${p.partition}: ${p.log_start_offset}…${p.log_end_offset}`).join(", "),
+    t.overrides.join(", "),
+    button("Delete", "danger", async () => {
+      if (!confirm(`Delete the Kafka topic ${t.name} and its data?`)) return;
+      try { await api(`/api/v1/kafka/topics/${encodeURIComponent(t.name)}`, { method: "DELETE" }); }
+      catch (e) { setError(`delete: ${e.message}`); }
+      lists.kafka();
+    }),
+  ]), 7);
+  fillTable("kafka-groups-table", groups.data.map((g) => [
+    g.group_id, g.state, g.protocol || "", g.members.length, g.lag, lagBars(g.offsets),
+  ]), 6);
+  lagChart.push([groups.data.reduce((sum, g) => sum + g.lag, 0)]);
+};
+
+lists.amqp = async function amqp() {
+  let queues, exchanges;
+  const params = new URLSearchParams({ page: pages.amqp, limit: LIST_LIMIT });
+  const f = $("amqp-filter").value.trim();
+  if (f) params.set("name", f);
+  try {
+    queues = await api(`/api/v1/amqp/queues?${params}`);
+    exchanges = await api("/api/v1/amqp/exchanges?limit=200");
+  } catch (e) {
+    if (notServed("amqp", e)) { fillTable("amqp-queues-table", [], 11); fillTable("amqp-exchanges-table", [], 5); return; }
+    throw e;
+  }
+  notServed("amqp", null);
+  showPage("amqp", queues.meta);
+  fillTable("amqp-queues-table", queues.data.map((q) => {
+    const depth = document.createElement("span");
+    const bar = document.createElement("span");
+    bar.className = "bar";
+    bar.style.width = `${Math.min(120, Math.round(120 * q.messages / Math.max(1, q.max_length)))}px`;
+    depth.append(bar, String(q.messages));
+    const dropped = Object.entries(q.dropped).map(([why, n]) => `${why}: ${n}`).join(", ");
+    return [
+      q.vhost, q.name, q.messages_ready, q.messages_unacknowledged, depth, q.consumers,
+      fmtRate(q.publish_rate), fmtRate(q.deliver_rate), dropped, q.durable ? "yes" : "no",
+      button("Purge", "danger", async () => {
+        if (!confirm(`Drop the ${q.messages_ready} ready message(s) of ${q.name}?`)) return;
+        try {
+          await api(`/api/v1/amqp/queues/${encodeURIComponent(q.vhost)}/${encodeURIComponent(q.name)}/contents`, { method: "DELETE" });
+        } catch (e) { setError(`purge: ${e.message}`); }
+        lists.amqp();
+      }),
+    ];
+  }), 11);
+  fillTable("amqp-exchanges-table", exchanges.data.map((x) => [
+    x.vhost, x.name === "" ? "(AMQP default)" : x.name, x.type, x.durable ? "yes" : "no", x.bindings,
+  ]), 5);
+};
+
 async function refreshList(name) {
   try { await lists[name](); setError(""); }
   catch (e) { if (e.status !== 401) setError(`${name}: ${e.message}`); }
@@ -205,6 +305,8 @@ function selectTab(name) {
   for (const s of document.querySelectorAll("section.tab")) s.hidden = s.id !== `tab-${name}`;
   if (lists[name]) refreshList(name);
   if (name === "overview") { rateChart.draw(); connChart.draw(); loadListeners().catch(() => {}); }
+  if (name === "kafka") lagChart.draw();
+  if (name === "websocket") wsPrepare();
 }
 
 document.querySelectorAll("#tabs button").forEach((b) => b.addEventListener("click", () => selectTab(b.dataset.tab)));
@@ -254,7 +356,115 @@ $("login-form").addEventListener("submit", (e) => {
   pollStatus();
 });
 
-window.addEventListener("resize", () => { rateChart.draw(); connChart.draw(); });
+// WebSocket client: the browser connects to the node's MQTT-over-WebSocket
+// listener with MQTT.js (/vendor/mqtt.min.js, loaded when the page is first opened).
+
+let wsClient = null;
+
+function loadMqttJs() {
+  if (window.mqtt) return Promise.resolve(window.mqtt);
+  return new Promise((resolve, reject) => {
+    const s = document.createElement("script");
+    s.src = "/vendor/mqtt.min.js";
+    s.onload = () => resolve(window.mqtt);
+    s.onerror = () => reject(new Error("could not load /vendor/mqtt.min.js"));
+    document.head.appendChild(s);
+  });
+}
+
+function wsState(text, cls) { const el = $("ws-state"); el.textContent = text; el.className = cls || ""; }
+
+function wsConnected(on) {
+  $("ws-connect").disabled = on;
+  $("ws-disconnect").disabled = !on;
+  $("ws-subscribe").disabled = !on;
+  $("ws-publish").disabled = !on;
+}
+
+async function wsPrepare() {
+  if (!$("ws-client-id").value) $("ws-client-id").value = `dashboard-${Math.random().toString(16).slice(2, 10)}`;
+  if ($("ws-url").value) return;
+  try {
+    const ls = await api("/api/v1/listeners");
+    const l = ls.data.find((x) => x.protocol === "mqtt" && (x.transport === "ws" || x.transport === "wss") && x.running);
+    if (l) {
+      const host = ["0.0.0.0", "::", ""].includes(l.bind) ? location.hostname : (l.host || l.bind);
+      $("ws-url").value = `${l.transport}://${host.includes(":") ? `[${host}]` : host}:${l.port}/mqtt`;
+    } else {
+      wsState("this node has no MQTT WebSocket listener ([[listeners]] transport = \"ws\")", "bad");
+    }
+  } catch (e) { setError(`listeners: ${e.message}`); }
+}
+
+function wsMessage(topic, payload, packet) {
+  const tbody = $("ws-messages").querySelector("tbody");
+  const tr = tbody.insertRow(0);
+  let text;
+  try { text = new TextDecoder("utf-8", { fatal: true }).decode(payload); }
+  catch (e) { text = `(${payload.length} bytes, not UTF-8)`; }
+  for (const cell of [new Date().toLocaleTimeString(), topic, packet.qos, packet.retain ? "yes" : "", text]) {
+    tr.insertCell().textContent = String(cell);
+  }
+  while (tbody.rows.length > WS_MAX_ROWS) tbody.deleteRow(-1);
+}
+
+$("ws-connect-form").addEventListener("submit", async (e) => {
+  e.preventDefault();
+  if (wsClient) return;
+  const url = $("ws-url").value.trim();
+  wsState(`connecting to ${url}…`);
+  let mqttLib;
+  try { mqttLib = await loadMqttJs(); } catch (err) { wsState(err.message, "bad"); return; }
+  const opts = { clientId: $("ws-client-id").value, clean: true, reconnectPeriod: 0, connectTimeout: 10000, protocolVersion: 4 };
+  if ($("ws-user").value) { opts.username = $("ws-user").value; opts.password = $("ws-password").value; }
+  const client = mqttLib.connect(url, opts);
+  wsClient = client;
+  client.on("connect", () => { wsState(`connected to ${url} as ${opts.clientId}`, "ok"); wsConnected(true); });
+  client.on("message", wsMessage);
+  client.on("error", (err) => wsState(`error: ${err.message}`, "bad"));
+  client.on("close", () => {
+    if (wsClient === client) {
+      wsClient = null;
+      wsConnected(false);
+      if ($("ws-state").className !== "bad") wsState("disconnected");
+      $("ws-subscriptions").replaceChildren();
+      client.end(true);
+    }
+  });
+});
+
+$("ws-disconnect").addEventListener("click", () => { if (wsClient) wsClient.end(); });
+
+$("ws-sub-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  if (!wsClient) return;
+  const topic = $("ws-sub-topic").value, qos = Number($("ws-sub-qos").value);
+  wsClient.subscribe(topic, { qos }, (err, granted) => {
+    if (err) { wsState(`subscribe: ${err.message}`, "bad"); return; }
+    for (const g of granted) {
+      const li = document.createElement("li");
+      li.dataset.topic = g.topic;
+      li.append(g.qos === 128 ? `${g.topic} (refused) ` : `${g.topic} (QoS ${g.qos}) `);
+      li.append(button("Unsubscribe", "", () => { if (wsClient) wsClient.unsubscribe(g.topic); li.remove(); }));
+      $("ws-subscriptions").append(li);
+    }
+  });
+});
+
+$("ws-pub-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  if (!wsClient) return;
+  const topic = $("ws-pub-topic").value, qos = Number($("ws-pub-qos").value), retain = $("ws-pub-retain").checked;
+  const result = $("ws-pub-result");
+  wsClient.publish(topic, $("ws-pub-payload").value, { qos, retain }, (err) => {
+    result.className = err ? "bad" : "ok";
+    result.textContent = err ? `not published: ${err.message}` : `published to ${topic} (QoS ${qos}${retain ? ", retained" : ""})`;
+  });
+});
+
+$("ws-clear").addEventListener("click", () => $("ws-messages").querySelector("tbody").replaceChildren());
+
+window.addEventListener("resize", () => { rateChart.draw(); connChart.draw(); lagChart.draw(); });
 
 selectTab("overview");
 pollStatus();

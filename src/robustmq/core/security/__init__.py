@@ -19,7 +19,10 @@ from typing import Any
 from twisted.logger import Logger
 
 from robustmq.core.security.acl import ACL, ClientAccess, Rule, RuleError, loadRuleFile
+from robustmq.core.security.amqpperms import AMQPAccess, AMQPPermissionError, AMQPPermissions
+from robustmq.core.security.authenticators import isLoopback
 from robustmq.core.security.bans import BanError, Bans, FlappingDetector
+from robustmq.core.security.kafkaacl import KafkaAccess, KafkaACL, KafkaAclError, principalOf
 from robustmq.core.security.limits import PublishLimiter, TokenBucket
 from robustmq.core.security.metadata import (
     EmbeddedMetadataStore,
@@ -50,6 +53,9 @@ class Security:
             except RuleError as e:
                 raise ConfigError(f"acl.file: {e}") from None
         self.acl = ACL(settings.acl, metadata, fileRules)
+        #: Kafka's ACL bindings and AMQP's per-vhost permissions (docs/security.md)
+        self.kafkaAcl = KafkaACL(settings, metadata, self.users)
+        self.amqpPermissions = AMQPPermissions(settings, metadata, self.users)
         self.bans = Bans(metadata, settings.limits.max_bans)
         self.flapping = FlappingDetector(settings.limits, self.bans, reactor)
         limits = settings.limits
@@ -115,6 +121,29 @@ class Security:
             return f"client id {clientId} is flapping"
         return self.bans.check(clientId, username, host)
 
+    def admitPeer(self, username: str | None, host: str | None) -> str | None:
+        """Kafka and AMQP: why an authenticated connection is refused (bans, flapping), or None.
+
+        Bans by user name and address apply; flapping counts the logins of
+        a user name (of an address for anonymous clients off loopback).
+        """
+        why = self.bans.check(None, username, host)
+        if why is not None:
+            return why
+        if username:
+            if self.flapping.connecting(username, "username"):
+                return f"user {username} is flapping"
+        elif host and not isLoopback(host):
+            if self.flapping.connecting(host.strip("[]"), "ip"):
+                return f"address {host} is flapping"
+        return None
+
+    def admitAddress(self, host: str | None) -> str | None:
+        """Why a new socket from C{host} is refused (an address ban, the accept rate), or None."""
+        if not self.acceptConnection():
+            return "connection rate limit"
+        return self.bans.check(None, None, host)
+
     def access(
         self,
         clientId: str,
@@ -128,6 +157,21 @@ class Security:
         return ClientAccess(
             self.acl, clientId, username, host, superuser, attributes.get("acl") or ()
         )
+
+    def kafkaAccess(
+        self, username: str | None, host: str, attributes: Mapping[str, Any] | None = None
+    ) -> KafkaAccess:
+        """The Kafka authorization view of one connection (C{username} None: anonymous)."""
+        attributes = attributes or {}
+        superuser = bool(attributes.get("superuser")) or self.users.isSuperuser(username)
+        return KafkaAccess(self.kafkaAcl, principalOf(username), host, superuser)
+
+    def amqpAccess(
+        self, username: str, vhost: str, attributes: Mapping[str, Any] | None = None
+    ) -> AMQPAccess | None:
+        """The AMQP permissions of one connection in C{vhost}, or None: it may not open it."""
+        superuser = bool((attributes or {}).get("superuser"))
+        return self.amqpPermissions.access(username, vhost, superuser)
 
     def publishLimiter(self) -> PublishLimiter | None:
         """A new connection's rate limiter, or None when no rate is configured."""
@@ -146,6 +190,12 @@ def securityOf(broker: Any) -> Security:
 
 __all__ = [
     "ACL",
+    "AMQPAccess",
+    "AMQPPermissionError",
+    "AMQPPermissions",
+    "KafkaACL",
+    "KafkaAccess",
+    "KafkaAclError",
     "BanError",
     "Bans",
     "ClientAccess",

@@ -265,6 +265,7 @@ class ACL:
         self.sysReadable = settings.sys_readable
         self.maxRules = settings.max_rules
         self.cacheSize = settings.cache_size
+        self.checkDeliveries = settings.check_deliveries
         self.fileRules = list(fileRules)
         self.storeRules: list[Rule] = []
         self.version = 0
@@ -420,6 +421,20 @@ class ClientAccess:
         if not self.rules and not self.superuser and self.acl.open:
             return not topic.startswith("$SYS")
         return self.allowed(PUBLISH, topic)
+
+    def canReceive(self, topic: str) -> bool:
+        """May a message on C{topic} be delivered to this client?
+
+        A wildcard subscription may cover topics the client may not subscribe
+        to; with C{[acl] check_deliveries} (the default) such messages are
+        withheld, decided per topic with the connection's cache (mosquitto's
+        behaviour).  Superusers receive everything.
+        """
+        if self.superuser or not self.acl.checkDeliveries:
+            return True
+        if not self.rules and self.acl.open:
+            return True
+        return self.allowed(SUBSCRIBE, topic)
 
     def canSubscribe(self, topicFilter: str) -> bool:
         """May this client subscribe to C{topicFilter}?"""

@@ -160,11 +160,17 @@ class FlappingDetector:
         self.clock = clock
         self.seen: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def connecting(self, clientId: str) -> bool:
-        """Record a connect attempt; True if it makes the client a flapper (now banned)."""
+    def connecting(self, clientId: str, kind: str = "clientid") -> bool:
+        """Record a connect attempt; True if it makes the client a flapper (now banned).
+
+        C{kind} says what C{clientId} is: a client id (MQTT), a user name or an
+        address (Kafka and AMQP logins); the ban is of that kind.
+        """
         if not self.enabled:
             return False
         now = self.clock.seconds()
+        value = clientId
+        clientId = clientId if kind == "clientid" else f"{kind}:{clientId}"
         times = self.seen.pop(clientId, None)
         if times is None:
             times = deque(maxlen=self.maxConnects + 1)
@@ -178,14 +184,15 @@ class FlappingDetector:
             return False
         del self.seen[clientId]
         self.log.warn(
-            "client {clientId} connected {n} times within {window:g}s: banned for {ban:g}s",
-            clientId=clientId,
+            "{kind} {clientId} connected {n} times within {window:g}s: banned for {ban:g}s",
+            kind=kind,
+            clientId=value,
             n=len(times),
             window=self.window,
             ban=self.banTime,
         )
         try:
-            self.bans.add("clientid", clientId, self.banTime, "flapping", by="flapping")
+            self.bans.add(kind, value, self.banTime, "flapping", by="flapping")
         except BanError as e:
             self.log.warn(
                 "flapping client {clientId} not banned: {why}", clientId=clientId, why=str(e)

@@ -159,4 +159,68 @@ class EmbeddedMetadataStore(MemoryMetadataStore):
         self.db.close()
 
 
-__all__ = ["EmbeddedMetadataStore", "IMetadataStore", "MemoryMetadataStore"]
+@implementer(IMetadataStore)
+class ShardMetadataStore(MemoryMetadataStore):
+    """The in-memory view backed by one compacted shard of the node's shard store.
+
+    For stores whose data any node can read (the C{s3} store): users, ACL rules
+    and bans then live with the shards, and a node started with an empty
+    directory finds them.  Each record is one key (C{kind}, NUL, C{key}) whose
+    value is JSON C{[seq, record]}; C{seq} keeps insertion order (ACL rule
+    order) across reloads.  L{load} must run once the store is open; it
+    announces every record to the watchers, so views built earlier refresh.
+    """
+
+    durable = True
+    log = Logger()
+    #: the shard the records live in
+    SHARD = "robustmq/security"
+
+    def __init__(self, store: Any) -> None:
+        super().__init__()
+        self.store = store
+        self._seq = 0
+        self._order: dict[tuple[str, str], int] = {}
+
+    async def load(self) -> None:
+        """Read every record from the shard (creating it if missing)."""
+        await self.store.createShard(self.SHARD, {"compacted": True})
+        loaded = []
+        for raw in await self.store.keys(self.SHARD):
+            record = await self.store.lookup(self.SHARD, raw)
+            if record is None or record["value"] is None:
+                continue
+            kind, _, key = bytes(raw).decode("utf-8").partition("\0")
+            seq, value = json.loads(record["value"])
+            loaded.append((seq, kind, key, value))
+        for seq, kind, key, value in sorted(loaded, key=lambda item: item[0]):
+            self.data.setdefault(kind, {})[key] = value
+            self._order[(kind, key)] = seq
+            self._seq = max(self._seq, seq)
+            self.notify(kind, key, value)
+        self.log.info("loaded {count} security records from the shard store", count=len(loaded))
+
+    def put(self, kind: str, key: str, value: dict[str, Any]) -> defer.Deferred[None]:
+        seq = self._order.get((kind, key))
+        if seq is None:
+            self._seq += 1
+            seq = self._order[(kind, key)] = self._seq
+        text = json.dumps([seq, value], separators=(",", ":")).encode()
+        d = self.store.upsert(self.SHARD, f"{kind}\0{key}".encode(), text)
+        super().put(kind, key, value)
+        return d.addCallback(lambda _: None)
+
+    def delete(self, kind: str, key: str) -> defer.Deferred[bool]:
+        self._order.pop((kind, key), None)
+        existed = self.get(kind, key) is not None
+        d = self.store.deleteKey(self.SHARD, f"{kind}\0{key}".encode())
+        super().delete(kind, key)
+        return d.addCallback(lambda _: existed)
+
+
+__all__ = [
+    "EmbeddedMetadataStore",
+    "IMetadataStore",
+    "MemoryMetadataStore",
+    "ShardMetadataStore",
+]

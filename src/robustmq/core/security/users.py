@@ -154,17 +154,84 @@ class UserStore:
     async def verify(self, username: str, password: bytes) -> bool | None:
         """True if the password is right, False if wrong, None if there is no such user."""
         record = self.metadata.get(KIND, username)
-        stored = record["hash"] if record is not None else self._dummy
+        hashed = record.get("hash") if record is not None else None
+        stored = hashed or self._dummy
         ok = await self._semaphore.run(threads.deferToThread, self._check, stored, password)
         if record is None:
             return None
-        return ok
+        return ok and hashed is not None  # a SCRAM-only user has no password
 
     def _check(self, stored: str, password: bytes) -> bool:
         try:
             return bool(self.hasher.verify(stored, password))
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
+
+    def setScram(
+        self,
+        username: str,
+        hashName: str,
+        salt: bytes,
+        iterations: int,
+        storedKey: bytes,
+        serverKey: bytes,
+    ) -> None:
+        """Set a user's SCRAM keys for one hash, creating a SCRAM-only user if needed.
+
+        Kafka's AlterUserScramCredentials (KIP-554) sends salted keys, never a
+        password: a user created this way has no password hash, so password
+        checks (MQTT CONNECT, SASL PLAIN) refuse it until a password is set.
+        """
+        if not _NAME.match(username or ""):
+            raise UserError(f"invalid user name {username!r}")
+        if hashName not in SCRAM_HASHES:
+            raise UserError(f"unknown SCRAM hash {hashName!r}")
+        record = self.metadata.get(KIND, username)
+        now = time.time()
+        if record is None:
+            if self.metadata.count(KIND) >= self.maxUsers:
+                raise UserError(f"the user store is full ([auth] max_users = {self.maxUsers})")
+            record = {"hash": None, "scram": {}, "superuser": False, "created": now}
+        record = dict(record)
+        record["scram"] = dict(record.get("scram", {}))
+        record["scram"][hashName] = {
+            "salt": _b64(salt),
+            "iterations": int(iterations),
+            "stored_key": _b64(storedKey),
+            "server_key": _b64(serverKey),
+        }
+        record["updated"] = now
+        self.metadata.put(KIND, username, record)
+        self.log.info("user {username}: {hash} SCRAM keys set", username=username, hash=hashName)
+
+    def deleteScram(self, username: str, hashName: str) -> bool:
+        """Remove a user's SCRAM keys for one hash; False if it had none.
+
+        A SCRAM-only user (no password) left without any keys is removed.
+        """
+        record = self.metadata.get(KIND, username)
+        if record is None or hashName not in record.get("scram", {}):
+            return False
+        record = dict(record)
+        record["scram"] = {k: v for k, v in record["scram"].items() if k != hashName}
+        if not record["scram"] and record.get("hash") is None:
+            self.metadata.delete(KIND, username)
+        else:
+            record["updated"] = time.time()
+            self.metadata.put(KIND, username, record)
+        self.log.info(
+            "user {username}: {hash} SCRAM keys removed", username=username, hash=hashName
+        )
+        return True
+
+    def scramInfo(self) -> dict[str, dict[str, int]]:
+        """User name -> {hash name: iterations} for every user with SCRAM keys."""
+        out: dict[str, dict[str, int]] = {}
+        for name, record in self.metadata.items(KIND):
+            keys = record.get("scram", {})
+            if keys:
+                out[name] = {h: int(k["iterations"]) for h, k in keys.items()}
+        return out
 
     def scramCredentials(self, username: str, hashName: str = "sha256") -> ScramCredentials | None:
         """A user's SCRAM keys for C{hashName}, for enhanced authentication and SASL."""

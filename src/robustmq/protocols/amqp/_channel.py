@@ -253,6 +253,18 @@ class AMQPChannel:
     def handle_access_request(self, method: _spec.AccessRequest) -> None:
         self.sendMethod(_spec.AccessRequestOk(1))
 
+    # -- permissions (RabbitMQ's configure / write / read) ---------------
+
+    def _permit(self, permission: str, kind: str, name: str) -> None:
+        """Raise RabbitMQ's 403 unless the user has C{permission} on the named resource."""
+        access = self.conn.access
+        if access is not None and not access.allowed(permission, name):
+            shown = name or "amq.default"
+            raise accessRefused(
+                f"{permission} access to {kind} '{shown}' in vhost '{self.vhost.name}' "
+                f"refused for user '{self.conn.user}'"
+            )
+
     # -- exchanges ------------------------------------------------------
 
     def _exchange(self, name: str) -> Exchange:
@@ -267,12 +279,15 @@ class AMQPChannel:
         if m.passive:
             self._exchange(name) if name else None
         else:
+            if name:
+                self._permit("configure", "exchange", name)
             if name == "" or name.startswith("amq."):
                 raise accessRefused(
                     f"exchange name '{name}' contains reserved prefix 'amq.*'"
                     if name
                     else "operation not permitted on the default exchange"
                 )
+            _checkName("exchange", name)
             if m.type not in EXCHANGE_TYPES:
                 raise ConnectionError(
                     _spec.COMMAND_INVALID, f"COMMAND_INVALID - unknown exchange type '{m.type}'"
@@ -311,6 +326,7 @@ class AMQPChannel:
         name = m.exchange
         if name == "" or name.startswith("amq."):
             raise accessRefused(f"operation not permitted on the exchange '{name}'")
+        self._permit("configure", "exchange", name)
         ex = self.vhost.exchanges.get(name)
         if ex is not None:
             if m.if_unused and (ex.bindings or ex.incoming):
@@ -320,6 +336,8 @@ class AMQPChannel:
             self.sendMethod(_spec.ExchangeDeleteOk())
 
     def handle_exchange_bind(self, m: _spec.ExchangeBind) -> None:
+        self._permit("write", "exchange", m.destination)
+        self._permit("read", "exchange", m.source)
         dest = self._exchange(m.destination)
         src = self._exchange(m.source)
         if src.name == "" or dest.name == "":
@@ -334,6 +352,8 @@ class AMQPChannel:
             self.sendMethod(_spec.ExchangeBindOk())
 
     def handle_exchange_unbind(self, m: _spec.ExchangeUnbind) -> None:
+        self._permit("write", "exchange", m.destination)
+        self._permit("read", "exchange", m.source)
         dest = self.vhost.exchanges.get(m.destination)
         src = self.vhost.exchanges.get(m.source)
         if src is not None and dest is not None and src.unbind(dest, m.routing_key, m.arguments):
@@ -371,8 +391,10 @@ class AMQPChannel:
         else:
             if name.startswith("amq."):
                 raise accessRefused(f"queue name '{name}' contains reserved prefix 'amq.*'")
+            _checkName("queue", name)
             if name == "":
                 name = "amq.gen-" + _token(16)
+            self._permit("configure", "queue", name)
             q = v.queues.get(name)
             args = m.arguments or {}
             if q is not None:
@@ -413,6 +435,8 @@ class AMQPChannel:
             )
 
     def handle_queue_bind(self, m: _spec.QueueBind) -> None:
+        self._permit("write", "queue", self._queueName(m.queue))
+        self._permit("read", "exchange", m.exchange)
         q = self._queue(m.queue)
         ex = self._exchange(m.exchange)
         if ex.name == "":
@@ -428,6 +452,8 @@ class AMQPChannel:
             self.sendMethod(_spec.QueueBindOk())
 
     def handle_queue_unbind(self, m: _spec.QueueUnbind) -> None:
+        self._permit("write", "queue", self._queueName(m.queue))
+        self._permit("read", "exchange", m.exchange)
         q = self._queue(m.queue)
         ex = self.vhost.exchanges.get(m.exchange)
         if ex is not None and ex.unbind(q, m.routing_key, m.arguments):
@@ -439,6 +465,7 @@ class AMQPChannel:
         self.sendMethod(_spec.QueueUnbindOk())
 
     def handle_queue_purge(self, m: _spec.QueuePurge) -> None:
+        self._permit("read", "queue", self._queueName(m.queue))
         q = self._queue(m.queue)
         n = q.purge()
         if not m.nowait:
@@ -446,6 +473,7 @@ class AMQPChannel:
 
     def handle_queue_delete(self, m: _spec.QueueDelete) -> None:
         name = self._queueName(m.queue)
+        self._permit("configure", "queue", name)
         q = self.vhost.queues.get(name)
         n = 0
         if q is not None:
@@ -490,6 +518,7 @@ class AMQPChannel:
             if not m.nowait:
                 self.sendMethod(_spec.BasicConsumeOk(tag))
             return
+        self._permit("read", "queue", self._queueName(m.queue))
         q = self._queue(m.queue)
         if q.consumers and (m.exclusive or any(c.exclusive for c in q.consumers)):
             raise accessRefused(f"queue '{q.name}' in vhost '{self.vhost.name}' in exclusive use")
@@ -540,6 +569,7 @@ class AMQPChannel:
     def publish(self, m: _spec.BasicPublish, props: _spec.BasicProperties, body: bytes) -> None:
         """Route a complete message (after its content header and body)."""
         v = self.vhost
+        self._permit("write", "exchange", m.exchange)
         ex = v.exchanges.get(m.exchange)
         if ex is None:
             raise notFound("exchange", m.exchange, v.name)
@@ -600,7 +630,7 @@ class AMQPChannel:
             if m.mandatory:
                 self._return(m, message)
             else:
-                broker.stats.amqpDropped += 1
+                broker.stats.dropped("amqp", "unroutable")
         if outcome.congested:
             self.conn.gate.waitFor(outcome.congested)
         if seq is not None:
@@ -627,17 +657,15 @@ class AMQPChannel:
             if m.mandatory:
                 self._return(m, message)
             else:
-                v.server.broker.stats.amqpDropped += 1
+                v.server.broker.stats.dropped("amqp", "unroutable")
             if seq is not None:
                 self._confirmed(seq, True)
             return
-        server = v.server
         outcome = Outcome()
         accepted = True
         for q in queues:
             if q.push(message, outcome=outcome) is None:
                 accepted = False
-                server.broker.stats.amqpDropped += 1
         for q in queues:
             q.dispatch()
         if seq is None:
@@ -704,6 +732,7 @@ class AMQPChannel:
     # -- basic: get, ack ------------------------------------------------
 
     def handle_basic_get(self, m: _spec.BasicGet) -> None:
+        self._permit("read", "queue", self._queueName(m.queue))
         q = self._queue(m.queue)
         q.touch()
         qm = q.popLive()
@@ -718,6 +747,7 @@ class AMQPChannel:
         else:
             self.unacked[tag] = (qm, q, None)
             self.unackedBytes += msg.size
+        q.delivered += 1
         self.conn.server.broker.stats.amqpSent += 1
         self.conn.sendContent(
             self.number,
@@ -865,3 +895,15 @@ _HANDLERS: dict[type, Any] = {
     for cls in _spec.METHODS.values()
     if hasattr(AMQPChannel, "handle_" + cls.NAME)
 }
+
+
+def _checkName(kind: str, name: str) -> None:
+    """Queue and exchange names are UTF-8 text (a shortstr that is not decodes with
+    surrogates, and such a name cannot name a shard or a stored declaration).
+    bench/fuzz.py found durable declarations failing with a traceback."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise preconditionFailed(
+            f"{kind} name {name.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8"
+        ) from None

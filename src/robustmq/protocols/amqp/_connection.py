@@ -22,7 +22,7 @@ from zope.interface import implementer
 from robustmq import __version__
 from robustmq.core.auth import Credentials
 from robustmq.core.backpressure import PublisherGate
-from robustmq.core.security import securityOf
+from robustmq.core.security import AMQPAccess, securityOf
 from robustmq.protocols.amqp import _spec
 from robustmq.protocols.amqp._channel import AMQPChannel
 from robustmq.protocols.amqp._exceptions import AMQPError, ConnectionError
@@ -83,6 +83,10 @@ class AMQPServerProtocol(Protocol):
         self.clientCapabilities: dict[str, Any] = {}
         self.vhost: Any = None
         self.user: str | None = None
+        #: this user's permissions in the open virtual host (RabbitMQ's model)
+        self.access: AMQPAccess | None = None
+        #: what the authenticators learned (superuser, ...)
+        self._attributes: dict[str, Any] = {}
         self.frameMax = self.settings.frame_max
         self.channelMax = self.settings.channel_max
         self.heartbeat = 0
@@ -207,7 +211,9 @@ class AMQPServerProtocol(Protocol):
         try:
             frames = self.parser.feed(data)
         except FrameError as e:
-            self.log.info("AMQP {peer}: {error}", peer=self.peer, error=e.text)
+            self.log.info(
+                "AMQP {peer}: {error} ({detail})", peer=self.peer, error=e.text, detail=e.detail
+            )
             self._closeConnection(e.code, e.text, e.classId, e.methodId, abortAfterSend=True)
             return
         channels = self.channels
@@ -226,6 +232,9 @@ class AMQPServerProtocol(Protocol):
                     return
                 self._closeChannel(frame.channel, e)  # type: ignore[union-attr]
             except FrameError as e:
+                self.log.info(
+                    "AMQP {peer}: {error} ({detail})", peer=self.peer, error=e.text, detail=e.detail
+                )
                 self._closeConnection(e.code, e.text, e.classId, e.methodId, abortAfterSend=True)
                 return
             except Exception:
@@ -255,7 +264,7 @@ class AMQPServerProtocol(Protocol):
                         "cluster_name": self.server.broker.settings.node.id,
                         "capabilities": dict(SERVER_CAPABILITIES),
                     },
-                    b"PLAIN AMQPLAIN",
+                    b"PLAIN AMQPLAIN EXTERNAL" if self._certificateUser() else b"PLAIN AMQPLAIN",
                     b"en_US",
                 ),
             )
@@ -367,7 +376,32 @@ class AMQPServerProtocol(Protocol):
         d = defer.ensureDeferred(self._authenticate(m.mechanism, username, password))
         d.addErrback(lambda f: self.log.failure("AMQP authentication failed", f))
 
-    def _credentials(self, mechanism: str, response: bytes) -> tuple[str, bytes]:
+    def _certificateUser(self) -> str | None:
+        """The name a verified client certificate stands for (mutual TLS), if any."""
+        return getattr(self.transport, "certificateUsername", None)
+
+    @property
+    def username(self) -> str | None:
+        """The logged-in user (for listings and bans)."""
+        return self.user
+
+    def kick(self, why: str) -> None:
+        """A ban now covers this connection: Connection.Close 320 CONNECTION_FORCED."""
+        self._closeConnection(_spec.CONNECTION_FORCED, f"CONNECTION_FORCED - {why}", 0, 0)
+
+    def _credentials(self, mechanism: str, response: bytes) -> tuple[str, bytes | None]:
+        if mechanism == "EXTERNAL":
+            # The identity is the verified client certificate (RabbitMQ's
+            # rabbitmq_auth_mechanism_ssl); the response carries nothing we use.
+            certUser = self._certificateUser()
+            if certUser is None:
+                raise ConnectionError(
+                    _spec.ACCESS_REFUSED,
+                    "ACCESS_REFUSED - EXTERNAL needs a verified client certificate",
+                    10,
+                    11,
+                )
+            return certUser, None
         if mechanism == "PLAIN":
             parts = response.split(b"\x00")
             if len(parts) != 3:
@@ -394,10 +428,10 @@ class AMQPServerProtocol(Protocol):
             11,
         )
 
-    async def _authenticate(self, mechanism: str, username: str, password: bytes) -> None:
+    async def _authenticate(self, mechanism: str, username: str, password: bytes | None) -> None:
         s = self.settings
         host = self.peer.rsplit(":", 1)[0]
-        if username == s.default_user:
+        if username == s.default_user and password is not None:
             ok = password == s.default_pass.encode() and (
                 not s.default_user_loopback_only
                 or host.startswith(_LOOPBACK)
@@ -411,10 +445,22 @@ class AMQPServerProtocol(Protocol):
                 password=password,
                 peerHost=host,
                 listener=self.listener.label,
+                certificateUsername=self._certificateUser(),
             )
             ok = await self.server.broker.auth.authenticate(creds)
+            self._attributes = dict(creds.attributes)
         if self.closed:
             return
+        if ok:
+            why = securityOf(self.server.broker).admitPeer(username, host)
+            if why is not None:
+                self.log.warn(
+                    "AMQP {peer}: login of {user} refused: {why}",
+                    peer=self.peer,
+                    user=username,
+                    why=why,
+                )
+                ok = False
         if not ok:
             self.log.info(
                 "AMQP {peer}: login refused for user {user}", peer=self.peer, user=username
@@ -484,6 +530,23 @@ class AMQPServerProtocol(Protocol):
             raise ConnectionError(
                 _spec.NOT_ALLOWED, f"NOT_ALLOWED - vhost {name} not found", 10, 40
             )
+        assert self.user is not None
+        access = securityOf(self.server.broker).amqpAccess(self.user, name, self._attributes)
+        if access is None:
+            # RabbitMQ's answer (rabbit_access_control:check_vhost_access): 530.
+            self.log.warn(
+                "AMQP {peer}: user {user} has no permissions in vhost {vhost}",
+                peer=self.peer,
+                user=self.user,
+                vhost=name,
+            )
+            raise ConnectionError(
+                _spec.NOT_ALLOWED,
+                f"NOT_ALLOWED - access to vhost '{name}' refused for user '{self.user}'",
+                10,
+                40,
+            )
+        self.access = access
         self.vhost = self.server.vhost(name)
         self.state = "open"
         if self._timeoutCall is not None and self._timeoutCall.active():

@@ -38,7 +38,7 @@ class AMQPServerFactory(ConnectionLimitedFactory):
         self._initLimits()
 
     def buildProtocol(self, addr: Any) -> AMQPServerProtocol | None:
-        if not self._admit(addr):
+        if not self._admit(addr) or not self._admitPeer(addr):
             return None
         return self._track(AMQPServerProtocol(self.server, self.listener, self.reactor))
 

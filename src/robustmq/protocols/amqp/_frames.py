@@ -48,12 +48,17 @@ class FrameError(Exception):
         502 syntax-error, 540 not-implemented).
     """
 
-    def __init__(self, code: int, text: str, classId: int = 0, methodId: int = 0) -> None:
+    def __init__(
+        self, code: int, text: str, classId: int = 0, methodId: int = 0, detail: str = ""
+    ) -> None:
         super().__init__(text)
         self.code = code
+        #: what the client is told: the reply code's name and a human sentence
         self.text = text
         self.classId = classId
         self.methodId = methodId
+        #: what went wrong inside the decoder, for the log only (never sent)
+        self.detail = detail
 
 
 class ProtocolHeader:
@@ -147,7 +152,11 @@ def decodeMethod(payload: Any) -> _spec.Method:
         return cls.decode(payload, 4)  # type: ignore[attr-defined, no-any-return]
     except (DecodeError, struct.error, IndexError, UnicodeDecodeError) as e:
         raise FrameError(
-            _spec.SYNTAX_ERROR, f"SYNTAX_ERROR - cannot decode {cls.NAME}: {e}", classId, methodId
+            _spec.SYNTAX_ERROR,
+            f"SYNTAX_ERROR - malformed {cls.NAME.replace('_', '.', 1)} method",
+            classId,
+            methodId,
+            detail=f"{type(e).__name__}: {e}",
         ) from None
 
 
@@ -223,7 +232,9 @@ class FrameParser:
                 props = _spec.BasicProperties.decode(payload, 12)
             except (DecodeError, struct.error, IndexError) as e:
                 raise FrameError(
-                    _spec.SYNTAX_ERROR, f"SYNTAX_ERROR - bad content header: {e}"
+                    _spec.SYNTAX_ERROR,
+                    "SYNTAX_ERROR - malformed content header",
+                    detail=f"{type(e).__name__}: {e}",
                 ) from None
             return HeaderFrame(channel, classId, bodySize, props, payload[12:])
         if kind == _spec.FRAME_HEARTBEAT:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from robustmq.core.droplog import DropLog
 from robustmq.core.outcome import Outcome
 from robustmq.core.topics import TopicTrie
 from robustmq.protocols.amqp import _spec
@@ -153,7 +154,14 @@ class Queue:
     Bounds: C{x-max-length}/C{x-max-length-bytes} from the declaration,
     capped by C{[amqp] max_queue_length}/C{max_queue_bytes}; at the bound
     the overflow policy applies (drop-head dead-letters the oldest,
-    reject-publish refuses the new message).
+    reject-publish refuses the new message).  A message that leaves this way,
+    or expires, without being dead-lettered is counted as dropped (by
+    reason, in the broker's L{robustmq.core.stats.Stats} and in L{dropped});
+    overflow drops are logged, the first at once and then a summary at most
+    every ten seconds (L{robustmq.core.droplog.DropLog}).
+
+    @ivar published: messages accepted into the queue since it was declared
+        (or recovered); L{delivered}: handed to a consumer or Basic.Get.
     """
 
     log = Logger()
@@ -229,6 +237,11 @@ class Queue:
         self._idleCall: Any = None
         self.bindings: set[tuple[Exchange, str, Any]] = set()
         self.store: Any = None  # QueueStore for durable queues
+        self.published = 0
+        self.delivered = 0
+        #: messages lost (not dead-lettered), by reason
+        self.dropped: dict[str, int] = {}
+        self.drops: DropLog | None = None
         self.touch()
 
     # -- properties compared on redeclare -------------------------------
@@ -308,8 +321,11 @@ class Queue:
         """
         if self.count + 1 > self.maxLength or self.bytes + message.size > self.maxBytes:
             if self.overflow != "drop-head":
-                if self.overflow == "reject-publish-dlx":
-                    self.vhost.deadLetter(self, message, "maxlen")
+                if not (
+                    self.overflow == "reject-publish-dlx"
+                    and self.vhost.deadLetter(self, message, "maxlen")
+                ):
+                    self._lost("overflow")
                 return None
             while self.count and (
                 self.count + 1 > self.maxLength or self.bytes + message.size > self.maxBytes
@@ -319,12 +335,14 @@ class Queue:
                     break
                 self._dropped(old, "maxlen")
             if self.maxLength == 0 or message.size > self.maxBytes:
-                self.vhost.deadLetter(self, message, "maxlen")
+                if not self.vhost.deadLetter(self, message, "maxlen"):
+                    self._lost("overflow")
                 return None
         if fromStore is not None:
             qm = fromStore
         else:
             qm = QueuedMessage(message, self.nextSeq, self.expiryFor(message, _now()))
+            self.published += 1
         self.nextSeq = max(self.nextSeq, qm.seq) + 1
         self._level(message).append(qm)
         self.count += 1
@@ -363,7 +381,43 @@ class Queue:
     def _dropped(self, qm: QueuedMessage, reason: str) -> None:
         """A message leaves the queue without being acknowledged by a consumer."""
         self.forget(qm)
-        self.vhost.deadLetter(self, qm.message, reason, qm)
+        if not self.vhost.deadLetter(self, qm.message, reason, qm):
+            self._lost("overflow" if reason == "maxlen" else reason)
+
+    def _lost(self, reason: str) -> None:
+        """A message is gone for good (no dead-letter exchange took it): count and log."""
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        server = self.vhost.server
+        server.broker.stats.dropped("amqp", reason)
+        if reason != "overflow":
+            return
+        if self.drops is None:
+            reactor = server.reactor
+            self.drops = DropLog(self._logDrops, reactor.callLater, reactor.seconds)
+        self.drops.dropped()
+
+    def _logDrops(self, first: bool, count: int, total: int) -> None:
+        if first:
+            self.log.warn(
+                "AMQP queue {queue} in vhost {vhost} is full ({limit} messages, "
+                "{limitBytes} bytes): dropping messages (x-overflow = {policy}); "
+                "a summary follows while drops go on",
+                queue=self.name,
+                vhost=self.vhost.name,
+                limit=self.maxLength,
+                limitBytes=self.maxBytes,
+                policy=self.overflow,
+            )
+        else:
+            self.log.warn(
+                "AMQP queue {queue} in vhost {vhost}: {count} more messages dropped "
+                "(x-overflow = {policy}, {total} since the first)",
+                queue=self.name,
+                vhost=self.vhost.name,
+                count=count,
+                policy=self.overflow,
+                total=total,
+            )
 
     def forget(self, qm: QueuedMessage) -> None:
         """A message left the queue for good (acked, dropped, purged): unstore it."""
@@ -495,6 +549,7 @@ class Queue:
                 qm = self.popLive()
                 if qm is None:
                     break
+                self.delivered += 1
                 chosen.channel.deliver(chosen, self, qm)
         finally:
             self._dispatching = False
@@ -504,6 +559,8 @@ class Queue:
     def close(self) -> None:
         """The queue is deleted: cancel timers."""
         self.deleted = True
+        if self.drops is not None:
+            self.drops.cancel()
         for call in (self._expiryCall, self._idleCall):
             if call is not None and call.active():
                 call.cancel()
@@ -668,13 +725,17 @@ class VirtualHost:
 
     def deadLetter(
         self, queue: Queue, message: Message, reason: str, qm: QueuedMessage | None = None
-    ) -> None:
-        """Republish C{message} to the queue's dead-letter exchange, with an x-death entry."""
+    ) -> bool:
+        """Republish C{message} to the queue's dead-letter exchange, with an x-death entry.
+
+        Returns False when the message went nowhere (no dead-letter exchange,
+        or it routes the message to no queue): the caller counts it as lost.
+        """
         if queue.dlx is None:
-            return
+            return False
         ex = self.exchanges.get(queue.dlx)
         if ex is None:
-            return
+            return False
         props = message.properties
         headers = dict(props.headers or {})
         deaths = list(headers.get("x-death") or [])
@@ -713,11 +774,13 @@ class VirtualHost:
         key = queue.dlrk if queue.dlrk is not None else message.routingKey
         dead = Message(ex.name, key, newProps, message.body)
         targets = self.route(ex, key, headers)
+        reached = False
         for target in targets:
             if target is queue and reason == "expired" and queue.dlrk is None:
                 continue
-            target.push(dead)
+            reached = target.push(dead) is not None or reached
             target.dispatch()
+        return reached
 
     # -- deletion -------------------------------------------------------
 

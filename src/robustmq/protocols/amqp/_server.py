@@ -10,6 +10,7 @@ from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from robustmq.protocols.amqp import _describe
 from robustmq.protocols.amqp._model import VirtualHost
 from robustmq.protocols.amqp._store import Persistence
 from robustmq.protocols.amqp._topicspace import TopicSpace
@@ -142,3 +143,140 @@ class AMQPServer(Service):
             return
         for conn in list(self.connections):
             conn.unblock()
+
+    # -- operators' views and actions (admin API, ctl, metrics) ---------
+
+    def _vhostsShown(self) -> None:
+        # The configured vhosts exist from the start (as in RabbitMQ), not on first use.
+        for name in self.settings.vhosts:
+            self.vhost(name)
+
+    def describeVhosts(self) -> list[dict[str, Any]]:
+        """Virtual hosts with queue, exchange, message and connection counts."""
+        self._vhostsShown()
+        return _describe.describeVhosts(self)
+
+    def describeQueues(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        """Queues: messages ready and unacknowledged, consumers, arguments, rates, drops."""
+        return _describe.describeQueues(self, self.reactor.seconds(), vhost)
+
+    def describeQueue(self, vhost: str, name: str) -> dict[str, Any] | None:
+        """One queue as L{describeQueues} shows it, or None."""
+        for q in _describe.describeQueues(self, self.reactor.seconds(), vhost):
+            if q["name"] == name:
+                return q
+        return None
+
+    def describeExchanges(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        """Exchanges with type, flags, arguments and their count of bindings."""
+        self._vhostsShown()
+        return _describe.describeExchanges(self, vhost)
+
+    def describeBindings(self, vhost: str | None = None) -> list[dict[str, Any]]:
+        """Bindings, the default exchange's implicit ones included."""
+        return _describe.describeBindings(self, vhost)
+
+    def describeConnections(self) -> list[dict[str, Any]]:
+        """Open AMQP connections."""
+        return _describe.describeConnections(self)
+
+    def describeChannels(self) -> list[dict[str, Any]]:
+        """Open channels of every AMQP connection."""
+        return _describe.describeChannels(self)
+
+    def metricRows(self, limit: int) -> dict[str, Any]:
+        """Per-queue depth and counters for /metrics (at most C{limit} queues)."""
+        return _describe.metricRows(self, limit)
+
+    def purgeQueue(self, vhost: str, name: str) -> int | None:
+        """Drop a queue's ready messages (Queue.Purge); how many, or None if no such queue."""
+        v = self.vhosts.get(vhost)
+        q = v.queues.get(name) if v is not None else None
+        if q is None:
+            return None
+        with self.batch():
+            n = q.purge()
+        self.log.info(
+            "AMQP queue {queue} in vhost {vhost} purged through the admin API: {n} messages",
+            queue=name,
+            vhost=vhost,
+            n=n,
+        )
+        return n
+
+    def deleteQueue(
+        self, vhost: str, name: str, ifEmpty: bool = False, ifUnused: bool = False
+    ) -> int | str | None:
+        """Delete a queue (Queue.Delete): its message count, None if unknown, or why not."""
+        v = self.vhosts.get(vhost)
+        q = v.queues.get(name) if v is not None else None
+        if v is None or q is None:
+            return None
+        if ifUnused and q.consumers:
+            return f"queue '{name}' in vhost '{vhost}' in use"
+        if ifEmpty and q.count:
+            return f"queue '{name}' in vhost '{vhost}' is not empty"
+        owner = q.exclusiveOwner
+        with self.batch():
+            n = v.deleteQueue(q)
+        if owner is not None:
+            owner.exclusiveQueues.discard(q)
+        self.log.info(
+            "AMQP queue {queue} in vhost {vhost} deleted through the admin API",
+            queue=name,
+            vhost=vhost,
+        )
+        return n
+
+    def deleteBinding(
+        self, vhost: str, source: str, destination: str, destinationType: str, routingKey: str
+    ) -> int | None:
+        """Remove the bindings from exchange C{source} to C{destination} (a queue or an
+        exchange) with C{routingKey}, whatever their arguments (Queue.Unbind /
+        Exchange.Unbind); how many, or None if the vhost, source or destination is unknown."""
+        v = self.vhosts.get(vhost)
+        if v is None or source == "":
+            return None
+        ex = v.exchanges.get(source)
+        dest: Any = (v.queues if destinationType == "queue" else v.exchanges).get(destination)
+        if ex is None or dest is None:
+            return None
+        gone = [args for (d, key, args) in list(ex.bindings) if d is dest and key == routingKey]
+        with self.batch():
+            for frozen in gone:
+                args = dict(ex.bindings.get((dest, routingKey, frozen)) or {})
+                ex.unbind(dest, routingKey, args)
+                if destinationType == "queue":
+                    dest.bindings.discard((ex, routingKey, frozen))
+                else:
+                    dest.incoming.discard((ex, routingKey, frozen))
+                self.persistence.bindingRemoved(v, ex, dest, routingKey, args)
+            if gone:
+                v.maybeAutoDeleteExchange(ex)
+        self.log.info(
+            "AMQP binding {source} -> {destination} ({key}) in vhost {vhost} deleted through "
+            "the admin API",
+            source=source,
+            destination=destination,
+            key=routingKey,
+            vhost=vhost,
+        )
+        return len(gone)
+
+    def deleteExchange(self, vhost: str, name: str, ifUnused: bool = False) -> str | None:
+        """Delete an exchange (Exchange.Delete): None when deleted, else why not."""
+        v = self.vhosts.get(vhost)
+        ex = v.exchanges.get(name) if v is not None else None
+        if v is None or ex is None:
+            return "unknown"
+        if name == "" or name.startswith("amq."):
+            return f"operation not permitted on the exchange '{name}'"
+        if ifUnused and (ex.bindings or ex.incoming):
+            return f"exchange '{name}' in vhost '{vhost}' in use"
+        v.deleteExchange(ex)
+        self.log.info(
+            "AMQP exchange {exchange} in vhost {vhost} deleted through the admin API",
+            exchange=name,
+            vhost=vhost,
+        )
+        return None

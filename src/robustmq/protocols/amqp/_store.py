@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from robustmq.core.persistence import logWriteFailure
 from robustmq.protocols.amqp import _spec
 from robustmq.protocols.amqp._model import (
     Exchange,
@@ -161,7 +162,11 @@ class QueueStore:
         self.persistence.queueDeleted(self.queue)
 
     def _failed(self, failure: Any, what: str) -> None:
-        self.log.failure("AMQP queue {shard}: {what} failed", failure, shard=self.shard, what=what)
+        # Publishers in confirm mode got basic.nack for the batch already; a store
+        # that refuses writes (disk full) said why once: no traceback per batch.
+        logWriteFailure(
+            self.log, failure, "AMQP queue {shard}: {what} failed", shard=self.shard, what=what
+        )
 
     async def recover(self) -> int:
         """Load the stored messages back into the queue, in order; returns how many."""
@@ -209,14 +214,19 @@ class Persistence:
     def _put(self, key: str, value: dict[str, Any]) -> None:
         if self.store is None:
             return
-        d = self.store.upsert(META, key.encode(), json.dumps(value, default=_jsonable).encode())
-        d.addErrback(lambda f: self.log.failure("AMQP metadata write failed", f))
+        # binding keys are any bytes (shortstr decodes them with surrogateescape)
+        d = self.store.upsert(
+            META,
+            key.encode("utf-8", "surrogateescape"),
+            json.dumps(value, default=_jsonable).encode(),
+        )
+        d.addErrback(lambda f: logWriteFailure(self.log, f, "AMQP metadata write failed"))
 
     def _delete(self, key: str) -> None:
         if self.store is None:
             return
-        d = self.store.deleteKey(META, key.encode())
-        d.addErrback(lambda f: self.log.failure("AMQP metadata delete failed", f))
+        d = self.store.deleteKey(META, key.encode("utf-8", "surrogateescape"))
+        d.addErrback(lambda f: logWriteFailure(self.log, f, "AMQP metadata delete failed"))
 
     def exchangeDeclared(self, vhost: VirtualHost, ex: Exchange) -> None:
         """Remember a durable exchange."""
@@ -292,7 +302,12 @@ class Persistence:
         for key in await store.keys(META):
             record = await store.lookup(META, key)
             if record is not None and record["value"] is not None:
-                entries.append((key.decode().split("\x00"), json.loads(record["value"])))
+                entries.append(
+                    (
+                        key.decode("utf-8", "surrogateescape").split("\x00"),
+                        json.loads(record["value"]),
+                    )
+                )
         order = {"x": 0, "q": 1, "b": 2}
         entries.sort(key=lambda e: order.get(e[0][0], 3))
         queues = exchanges = messages = 0

@@ -171,14 +171,13 @@ class AMQPTarget:
         seen = encodings.get(_ENC_QUEUES)
         if seen is None:
             seen = encodings[_ENC_QUEUES] = set()  # type: ignore[assignment]
-        stats = self.space.server.broker.stats
         for queue in queues:
             if queue in seen or queue.deleted:  # type: ignore[operator]
                 continue
             seen.add(queue)  # type: ignore[union-attr]
             if queue.push(amqp, outcome=outcome) is None:
+                # Queue.push counted the drop (overflow), with its reason.
                 outcome.refused += 1
-                stats.amqpDropped += 1
             queue.dispatch()
 
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-from robustmq.protocols.kafka._schema import API_KEYS, DecodeError, Reader, loadSchemas
+from robustmq.protocols.kafka._schema import (
+    API_KEYS,
+    DecodeError,
+    Reader,
+    SplicedBuffer,
+    loadSchemas,
+)
 
 __all__ = [
     "API_NAMES",
@@ -24,6 +30,7 @@ __all__ = [
     "apiVersionsError",
     "encodeRequest",
     "encodeResponse",
+    "encodeResponseParts",
 ]
 
 loadSchemas()
@@ -42,32 +49,49 @@ for _key, (_req, _resp) in API_KEYS.items():
 #: versions that carry record batch v2 (so batches are stored as received).
 SUPPORTED: dict[int, tuple[int, int]] = {
     0: (3, 9),  # Produce
-    1: (4, 12),  # Fetch
+    1: (4, 16),  # Fetch (v13+: topic ids)
     2: (0, 7),  # ListOffsets
-    3: (0, 11),  # Metadata
-    8: (0, 8),  # OffsetCommit
-    9: (0, 8),  # OffsetFetch
+    3: (0, 12),  # Metadata (v10+: topic ids)
+    8: (0, 9),  # OffsetCommit (v9: KIP-848 member epochs)
+    9: (0, 9),  # OffsetFetch
     10: (0, 4),  # FindCoordinator
     11: (0, 7),  # JoinGroup
     12: (0, 4),  # Heartbeat
     13: (0, 4),  # LeaveGroup
     14: (0, 5),  # SyncGroup
     15: (0, 5),  # DescribeGroups
-    16: (0, 4),  # ListGroups
+    16: (0, 5),  # ListGroups (v5: group types, KIP-848)
     17: (0, 1),  # SaslHandshake
     18: (0, 3),  # ApiVersions
     19: (0, 7),  # CreateTopics
     20: (0, 6),  # DeleteTopics
+    21: (0, 1),  # DeleteRecords
     22: (0, 4),  # InitProducerId
     23: (0, 4),  # OffsetForLeaderEpoch
     24: (0, 3),  # AddPartitionsToTxn
     25: (0, 3),  # AddOffsetsToTxn
     26: (0, 3),  # EndTxn
     28: (0, 3),  # TxnOffsetCommit
+    29: (0, 3),  # DescribeAcls
+    30: (0, 3),  # CreateAcls
+    31: (0, 3),  # DeleteAcls
     32: (0, 4),  # DescribeConfigs
+    33: (0, 2),  # AlterConfigs
+    35: (0, 3),  # DescribeLogDirs
     36: (0, 2),  # SaslAuthenticate
     37: (0, 3),  # CreatePartitions
     42: (0, 2),  # DeleteGroups
+    43: (0, 2),  # ElectLeaders
+    44: (0, 0),  # IncrementalAlterConfigs
+    45: (0, 0),  # AlterPartitionReassignments
+    46: (0, 0),  # ListPartitionReassignments
+    50: (0, 0),  # DescribeUserScramCredentials
+    51: (0, 0),  # AlterUserScramCredentials
+    68: (0, 1),  # ConsumerGroupHeartbeat (KIP-848)
+    69: (0, 0),  # ConsumerGroupDescribe
+    76: (1, 1),  # ShareGroupHeartbeat (KIP-932)
+    78: (1, 1),  # ShareFetch
+    79: (1, 1),  # ShareAcknowledge
 }
 
 _REQ_HEADER = None
@@ -158,6 +182,38 @@ def encodeResponse(apiKey: int, apiVersion: int, correlationId: int, body: dict[
     return bytes(out)
 
 
+def encodeResponseParts(
+    apiKey: int, apiVersion: int, correlationId: int, body: dict[str, Any]
+) -> list[Any]:
+    """A whole response frame as a list of C{bytes} for C{writeSequence}.
+
+    C{Spliced} field values (the stored record batches of a Fetch) are
+    passed through as they are, between the encoded pieces around them.
+    """
+    respSchema = API_KEYS[apiKey][1]
+    flexible = respSchema.isFlexible(apiVersion) and apiKey != 18
+    _, respHeader = _headers()
+    out = SplicedBuffer()
+    out += b"\0\0\0\0"
+    respHeader.encode(1 if flexible else 0, {"correlation_id": correlationId}, out)
+    respSchema.encode(apiVersion, body, out)
+    if not out.splices:
+        _SIZE.pack_into(out, 0, len(out) - 4)
+        return [bytes(out)]
+    total = len(out) - 4 + sum(sum(len(p) for p in parts) for _, parts in out.splices)
+    _SIZE.pack_into(out, 0, total)
+    # Twisted's transports take bytes only (and join what is queued once, in
+    # doWrite): the small encoded pieces are copied, the batches are not.
+    pieces: list[Any] = []
+    pos = 0
+    for at, parts in out.splices:
+        pieces.append(bytes(out[pos:at]))
+        pieces.extend(parts)
+        pos = at
+    pieces.append(bytes(out[pos:]))
+    return pieces
+
+
 def apiVersionsBody(errorCode: int = 0) -> dict[str, Any]:
     """The ApiVersions response body advertising L{SUPPORTED}."""
     return {
@@ -220,6 +276,15 @@ class KafkaParser:
     def buffered(self) -> int:
         """Bytes received but not yet returned as frames."""
         return len(self._buf)
+
+    @property
+    def pendingFrame(self) -> int:
+        """Bytes the frame being received will hold: its full size once the prefix is read."""
+        buf = self._buf
+        if len(buf) < 4:
+            return len(buf)
+        (size,) = _SIZE.unpack_from(buf, 0)
+        return max(size, 0) + 4
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add C{data}; return every complete frame (without its size prefix).

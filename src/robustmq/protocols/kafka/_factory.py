@@ -36,7 +36,7 @@ class KafkaServerFactory(ConnectionLimitedFactory):
         self._initLimits()
 
     def buildProtocol(self, addr: Any) -> KafkaServerProtocol | None:
-        if not self._admit(addr):
+        if not self._admit(addr) or not self._admitPeer(addr):
             return None
         return self._track(KafkaServerProtocol(self.node, self.listener))
 

@@ -86,6 +86,8 @@ class Group:
         self.rebalanceTimer: Any = None
         #: the first rebalance out of Empty waits group_initial_rebalance_delay_ms
         self.initialDelay = False
+        #: member ids handed out with MEMBER_ID_REQUIRED (KIP-394), not joined yet -> expiry
+        self.pendingMembers: dict[str, Any] = {}
 
     def supportsProtocols(self, protocolType: str, names: list[str]) -> bool:
         if not self.members:
@@ -137,8 +139,15 @@ class GroupCoordinator:
         rebalanceTimeout: int,
         protocolType: str,
         protocols: list[tuple[str, bytes]],
+        requireKnownMemberId: bool = False,
     ) -> defer.Deferred[dict[str, Any]]:
-        """Handle a JoinGroup; fires with the response body once the rebalance completes."""
+        """Handle a JoinGroup; fires with the response body once the rebalance completes.
+
+        With C{requireKnownMemberId} (JoinGroup v4+, KIP-394) a new member
+        without a group instance id first gets MEMBER_ID_REQUIRED with the id
+        it must rejoin with; the id is forgotten if it does not rejoin within
+        its session timeout.
+        """
         s = self.settings
         if not groupId:
             return defer.succeed({"error_code": E.INVALID_GROUP_ID, "member_id": memberId})
@@ -156,9 +165,20 @@ class GroupCoordinator:
                 {"error_code": E.INCONSISTENT_GROUP_PROTOCOL, "member_id": memberId}
             )
         member: Member | None = None
+        if not memberId and instanceId is None and requireKnownMemberId:
+            if len(group.members) + len(group.pendingMembers) >= s.max_group_members:
+                return defer.succeed({"error_code": E.GROUP_MAX_SIZE_REACHED, "member_id": ""})
+            newId = f"{clientId or 'member'}-{uuid.uuid4()}"
+            group.pendingMembers[newId] = self.reactor.callLater(
+                sessionTimeout / 1000, group.pendingMembers.pop, newId, None
+            )
+            return defer.succeed({"error_code": E.MEMBER_ID_REQUIRED, "member_id": newId})
         if memberId:
             member = group.members.get(memberId)
-            if member is None:
+            pending = group.pendingMembers.pop(memberId, None)
+            if pending is not None and pending.active():
+                pending.cancel()
+            if member is None and pending is None:
                 return defer.succeed({"error_code": E.UNKNOWN_MEMBER_ID, "member_id": memberId})
         elif instanceId is not None:
             # Static membership (KIP-345): a known instance id takes over its old member.
@@ -170,7 +190,7 @@ class GroupCoordinator:
         if member is None:
             if len(group.members) >= s.max_group_members:
                 return defer.succeed({"error_code": E.GROUP_MAX_SIZE_REACHED, "member_id": ""})
-            newId = f"{clientId or 'member'}-{uuid.uuid4()}"
+            newId = memberId or f"{clientId or 'member'}-{uuid.uuid4()}"
             member = Member(newId, instanceId, clientId, clientHost)
             group.members[newId] = member
             if group.leader is None:
@@ -449,6 +469,10 @@ class GroupCoordinator:
         for group in self.groups.values():
             if group.rebalanceTimer is not None and group.rebalanceTimer.active():
                 group.rebalanceTimer.cancel()
+            for timer in group.pendingMembers.values():
+                if timer.active():
+                    timer.cancel()
+            group.pendingMembers.clear()
             for m in group.members.values():
                 if m.timer is not None and m.timer.active():
                     m.timer.cancel()

@@ -10,11 +10,16 @@ default partitioner would), whose headers are the MQTT 5 user properties
 and whose timestamp is the publish time.  The publisher's acknowledgement
 (MQTT PUBACK, AMQP confirm) waits for the append.
 
-Kafka → MQTT: a record produced to a mapped topic whose key is an MQTT
-topic name matching the filter is published to the broker under that name
-once it is durable (L{KafkaMappings.produced}); other records stay in Kafka
-and are counted.  A message is never handed back to the protocol it came
-from, so no mapping can loop.
+Kafka → MQTT: a L{_PartitionPump} per partition of a mapped topic reads it
+like a read_committed consumer, from a cursor kept as the committed offset
+of the internal group C{__robustmq_mqtt}: a record whose key is an MQTT
+topic name matching the filter is published to the broker under that name;
+other records stay in Kafka and are counted.  The pump goes at the pace of
+the MQTT side: it stops reading while the subscribers it filled are
+congested, and moves its cursor once the durable writes of what it
+published are done (so a restart publishes a record at least once, never
+zero times).  Kafka producers are never paused by it.  A message is never
+handed back to the protocol it came from, so no mapping can loop.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from robustmq.core.backpressure import PublisherGate
 from robustmq.core.message import Message
 from robustmq.core.outcome import Outcome
 from robustmq.core.subscription import SubscriptionOptions
@@ -38,16 +44,21 @@ from robustmq.protocols.kafka._recordcodec import (
     encodeBatch,
     partitionForKey,
 )
-from robustmq.protocols.kafka._records import BatchHeader, InvalidRecord
+from robustmq.protocols.kafka._records import BatchHeader, InvalidRecord, iterBatches
 
 if TYPE_CHECKING:
     from robustmq.config import MappingSettings
     from robustmq.protocols.kafka._node import KafkaNode
+    from robustmq.protocols.kafka._topics import Partition
 
 __all__ = ["KafkaMappings", "MappedTopicWriter"]
 
 #: Per-record overhead counted against the batch and pending bounds besides key and value.
 _RECORD_OVERHEAD = 32
+#: The internal consumer group whose committed offsets are the Kafka → MQTT cursors.
+PUMP_GROUP = "__robustmq_mqtt"
+#: Bytes a pump reads from its partition per step.
+_PUMP_READ_BYTES = 256 * 1024
 
 
 def _headersOf(message: Message) -> list[tuple[str, bytes | None]]:
@@ -184,6 +195,7 @@ class MappedTopicWriter:
 
     async def _topicReady(self) -> bool:
         """Create the topic on first use (default partition count); learn its partitions."""
+        await self.node.broker.whenReady()
         await self.node.ready()
         topics = self.node.topics
         if self.topic not in topics.topics:
@@ -204,6 +216,17 @@ class MappedTopicWriter:
         return self.topic in topics.topics
 
     async def _write(self, batches: dict[int, _Batch]) -> None:
+        try:
+            await self._append(batches)
+        except Exception:
+            # Whatever went wrong, nobody may wait forever for these records.
+            self.log.failure("mapping {topic}: appending failed", topic=self.topic)
+            failure = Failure()
+            for batch in batches.values():
+                if batch.waiters or batch.size:
+                    self._settle(batch, failure)
+
+    async def _append(self, batches: dict[int, _Batch]) -> None:
         try:
             ok = await self._topicReady()
         except Exception:
@@ -246,18 +269,137 @@ class MappedTopicWriter:
                 self._settle(batch, None)
 
     def _settle(self, batch: _Batch, failure: Failure | None) -> None:
-        for done in batch.waiters:
-            if done is None:
+        waiters, batch.waiters = batch.waiters, []
+        size, batch.size = batch.size, 0
+        for done in waiters:
+            if done is None or done.called:
                 continue
             if failure is None:
                 done.callback(None)
             else:
                 done.errback(failure)
-        self._released(batch.size)
+        self._released(size)
+
+
+class _PartitionPump:
+    """Publishes one partition of a mapped topic to MQTT, in offset order, at MQTT's pace."""
+
+    log = Logger()
+
+    def __init__(self, mappings: KafkaMappings, mapping: MappingSettings, index: int) -> None:
+        self.mappings = mappings
+        self.mapping = mapping
+        self.topic = mapping.kafka
+        self.index = index
+        self.running = True
+        self._resume: defer.Deferred[None] | None = None
+        self.gate = PublisherGate(self._pause, self._unpause)
+        self._paused = False
+        #: the batch being published when the pump last paused: (base offset, records)
+        self._decoded: tuple[int, list[Record]] | None = None
+
+    def _pause(self) -> None:
+        self._paused = True
+
+    def _unpause(self) -> None:
+        self._paused = False
+        resume, self._resume = self._resume, None
+        if resume is not None:
+            resume.callback(None)
+
+    def stop(self) -> None:
+        self.running = False
+        self.gate.release()
+        self._unpause()
+
+    async def run(self, startAt: int) -> None:
+        """Read and publish until stopped (or the topic goes away)."""
+        node = self.mappings.node
+        topics = node.topics
+        part = await topics.partition(self.topic, self.index)
+        if part is None:
+            return
+        committed = await topics.store.fetchOffset(PUMP_GROUP, part.shard)
+        cursor = committed[0] if committed is not None else startAt
+        while self.running:
+            start, stored = await topics.store.offsets(part.shard)
+            cursor = max(cursor, start)  # records deleted under the cursor
+            # What is stored and not in an open transaction (read_committed).
+            upTo = min(part.lastStable(), stored)
+            batches = (
+                await topics.read(part, cursor, _PUMP_READ_BYTES, upTo) if cursor < upTo else []
+            )
+            if not batches:
+                woken: defer.Deferred[None] = defer.Deferred()
+                part.waiters.append(woken)  # fired by the next stored append or marker
+                await woken
+                if topics.partitions.get(part.shard) is not part or not self.running:
+                    return  # the topic was deleted, or the node stops
+                continue
+            outcome = Outcome()
+            for data in batches:
+                cursor = self._publishBatch(part, data, cursor, outcome)
+                if outcome.congested:
+                    break  # the rest waits until the subscribers drain
+            if outcome.writes:
+                await outcome.allWritten()
+            await topics.store.commitOffset(PUMP_GROUP, part.shard, cursor)
+            if outcome.congested:
+                self.gate.waitFor(outcome.congested)
+            if self._paused:
+                self._resume = defer.Deferred()
+                await self._resume
+
+    def _publishBatch(self, part: Partition, data: bytes, cursor: int, outcome: Outcome) -> int:
+        """Publish the records of one stored batch at or after C{cursor}; the new cursor."""
+        mappings = self.mappings
+        for h in iterBatches(data, check=False):
+            base = int.from_bytes(data[h.start : h.start + 8], "big", signed=True)
+            end = base + h.lastOffsetDelta + 1
+            if end <= cursor:
+                continue
+            if h.control or (h.transactional and _aborted(part, h.producerId, base)):
+                cursor = max(cursor, end)
+                continue
+            decoded = self._decoded
+            try:
+                if decoded is not None and decoded[0] == base:
+                    records = decoded[1]  # resuming in the middle of it: decoded already
+                else:
+                    records = decodeRecords(data, h)
+            except InvalidRecord as e:
+                mappings.kafkaOnly += h.count
+                self.log.warn(
+                    "records {first}..{last} of {topic}/{index} not published to MQTT: {why}",
+                    first=base,
+                    last=end - 1,
+                    topic=self.topic,
+                    index=self.index,
+                    why=str(e),
+                )
+                cursor = max(cursor, end)
+                continue
+            for record in records:
+                offset = base + record.offsetDelta
+                if offset >= cursor:
+                    mappings.publish(self.mapping, record, outcome)
+                    cursor = offset + 1
+                    if outcome.congested:
+                        # A subscriber's queue is full: go on after it drains.
+                        self._decoded = (base, records) if cursor < end else None
+                        return cursor
+            self._decoded = None
+            cursor = max(cursor, end)
+        return cursor
+
+
+def _aborted(part: Partition, producerId: int, offset: int) -> bool:
+    """Whether the transactional batch of C{producerId} at C{offset} was aborted."""
+    return any(pid == producerId and first <= offset <= last for pid, first, last in part.aborted)
 
 
 class KafkaMappings:
-    """The node's C{[[mappings]]}: writers in the router, and publishing produced records."""
+    """The node's C{[[mappings]]}: writers in the router, pumps publishing records to MQTT."""
 
     log = Logger()
 
@@ -268,8 +410,12 @@ class KafkaMappings:
         self.toMqtt: dict[str, MappingSettings] = {}
         #: Kafka topic -> the MQTT filter whose messages it receives
         self.fromMqtt: dict[str, str] = {}
+        #: (topic, partition) -> the pump publishing it to MQTT
+        self.pumps: dict[tuple[str, int], _PartitionPump] = {}
         #: records of mapped topics not published to MQTT (key not a matching topic name, ...)
         self.kafkaOnly = 0
+        #: records of mapped topics published to MQTT
+        self.published = 0
         for mapping in mappings:
             if mapping.direction in ("both", "mqtt_to_kafka"):
                 self.writers[mapping.kafka] = MappedTopicWriter(mapping, node)
@@ -278,7 +424,8 @@ class KafkaMappings:
                 self.toMqtt[mapping.kafka] = mapping
 
     def start(self) -> None:
-        """Put every MQTT → Kafka writer in the broker's router."""
+        """Put every MQTT → Kafka writer in the broker's router; start the pumps of the
+        partitions that exist."""
         broker = self.node.broker
         outcome = Outcome()
         for writer in self.writers.values():
@@ -288,20 +435,54 @@ class KafkaMappings:
                 filter=writer.mapping.mqtt,
                 topic=writer.topic,
             )
+        outcome.background()
         for mapping in self.toMqtt.values():
             self.log.info(
                 "records of Kafka topic {topic} keyed by a topic in {filter} are published to MQTT",
                 filter=mapping.mqtt,
                 topic=mapping.kafka,
             )
-        outcome.background()
+        if self.toMqtt:
+            d = defer.ensureDeferred(self._startPumps())
+            d.addErrback(lambda f: self.log.failure("starting the Kafka → MQTT pumps failed", f))
+
+    async def _startPumps(self) -> None:
+        topics = self.node.topics
+        await self.node.broker.whenReady()
+        await self.node.ready()
+        for name in self.toMqtt:
+            topic = topics.topics.get(name)
+            for index in range(topic.partitions if topic is not None else 0):
+                part = await topics.partition(name, index)
+                if part is not None:
+                    self.ensurePump(name, index, part.nextOffset)
+
+    def ensurePump(self, topic: str, index: int, startAt: int) -> None:
+        """Publish partition C{index} of mapped C{topic} to MQTT from its committed cursor,
+        or from C{startAt} the first time (records before it stay Kafka-only)."""
+        key = (topic, index)
+        if key in self.pumps or topic not in self.toMqtt:
+            return
+        pump = self.pumps[key] = _PartitionPump(self, self.toMqtt[topic], index)
+
+        def ended(result: Any) -> None:
+            if self.pumps.get(key) is pump:
+                del self.pumps[key]
+            if isinstance(result, Failure):
+                self.log.failure(
+                    "Kafka → MQTT pump of {topic}/{index} failed", result, topic=topic, index=index
+                )
+
+        defer.ensureDeferred(pump.run(startAt)).addBoth(ended)
 
     def stop(self) -> None:
-        """Take the writers out of the router (node shutdown)."""
+        """Take the writers out of the router and stop the pumps (node shutdown)."""
         broker = self.node.broker
         for writer in self.writers.values():
             broker.unsubscribeTarget(writer.mapping.mqtt, writer)
             writer._flushNow()
+        for pump in self.pumps.values():
+            pump.stop()
 
     def mqttFilterOf(self, topic: str) -> str | None:
         """The MQTT filter whose messages Kafka topic C{topic} receives, if it is mapped so."""
@@ -331,59 +512,31 @@ class KafkaMappings:
         return name if topicMatches(mapping.mqtt, name) else None
 
     def decode(self, topic: str, data: bytes | memoryview, h: BatchHeader) -> list[Record] | None:
-        """The records of a batch produced to C{topic} that may go to MQTT, or None.
-
-        None when the topic is not mapped towards MQTT, and for transactional
-        or control batches (kept Kafka-only: they would reach MQTT before the
-        transaction's outcome is known) and batches that do not decode.
-        """
+        """The records of a batch produced to C{topic} that would go to MQTT (for the
+        produce-time authorisation check), or None when it is not mapped that way."""
         if topic not in self.toMqtt or h.control:
-            return None
-        if h.transactional:
-            self.kafkaOnly += h.count
             return None
         try:
             return decodeRecords(data, h)
-        except InvalidRecord as e:
-            self.kafkaOnly += h.count
-            self.log.warn(
-                "records produced to mapped topic {topic} kept Kafka-only: {why}",
-                topic=topic,
-                why=str(e),
-            )
-            return None
+        except InvalidRecord:
+            return None  # stays Kafka-only; the pump counts and logs it
 
-    def produced(self, topic: str, records: list[Record]) -> None:
-        """C{records} of mapped C{topic} are durable: publish the matching ones to MQTT.
-
-        Published at QoS 1 (queued for persistent sessions, at most once for
-        QoS 0 subscribers); nothing waits for the MQTT side, and Kafka
-        producers are never paused by MQTT subscribers.
-        """
-        mapping = self.toMqtt.get(topic)
-        if mapping is None:
+    def publish(self, mapping: MappingSettings, record: Record, outcome: Outcome) -> None:
+        """Publish C{record} to MQTT if its key names a matching topic (at QoS 1: queued for
+        persistent sessions, at most once for QoS 0 subscribers); else count it."""
+        name = self._mqttTopic(mapping, record)
+        if name is None:
+            self.kafkaOnly += 1
             return
-        broker = self.node.broker
-        for record in records:
-            name = self._mqttTopic(mapping, record)
-            if name is None:
-                self.kafkaOnly += 1
-                continue
-            props = None
-            if record.headers:
-                props = {
-                    "user_property": [
-                        (k, (v or b"").decode("utf-8", "replace")) for k, v in record.headers
-                    ]
-                }
-            message = Message(
-                name,
-                record.value or b"",
-                1,
-                False,
-                record.timestamp / 1000,
-                props,
-                None,
-                "kafka",
-            )
-            broker.publish(message).background()
+        props = None
+        if record.headers:
+            props = {
+                "user_property": [
+                    (k, (v or b"").decode("utf-8", "replace")) for k, v in record.headers
+                ]
+            }
+        message = Message(
+            name, record.value or b"", 1, False, record.timestamp / 1000, props, None, "kafka"
+        )
+        self.published += 1
+        self.node.broker.publish(message, outcome)

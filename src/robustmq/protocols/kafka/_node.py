@@ -11,12 +11,25 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.application.service import Service
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from robustmq.protocols.kafka import _describe
 from robustmq.protocols.kafka import _errors as E
+from robustmq.protocols.kafka._buffers import RequestMemory
+from robustmq.protocols.kafka._configs import ConfigStore
+from robustmq.protocols.kafka._consumergroups import ConsumerGroupCoordinator
+from robustmq.protocols.kafka._fetchsessions import FetchSessionCache
 from robustmq.protocols.kafka._groups import GroupCoordinator
 from robustmq.protocols.kafka._mappings import KafkaMappings
-from robustmq.protocols.kafka._topics import TXN_SHARD, Partition, TopicManager, splitShard
+from robustmq.protocols.kafka._sharegroups import ShareGroupCoordinator
+from robustmq.protocols.kafka._topics import (
+    GROUPS_SHARD,
+    TXN_SHARD,
+    Partition,
+    TopicManager,
+    splitShard,
+)
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
@@ -25,13 +38,15 @@ __all__ = ["KafkaNode", "TransactionCoordinator"]
 
 
 class _Txn:
-    __slots__ = ("txnId", "pid", "epoch", "partitions", "groups", "offsets", "timeoutMs")
+    __slots__ = ("txnId", "pid", "epoch", "partitions", "groups", "offsets", "timeoutMs", "started")
 
     def __init__(self, txnId: str, pid: int, timeoutMs: int) -> None:
         self.txnId = txnId
         self.pid = pid
         self.epoch = 0
         self.timeoutMs = timeoutMs
+        #: reactor time when the open transaction added its first partition or group
+        self.started: float | None = None
         self.partitions: dict[str, Partition] = {}
         self.groups: set[str] = set()
         #: group -> [(shard, offset, metadata)] to commit with the transaction
@@ -46,6 +61,7 @@ class _Txn:
                 "timeout": self.timeoutMs,
                 "partitions": {s: p.ongoing.get(self.pid, -1) for s, p in self.partitions.items()},
                 "groups": sorted(self.groups),
+                "started": self.started,
                 "offsets": {
                     g: [[s, o, base64.b64encode(m).decode()] for s, o, m in offs]
                     for g, offs in self.offsets.items()
@@ -92,6 +108,9 @@ class TransactionCoordinator:
                 if first >= 0:
                     part.ongoing[txn.pid] = int(first)
             txn.groups = set(state["groups"])
+            if txn.partitions or txn.groups:
+                # the clock of the previous run is gone: the timeout restarts now
+                txn.started = self.node.reactor.seconds()
             txn.offsets = {
                 g: [(s, int(o), base64.b64decode(m)) for s, o, m in offs]
                 for g, offs in state["offsets"].items()
@@ -149,8 +168,33 @@ class TransactionCoordinator:
             return E.PRODUCER_FENCED if epoch < txn.epoch else E.INVALID_PRODUCER_EPOCH, None
         return E.NONE, txn
 
+    def _begin(self, txn: _Txn) -> None:
+        if txn.started is None:
+            txn.started = self.node.reactor.seconds()
+
+    def expire(self) -> defer.Deferred[None]:
+        """Abort every transaction open longer than its timeout (Kafka's
+        C{transaction.timeout.ms}); its epoch is bumped so the abandoned
+        producer is fenced (its next request gets PRODUCER_FENCED)."""
+        return defer.ensureDeferred(self._expire())
+
+    async def _expire(self) -> None:
+        now = self.node.reactor.seconds()
+        for txn in list(self.txns.values()):
+            if txn.started is None or now - txn.started < txn.timeoutMs / 1000:
+                continue
+            self.log.info(
+                "transaction of {txnId} open for more than {ms} ms: aborting it",
+                txnId=txn.txnId,
+                ms=txn.timeoutMs,
+            )
+            txn.epoch += 1  # fence the producer that abandoned it (KIP-98)
+            await self._finish(txn, commit=False)
+
     async def addPartition(self, txnId: str, pid: int, epoch: int, part: Partition) -> int:
         code, txn = self._check(txnId, pid, epoch)
+        if txn is not None:
+            self._begin(txn)
         if txn is not None and part.shard not in txn.partitions:
             txn.partitions[part.shard] = part
             await _wait(self.save(txn))
@@ -163,6 +207,8 @@ class TransactionCoordinator:
 
     async def addGroup(self, txnId: str, pid: int, epoch: int, group: str) -> int:
         code, txn = self._check(txnId, pid, epoch)
+        if txn is not None:
+            self._begin(txn)
         if txn is not None and group not in txn.groups:
             txn.groups.add(group)
             await _wait(self.save(txn))
@@ -205,6 +251,7 @@ class TransactionCoordinator:
         txn.partitions = {}
         txn.groups = set()
         txn.offsets = {}
+        txn.started = None
         await _wait(self.save(txn))
 
 
@@ -231,22 +278,49 @@ class KafkaNode(Service):
         self.auth = broker.auth
         if broker.store is None:
             raise RuntimeError("the Kafka protocol needs a shard store ([storage])")
-        self.topics = TopicManager(broker.store, self.settings)
+        self.topics = TopicManager(broker.store, self.settings, broker.settings.storage)
         self.groups = GroupCoordinator(self.settings, reactor)
         self.txns = TransactionCoordinator(self)
+        self.fetchSessions = FetchSessionCache(self.settings.max_fetch_sessions)
+        self.consumerGroups = ConsumerGroupCoordinator(self)
+        self.shareGroups = ShareGroupCoordinator(self)
+        self.topics.topicDeleted = self._topicDeleted
+        self.topics.topicsChanged = self.consumerGroups.topicsChanged
         self.saslRequired = self.settings.sasl_required
+        #: bytes held for unanswered requests over every Kafka connection of the node
+        self.memory = RequestMemory(self.settings.max_buffered_request_bytes)
+        self._txnCheck = LoopingCall(self._checkTransactions)
+        self._txnCheck.clock = reactor
         #: Kafka topics mapped to MQTT topic filters ([[mappings]], docs/topic-space.md)
         self.mappings = KafkaMappings(self, broker.settings.mappings)
 
     def startService(self) -> None:
-        """Put the MQTT → Kafka mappings in the broker's router."""
+        """Put the MQTT → Kafka mappings in the broker's router; start looking for
+        abandoned transactions (transaction.timeout.ms, KIP-98)."""
         super().startService()
         self.mappings.start()
+        if not self._txnCheck.running:
+            self._txnCheck.start(self.settings.transaction_check_interval_ms / 1000, now=False)
+
+    def _checkTransactions(self) -> defer.Deferred[None] | None:
+        if not self.topics._loaded:
+            return None
+        return self.txns.expire().addErrback(
+            lambda f: self.log.failure("aborting timed-out transactions", f)
+        )
+
+    def _topicDeleted(self, name: str) -> None:
+        self.fetchSessions.forgetTopic(name)
+        self.consumerGroups.topicsChanged()
 
     def stopService(self) -> None:
-        """The node is stopping: cancel group timers (rebalance and session deadlines)."""
+        """The node is stopping: cancel the transaction check and group timers."""
         super().stopService()
+        if self._txnCheck.running:
+            self._txnCheck.stop()
         self.groups.stop()
+        self.consumerGroups.stop()
+        self.shareGroups.stop()
         self.mappings.stop()
 
     async def ready(self) -> None:
@@ -255,32 +329,62 @@ class KafkaNode(Service):
         await self.txns.restore()
 
     @property
+    def configs(self) -> ConfigStore:
+        """Dynamic configs (AlterConfigs) of topics, the broker and groups."""
+        return self.topics.configs
+
+    def groupConfigsChanged(self, group: str) -> None:
+        """A group's configs changed (share and KIP-848 groups read them when needed)."""
+
+    @property
     def knownGroups(self) -> set[str]:
         """Groups with committed offsets, including those from before a restart."""
         return self.topics.knownGroups
 
-    def topicDefaults(self) -> dict[str, str]:
-        """Topic configs as DescribeConfigs reports them when not set on the topic."""
-        st = self.broker.settings.storage
-        return {
-            "retention.ms": str(st.retention_ms or -1),
-            "retention.bytes": str(st.retention_bytes or -1),
-            "cleanup.policy": "delete",
-            "max.message.bytes": str(self.settings.max_request_size),
-            "message.timestamp.type": "CreateTime",
-            "compression.type": "producer",
-        }
+    # -- operators' views (admin API, ctl, metrics: robustmq.protocols.kafka._describe) --
 
-    def brokerConfigs(self) -> dict[str, str]:
-        """Broker configs reported by DescribeConfigs (read-only)."""
-        s = self.settings
-        return {
-            "broker.id": str(s.broker_id),
-            "auto.create.topics.enable": str(s.auto_create_topics).lower(),
-            "num.partitions": str(s.default_partitions),
-            "socket.request.max.bytes": str(s.max_request_size),
-            "group.min.session.timeout.ms": str(s.group_min_session_timeout_ms),
-            "group.max.session.timeout.ms": str(s.group_max_session_timeout_ms),
-            "group.initial.rebalance.delay.ms": str(s.group_initial_rebalance_delay_ms),
-            "transaction.max.timeout.ms": str(s.transaction_max_timeout_ms),
-        }
+    async def describeTopics(self) -> list[dict[str, Any]]:
+        """Every topic with partitions, log start/end offsets, sizes and configs."""
+        await self.topics.ready()
+        return await _describe.describeTopics(self)
+
+    async def describeTopic(self, name: str) -> dict[str, Any] | None:
+        """One topic as L{describeTopics} shows it, or None."""
+        await self.topics.ready()
+        return await _describe.describeTopic(self, name)
+
+    async def describeGroups(self) -> list[dict[str, Any]]:
+        """Every consumer group: state, protocol, members, committed offsets and lag."""
+        await self.topics.ready()
+        return await _describe.describeGroups(self)
+
+    async def describeGroup(self, groupId: str) -> dict[str, Any] | None:
+        """One group as L{describeGroups} shows it, or None."""
+        await self.topics.ready()
+        return await _describe.describeGroup(self, groupId)
+
+    def metricRows(self, limit: int) -> dict[str, Any]:
+        """Partition offsets and sizes and group lag for /metrics (at most C{limit} each)."""
+        return _describe.metricRows(self, limit)
+
+    async def deleteTopic(self, name: str) -> bool:
+        """Delete a topic and its partitions (as DeleteTopics does); False if unknown."""
+        await self.topics.ready()
+        return await self.topics.deleteTopic(name) == E.NONE
+
+    async def deleteGroup(self, groupId: str) -> str | None:
+        """Forget a group and its name (as DeleteGroups does).
+
+        Returns None when deleted, else why not: C{"unknown"} or C{"not empty"}
+        (a group with members is deleted by stopping its consumers first).
+        """
+        await self.topics.ready()
+        if groupId not in self.groups.groups and groupId not in self.knownGroups:
+            return "unknown"
+        if self.groups.delete(groupId) != E.NONE:
+            return "not empty"
+        if groupId in self.knownGroups:
+            self.knownGroups.discard(groupId)
+            await self.topics.store.deleteKey(GROUPS_SHARD, groupId.encode())
+        self.log.info("group {group} deleted through the admin API", group=groupId)
+        return None

@@ -11,6 +11,22 @@ parsed requests wait; beyond that the socket is not read.
 Requests are dispatched by API key to C{handle_<name>} methods
 (C{handle_produce}, C{handle_fetch}, ...), each returning the response body
 as a dict (or None for no response: Produce with C{acks=0}).
+
+Authentication: SASL (PLAIN, SCRAM) through SaslHandshake/SaslAuthenticate,
+or, at the first request that needs it, the node's authentication chain
+with no password (C{[auth] allow_anonymous}: anonymous from loopback by
+default) and the verified client certificate of a mutual-TLS listener.
+A connection that is neither gets its request answered with
+SASL_AUTHENTICATION_FAILED in the request's error fields and is closed.
+Authorization: the node's Kafka ACL (L{robustmq.core.security.kafkaacl}),
+asked through the connection's L{KafkaAccess} in each handler.
+
+Bounds: C{connections_max_idle_ms} closes a connection with no request in
+flight for that long (Kafka's C{connections.max.idle.ms}),
+C{authentication_timeout_ms} one that has not authenticated in that time,
+C{max_pending_requests} parsed requests wait per connection before its
+socket is not read, and the node's L{RequestMemory} bounds the bytes held
+for unanswered requests over every connection.
 """
 
 from __future__ import annotations
@@ -25,8 +41,12 @@ from twisted.python.failure import Failure
 
 from robustmq.core.auth import Credentials
 from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
-from robustmq.core.security import securityOf
+from robustmq.core.security import KafkaAccess, securityOf
+from robustmq.core.security import kafkaacl as K
+from robustmq.interfaces import CorruptRecordError, StorageError, StorageUnavailableError
+from robustmq.protocols.kafka import _acls
 from robustmq.protocols.kafka import _errors as E
+from robustmq.protocols.kafka._admin import AdminHandlers
 from robustmq.protocols.kafka._codec import (
     FrameTooLarge,
     KafkaParser,
@@ -35,10 +55,13 @@ from robustmq.protocols.kafka._codec import (
     apiVersionsBody,
     apiVersionsError,
     decodeRequest,
-    encodeResponse,
+    encodeResponseParts,
 )
-from robustmq.protocols.kafka._records import InvalidRecord, iterBatches
-from robustmq.protocols.kafka._schema import DecodeError
+from robustmq.protocols.kafka._consumergroups import ConsumerGroupHandlers
+from robustmq.protocols.kafka._fetchsessions import FetchPartition
+from robustmq.protocols.kafka._records import BatchHeader, InvalidRecord, iterBatches
+from robustmq.protocols.kafka._schema import DecodeError, Spliced
+from robustmq.protocols.kafka._sharegroups import ShareGroupHandlers
 from robustmq.protocols.kafka._topics import GROUPS_SHARD
 
 if TYPE_CHECKING:
@@ -51,7 +74,7 @@ _NO_AUTH_NEEDED = frozenset({17, 18, 36})
 _UNKNOWN_OPS = -2147483648
 
 
-class KafkaServerProtocol(Protocol):
+class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandlers, Protocol):
     """Serves Kafka requests for one client connection."""
 
     log = Logger()
@@ -64,11 +87,22 @@ class KafkaServerProtocol(Protocol):
         self._queue: deque[bytes] = deque()
         self._busy = False
         self._running = False
-        self._paused = False
+        #: why reading is paused: "pending" (too many queued requests), "memory" (node bound)
+        self._pauses: set[str] = set()
         self._closed = False
-        self.authenticated = not node.saslRequired
+        self.authenticated = False
+        #: the authorization view, once authenticated
+        self.access: KafkaAccess | None = None
+        #: True once the password-less login (anonymous or certificate) was tried
+        self._loginTried = False
         self.saslMechanism: str | None = None
         self.principal: str | None = None
+        self._lastActive = 0.0
+        self._idleCall: Any = None
+        self._authCall: Any = None
+        #: bytes of the request being handled (counted by the node's RequestMemory)
+        self._inProcess = 0
+        self._queuedBytes = 0
         #: the SCRAM exchange in progress, if any
         self._scram: Any = None
         #: authorization in the MQTT topic namespace, for mapped topics (see _access)
@@ -82,15 +116,91 @@ class KafkaServerProtocol(Protocol):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peerHost = getattr(peer, "host", str(peer))
+        # Kept now: a request may finish after the socket is gone (bench/fuzz.py found
+        # getHost() raising then, for a Metadata that auto-created a topic).
+        self._here: Any = self.transport.getHost()  # type: ignore[union-attr]
         #: host:port, and the client.id of the latest request (for admin listings)
         self.peer = f"{self.peerHost}:{getattr(peer, 'port', '')}"
         self.clientId: str | None = None
+        self.security = securityOf(self.node.broker)
         # Registered so that listings count it and shutdown closes it.
         self.node.broker.connectionOpened(self)
+        reactor = self.node.reactor
+        self._lastActive = reactor.seconds()
+        self._idleCall = reactor.callLater(
+            self.settings.connections_max_idle_ms / 1000, self._idleCheck
+        )
+        self._authCall = reactor.callLater(
+            self.settings.authentication_timeout_ms / 1000, self._authTimeout
+        )
+
+    def _idleCheck(self) -> None:
+        """Kafka's C{connections.max.idle.ms}: close a connection with nothing going on."""
+        self._idleCall = None
+        if self._closed:
+            return
+        reactor = self.node.reactor
+        limit = self.settings.connections_max_idle_ms / 1000
+        idle = reactor.seconds() - self._lastActive
+        if idle < limit or self._busy or self._queue:
+            self._idleCall = reactor.callLater(max(limit - idle, 0.01), self._idleCheck)
+            return
+        self.log.info(
+            "{peer}: idle for {ms} ms (connections_max_idle_ms); closing",
+            peer=self.peerHost,
+            ms=self.settings.connections_max_idle_ms,
+        )
+        self._close()
+
+    def _authTimeout(self) -> None:
+        self._authCall = None
+        if self._closed or self.authenticated:
+            return
+        self.log.warn(
+            "{peer}: not authenticated within {ms} ms (authentication_timeout_ms); closing",
+            peer=self.peerHost,
+            ms=self.settings.authentication_timeout_ms,
+        )
+        self._close()
+
+    def kick(self, why: str) -> None:
+        """A ban now covers this connection: close it (Kafka has no goodbye message)."""
+        self.log.info("{peer}: closing: {why}", peer=self.peerHost, why=why)
+        self._close()
+
+    def memoryPaused(self, paused: bool) -> None:
+        """The node's L{RequestMemory} stops or resumes reading this connection."""
+        self._pause("memory", paused)
+
+    def _pause(self, reason: str, paused: bool) -> None:
+        before = bool(self._pauses)
+        if paused:
+            self._pauses.add(reason)
+        else:
+            self._pauses.discard(reason)
+        transport = self.transport
+        if transport is None or self._closed or before == bool(self._pauses):
+            return
+        if self._pauses:
+            transport.pauseProducing()  # type: ignore[attr-defined]
+        else:
+            transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def _held(self) -> None:
+        """Tell the node's RequestMemory how many bytes this connection holds now."""
+        self.node.memory.update(
+            self, self.parser.pendingFrame + self._queuedBytes + self._inProcess
+        )
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
         self._closed = True
         self._queue.clear()
+        self._queuedBytes = self._inProcess = 0
+        self.node.memory.update(self, 0)
+        for call in (self._idleCall, self._authCall):
+            if call is not None and call.active():
+                call.cancel()
+        self._idleCall = self._authCall = None
         self._releaseFetch()
         self.node.broker.connectionClosed(self)
         if self.factory is not None:
@@ -109,6 +219,7 @@ class KafkaServerProtocol(Protocol):
         if self._closed:
             return
         self.node.broker.stats.kafkaBytesReceived += len(data)
+        self._lastActive = self.node.reactor.seconds()
         try:
             frames = self.parser.feed(data)
         except FrameTooLarge as e:
@@ -117,10 +228,11 @@ class KafkaServerProtocol(Protocol):
             return
         self._queue.extend(frames)
         if frames:
+            self._queuedBytes += sum(len(f) for f in frames)
             self._releaseFetch()
-        if len(self._queue) >= self.settings.max_pending_requests and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self._held()
+        if len(self._queue) >= self.settings.max_pending_requests:
+            self._pause("pending", True)
         self._pump()
 
     def _releaseFetch(self) -> None:
@@ -132,6 +244,8 @@ class KafkaServerProtocol(Protocol):
     def _close(self) -> None:
         self._closed = True
         self._queue.clear()
+        self._queuedBytes = 0
+        self.node.memory.update(self, 0)
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def _pump(self) -> None:
@@ -141,6 +255,8 @@ class KafkaServerProtocol(Protocol):
         try:
             while self._queue and not self._busy and not self._closed:
                 frame = self._queue.popleft()
+                self._queuedBytes -= len(frame)
+                self._inProcess = len(frame)
                 self._busy = True
                 defer.ensureDeferred(self._process(frame)).addBoth(self._finished)
         finally:
@@ -148,26 +264,45 @@ class KafkaServerProtocol(Protocol):
 
     def _finished(self, result: Any) -> None:
         self._busy = False
+        self._inProcess = 0
+        self._lastActive = self.node.reactor.seconds()
+        if not self._closed:
+            self._held()
         if isinstance(result, Failure):
-            self.log.failure("{peer}: request failed; closing", result, peer=self.peerHost)
+            if result.check(StorageError):
+                # the store logged the cause once; no traceback per request
+                self.log.warn(
+                    "{peer}: request failed: {error}; closing",
+                    peer=self.peerHost,
+                    error=str(result.value),
+                )
+            else:
+                self.log.failure("{peer}: request failed; closing", result, peer=self.peerHost)
             self._close()
             return
         if self._closed:
             return
         if result is not None:
-            self.node.broker.stats.kafkaBytesSent += len(result)
-            self.transport.write(result)  # type: ignore[union-attr]
-        if self._paused and len(self._queue) <= self.settings.max_pending_requests // 2:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+            self.node.broker.stats.kafkaBytesSent += sum(len(p) for p in result)
+            try:
+                self.transport.writeSequence(result)  # type: ignore[union-attr]
+            except Exception:
+                self.log.failure("{peer}: writing a response failed; closing", peer=self.peerHost)
+                self._close()
+                return
+        if (
+            "pending" in self._pauses
+            and len(self._queue) <= self.settings.max_pending_requests // 2
+        ):
+            self._pause("pending", False)
         self._pump()
 
-    async def _process(self, frame: bytes) -> bytes | None:
+    async def _process(self, frame: bytes) -> list[Any] | None:
         try:
             req = decodeRequest(frame)
         except UnsupportedVersion as e:
             if e.apiKey == 18:
-                return apiVersionsError(e.correlationId)
+                return [apiVersionsError(e.correlationId)]
             self.log.warn(
                 "{peer}: unsupported api {key} version {version}; closing",
                 peer=self.peerHost,
@@ -187,26 +322,175 @@ class KafkaServerProtocol(Protocol):
             return None
         if req.clientId:
             self.clientId = req.clientId
+        if not self.authenticated and req.apiKey == 18 and not self._loginTried:
+            # A client's first request: if it may stay anonymous (or its certificate
+            # names it), it is authenticated now, so a connection that then idles
+            # is closed by connections_max_idle_ms, not the authentication timeout.
+            # A refusal waits for the first request that needs authentication.
+            self._loginTried = True
+            await self._loginWithoutSasl(req.clientId or "")
         if not self.authenticated and req.apiKey not in _NO_AUTH_NEEDED:
-            self.log.warn(
-                "{peer}: {api} before SASL authentication; closing",
-                peer=self.peerHost,
-                api=req.name,
-            )
-            self._close()
-            return None
+            if self.saslMechanism is None and not self._loginTried:
+                self._loginTried = True
+                await self._loginWithoutSasl(req.clientId or "")
+            if not self.authenticated:
+                return self._refuseUnauthenticated(req)
         await self.node.ready()
-        handler = getattr(self, "handle_" + req.name)
-        body = await handler(req)
+        body = self._deniedOutright(req)
+        if body is None:
+            handler = getattr(self, "handle_" + req.name)
+            body = await handler(req)
         if body is None:
             return None
-        return encodeResponse(req.apiKey, req.apiVersion, req.correlationId, body)
+        return encodeResponseParts(req.apiKey, req.apiVersion, req.correlationId, body)
+
+    # -- authentication without SASL, and refusals -----------------------
+
+    async def _loginWithoutSasl(self, clientId: str) -> None:
+        """Ask the chain about a client that sent no SASL: anonymous, or its certificate."""
+        if self.node.saslRequired:
+            return
+        certUser = getattr(self.transport, "certificateUsername", None)
+        creds = Credentials(
+            protocol="kafka",
+            clientId=clientId,
+            username=certUser,
+            password=None,
+            peerHost=self.peerHost,
+            listener=self.listener.label,
+            certificateUsername=certUser,
+        )
+        if await self.node.auth.authenticate(creds):
+            self._loggedIn(certUser, "certificate" if certUser else "anonymous", creds.attributes)
+
+    def _loggedIn(self, user: str | None, how: str, attributes: dict[str, Any]) -> str | None:
+        """Authenticated as C{user} (None: anonymous): bans and flapping, then the ACL view.
+
+        Returns why the connection is refused after all (banned), or None.
+        """
+        why = self.security.admitPeer(user, self.peerHost)
+        if why is not None:
+            self.log.warn(
+                "{peer}: refusing {how} login of {user}: {why}",
+                peer=self.peerHost,
+                how=how,
+                user=user or "ANONYMOUS",
+                why=why,
+            )
+            return why
+        self.authenticated = True
+        self.principal = user
+        self.access = self.security.kafkaAccess(user, self.peerHost, attributes)
+        if self._authCall is not None and self._authCall.active():
+            self._authCall.cancel()
+        self._authCall = None
+        return None
+
+    def _refuseUnauthenticated(self, req: Request) -> list[bytes] | None:
+        """Answer a request that needs authentication with the SASL error, then close."""
+        midHandshake = self.saslMechanism is not None
+        code = E.ILLEGAL_SASL_STATE if midHandshake else E.SASL_AUTHENTICATION_FAILED
+        message = (
+            "SaslAuthenticate expected after SaslHandshake"
+            if midHandshake
+            else "Authentication required: use SASL (PLAIN, SCRAM) or a client certificate"
+        )
+        self.log.warn(
+            "{peer}: refusing {api} from an unauthenticated client ({why}); closing",
+            peer=self.peerHost,
+            api=req.name,
+            why="mid-handshake" if midHandshake else "no SASL, anonymous not allowed from here",
+        )
+        self.reactor_close_soon()
+        body = _acls.refusal(req, code, message)
+        if body is None:
+            return None
+        return encodeResponseParts(req.apiKey, req.apiVersion, req.correlationId, body)
 
     # -- helpers ---------------------------------------------------------
 
+    def _deniedOutright(self, req: Request) -> dict[str, Any] | None:
+        """The refusal of a request whose whole authorization is one check (the cluster
+        for the admin APIs, the group for KIP-848 and share groups), or None."""
+        need = _WHOLE_REQUEST.get(req.apiKey)
+        if need is None or self.access is None:
+            return None
+        operation, resourceType, field = need
+        name = K.CLUSTER_NAME if field is None else req.body.get(field) or ""
+        if self._may(operation, resourceType, name):
+            return None
+        code = (
+            E.CLUSTER_AUTHORIZATION_FAILED
+            if resourceType == K.CLUSTER
+            else E.GROUP_AUTHORIZATION_FAILED
+        )
+        self.log.info(
+            "{peer}: {api} refused to {who}: not authorized",
+            peer=self.peerHost,
+            api=req.name,
+            who=self.access.principal,
+        )
+        return _acls.refusal(req, code, "Authorization failed.") or {"error_code": code}
+
+    def _describeResource(
+        self, rtype: int, name: str, keys: list[str] | None, synonyms: bool
+    ) -> tuple[int, str | None, list[dict[str, Any]]]:
+        """DescribeConfigs (and IncrementalAlterConfigs' reads): DESCRIBE_CONFIGS first."""
+        code = self._configDenied(rtype, name, K.DESCRIBE_CONFIGS)
+        if code is not None:
+            return code, "Authorization failed.", []
+        return super()._describeResource(rtype, name, keys, synonyms)
+
+    def _checkResource(self, rtype: int, name: str) -> tuple[int, str | None]:
+        """(Incremental)AlterConfigs: ALTER_CONFIGS on the resource first."""
+        code = self._configDenied(rtype, name, K.ALTER_CONFIGS)
+        if code is not None:
+            return code, "Authorization failed."
+        return super()._checkResource(rtype, name)
+
+    def _configDenied(self, rtype: int, name: str, operation: int) -> int | None:
+        """The error for a config operation on a topic (2), broker (4) or group (32)."""
+        if rtype == 2:
+            return None if self._may(operation, K.TOPIC, name) else E.TOPIC_AUTHORIZATION_FAILED
+        if rtype == 4:
+            ok = self._may(operation, K.CLUSTER, K.CLUSTER_NAME)
+            return None if ok else E.CLUSTER_AUTHORIZATION_FAILED
+        if rtype == 32:
+            return None if self._may(operation, K.GROUP, name) else E.GROUP_AUTHORIZATION_FAILED
+        return None
+
+    async def handle_delete_records(self, req: Request) -> dict[str, Any]:
+        """DeleteRecords needs DELETE on each topic (Kafka's rule)."""
+        allowed: list[dict[str, Any]] = []
+        denied: list[dict[str, Any]] = []
+        for t in req.body["topics"]:
+            (allowed if self._may(K.DELETE, K.TOPIC, t["name"]) else denied).append(t)
+        req.body["topics"] = allowed
+        body = await super().handle_delete_records(req)
+        for t in denied:
+            body["topics"].append(
+                {
+                    "name": t["name"],
+                    "partitions": [
+                        {
+                            "partition_index": p["partition_index"],
+                            "low_watermark": -1,
+                            "error_code": E.TOPIC_AUTHORIZATION_FAILED,
+                        }
+                        for p in t["partitions"]
+                    ],
+                }
+            )
+        return body
+
+    def _may(self, operation: int, resourceType: int, name: str) -> bool:
+        """May this connection do C{operation} on the resource (the node's Kafka ACL)?"""
+        access = self.access
+        return access is None or access.allowed(operation, resourceType, name)
+
     def _advertised(self) -> tuple[str, int]:
         s = self.settings
-        here: Any = self.transport.getHost()  # type: ignore[union-attr]
+        here = self._here
         return (s.advertised_host or here.host, s.advertised_port or here.port)
 
     # -- ApiVersions, Metadata ------------------------------------------
@@ -221,14 +505,43 @@ class KafkaServerProtocol(Protocol):
         if req.apiVersion == 0 and not wanted:
             wanted = None
         allowCreate = b.get("allow_auto_topic_creation", True)
-        if wanted is None:
-            names = sorted(topics.topics)
-        else:
-            names = [t["name"] for t in wanted if t.get("name") is not None]
         out = []
+        if wanted is None:
+            # Topics the client may not describe are left out (as Kafka does).
+            names = [n for n in sorted(topics.topics) if self._may(K.DESCRIBE, K.TOPIC, n)]
+        else:
+            names = []
+            for t in wanted:
+                if t.get("name") is not None:
+                    names.append(t["name"])
+                elif t.get("topic_id") is not None:  # v10+: by id (KIP-516)
+                    known = topics.byId.get(t["topic_id"])
+                    if known is None:
+                        out.append(
+                            {
+                                "error_code": E.UNKNOWN_TOPIC_ID,
+                                "name": None if req.apiVersion >= 12 else "",
+                                "topic_id": t["topic_id"],
+                                "partitions": [],
+                            }
+                        )
+                    else:
+                        names.append(known)
         bid = self.settings.broker_id
         for name in names:
-            if name not in topics.topics and allowCreate:
+            if not self._may(K.DESCRIBE, K.TOPIC, name):
+                out.append(
+                    {"error_code": E.TOPIC_AUTHORIZATION_FAILED, "name": name, "partitions": []}
+                )
+                continue
+            if (
+                name not in topics.topics
+                and allowCreate
+                and (
+                    self._may(K.CREATE, K.CLUSTER, K.CLUSTER_NAME)
+                    or self._may(K.CREATE, K.TOPIC, name)
+                )
+            ):
                 await topics.autoCreate(name)
             t = topics.topics.get(name)
             if t is None:
@@ -240,6 +553,7 @@ class KafkaServerProtocol(Protocol):
                 {
                     "error_code": E.NONE,
                     "name": name,
+                    "topic_id": t.topicId,
                     "is_internal": False,
                     "partitions": [
                         {
@@ -271,15 +585,26 @@ class KafkaServerProtocol(Protocol):
         topics = self.node.topics
         mappings = self.node.mappings
         txnId = b.get("transactional_id")
-        waits: list[defer.Deferred[Any]] = []
+        waits: list[tuple[dict[str, Any], defer.Deferred[Any]]] = []
         responses = []
+        txnDenied = txnId is not None and not self._may(K.WRITE, K.TRANSACTIONAL_ID, txnId)
         for td in b["topic_data"]:
             name = td["name"]
             mapped = name in mappings.toMqtt
             presp = []
+            denied = (
+                E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+                if txnDenied
+                else E.TOPIC_AUTHORIZATION_FAILED
+                if not self._may(K.WRITE, K.TOPIC, name)
+                else None
+            )
             for pd in td["partition_data"]:
                 r: dict[str, Any] = {"index": pd["index"], "error_code": E.NONE, "base_offset": -1}
                 presp.append(r)
+                if denied is not None:
+                    r["error_code"] = denied
+                    continue
                 if acks not in (0, 1, -1):
                     r["error_code"] = E.INVALID_REQUIRED_ACKS
                     continue
@@ -294,12 +619,11 @@ class KafkaServerProtocol(Protocol):
                     r["error_code"] = E.CORRUPT_MESSAGE
                     r["error_message"] = str(e)
                     continue
-                toMqtt = [mappings.decode(name, data, h) for h in batches] if mapped else None
-                if toMqtt and not self._mayPublishMapped(name, toMqtt):
+                if mapped and not self._mayPublishMapped(name, data, batches):
                     r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
                     continue
                 first = None
-                for i, h in enumerate(batches):
+                for h in batches:
                     if h.transactional and not self.node.txns.partitionInTxn(
                         txnId, h.producerId, h.producerEpoch, part.shard
                     ):
@@ -313,11 +637,10 @@ class KafkaServerProtocol(Protocol):
                         base = dup
                     else:
                         base, d = topics.append(part, data[h.start : h.start + h.size], h)
-                        records = toMqtt[i] if toMqtt else None
-                        if records:
-                            # Published to MQTT once durable (docs/topic-space.md).
-                            d.addCallback(_publishMapped, mappings, name, records)
-                        waits.append(d)
+                        if mapped:
+                            # Its pump publishes it to MQTT once stored (docs/topic-space.md).
+                            mappings.ensurePump(name, pd["index"], base)
+                        waits.append((r, d))
                         self.node.broker.stats.kafkaReceived += h.count
                     if first is None:
                         first = base
@@ -327,15 +650,18 @@ class KafkaServerProtocol(Protocol):
                     r["log_start_offset"] = start
             responses.append({"name": name, "partition_responses": presp})
         if waits:
-            results = await defer.DeferredList(waits, consumeErrors=True)
-            if any(not ok for ok, _ in results):
-                for ok, f in results:
-                    if not ok:
-                        self.log.failure("append failed", f)
-                for t in responses:
-                    for r in t["partition_responses"]:
-                        if r["error_code"] == E.NONE:
-                            r["error_code"] = E.UNKNOWN_SERVER_ERROR
+            results = await defer.DeferredList([d for _, d in waits], consumeErrors=True)
+            for (r, _), (ok, f) in zip(waits, results, strict=True):
+                if ok or r["error_code"] != E.NONE:
+                    continue
+                if f.check(StorageUnavailableError):
+                    # The store said why once (disk full, I/O error); the producer
+                    # retries on this retriable error and nothing was stored.
+                    r["error_code"] = E.KAFKA_STORAGE_ERROR
+                    r["error_message"] = str(f.value)
+                else:
+                    self.log.failure("append failed", f)
+                    r["error_code"] = E.UNKNOWN_SERVER_ERROR
         if acks == 0:
             return None
         return {"responses": responses, "throttle_time_ms": 0}
@@ -352,21 +678,24 @@ class KafkaServerProtocol(Protocol):
             )
         return access
 
-    def _mayPublishMapped(self, topic: str, decoded: list[Any]) -> bool:
+    def _mayPublishMapped(self, topic: str, data: bytes, batches: list[Any]) -> bool:
         """Records of mapped C{topic} become MQTT publishes: the MQTT ACL must allow each."""
         access = self._access()
-        for records in decoded:
-            if records:
-                for name in self.node.mappings.targetTopics(topic, records):
-                    if not access.canPublish(name):
-                        self.log.info(
-                            "{who}: produce to {topic} refused: not authorized to publish "
-                            "to MQTT topic {name!r}",
-                            who=self.principal or self.peer,
-                            topic=topic,
-                            name=name,
-                        )
-                        return False
+        if access.trivial and access.acl.isOpen:
+            return True  # no rules: nothing to decode records for
+        mappings = self.node.mappings
+        for h in batches:
+            records = mappings.decode(topic, data, h)
+            for name in mappings.targetTopics(topic, records or ()):
+                if not access.canPublish(name):
+                    self.log.info(
+                        "{who}: produce to {topic} refused: not authorized to publish "
+                        "to MQTT topic {name!r}",
+                        who=self.principal or self.peer,
+                        topic=topic,
+                        name=name,
+                    )
+                    return False
         return True
 
     def _mayReadMapped(self, topic: str) -> bool:
@@ -388,15 +717,62 @@ class KafkaServerProtocol(Protocol):
     # -- Fetch -----------------------------------------------------------
 
     async def handle_fetch(self, req: Request) -> dict[str, Any]:
+        """Fetch: stored batches as they are, long-polling, with fetch sessions (KIP-227).
+
+        From v13 topics are named by id (KIP-516).  The batches go into the
+        response as L{Spliced} parts, written with C{writeSequence} without
+        being joined or re-encoded.
+        """
         b = req.body
+        v = req.apiVersion
+        topics = self.node.topics
         reactor = self.node.reactor
         committed = b.get("isolation_level", 0) == 1
         maxWait = min(max(b["max_wait_ms"], 0), self.settings.max_wait_ms) / 1000
         minBytes = b["min_bytes"]
         maxBytes = b.get("max_bytes", 0x7FFFFFFF)
+        byIds = v >= 13
+        asked: list[FetchPartition] = []
+        unknownIds: list[dict[str, Any]] = []
+        for t in b["topics"]:
+            name = topics.byId.get(t["topic_id"]) if byIds else t["topic"]
+            if name is None:
+                unknownIds.append(
+                    {
+                        "topic_id": t["topic_id"],
+                        "partitions": [
+                            _partitionError(fp["partition"], E.UNKNOWN_TOPIC_ID)
+                            for fp in t["partitions"]
+                        ],
+                    }
+                )
+                continue
+            tid = topics.topics[name].topicId if name in topics.topics else None
+            for fp in t["partitions"]:
+                asked.append(
+                    FetchPartition(
+                        name, tid, fp["partition"], fp["fetch_offset"], fp["partition_max_bytes"]
+                    )
+                )
+        forgotten: list[tuple[str, int]] = []
+        for t in b.get("forgotten_topics_data") or []:
+            name = topics.byId.get(t["topic_id"]) if byIds else t["topic"]
+            if name is not None:
+                forgotten.extend((name, p) for p in t["partitions"])
+        code, session, wanted = self.node.fetchSessions.resolve(
+            b.get("session_id", 0), b.get("session_epoch", -1), asked, forgotten
+        )
+        if code != E.NONE:
+            return {
+                "throttle_time_ms": 0,
+                "error_code": code,
+                "session_id": 0,
+                "responses": [],
+            }
+        incremental = session is not None and b.get("session_epoch", -1) > 0
         deadline = reactor.seconds() + maxWait
         for _attempt in range(1000):
-            responses, total, parts = await self._fetchOnce(b["topics"], committed, maxBytes)
+            answers, total, parts = await self._fetchOnce(wanted, committed, maxBytes)
             remaining = deadline - reactor.seconds()
             # Responses go out in request order, so a Fetch that waits also delays
             # every request pipelined behind it (ListOffsets, commits, heartbeats):
@@ -418,72 +794,95 @@ class KafkaServerProtocol(Protocol):
                     p.waiters.remove(wake)
             if self._closed:
                 break
+        responses: list[dict[str, Any]] = []
+        byTopic: dict[str, dict[str, Any]] = {}
+        for fp, r in answers:
+            if incremental and not (
+                r["records"]
+                or r["error_code"]
+                or (r["high_watermark"], r["last_stable_offset"], r["log_start_offset"])
+                != (fp.hw, fp.lso, fp.start)
+            ):
+                continue  # nothing new for this partition: left out (KIP-227)
+            fp.hw, fp.lso, fp.start = (
+                r["high_watermark"],
+                r["last_stable_offset"],
+                r["log_start_offset"],
+            )
+            t = byTopic.get(fp.topic)
+            if t is None:
+                t = {"topic": fp.topic, "topic_id": fp.topicId, "partitions": []}
+                byTopic[fp.topic] = t
+                responses.append(t)
+            t["partitions"].append(r)
         return {
             "throttle_time_ms": 0,
             "error_code": E.NONE,
-            "session_id": 0,
-            "responses": responses,
+            "session_id": session.sessionId if session is not None else 0,
+            "responses": responses + unknownIds,
         }
 
     async def _fetchOnce(
-        self, wanted: list[dict[str, Any]], committed: bool, maxBytes: int
-    ) -> tuple[list[dict[str, Any]], int, list[Any]]:
+        self, wanted: list[FetchPartition], committed: bool, maxBytes: int
+    ) -> tuple[list[tuple[FetchPartition, dict[str, Any]]], int, list[Any]]:
         topics = self.node.topics
         total = 0
         parts = []
-        responses = []
-        for t in wanted:
-            name = t["topic"]
-            presp = []
-            for fp in t["partitions"]:
-                r: dict[str, Any] = {
-                    "partition_index": fp["partition"],
-                    "error_code": E.NONE,
-                    "high_watermark": -1,
-                    "last_stable_offset": -1,
-                    "log_start_offset": -1,
-                    "aborted_transactions": None,
-                    "records": b"",
-                }
-                presp.append(r)
-                part = await topics.partition(name, fp["partition"])
-                if part is None:
-                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
-                    continue
-                if not self._mayReadMapped(name):
-                    r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
-                    continue
-                parts.append(part)
-                start, end = await topics.store.offsets(part.shard)
-                lso = part.lastStable()
-                r["high_watermark"] = end
-                r["last_stable_offset"] = lso
-                r["log_start_offset"] = start
-                offset = fp["fetch_offset"]
-                if offset < start or offset > end:
-                    r["error_code"] = E.OFFSET_OUT_OF_RANGE
-                    continue
-                upTo = lso if committed else end
-                budget = min(fp["partition_max_bytes"], maxBytes - total)
-                if budget <= 0 and total:
-                    continue
+        answers = []
+        for fp in wanted:
+            r = _partitionError(fp.index, E.NONE)
+            answers.append((fp, r))
+            if not self._may(K.READ, K.TOPIC, fp.topic):
+                r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
+                continue
+            part = await topics.partition(fp.topic, fp.index)
+            if part is None:
+                r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
+                continue
+            if not self._mayReadMapped(fp.topic):
+                r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
+                continue
+            parts.append(part)
+            start, end = await topics.store.offsets(part.shard)
+            lso = part.lastStable()
+            r["high_watermark"] = end
+            r["last_stable_offset"] = lso
+            r["log_start_offset"] = start
+            offset = fp.fetchOffset
+            if offset < start or offset > end:
+                r["error_code"] = E.OFFSET_OUT_OF_RANGE
+                continue
+            upTo = lso if committed else end
+            budget = min(fp.maxBytes, maxBytes - total)
+            if budget <= 0 and total:
+                continue
+            try:
                 batches = await topics.read(part, offset, budget, upTo)
-                if committed:
-                    r["aborted_transactions"] = [
-                        {"producer_id": pid, "first_offset": first}
-                        for pid, first, last in part.aborted
-                        if last >= offset and first < upTo
-                    ]
-                if batches:
-                    data = b"".join(batches)
-                    r["records"] = data
-                    total += len(data)
-                    # Whole batches: one fetched from its middle counts all its records.
-                    self.node.broker.stats.kafkaSent += sum(
-                        h.count for h in iterBatches(data, check=False) if not h.control
-                    )
-            responses.append({"topic": name, "partitions": presp})
-        return responses, total, parts
+            except CorruptRecordError as e:
+                # The damaged offsets only: the consumer may seek past e.lastOffset.
+                r["error_code"] = E.CORRUPT_MESSAGE
+                self.log.debug(
+                    "{peer}: fetch at {offset}: {error}",
+                    peer=self.peerHost,
+                    offset=offset,
+                    error=str(e),
+                )
+                continue
+            if committed:
+                r["aborted_transactions"] = [
+                    {"producer_id": pid, "first_offset": first}
+                    for pid, first, last in part.aborted
+                    if last >= offset and first < upTo
+                ]
+            if batches:
+                records = Spliced(batches)
+                r["records"] = records
+                total += records.size
+                # Whole batches: one fetched from its middle counts all its records.
+                self.node.broker.stats.kafkaSent += sum(
+                    h.count for h in map(_header, batches) if not h.control
+                )
+        return answers, total, parts
 
     # -- ListOffsets, OffsetForLeaderEpoch ------------------------------
 
@@ -493,9 +892,13 @@ class KafkaServerProtocol(Protocol):
         out = []
         for t in req.body["topics"]:
             presp = []
+            describable = self._may(K.DESCRIBE, K.TOPIC, t["name"])
             for p in t["partitions"]:
                 r: dict[str, Any] = {"partition_index": p["partition_index"], "error_code": E.NONE}
                 presp.append(r)
+                if not describable:
+                    r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
+                    continue
                 part = await topics.partition(t["name"], p["partition_index"])
                 if part is None:
                     r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
@@ -503,20 +906,31 @@ class KafkaServerProtocol(Protocol):
                 start, end = await topics.store.offsets(part.shard)
                 latest = part.lastStable() if committed else end
                 ts = p["timestamp"]
+                stamp = -1
                 if ts == -2:
                     offset = start
                 elif ts == -1:
                     offset = latest
-                elif ts == -3:
-                    offset = max(start, end - 1)
                 else:
-                    found = await topics.store.offsetForTimestamp(part.shard, ts)
-                    offset = -1 if found is None else found
+                    try:
+                        if ts == -3:  # MAX_TIMESTAMP (KIP-734)
+                            found = await topics.maxTimestamp(part, latest)
+                        else:
+                            found = await topics.offsetForTime(part, ts, latest)
+                    except InvalidRecord as e:
+                        self.log.warn(
+                            "{shard}: unreadable batch in a timestamp lookup: {error}",
+                            shard=part.shard,
+                            error=str(e),
+                        )
+                        r["error_code"] = E.CORRUPT_MESSAGE
+                        continue
+                    offset, stamp = found if found is not None else (-1, -1)
                 if req.apiVersion == 0:
                     r["old_style_offsets"] = [offset] if offset >= 0 else []
                 else:
                     r["offset"] = offset
-                    r["timestamp"] = ts if ts >= 0 and offset >= 0 else -1
+                    r["timestamp"] = stamp
                     r["leader_epoch"] = 0
             out.append({"name": t["name"], "partitions": presp})
         return {"throttle_time_ms": 0, "topics": out}
@@ -529,7 +943,9 @@ class KafkaServerProtocol(Protocol):
             for p in t["partitions"]:
                 r: dict[str, Any] = {"partition": p["partition"], "error_code": E.NONE}
                 part = await topics.partition(t["topic"], p["partition"])
-                if part is None:
+                if not self._may(K.DESCRIBE, K.TOPIC, t["topic"]):
+                    r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
+                elif part is None:
                     r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
                 else:
                     _, end = await topics.store.offsets(part.shard)
@@ -542,16 +958,38 @@ class KafkaServerProtocol(Protocol):
 
     # -- groups ----------------------------------------------------------
 
+    def _coordinatorDenied(self, keyType: int, key: str) -> int:
+        """FindCoordinator: DESCRIBE on the group (0) or transactional id (1), else the error."""
+        if keyType == 1:
+            ok = self._may(K.DESCRIBE, K.TRANSACTIONAL_ID, key)
+            return E.NONE if ok else E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+        return E.NONE if self._may(K.DESCRIBE, K.GROUP, key) else E.GROUP_AUTHORIZATION_FAILED
+
     async def handle_find_coordinator(self, req: Request) -> dict[str, Any]:
         host, port = self._advertised()
         bid = self.settings.broker_id
+        keyType = req.body.get("key_type", 0)
         if req.apiVersion >= 4:
+            out = []
+            for k in req.body["coordinator_keys"]:
+                code = self._coordinatorDenied(keyType, k)
+                if code != E.NONE:
+                    out.append(
+                        {"key": k, "node_id": -1, "host": "", "port": -1, "error_code": code}
+                    )
+                else:
+                    out.append(
+                        {"key": k, "node_id": bid, "host": host, "port": port, "error_code": E.NONE}
+                    )
+            return {"throttle_time_ms": 0, "coordinators": out}
+        code = self._coordinatorDenied(keyType, req.body["key"])
+        if code != E.NONE:
             return {
                 "throttle_time_ms": 0,
-                "coordinators": [
-                    {"key": k, "node_id": bid, "host": host, "port": port, "error_code": E.NONE}
-                    for k in req.body["coordinator_keys"]
-                ],
+                "error_code": code,
+                "node_id": -1,
+                "host": "",
+                "port": -1,
             }
         return {
             "throttle_time_ms": 0,
@@ -563,6 +1001,15 @@ class KafkaServerProtocol(Protocol):
 
     async def handle_join_group(self, req: Request) -> dict[str, Any]:
         b = req.body
+        if not self._may(K.READ, K.GROUP, b["group_id"]):
+            return {
+                "error_code": E.GROUP_AUTHORIZATION_FAILED,
+                "generation_id": -1,
+                "member_id": b["member_id"],
+                "leader": "",
+                "protocol_name": None if req.apiVersion >= 7 else "",
+                "members": [],
+            }
         body = await self.node.groups.join(
             b["group_id"],
             b["member_id"],
@@ -573,6 +1020,7 @@ class KafkaServerProtocol(Protocol):
             b.get("rebalance_timeout_ms", -1),
             b["protocol_type"],
             [(p["name"], p["metadata"]) for p in b["protocols"]],
+            requireKnownMemberId=req.apiVersion >= 4,
         )
         body = dict(body)
         body.setdefault("member_id", b["member_id"])
@@ -584,6 +1032,8 @@ class KafkaServerProtocol(Protocol):
 
     async def handle_sync_group(self, req: Request) -> dict[str, Any]:
         b = req.body
+        if not self._may(K.READ, K.GROUP, b["group_id"]):
+            return {"error_code": E.GROUP_AUTHORIZATION_FAILED, "assignment": b""}
         body = await self.node.groups.sync(
             b["group_id"],
             b["generation_id"],
@@ -594,11 +1044,15 @@ class KafkaServerProtocol(Protocol):
 
     async def handle_heartbeat(self, req: Request) -> dict[str, Any]:
         b = req.body
+        if not self._may(K.READ, K.GROUP, b["group_id"]):
+            return {"error_code": E.GROUP_AUTHORIZATION_FAILED}
         code = self.node.groups.heartbeat(b["group_id"], b["generation_id"], b["member_id"])
         return {"error_code": code}
 
     async def handle_leave_group(self, req: Request) -> dict[str, Any]:
         b = req.body
+        if not self._may(K.READ, K.GROUP, b["group_id"]):
+            return {"error_code": E.GROUP_AUTHORIZATION_FAILED, "members": []}
         if req.apiVersion < 3:
             codes = self.node.groups.leave(b["group_id"], [(b["member_id"], None)])
             return {"error_code": codes[0]}
@@ -620,9 +1074,13 @@ class KafkaServerProtocol(Protocol):
     async def handle_offset_commit(self, req: Request) -> dict[str, Any]:
         b = req.body
         group = b["group_id"]
-        code = self.node.groups.checkCommit(
-            group, b.get("generation_id_or_member_epoch", -1), b.get("member_id", "")
-        )
+        generation = b.get("generation_id_or_member_epoch", -1)
+        memberId = b.get("member_id", "")
+        code = self.node.consumerGroups.checkCommit(group, memberId, generation)
+        if code is None:  # not a KIP-848 group: the classic coordinator decides
+            code = self.node.groups.checkCommit(group, generation, memberId)
+        if not self._may(K.READ, K.GROUP, group):
+            code = E.GROUP_AUTHORIZATION_FAILED
         out = await self._commit(group, b["topics"], code)
         return {"throttle_time_ms": 0, "topics": out}
 
@@ -636,8 +1094,11 @@ class KafkaServerProtocol(Protocol):
         out = []
         for t in wanted:
             presp = []
+            topicCode = (
+                E.NONE if self._may(K.READ, K.TOPIC, t["name"]) else E.TOPIC_AUTHORIZATION_FAILED
+            )
             for p in t["partitions"]:
-                c = code
+                c = code if code != E.NONE else topicCode
                 if c == E.NONE:
                     part = await topics.partition(t["name"], p["partition_index"])
                     if part is None:
@@ -647,7 +1108,13 @@ class KafkaServerProtocol(Protocol):
                         if pending is not None:
                             pending.append((part.shard, p["committed_offset"], meta))
                         else:
-                            await store.commitOffset(group, part.shard, p["committed_offset"], meta)
+                            try:
+                                await store.commitOffset(
+                                    group, part.shard, p["committed_offset"], meta
+                                )
+                            except StorageUnavailableError:
+                                # retriable: the client commits again later
+                                c = E.COORDINATOR_NOT_AVAILABLE
                 presp.append({"partition_index": p["partition_index"], "error_code": c})
             out.append({"name": t["name"], "partitions": presp})
         return out
@@ -661,10 +1128,12 @@ class KafkaServerProtocol(Protocol):
             wanted = [
                 {"name": n, "partition_indexes": list(range(t.partitions)), "all": True}
                 for n, t in sorted(topics.topics.items())
+                if self._may(K.DESCRIBE, K.TOPIC, n)
             ]
         out = []
         for t in wanted:
             presp = []
+            describable = self._may(K.DESCRIBE, K.TOPIC, t["name"])
             for idx in t["partition_indexes"]:
                 r: dict[str, Any] = {
                     "partition_index": idx,
@@ -672,6 +1141,10 @@ class KafkaServerProtocol(Protocol):
                     "metadata": "",
                     "error_code": E.NONE,
                 }
+                if not describable:
+                    r["error_code"] = E.TOPIC_AUTHORIZATION_FAILED
+                    presp.append(r)
+                    continue
                 part = await topics.partition(t["name"], idx)
                 if part is not None:
                     got = await store.fetchOffset(group, part.shard)
@@ -690,11 +1163,26 @@ class KafkaServerProtocol(Protocol):
         if req.apiVersion >= 8:
             groups = []
             for g in b["groups"]:
+                if not self._may(K.DESCRIBE, K.GROUP, g["group_id"]):
+                    groups.append(
+                        {
+                            "group_id": g["group_id"],
+                            "topics": [],
+                            "error_code": E.GROUP_AUTHORIZATION_FAILED,
+                        }
+                    )
+                    continue
                 topicsOut = await self._fetchOffsets(g["group_id"], g["topics"])
                 groups.append(
                     {"group_id": g["group_id"], "topics": topicsOut, "error_code": E.NONE}
                 )
             return {"throttle_time_ms": 0, "groups": groups}
+        if not self._may(K.DESCRIBE, K.GROUP, b["group_id"]):
+            return {
+                "throttle_time_ms": 0,
+                "topics": [],
+                "error_code": E.GROUP_AUTHORIZATION_FAILED,
+            }
         topicsOut = await self._fetchOffsets(b["group_id"], b["topics"])
         return {"throttle_time_ms": 0, "topics": topicsOut, "error_code": E.NONE}
 
@@ -702,28 +1190,57 @@ class KafkaServerProtocol(Protocol):
         groups = self.node.groups
         out = []
         for g in req.body["groups"]:
+            if not self._may(K.DESCRIBE, K.GROUP, g):
+                out.append(
+                    {
+                        "error_code": E.GROUP_AUTHORIZATION_FAILED,
+                        "group_id": g,
+                        "group_state": "",
+                        "protocol_type": "",
+                        "protocol_data": "",
+                        "members": [],
+                    }
+                )
+                continue
             d = groups.describe(g)
-            if d["group_state"] == "Dead" and g in self.node.knownGroups:
+            modern = self.node.consumerGroups.groups.get(g)
+            if d["group_state"] == "Dead" and modern is not None:
+                # a KIP-848 group seen through the classic API (as Kafka shows it)
+                d["group_state"] = modern.state
+                d["protocol_type"] = "consumer"
+            elif d["group_state"] == "Dead" and g in self.node.knownGroups:
                 d["group_state"] = "Empty"
             out.append(d)
         return {"throttle_time_ms": 0, "groups": out}
 
     async def handle_list_groups(self, req: Request) -> dict[str, Any]:
         groups = self.node.groups.groups
+        modern = self.node.consumerGroups.groups
         states = req.body.get("states_filter") or []
+        types = {t.lower() for t in req.body.get("types_filter") or []}
         out = []
-        names = set(groups) | self.node.knownGroups
+        share = self.node.shareGroups.groups
+        names = set(groups) | set(modern) | set(share) | self.node.knownGroups
+        if not self._may(K.DESCRIBE, K.CLUSTER, K.CLUSTER_NAME):
+            names = {n for n in names if self._may(K.DESCRIBE, K.GROUP, n)}
         for name in sorted(names):
             g = groups.get(name)
-            state = g.state if g is not None else "Empty"
-            if states and state not in states:
+            if name in share:
+                state, kind, ptype = share[name].state, "share", "share"
+            elif name in modern and (g is None or not g.members):
+                state, kind, ptype = modern[name].state, "consumer", "consumer"
+            else:
+                state = g.state if g is not None else "Empty"
+                kind = "classic"
+                ptype = (g.protocolType if g is not None else None) or "consumer"
+            if (states and state not in states) or (types and kind not in types):
                 continue
             out.append(
                 {
                     "group_id": name,
-                    "protocol_type": (g.protocolType if g is not None else None) or "consumer",
+                    "protocol_type": ptype,
                     "group_state": state,
-                    "group_type": "classic",
+                    "group_type": kind,
                 }
             )
         return {"throttle_time_ms": 0, "error_code": E.NONE, "groups": out}
@@ -732,12 +1249,16 @@ class KafkaServerProtocol(Protocol):
         out = []
         store = self.node.topics.store
         for name in req.body["groups_names"]:
-            code = self.node.groups.delete(name)
+            if not self._may(K.DELETE, K.GROUP, name):
+                out.append({"group_id": name, "error_code": E.GROUP_AUTHORIZATION_FAILED})
+                continue
+            modern = self.node.consumerGroups.delete(name)
+            code = modern if modern is not None else self.node.groups.delete(name)
             if code == E.NONE:
                 if name in self.node.knownGroups:
                     self.node.knownGroups.discard(name)
                     await store.deleteKey(GROUPS_SHARD, name.encode())
-                else:
+                elif modern is None:
                     code = E.GROUP_ID_NOT_FOUND
             out.append({"group_id": name, "error_code": code})
         return {"throttle_time_ms": 0, "results": out}
@@ -753,12 +1274,24 @@ class KafkaServerProtocol(Protocol):
             n = t["num_partitions"]
             if n == -1 and t["assignments"]:
                 n = len(t["assignments"])
+            if not (
+                self._may(K.CREATE, K.CLUSTER, K.CLUSTER_NAME)
+                or self._may(K.CREATE, K.TOPIC, t["name"])
+            ):
+                out.append(
+                    {
+                        "name": t["name"],
+                        "error_code": E.TOPIC_AUTHORIZATION_FAILED,
+                        "error_message": "Topic authorization failed.",
+                    }
+                )
+                continue
             code, msg = await topics.createTopic(
                 t["name"], n, configs, b.get("validate_only", False)
             )
             r: dict[str, Any] = {"name": t["name"], "error_code": code, "error_message": msg}
             if code == E.NONE:
-                r["num_partitions"] = n if n > 0 else self.settings.default_partitions
+                r["num_partitions"] = n if n > 0 else topics.defaultPartitions()
                 r["replication_factor"] = 1
                 r["configs"] = [
                     {
@@ -781,6 +1314,9 @@ class KafkaServerProtocol(Protocol):
             if name is None:
                 out.append({"name": None, "error_code": E.UNKNOWN_TOPIC_OR_PARTITION})
                 continue
+            if not self._may(K.DELETE, K.TOPIC, name):
+                out.append({"name": name, "error_code": E.TOPIC_AUTHORIZATION_FAILED})
+                continue
             code = await self.node.topics.deleteTopic(name)
             out.append({"name": name, "error_code": code})
         return {"throttle_time_ms": 0, "responses": out}
@@ -789,59 +1325,61 @@ class KafkaServerProtocol(Protocol):
         b = req.body
         out = []
         for t in b["topics"]:
+            if not self._may(K.ALTER, K.TOPIC, t["name"]):
+                out.append(
+                    {
+                        "name": t["name"],
+                        "error_code": E.TOPIC_AUTHORIZATION_FAILED,
+                        "error_message": "Topic authorization failed.",
+                    }
+                )
+                continue
             code, msg = await self.node.topics.createPartitions(
                 t["name"], t["count"], b["validate_only"]
             )
             out.append({"name": t["name"], "error_code": code, "error_message": msg})
         return {"throttle_time_ms": 0, "results": out}
 
-    async def handle_describe_configs(self, req: Request) -> dict[str, Any]:
-        topics = self.node.topics
-        out = []
-        for res in req.body["resources"]:
-            r: dict[str, Any] = {
-                "error_code": E.NONE,
-                "error_message": None,
-                "resource_type": res["resource_type"],
-                "resource_name": res["resource_name"],
-                "configs": [],
-            }
-            keys = res["configuration_keys"]
-            values: dict[str, tuple[str, bool]] = {}
-            if res["resource_type"] == 2:  # topic
-                t = topics.topics.get(res["resource_name"])
-                if t is None:
-                    r["error_code"] = E.UNKNOWN_TOPIC_OR_PARTITION
-                else:
-                    values = {k: (v, False) for k, v in t.configs.items()}
-                    for k, v in self.node.topicDefaults().items():
-                        values.setdefault(k, (v, True))
-            elif res["resource_type"] == 4:  # broker
-                values = {k: (v, True) for k, v in self.node.brokerConfigs().items()}
-            else:
-                r["error_code"] = E.INVALID_REQUEST
-            for k, (v, isDefault) in sorted(values.items()):
-                if keys is not None and k not in keys:
-                    continue
-                r["configs"].append(
-                    {
-                        "name": k,
-                        "value": v,
-                        "read_only": res["resource_type"] == 4,
-                        "is_default": isDefault,
-                        "config_source": 5 if isDefault else 1,
-                        "is_sensitive": False,
-                        "synonyms": [],
-                        "documentation": None,
-                    }
-                )
-            out.append(r)
-        return {"throttle_time_ms": 0, "results": out}
+    # -- ACLs (KIP-140) ----------------------------------------------------
+
+    async def handle_describe_acls(self, req: Request) -> dict[str, Any]:
+        assert self.access is not None
+        return _acls.describeAcls(self.security.kafkaAcl, self.access, req)
+
+    async def handle_create_acls(self, req: Request) -> dict[str, Any]:
+        assert self.access is not None
+        return _acls.createAcls(self.security.kafkaAcl, self.access, req)
+
+    async def handle_delete_acls(self, req: Request) -> dict[str, Any]:
+        assert self.access is not None
+        return _acls.deleteAcls(self.security.kafkaAcl, self.access, req)
 
     # -- idempotent and transactional producers --------------------------
 
     async def handle_init_producer_id(self, req: Request) -> dict[str, Any]:
         b = req.body
+        txnId = b["transactional_id"]
+        if txnId is not None:
+            denied = (
+                None
+                if self._may(K.WRITE, K.TRANSACTIONAL_ID, txnId)
+                else E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+            )
+        else:
+            # KIP-679: IDEMPOTENT_WRITE on the cluster, or WRITE on any topic.
+            access = self.access
+            denied = (
+                None
+                if access is None or access.cluster(K.IDEMPOTENT_WRITE) or access.anyTopic(K.WRITE)
+                else E.CLUSTER_AUTHORIZATION_FAILED
+            )
+        if denied is not None:
+            return {
+                "throttle_time_ms": 0,
+                "error_code": denied,
+                "producer_id": -1,
+                "producer_epoch": -1,
+            }
         code, pid, epoch = await self.node.txns.initProducerId(
             b["transactional_id"], b["transaction_timeout_ms"]
         )
@@ -856,11 +1394,17 @@ class KafkaServerProtocol(Protocol):
         b = req.body
         txns = self.node.txns
         results = []
+        txnDenied = not self._may(K.WRITE, K.TRANSACTIONAL_ID, b["v3_and_below_transactional_id"])
         for t in b["v3_and_below_topics"]:
             presp = []
+            topicDenied = not self._may(K.WRITE, K.TOPIC, t["name"])
             for p in t["partitions"]:
                 part = await self.node.topics.partition(t["name"], p)
-                if part is None:
+                if txnDenied:
+                    code = E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+                elif topicDenied:
+                    code = E.TOPIC_AUTHORIZATION_FAILED
+                elif part is None:
                     code = E.UNKNOWN_TOPIC_OR_PARTITION
                 else:
                     code = await txns.addPartition(
@@ -875,6 +1419,10 @@ class KafkaServerProtocol(Protocol):
 
     async def handle_add_offsets_to_txn(self, req: Request) -> dict[str, Any]:
         b = req.body
+        if not self._may(K.WRITE, K.TRANSACTIONAL_ID, b["transactional_id"]):
+            return {"throttle_time_ms": 0, "error_code": E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
+        if not self._may(K.READ, K.GROUP, b["group_id"]):
+            return {"throttle_time_ms": 0, "error_code": E.GROUP_AUTHORIZATION_FAILED}
         code = await self.node.txns.addGroup(
             b["transactional_id"], b["producer_id"], b["producer_epoch"], b["group_id"]
         )
@@ -886,6 +1434,10 @@ class KafkaServerProtocol(Protocol):
         code, pending = txns.pendingOffsets(
             b["transactional_id"], b["producer_id"], b["producer_epoch"], b["group_id"]
         )
+        if not self._may(K.WRITE, K.TRANSACTIONAL_ID, b["transactional_id"]):
+            code, pending = E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED, None
+        elif not self._may(K.READ, K.GROUP, b["group_id"]):
+            code, pending = E.GROUP_AUTHORIZATION_FAILED, None
         out = await self._commit(b["group_id"], b["topics"], code, pending)
         if pending is not None:
             await txns.offsetsAdded(b["transactional_id"])
@@ -893,6 +1445,8 @@ class KafkaServerProtocol(Protocol):
 
     async def handle_end_txn(self, req: Request) -> dict[str, Any]:
         b = req.body
+        if not self._may(K.WRITE, K.TRANSACTIONAL_ID, b["transactional_id"]):
+            return {"throttle_time_ms": 0, "error_code": E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED}
         code = await self.node.txns.endTxn(
             b["transactional_id"], b["producer_id"], b["producer_epoch"], b["committed"]
         )
@@ -921,7 +1475,7 @@ class KafkaServerProtocol(Protocol):
         return {"error_code": E.NONE, "mechanisms": supported}
 
     def _saslFailed(self, user: str | None, why: str) -> dict[str, Any]:
-        self.log.info(
+        self.log.warn(
             "{peer}: SASL {mechanism} failed for {user}: {why}",
             peer=self.peerHost,
             mechanism=self.saslMechanism,
@@ -947,11 +1501,14 @@ class KafkaServerProtocol(Protocol):
         if len(parts) != 3:
             return self._saslFailed(None, "malformed PLAIN message")
         user = parts[1].decode("utf-8", "replace")
-        if not await self._checkPlain(user, parts[2], req.clientId or ""):
+        attributes: dict[str, Any] = {}
+        if not await self._checkPlain(user, parts[2], req.clientId or "", attributes):
             return self._saslFailed(user, "wrong user name or password")
-        return self._saslDone(user, b"")
+        return self._saslDone(user, b"", attributes)
 
-    async def _checkPlain(self, user: str, password: bytes, clientId: str) -> bool:
+    async def _checkPlain(
+        self, user: str, password: bytes, clientId: str, attributes: dict[str, Any]
+    ) -> bool:
         """A user of the SCRAM table is checked against its stored keys; others by the auth chain."""
         for name in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
             lookup = getattr(self.node.broker.authMechanisms.get(name), "lookup", None)
@@ -965,30 +1522,43 @@ class KafkaServerProtocol(Protocol):
             password=password,
             peerHost=self.peerHost,
             listener=self.listener.label,
+            certificateUsername=getattr(self.transport, "certificateUsername", None),
         )
-        return await self.node.auth.authenticate(creds)
+        ok = await self.node.auth.authenticate(creds)
+        attributes.update(creds.attributes)
+        return ok
 
     def _scramStep(self, data: bytes) -> dict[str, Any]:
         mech = self._scram
         assert mech is not None
         status, reply = mech.step(data)
         if status == FAILURE:
-            return self._saslFailed(mech.username, reply.decode("utf-8", "replace"))
+            claimed = mech.username or getattr(mech, "claimed", None)
+            return self._saslFailed(claimed, reply.decode("utf-8", "replace"))
         if status == SUCCESS:
             return self._saslDone(mech.username, reply)
         return {"error_code": E.NONE, "auth_bytes": reply, "session_lifetime_ms": 0}
 
-    def _saslDone(self, user: str | None, reply: bytes) -> dict[str, Any]:
+    def _saslDone(
+        self, user: str | None, reply: bytes, attributes: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        mechanism = self.saslMechanism
+        self.saslMechanism = None
+        self._scram = None
+        refused = self._loggedIn(user, f"SASL {mechanism}", attributes or {})
+        if refused is not None:
+            self.reactor_close_soon()
+            return {
+                "error_code": E.SASL_AUTHENTICATION_FAILED,
+                "error_message": f"Authentication failed: {refused}",
+                "auth_bytes": b"",
+            }
         self.log.info(
             "{peer}: SASL {mechanism} authenticated {user}",
             peer=self.peerHost,
-            mechanism=self.saslMechanism,
+            mechanism=mechanism,
             user=user,
         )
-        self.authenticated = True
-        self.principal = user
-        self.saslMechanism = None
-        self._scram = None
         return {"error_code": E.NONE, "auth_bytes": reply, "session_lifetime_ms": 0}
 
     def reactor_close_soon(self) -> None:
@@ -999,12 +1569,39 @@ class KafkaServerProtocol(Protocol):
         return f"<KafkaServerProtocol {getattr(self, 'peerHost', '?')}>"
 
 
+def _partitionError(index: int, code: int) -> dict[str, Any]:
+    """A Fetch response partition with no data (yet)."""
+    return {
+        "partition_index": index,
+        "error_code": code,
+        "high_watermark": -1,
+        "last_stable_offset": -1,
+        "log_start_offset": -1,
+        "aborted_transactions": None,
+        "records": b"",
+    }
+
+
+def _header(batch: bytes) -> BatchHeader:
+    return BatchHeader(batch, 0)
+
+
+#: api key -> (operation, resource type, request field naming the resource; None: the
+#: cluster) for requests authorised by one check (Kafka's rules for these APIs)
+_WHOLE_REQUEST: dict[int, tuple[int, int, str | None]] = {
+    35: (K.DESCRIBE, K.CLUSTER, None),  # DescribeLogDirs
+    43: (K.ALTER, K.CLUSTER, None),  # ElectLeaders
+    45: (K.ALTER, K.CLUSTER, None),  # AlterPartitionReassignments
+    46: (K.DESCRIBE, K.CLUSTER, None),  # ListPartitionReassignments
+    50: (K.DESCRIBE, K.CLUSTER, None),  # DescribeUserScramCredentials
+    51: (K.ALTER, K.CLUSTER, None),  # AlterUserScramCredentials
+    68: (K.READ, K.GROUP, "group_id"),  # ConsumerGroupHeartbeat
+    76: (K.READ, K.GROUP, "group_id"),  # ShareGroupHeartbeat
+    78: (K.READ, K.GROUP, "group_id"),  # ShareFetch
+    79: (K.READ, K.GROUP, "group_id"),  # ShareAcknowledge
+}
+
+
 def _fire(d: defer.Deferred[None]) -> None:
     if not d.called:
         d.callback(None)
-
-
-def _publishMapped(result: Any, mappings: Any, topic: str, records: list[Any]) -> Any:
-    """A batch of a mapped topic is durable: publish its records to MQTT; pass C{result} on."""
-    mappings.produced(topic, records)
-    return result

@@ -69,6 +69,10 @@ def _zigzag(v: int) -> int:
 
 
 def _readVarint(data: bytes, pos: int) -> tuple[int, int]:
+    if pos < len(data):
+        b = data[pos]
+        if b < 0x80:  # most lengths, deltas and counts fit in one byte
+            return (b >> 1) ^ -(b & 1), pos + 1
     shift = 0
     result = 0
     while True:

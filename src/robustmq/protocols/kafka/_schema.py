@@ -30,6 +30,8 @@ __all__ = [
     "DecodeError",
     "Reader",
     "Schema",
+    "Spliced",
+    "SplicedBuffer",
     "loadSchemas",
     "messageSchema",
     "snake",
@@ -38,6 +40,33 @@ __all__ = [
 
 class DecodeError(ValueError):
     """The bytes do not follow the schema (truncated, negative length, bad varint...)."""
+
+
+class Spliced:
+    """A C{bytes}/C{records} field value made of several buffers, written without joining.
+
+    Encoded into a L{SplicedBuffer}, only its length prefix is written and
+    the parts are remembered at their position, so a Fetch response hands
+    the stored batches to C{writeSequence} as they are (no copy); encoded
+    into a plain C{bytearray} the parts are appended.
+    """
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self, parts: list[Any]) -> None:
+        self.parts = parts
+        self.size = sum(len(p) for p in parts)
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class SplicedBuffer(bytearray):
+    """An encode buffer that keeps L{Spliced} values aside: C{splices} is [(position, parts)]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.splices: list[tuple[int, list[Any]]] = []
 
 
 def snake(name: str) -> str:
@@ -228,6 +257,14 @@ def _blobCodec(kind: str, compact: bool, nullable: bool, where: str) -> tuple[De
             return
         if text:
             v = v.encode("utf-8")
+        elif type(v) is Spliced:
+            writeLen(out, v.size)
+            if isinstance(out, SplicedBuffer):
+                out.splices.append((len(out), v.parts))
+            else:
+                for part in v.parts:
+                    out += part
+            return
         writeLen(out, len(v))
         out += v
 

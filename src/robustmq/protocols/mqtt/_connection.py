@@ -17,9 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from robustmq.core.message import Message
+from robustmq.interfaces import StorageFullError, StorageUnavailableError
 from robustmq.protocols.mqtt._codec import (
     PINGRESP_BYTES,
     MQTTParser,
+    encodeAck5,
     encodeConnack,
     encodeDisconnect,
 )
@@ -30,6 +32,8 @@ from robustmq.protocols.mqtt._packets import (
     MQTT5,
     MQTT31,
     MQTT311,
+    PUBACK,
+    PUBREC,
     Auth,
     Connect,
     Disconnect,
@@ -384,11 +388,20 @@ class MQTTConnection(Protocol):
 
     # Acknowledgements held for durable writes
 
-    def _writeAck(self, data: bytes, writes: list[Any] | None = None) -> None:
+    def _writeAck(
+        self,
+        data: bytes,
+        writes: list[Any] | None = None,
+        packetType: int = 0,
+        packetId: int = 0,
+    ) -> None:
         """Write an acknowledgement once C{writes}, the durable writes of its packet, are done.
 
         Acknowledgements leave in the order their packets arrived (MQTT-4.6.0-2..4).
-        A failed write closes the connection without the acknowledgement, so the
+        A failed write never yields a success: a PUBACK or PUBREC (C{packetType})
+        of a 5.0 client becomes 0x97 Quota exceeded (disk full) or 0x80
+        Unspecified error (MQTT-3.4.2.1, 3.5.2.1); otherwise the connection
+        closes without the acknowledgement (3.x has no negative one), so the
         client sends the packet again.
         """
         acks = self._acks
@@ -397,7 +410,7 @@ class MQTTConnection(Protocol):
             return
         if acks is None:
             acks = self._acks = deque()
-        entry = [data, len(writes) if writes else 0]
+        entry = [data, len(writes) if writes else 0, packetType, packetId]
         acks.append(entry)
         if writes:
             for d in writes:
@@ -406,13 +419,8 @@ class MQTTConnection(Protocol):
     def _ackWriteDone(self, result: Any, entry: list[Any]) -> Any:
         entry[1] -= 1
         if isinstance(result, Failure):
-            self.log.failure(
-                "durable write for {clientId} failed; closing without acknowledging",
-                result,
-                clientId=self.clientId,
-            )
-            entry[0] = None
-            self._close("storage write failed")
+            if entry[0] is not None:
+                entry[0] = self._storageRefused(result, entry[2], entry[3])
             result = None
         acks = self._acks
         while acks and acks[0][1] <= 0:
@@ -421,6 +429,42 @@ class MQTTConnection(Protocol):
                 self._write(data)
         return result
 
+    def _storageRefused(self, failure: Failure, packetType: int, pid: int) -> bytes | None:
+        """What to send instead of a PUBACK/PUBREC whose write failed (None: close)."""
+        refused = failure.check(StorageUnavailableError)
+        if not refused:
+            self.log.failure(
+                "durable write for {clientId} failed; closing without acknowledging",
+                failure,
+                clientId=self.clientId,
+            )
+        elif self._v5 is not None and packetType in (PUBACK, PUBREC):
+            reason = (
+                Reason.QUOTA_EXCEEDED
+                if isinstance(failure.value, StorageFullError)
+                else Reason.UNSPECIFIED_ERROR
+            )
+            if packetType == PUBREC and self.session is not None:
+                # an error PUBREC ends the QoS 2 flow: no PUBREL will come (MQTT-4.3.3)
+                awaiting = self.session.awaitingRel
+                if pid in awaiting:
+                    awaiting.remove(pid)  # type: ignore[union-attr]
+            self.log.debug(
+                "{clientId}: storage refused a write: {error}; answering {reason:#x}",
+                clientId=self.clientId,
+                error=str(failure.value),
+                reason=reason,
+            )
+            props = {"reason_string": str(failure.value)} if self._problemInfo() else None
+            return encodeAck5(packetType, pid, reason, props)
+        else:
+            self.log.debug(
+                "{clientId}: storage refused a write: {error}; closing without acknowledging",
+                clientId=self.clientId,
+                error=str(failure.value),
+            )
+        self._close("storage write failed")
+        return None
 
     def _whenNodeReady(self, _: object) -> None:
         self._brokerReady()

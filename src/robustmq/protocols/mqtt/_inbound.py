@@ -212,10 +212,10 @@ class InboundPublishing(MQTTConnection):
     ) -> None:
         """Acknowledge packet C{pid} once C{writes} (its durable writes) are done."""
         if self._v5 is None:
-            self._writeAck(encodeAck(packetType, pid), writes)
+            self._writeAck(encodeAck(packetType, pid), writes, packetType, pid)
             return
         props = {"reason_string": why} if why and self._problemInfo() else None
-        self._writeAck(encodeAck5(packetType, pid, reason, props), writes)
+        self._writeAck(encodeAck5(packetType, pid, reason, props), writes, packetType, pid)
 
     def handle_puback(self, packet: Any) -> None:
         if not self.session.acknowledge(packet.packetId):  # type: ignore[union-attr]

@@ -56,7 +56,15 @@ class OutboundDelivery(MQTTConnection):
     def deliver(
         self, message: Message, qos: int, packetId: int | None, dup: bool, sub: Any = None
     ) -> bool:
-        """Write C{message}; False when it could not be sent (too large for the client)."""
+        """Write C{message}; False when it could not be sent (too large for the client,
+        or on a topic this client may not receive: C{[acl] check_deliveries})."""
+        access = self.access
+        if (
+            access is not None
+            and not (access.trivial and access.acl.isOpen)
+            and not access.canReceive(message.topic)
+        ):
+            return False
         retain = message.retain and sub is not None and sub.keepRetain
         if self._v5 is not None:
             return self._deliver5(message, qos, packetId, dup, sub, retain)
@@ -141,7 +149,7 @@ class OutboundDelivery(MQTTConnection):
         maxSize = v5["maxPacketSize"]
         if maxSize and len(data) > maxSize:
             # MQTT-3.1.2-25: never send a client more than it accepts; drop as if delivered.
-            self.broker.stats.mqttDropped[qos] += 1
+            self.broker.stats.dropped("mqtt", "too_large", qos)
             self.log.debug(
                 "{clientId}: {n}-byte PUBLISH above the client's maximum packet size dropped",
                 clientId=self.clientId,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from robustmq.core.droplog import DropLog
+from robustmq.core.persistence import logWriteFailure
 from robustmq.interfaces import ICongestible, IDeliveryTarget
 
 if TYPE_CHECKING:
@@ -49,7 +51,9 @@ class Session:
     releases its publishers and from then on overflows like an offline one.
     An I{offline} session (or one past twice the bound) applies C{queue_overflow}:
     drop the new message (C{drop_new}) or the oldest queued one (C{drop_oldest});
-    every drop is counted in C{messages_dropped}.
+    every drop is counted in C{messages_dropped} and in the session's L{drops},
+    and logged: the first one at once, then a summary at most every ten
+    seconds (L{robustmq.core.droplog}).
     QoS 0 messages for an offline session are queued only if C{queue_qos0_offline} is set.
     """
 
@@ -79,6 +83,7 @@ class Session:
         "_timer",
         "nextSeq",
         "storedSeqs",
+        "drops",
         "__weakref__",
     )
 
@@ -129,6 +134,8 @@ class Session:
         #: sequence numbers of messages held in durable storage (persistent sessions)
         self.nextSeq = 1
         self.storedSeqs: set[int] = set()
+        #: the session's queue-overflow drops (count and log), from its first drop
+        self.drops: DropLog | None = None
 
     def __repr__(self) -> str:
         return (
@@ -156,7 +163,7 @@ class Session:
                 self._sendTracked(conn, message, qos, sub, 0, outcome)
                 return
         elif conn is None and qos == 0 and not self._settings.queue_qos0_offline:
-            self._stats.mqttDropped[0] += 1
+            self._stats.dropped("mqtt", "offline_qos0", 0)
             return
         self._enqueue(message, qos, sub, outcome)
 
@@ -236,13 +243,13 @@ class Session:
             if s.queue_overflow == "drop_oldest" and queue:
                 old, oldQos, _, oldSeq = queue.popleft()
                 self.queuedBytes -= len(old.payload)
-                self._stats.mqttDropped[oldQos] += 1
+                self._overflowed(oldQos)
                 self._forget(oldSeq)
             else:
-                self._stats.mqttDropped[qos] += 1
+                self._overflowed(qos)
                 return
         if size > hardBytes:
-            self._stats.mqttDropped[qos] += 1
+            self._overflowed(qos)
             return
         seq = 0
         if qos:
@@ -257,6 +264,47 @@ class Session:
             if not self.congested:
                 self._startCongestion()
             outcome.congest(self)
+
+    @property
+    def dropped(self) -> int:
+        """Messages this session dropped at its queue bound (C{queue_overflow})."""
+        return self.drops.total if self.drops is not None else 0
+
+    def _overflowed(self, qos: int) -> None:
+        """One message dropped by C{queue_overflow}: count it and log as L{DropLog} does."""
+        self._stats.dropped("mqtt", "queue_overflow", qos)
+        drops = self.drops
+        if drops is None:
+            hub = self._hub
+            drops = self.drops = DropLog(
+                self._logDrops,
+                hub.callLater if hub is not None else None,
+                hub.now if hub is not None else None,
+            )
+        drops.dropped()
+
+    def _logDrops(self, first: bool, count: int, total: int) -> None:
+        s = self._settings
+        if first:
+            self.log.warn(
+                "{clientId}: queue full ({queued} messages, {queuedBytes} bytes; "
+                "[mqtt] max_queued_messages = {limit}): dropping messages for this session "
+                "(queue_overflow = {policy}); a summary follows while drops go on",
+                clientId=self.clientId,
+                queued=len(self.queue),
+                queuedBytes=self.queuedBytes,
+                limit=s.max_queued_messages,
+                policy=s.queue_overflow,
+            )
+        else:
+            self.log.warn(
+                "{clientId}: {count} more messages dropped (queue_overflow = {policy}, "
+                "{total} since the first)",
+                clientId=self.clientId,
+                count=count,
+                policy=s.queue_overflow,
+                total=total,
+            )
 
     def _startCongestion(self) -> None:
         self.congested = True
@@ -475,7 +523,7 @@ class Session:
 
 def _logFailure(d: Any) -> None:
     """Log a failed background write (nothing waits on it)."""
-    d.addErrback(lambda f: Session.log.failure("durable session write failed", f))
+    d.addErrback(lambda f: logWriteFailure(Session.log, f, "durable session write failed"))
 
 
 class CongestionHub(Protocol):

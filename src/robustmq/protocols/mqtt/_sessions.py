@@ -10,7 +10,7 @@ from twisted.logger import Logger
 from robustmq.config import MQTTSettings
 from robustmq.core.message import Message
 from robustmq.core.outcome import Outcome
-from robustmq.core.persistence import pendingWillFromJson, pendingWillToJson
+from robustmq.core.persistence import logWriteFailure, pendingWillFromJson, pendingWillToJson
 from robustmq.core.stats import Stats
 from robustmq.protocols.mqtt._session import NEVER_EXPIRES, Session
 
@@ -114,7 +114,9 @@ class SessionRegistry:
         if persistence is not None and session.expiryInterval and not self.restoring:
             d = persistence.saveSession(session)
             d.addErrback(
-                lambda f: self.log.failure("saving session {c} failed", f, c=session.clientId)
+                lambda f: logWriteFailure(
+                    self.log, f, "saving session {c} failed", c=session.clientId
+                )
             )
 
     def close(
@@ -205,7 +207,9 @@ class SessionRegistry:
         if persistence is not None and (session.storedSeqs or session.expiryInterval):
             d = persistence.deleteSession(session)
             d.addErrback(
-                lambda f: self.log.failure("deleting session {c} failed", f, c=session.clientId)
+                lambda f: logWriteFailure(
+                    self.log, f, "deleting session {c} failed", c=session.clientId
+                )
             )
         session.clearQueue()
         session.inflight.clear()

@@ -67,6 +67,11 @@ class SubscriptionHandling(MQTTConnection):
                 options.qos = settings.max_qos
             if self.node.rewriter.active:
                 topicFilter = self._rewriteFilter(topicFilter)
+            # Authorised on the filter actually subscribed: after rewriting.
+            if not self.access.canSubscribe(parseFilter(topicFilter)[1]):
+                self._refuseFilter(topicFilter, "not authorized")
+                codes.append(Reason.NOT_AUTHORIZED if v5 else SUBACK_FAILURE)
+                continue
             try:
                 messages = self.node.subscribe(session, topicFilter, options, outcome)
             except ExclusiveTaken:
@@ -115,9 +120,6 @@ class SubscriptionHandling(MQTTConnection):
         if len(topicFilter) > self.broker.settings.limits.max_topic_length:
             self._refuseFilter(topicFilter, "longer than [limits] max_topic_length")
             return Reason.TOPIC_FILTER_INVALID
-        if not self.access.canSubscribe(real):
-            self._refuseFilter(topicFilter, "not authorized")
-            return Reason.NOT_AUTHORIZED
         return None
 
     def _rewriteFilter(self, topicFilter: str) -> str:

@@ -121,8 +121,14 @@ def atomicWrite(path: str, data: bytes, sync: bool = True) -> None:
         writeAll(fd, data)
         if sync:
             os.fsync(fd)
-    finally:
+    except BaseException:
         os.close(fd)
+        try:  # a half-written temporary file holds space a full disk needs back
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    os.close(fd)
     os.replace(tmp, path)
     if sync:
         fsyncPath(os.path.dirname(path) or ".")
@@ -147,6 +153,13 @@ class IOWorker:
 
     L{run} returns the paths that must be fsynced for the batch to be
     durable: files written, then directories whose entries changed.
+
+    A batch that fails half-way (a full disk, an I/O error) is undone as far
+    as it can be before the error is raised: files appended to are cut back
+    to their size before the batch, files it created are removed, and the
+    deletions queued after the failed operation are still carried out (they
+    free space, and the store already forgot what they delete).  The store
+    then rebuilds the shards the batch touched from what is on disk.
     """
 
     def __init__(self, maxOpenFiles: int) -> None:
@@ -156,58 +169,104 @@ class IOWorker:
         """Apply C{ops}; return the files and then directories to fsync."""
         files: dict[str, None] = {}
         dirs: dict[str, None] = {}
-        handles = self.handles
-        for op in ops:
-            kind = op[0]
-            if kind == "append":
-                writeAll(handles.get(op[1]), op[2])
-                files[op[1]] = None
-            elif kind == "create":
-                handles.get(op[1])
-                files[op[1]] = None
-                dirs[os.path.dirname(op[1])] = None
-            elif kind == "put":
-                handles.drop(op[1])
-                fd = os.open(op[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                try:
-                    writeAll(fd, op[2])
-                finally:
-                    os.close(fd)
-                files[op[1]] = None
-            elif kind == "atomic":
-                atomicWrite(op[1], op[2], sync=True)
-            elif kind == "mkdir":
-                os.makedirs(op[1], exist_ok=True)
-                dirs[os.path.dirname(op[1].rstrip(os.sep))] = None
-            elif kind == "unlink":
-                handles.drop(op[1])
-                files.pop(op[1], None)
-                try:
-                    os.unlink(op[1])
-                except FileNotFoundError:
-                    pass
-                dirs[os.path.dirname(op[1])] = None
-            elif kind == "rename":
-                handles.drop(op[1])
-                handles.drop(op[2])
-                files.pop(op[1], None)
-                os.replace(op[1], op[2])
-                dirs[os.path.dirname(op[2])] = None
-            elif kind == "rmtree":
-                handles.dropUnder(op[1])
-                for path in [p for p in files if p.startswith(op[1] + os.sep)]:
-                    del files[path]
-                try:
-                    os.replace(op[1], op[2])
-                except FileNotFoundError:
-                    continue
-                fsyncPath(os.path.dirname(op[2]))
-                shutil.rmtree(op[2], ignore_errors=True)
-            elif kind == "call":
-                op[1]()
-            else:  # pragma: no cover - programming error
-                raise ValueError(f"unknown storage operation {kind!r}")
+        #: size before this batch of every file appended to, and files created
+        before: dict[str, int] = {}
+        created: list[str] = []
+        done = 0
+        try:
+            for done, op in enumerate(ops):  # noqa: B007 - done is read after a failure
+                self._apply(op, files, dirs, before, created)
+        except BaseException:
+            self._undo(before, created)
+            for op in ops[done + 1 :]:
+                if op[0] in ("unlink", "rmtree"):
+                    try:
+                        self._apply(op, files, dirs, before, created)
+                    except OSError:
+                        pass
+            raise
         return [*files, *dirs]
+
+    def _undo(self, before: dict[str, int], created: list[str]) -> None:
+        """Cut files back to their size before the failed batch; remove the ones it created."""
+        for path, size in before.items():
+            if path in created:
+                continue
+            try:
+                fd = self.handles.get(path)
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+        for path in created:
+            self.handles.drop(path)
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+    def _apply(
+        self,
+        op: tuple[Any, ...],
+        files: dict[str, None],
+        dirs: dict[str, None],
+        before: dict[str, int],
+        created: list[str],
+    ) -> None:
+        handles = self.handles
+        kind = op[0]
+        if kind == "append":
+            fd = handles.get(op[1])
+            if op[1] not in before:
+                before[op[1]] = os.fstat(fd).st_size
+            writeAll(fd, op[2])
+            files[op[1]] = None
+        elif kind == "create":
+            if not os.path.exists(op[1]):
+                created.append(op[1])
+            handles.get(op[1])
+            files[op[1]] = None
+            dirs[os.path.dirname(op[1])] = None
+        elif kind == "put":
+            handles.drop(op[1])
+            fd = os.open(op[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                writeAll(fd, op[2])
+            finally:
+                os.close(fd)
+            files[op[1]] = None
+        elif kind == "atomic":
+            atomicWrite(op[1], op[2], sync=True)
+        elif kind == "mkdir":
+            os.makedirs(op[1], exist_ok=True)
+            dirs[os.path.dirname(op[1].rstrip(os.sep))] = None
+        elif kind == "unlink":
+            handles.drop(op[1])
+            files.pop(op[1], None)
+            try:
+                os.unlink(op[1])
+            except FileNotFoundError:
+                pass
+            dirs[os.path.dirname(op[1])] = None
+        elif kind == "rename":
+            handles.drop(op[1])
+            handles.drop(op[2])
+            files.pop(op[1], None)
+            os.replace(op[1], op[2])
+            dirs[os.path.dirname(op[2])] = None
+        elif kind == "rmtree":
+            handles.dropUnder(op[1])
+            for path in [p for p in files if p.startswith(op[1] + os.sep)]:
+                del files[path]
+            try:
+                os.replace(op[1], op[2])
+            except FileNotFoundError:
+                return
+            fsyncPath(os.path.dirname(op[2]))
+            shutil.rmtree(op[2], ignore_errors=True)
+        elif kind == "call":
+            op[1]()
+        else:  # pragma: no cover - programming error
+            raise ValueError(f"unknown storage operation {kind!r}")
 
     def close(self) -> None:
         """Close every cached descriptor."""

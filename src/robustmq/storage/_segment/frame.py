@@ -36,8 +36,6 @@ from typing import Any
 
 from crc32c import crc32c
 
-from robustmq.storage.errors import CorruptRecordError
-
 __all__ = [
     "BODY",
     "BODY_SIZE",
@@ -109,24 +107,22 @@ def decodeRecords(
     maxRecords: int,
     maxBytes: int,
     out: list[dict[str, Any]],
-    where: str,
-) -> tuple[int, int, bool]:
+) -> tuple[int, int, bool, bool]:
     """
     Decode frames of C{buf[start:end]} into record dicts appended to C{out}.
 
     Frames wholly below C{fromOffset} are skipped (a span frame that covers
-    it is returned, with a C{"span"} key).  A frame that fails
-    its CRC ends the read: the records before it are returned, or, if there
-    are none, L{CorruptRecordError} is raised (so a consumer gets everything
-    up to the damage, then an error naming it).  Stops
-    after C{maxRecords} records in C{out}, before a record that would push the
-    returned bytes past C{maxBytes} (unless C{out} is empty: one record is
-    always returned), or at a frame that is not wholly inside C{buf[:end]}.
+    it is returned, with a C{"span"} key).  Stops after C{maxRecords} records
+    in C{out}, before a record that would push the returned bytes past
+    C{maxBytes} (unless C{out} is empty: one record is always returned), at a
+    frame that is not wholly inside C{buf[:end]}, or at a damaged frame: one
+    whose header cannot be right or that fails its CRC.  What to do about the
+    damage is the caller's business (it alone knows where the next valid
+    frame is and which offsets were lost, see L{robustmq.storage._segment.scan}).
 
-    @param where: names the file in error messages.
-    @return: C{(position after the last consumed frame, bytes returned, done)}
-        where C{done} is true when a limit was reached.
-    @raise CorruptRecordError: a frame fails its CRC or cannot be parsed.
+    @return: C{(position after the last consumed frame, bytes returned, done,
+        damaged)}: C{done} is true when a limit was reached, C{damaged} when
+        the frame at the returned position is damaged.
     """
     pos = start
     used = 0
@@ -137,40 +133,37 @@ def decodeRecords(
             blen, crc, magic, offset, ts, klen, vlen, hcount = unpackFull(buf, pos)
             stop = pos + 8 + blen
             if blen > MAX_BODY or blen < BODY_SIZE or (magic != MAGIC and magic != SPAN_MAGIC):
-                raise CorruptRecordError(f"{where}: bad frame header at byte {pos}")
+                return pos, used, False, True
             if stop > end:
                 break
+            if crc32c(mv[pos + 8 : stop]) != crc:
+                return pos, used, False, True
             span = 1
             p = pos + FRAME_OVERHEAD
             if magic == SPAN_MAGIC:
                 (span,) = SPAN.unpack_from(buf, p)
                 p += SPAN_SIZE
-            if crc32c(mv[pos + 8 : stop]) != crc:
-                if offset + span <= fromOffset:
-                    pos = stop  # damaged, but not asked for: step over it
-                    continue
-                if out:
-                    return pos, used, True  # hand back what precedes the damage
-                raise CorruptRecordError(
-                    f"{where}: CRC mismatch in record at byte {pos} (offset field {offset})"
-                )
             if offset + span > fromOffset:
                 size = stop - pos
                 if out and (len(out) >= maxRecords or used + size > maxBytes):
-                    return pos, used, True
-                if klen >= 0:
-                    key: bytes | None = bytes(mv[p : p + klen])
-                    p += klen
-                else:
-                    key = None
-                if vlen >= 0:
-                    value: bytes | None = bytes(mv[p : p + vlen])
-                    p += vlen
-                else:
-                    value = None
-                headers: list[tuple[str, bytes | None]] = []
-                if hcount:
-                    headers, p = _decodeHeaders(mv, p, hcount)
+                    return pos, used, True, False
+                try:
+                    if klen >= 0:
+                        key: bytes | None = bytes(mv[p : p + klen])
+                        p += klen
+                    else:
+                        key = None
+                    if vlen >= 0:
+                        value: bytes | None = bytes(mv[p : p + vlen])
+                        p += vlen
+                    else:
+                        value = None
+                    headers: list[tuple[str, bytes | None]] = []
+                    if hcount:
+                        headers, p = _decodeHeaders(mv, p, hcount)
+                except (struct.error, UnicodeDecodeError):
+                    # a CRC-valid frame whose fields do not add up: written wrong, not rotted
+                    return pos, used, False, True
                 record = {
                     "offset": offset,
                     "timestamp": ts,
@@ -183,13 +176,11 @@ def decodeRecords(
                 out.append(record)
                 used += size
                 if len(out) >= maxRecords:
-                    return stop, used, True
+                    return stop, used, True, False
             pos = stop
-    except struct.error as e:
-        raise CorruptRecordError(f"{where}: unparseable record at byte {pos}: {e}") from e
     finally:
         mv.release()
-    return pos, used, False
+    return pos, used, False, False
 
 
 def frameLengthAt(buf: Any, pos: int, end: int) -> int | None:
@@ -206,14 +197,15 @@ def frameLengthAt(buf: Any, pos: int, end: int) -> int | None:
 
 def findTimestamp(
     buf: Any, start: int, end: int, timestamp: int, minOffset: int
-) -> tuple[int | None, int]:
+) -> tuple[int | None, int, bool]:
     """
     Scan frames of C{buf[start:end]} for the first record with a timestamp
     >= C{timestamp} that occupies an offset >= C{minOffset}.
 
-    @return: C{(offset or None, position after the last whole frame scanned)};
-        the offset of a span record that starts below C{minOffset} is C{minOffset}.
-    @raise CorruptRecordError: a frame fails its CRC.
+    @return: C{(offset or None, position after the last whole frame scanned,
+        damaged)}: the offset of a span record that starts below C{minOffset}
+        is C{minOffset}; C{damaged} is true when the scan stopped at a
+        damaged frame (at the returned position).
     """
     pos = start
     unpackFull = _FULL.unpack_from
@@ -222,16 +214,16 @@ def findTimestamp(
         while pos + FRAME_OVERHEAD <= end:
             blen, crc, magic, offset, ts, _k, _v, _h = unpackFull(buf, pos)
             if blen > MAX_BODY or blen < BODY_SIZE or (magic != MAGIC and magic != SPAN_MAGIC):
-                raise CorruptRecordError(f"bad frame header at byte {pos}")
+                return None, pos, True
             stop = pos + 8 + blen
             if stop > end:
                 break
             if crc32c(mv[pos + 8 : stop]) != crc:
-                raise CorruptRecordError(f"CRC mismatch in record at byte {pos}")
+                return None, pos, True
             span = SPAN.unpack_from(buf, pos + FRAME_OVERHEAD)[0] if magic == SPAN_MAGIC else 1
             if ts >= timestamp and offset + span > minOffset:
-                return max(offset, minOffset), stop
+                return max(offset, minOffset), stop, False
             pos = stop
     finally:
         mv.release()
-    return None, pos
+    return None, pos, False

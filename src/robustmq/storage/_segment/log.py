@@ -18,6 +18,7 @@ from typing import Any
 from crc32c import crc32c
 
 from robustmq.storage._segment.frame import (
+    BODY_SIZE,
     FRAME_OVERHEAD,
     MAX_BODY,
     decodeRecords,
@@ -31,9 +32,14 @@ from robustmq.storage._segment.index import (
     TIMEINDEX_SUFFIX,
     SegmentIndex,
 )
+from robustmq.storage._segment.scan import Damage
 from robustmq.storage.errors import CorruptRecordError
 
-__all__ = ["LOG_SUFFIX", "Segment", "ShardLog", "segmentName"]
+__all__ = ["LOG_SUFFIX", "DamageLocator", "Segment", "ShardLog", "segmentName"]
+
+#: what a read calls when it meets a damaged frame: (log, segment number,
+#: position) -> the L{Damage} starting there, its offsets filled in
+DamageLocator = Callable[["ShardLog", int, int], Damage]
 
 LOG_SUFFIX = ".log"
 _READ_AHEAD = 64 * 1024
@@ -62,6 +68,7 @@ class Segment:
         "index",
         "sinceIndex",
         "indexPersisted",
+        "damage",
     )
 
     def __init__(self, directory: str, base: int) -> None:
@@ -75,6 +82,9 @@ class Segment:
         self.index: SegmentIndex | None = SegmentIndex()
         self.sinceIndex = 1 << 62  # sample the first record
         self.indexPersisted = False
+        #: damaged byte ranges by start position, once the file has been scanned
+        #: for damage (None: not scanned since it was opened)
+        self.damage: dict[int, Damage] | None = None
 
     @property
     def stem(self) -> str:
@@ -301,8 +311,17 @@ class ShardLog:
         maxBytes: int,
         fdFor: Callable[[str], int],
         indexFor: Callable[[Segment], SegmentIndex],
+        damageAt: DamageLocator,
+        skip: bool = False,
     ) -> list[dict[str, Any]]:
-        """Read acknowledged records from C{offset} (see L{IShardStore.read})."""
+        """
+        Read acknowledged records from C{offset} (see L{IShardStore.read}).
+
+        A damaged record is isolated: the records before it are returned;
+        a read that starts on it raises L{CorruptRecordError} naming the
+        damaged offsets, or, with C{skip}, steps over it.  Damage wholly
+        below C{offset} is always stepped over.
+        """
         out: list[dict[str, Any]] = []
         if maxRecords <= 0:
             return out
@@ -316,16 +335,30 @@ class ShardLog:
             limit = seg.visibleSize
             pos = indexFor(seg).positionFor(offset) if offset > seg.base else 0
             while pos < limit:
-                data = _readFrames(fdFor(seg.path), pos, limit, max(maxBytes - used, 0), seg.path)
-                consumed, got, done = decodeRecords(
-                    data, 0, len(data), offset, maxRecords, maxBytes - used, out, seg.path
+                data = _readFrames(fdFor(seg.path), pos, limit, max(maxBytes - used, 0))
+                consumed, got, done, bad = decodeRecords(
+                    data, 0, len(data), offset, maxRecords, maxBytes - used, out
                 )
                 used += got
                 if done:
                     return out
-                if consumed == 0:
-                    raise CorruptRecordError(f"{seg.path}: cannot parse the frame at byte {pos}")
                 pos += consumed
+                if not bad and consumed:
+                    continue
+                damage = damageAt(self, i, pos)
+                assert damage.lastOffset is not None and damage.end > pos
+                if damage.lastOffset >= offset and not skip:
+                    if out:
+                        return out  # hand back what precedes the damage
+                    raise CorruptRecordError(
+                        f"shard {self.name!r}: offsets {damage.firstOffset}..{damage.lastOffset} "
+                        f"are damaged ({os.path.basename(seg.path)}, bytes "
+                        f"{damage.start}..{damage.end})",
+                        self.name,
+                        damage.firstOffset,
+                        damage.lastOffset,
+                    )
+                pos = damage.end
         return out
 
     def offsetForTimestamp(
@@ -333,35 +366,42 @@ class ShardLog:
         timestamp: int,
         fdFor: Callable[[str], int],
         indexFor: Callable[[Segment], SegmentIndex],
+        damageAt: DamageLocator,
     ) -> int | None:
-        """First acknowledged offset whose timestamp is >= C{timestamp}, or None."""
-        for seg in self.segments:
+        """First acknowledged offset whose timestamp is >= C{timestamp}, or None.
+
+        Damaged records are stepped over (their timestamps are unknown).
+        """
+        for i, seg in enumerate(self.segments):
             if seg.maxTimestamp < timestamp or seg.lastOffset < self.startOffset:
                 continue
             limit = seg.visibleSize
             pos = indexFor(seg).positionForTimestamp(timestamp)
             while pos < limit:
-                data = _readFrames(fdFor(seg.path), pos, limit, _READ_AHEAD, seg.path)
-                found, consumed = findTimestamp(data, 0, len(data), timestamp, self.startOffset)
+                data = _readFrames(fdFor(seg.path), pos, limit, _READ_AHEAD)
+                found, consumed, bad = findTimestamp(
+                    data, 0, len(data), timestamp, self.startOffset
+                )
                 if found is not None:
                     return found if found < self.visibleNext else None
-                if consumed == 0:
-                    raise CorruptRecordError(f"{seg.path}: cannot parse the frame at byte {pos}")
                 pos += consumed
+                if bad or not consumed:
+                    pos = damageAt(self, i, pos).end
         return None
 
 
-def _readFrames(fd: int, pos: int, limit: int, want: int, where: str) -> bytes:
-    """Read from C{pos} enough bytes to hold at least one whole frame (up to C{limit})."""
+def _readFrames(fd: int, pos: int, limit: int, want: int) -> bytes:
+    """Read from C{pos} enough bytes to hold at least one whole frame (up to C{limit}).
+
+    A frame whose length field cannot be right is returned as read: the
+    decoder reports it as damaged.
+    """
     n = min(limit - pos, max(want, 0) + _READ_AHEAD)
     data = os.pread(fd, n, pos)
     length = frameLengthAt(data, 0, len(data))
     if length is None and len(data) >= FRAME_OVERHEAD:
-        # a frame larger than what we read: fetch it whole
+        # a frame larger than what we read: fetch it whole, if it can be whole
         blen = struct.unpack_from("<I", data, 0)[0]
-        if blen > MAX_BODY or pos + 8 + blen > limit:
-            raise CorruptRecordError(f"{where}: bad frame length at byte {pos}")
-        data = os.pread(fd, 8 + blen, pos)
-    if len(data) < FRAME_OVERHEAD:
-        raise CorruptRecordError(f"{where}: file shorter than expected at byte {pos}")
+        if BODY_SIZE <= blen <= MAX_BODY and pos + 8 + blen <= limit and 8 + blen > len(data):
+            data = os.pread(fd, 8 + blen, pos)
     return data

@@ -23,7 +23,7 @@ from robustmq.storage._segment.index import (
 )
 from robustmq.storage._segment.log import LOG_SUFFIX, Segment, ShardLog, segmentName
 from robustmq.storage._segment.naming import unescape
-from robustmq.storage._segment.scan import ScanResult, scanSegment
+from robustmq.storage._segment.scan import Damage, ScanResult, scanSegment
 
 __all__ = ["META_FILE", "Recovered", "recoverGroups", "recoverShard"]
 
@@ -35,15 +35,29 @@ LogEvent = tuple[str, str, dict[str, Any]]  # (level, format, fields)
 
 
 class Recovered:
-    """The result of recovering one shard directory."""
+    """The result of recovering one shard directory.
 
-    __slots__ = ("log", "events", "newIndexes")
+    @ivar repairs: one entry per repair or loss found, by kind (counted in
+        C{/metrics} as C{robustmq_storage_recovery_events_total{kind}}):
+        C{metadata_rebuilt}, C{torn_tail_truncated}, C{damaged_records},
+        C{records_lost}, C{index_rebuilt}, C{compaction_completed}.
+    @ivar lostOffsets: acknowledged offsets found missing or damaged.
+    """
+
+    __slots__ = ("log", "events", "newIndexes", "repairs", "lostOffsets")
 
     def __init__(self, log: ShardLog | None) -> None:
         self.log = log
         self.events: list[LogEvent] = []
-        #: (segment, index bytes, time index bytes) to write once serving
+        #: segments whose index files must be written once serving
         self.newIndexes: list[Segment] = []
+        self.repairs: list[str] = []
+        self.lostOffsets = 0
+
+    def warn(self, kind: str, fmt: str, **fields: Any) -> None:
+        """Record a repair or a loss: logged at warning, counted by C{kind}."""
+        self.repairs.append(kind)
+        self.events.append(("warn", fmt, fields))
 
 
 def readMeta(directory: str) -> dict[str, Any] | None:
@@ -77,7 +91,7 @@ def _truncate(path: str, size: int) -> None:
 
 
 def _fromScan(seg: Segment, scan: ScanResult) -> None:
-    seg.size = seg.visibleSize = scan.validEnd
+    seg.size = seg.visibleSize = scan.fileSize if scan.tail is None else scan.validEnd
     seg.lastOffset = scan.lastOffset
     seg.maxTimestamp = scan.maxTimestamp
     seg.recordCount = scan.recordCount
@@ -86,7 +100,8 @@ def _fromScan(seg: Segment, scan: ScanResult) -> None:
 
 
 def _loadIndex(seg: Segment, full: bool) -> bool:
-    """Fill C{seg} from its index files; False if they are missing, damaged or stale."""
+    """Fill C{seg} from its index files; False if they are missing, damaged or stale
+    (then the log is scanned and the index rebuilt)."""
     indexPath, timePath = seg.indexFiles()
     try:
         logSize = os.stat(seg.path).st_size
@@ -158,17 +173,26 @@ def _finishSwaps(directory: str, names: list[str], rec: Recovered) -> None:
             os.path.join(directory, segmentName(first) + LOG_SUFFIX),
         )
         fsyncPath(directory)
-        rec.events.append(
-            (
-                "warn",
-                "{directory}: finished an interrupted compaction of offsets {first}-{end}",
-                {"first": first, "end": end},
-            ),
+        rec.warn(
+            "compaction_completed",
+            "{directory}: finished an interrupted compaction of offsets {first}..{end}",
+            first=first,
+            end=end - 1,
         )
 
 
+def _fillTail(damage: Damage, lastOffset: int) -> Damage:
+    if damage.lastOffset is None:
+        damage.lastOffset = lastOffset
+    return damage
+
+
 def recoverShard(
-    directory: str, indexInterval: int, clean: bool, defaultConfig: dict[str, Any]
+    directory: str,
+    indexInterval: int,
+    clean: bool,
+    defaultConfig: dict[str, Any],
+    checkpoint: dict[str, dict[str, Any]] | None = None,
 ) -> Recovered:
     """
     Rebuild one shard from its directory.
@@ -176,43 +200,61 @@ def recoverShard(
     Sealed segments are trusted when their index trailer matches the log
     size (their full index is loaded lazily on first read); otherwise they are
     scanned and their index rebuilt.  The last segment is scanned in full
-    unless the store was closed cleanly and its index matches; a torn or
-    corrupt tail is truncated.  Compacted shards are always scanned in full
-    to rebuild their key map.
+    unless the store was closed cleanly and its index matches; a torn tail is
+    truncated.  Compacted shards are always scanned in full to rebuild their
+    key map.  Damaged records are isolated (see L{scanSegment}), never a
+    reason to drop the records after them.
+
+    Every repair and every loss is a warning event naming the shard, the
+    range and what was done (L{Recovered.warn}); C{checkpoint} (the entries of
+    L{robustmq.storage._segment.checkpoint}) tells which acknowledged offsets
+    a shard must still have, and its config when C{shard.json} is lost.
     """
+    checkpoint = checkpoint or {}
     meta = readMeta(directory)
+    rebuilt = False
     if meta is None:
         rec = Recovered(None)
         name = unescape(os.path.basename(directory))
         if name is None:
-            rec.events.append(
-                (
-                    "error",
-                    "{directory}: unreadable shard metadata and undecodable name; ignored",
-                    {},
-                ),
+            rec.warn(
+                "metadata_rebuilt",
+                "{directory}: unreadable shard metadata and undecodable name; ignored",
             )
             return rec
-        meta = {"name": name, "config": dict(defaultConfig), "start_offset": 0}
-        rec.events.append(
-            (
-                "error",
-                "{directory}: unreadable shard metadata; recovered as {shard!r} with "
-                "default config",
-                {"shard": name},
-            ),
-        )
+        saved = checkpoint.get(name)
+        if saved is not None:
+            config, start, source = dict(saved["config"]), saved["start"], "the checkpoint"
+        else:
+            config, start, source = dict(defaultConfig), 0, "defaults (no checkpoint entry)"
+        meta = {"name": name, "config": config, "start_offset": start}
         with open(os.path.join(directory, META_FILE), "wb") as f:
-            f.write(metaBytes(name, meta["config"], 0))
+            f.write(metaBytes(name, config, start))
             os.fsync(f.fileno())
+        rebuilt = True
+        metaEvent = (name, source, start)
     config = meta["config"]
     log = ShardLog(meta["name"], directory, config)
     rec = Recovered(log)
+    if rebuilt:
+        name, source, start = metaEvent
+        rec.warn(
+            "metadata_rebuilt",
+            "shard {shard!r} ({directory}): unreadable shard.json; rewritten with the config "
+            "and start offset {start} from {source}",
+            shard=name,
+            start=start,
+            source=source,
+        )
     names = os.listdir(directory)
     if any(n.endswith((SWAP_SUFFIX, CLEANED_SUFFIX, ".tmp")) for n in names):
         _finishSwaps(directory, names, rec)
         names = os.listdir(directory)
-    bases = sorted(int(n[: -len(LOG_SUFFIX)]) for n in names if n.endswith(LOG_SUFFIX))
+    bases = sorted(
+        int(n[: -len(LOG_SUFFIX)])
+        for n in names
+        if n.endswith(LOG_SUFFIX) and n[: -len(LOG_SUFFIX)].isdigit()
+    )
     baseSet = set(bases)
     for n in names:
         if n.endswith((INDEX_SUFFIX, TIMEINDEX_SUFFIX)):
@@ -228,47 +270,87 @@ def recoverShard(
     keyed = log.keys is not None
     segments = []
     nextOffset = 0
+    shard = log.name
     for i, base in enumerate(bases):
         seg = Segment(directory, base)
         last = i == len(bases) - 1
+        nextBase = None if last else bases[i + 1]
         trusted = not keyed and (clean or not last) and _loadIndex(seg, full=last)
         if not trusted:
-            scan = scanSegment(seg.path, indexInterval, keyed)
+            scan = scanSegment(seg.path, indexInterval, keyed, base)
             _fromScan(seg, scan)
-            if scan.badFrameAt is not None:
-                if scan.intactAfterBad:
-                    rec.events.append(
-                        (
-                            "critical",
-                            "{directory}: record at byte {position} of {segment} fails "
-                            "its CRC but later records are intact; kept (reads of it will fail)",
-                            {"position": scan.badFrameAt, "segment": os.path.basename(seg.path)},
-                        ),
-                    )
-                else:
-                    _truncate(seg.path, scan.validEnd)
-                    rec.events.append(
-                        (
-                            "warn",
-                            "{directory}: truncated torn/corrupt tail of {segment}: "
-                            "{dropped} bytes after byte {position}",
-                            {
-                                "segment": os.path.basename(seg.path),
-                                "dropped": scan.fileSize - scan.validEnd,
-                                "position": scan.validEnd,
-                            },
-                        ),
-                    )
-            elif scan.fileSize != scan.validEnd:  # pragma: no cover - defensive
+            segName = os.path.basename(seg.path)
+            damage = {d.start: d for d in scan.damaged}
+            for d in scan.damaged:
+                rec.lostOffsets += max(0, (d.lastOffset or 0) - d.firstOffset + 1)
+                rec.warn(
+                    "damaged_records",
+                    "shard {shard!r}: offsets {first}..{last} of {segment} (bytes {start}..{end}) "
+                    "are damaged; kept in place, the records around them are served",
+                    shard=shard,
+                    first=d.firstOffset,
+                    last=d.lastOffset,
+                    segment=segName,
+                    start=d.start,
+                    end=d.end,
+                )
+            tail = scan.tail
+            if tail is not None and last:
                 _truncate(seg.path, scan.validEnd)
+                rec.warn(
+                    "torn_tail_truncated",
+                    "shard {shard!r}: truncated the torn or damaged tail of {segment}: "
+                    "{dropped} bytes after byte {position}, from offset {first} on",
+                    shard=shard,
+                    segment=segName,
+                    dropped=scan.fileSize - scan.validEnd,
+                    position=scan.validEnd,
+                    first=tail.firstOffset,
+                )
+            elif not last and nextBase is not None and not keyed:
+                # a sealed segment of a plain shard ends right before the next one starts
+                expected = nextBase - 1
+                if tail is not None or seg.lastOffset < expected:
+                    first = max(seg.lastOffset + 1, base)
+                    if tail is not None:
+                        seg.size = seg.visibleSize = scan.fileSize
+                        damage[tail.start] = _fillTail(tail, expected)
+                    rec.lostOffsets += max(0, expected - first + 1)
+                    rec.warn(
+                        "records_lost",
+                        "shard {shard!r}: offsets {first}..{last} of sealed segment {segment} "
+                        "are missing or damaged ({size} bytes, {valid} valid); kept what is "
+                        "left, reads skip or report the range",
+                        shard=shard,
+                        first=first,
+                        last=expected,
+                        segment=segName,
+                        size=scan.fileSize,
+                        valid=scan.validEnd,
+                    )
+                    if seg.lastOffset < 0:
+                        seg.lastOffset = expected
+            elif tail is not None:  # a sealed segment of a compacted shard
+                seg.size = seg.visibleSize = scan.fileSize
+                damage[tail.start] = _fillTail(tail, (nextBase or base) - 1)
+                rec.warn(
+                    "damaged_records",
+                    "shard {shard!r}: the tail of {segment} after byte {start} is damaged; "
+                    "kept in place",
+                    shard=shard,
+                    segment=segName,
+                    start=tail.start,
+                )
+            seg.damage = damage
             if not last:
                 seg.indexPersisted = False
                 rec.newIndexes.append(seg)
+                rec.repairs.append("index_rebuilt")
                 rec.events.append(
                     (
-                        "info",
-                        "{directory}: rebuilt the index of {segment}",
-                        {"segment": os.path.basename(seg.path)},
+                        "warn" if clean else "info",
+                        "shard {shard!r}: rebuilt the index of {segment}",
+                        {"shard": shard, "segment": segName},
                     ),
                 )
             if scan.keyEvents:
@@ -289,6 +371,19 @@ def recoverShard(
     log.setSegments(segments)
     log.nextOffset = log.visibleNext = max(nextOffset, startOffset)
     log.startOffset = max(startOffset, segments[0].base)
+    saved = checkpoint.get(shard)
+    if saved is not None and saved["next"] > log.nextOffset:
+        # acknowledged, durable records that are gone: an emptied or cut segment
+        first, lastLost = log.nextOffset, saved["next"] - 1
+        rec.lostOffsets += lastLost - first + 1
+        rec.warn(
+            "records_lost",
+            "shard {shard!r}: offsets {first}..{last} were durable at the last checkpoint but "
+            "are not on disk (segment files emptied or cut); the log goes on from {first}",
+            shard=shard,
+            first=first,
+            last=lastLost,
+        )
     if keyed:
         assert log.keys is not None
         total = sum(s.recordCount for s in segments)
@@ -296,14 +391,22 @@ def recoverShard(
     return rec
 
 
-def recoverGroups(directory: str) -> tuple[dict[str, dict[str, tuple[int, bytes]]], list[LogEvent]]:
-    """Load every consumer group's committed offsets from C{<data_dir>/groups}."""
+def recoverGroups(
+    directory: str, readOnly: bool = False
+) -> tuple[dict[str, dict[str, tuple[int, bytes]]], list[LogEvent]]:
+    """Load every consumer group's committed offsets from C{<data_dir>/groups}.
+
+    @param readOnly: leave stray temporary files alone (an offline check).
+    """
     groups: dict[str, dict[str, tuple[int, bytes]]] = {}
     events: list[LogEvent] = []
+    if not os.path.isdir(directory):
+        return groups, events
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
         if name.endswith(".tmp"):
-            os.unlink(path)
+            if not readOnly:
+                os.unlink(path)
             continue
         try:
             with open(path, "rb") as f:
@@ -315,8 +418,9 @@ def recoverGroups(directory: str) -> tuple[dict[str, dict[str, tuple[int, bytes]
         except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
             events.append(
                 (
-                    "error",
-                    "unreadable group offsets file {file}: {error}; ignored",
+                    "warn",
+                    "unreadable group offsets file {file}: {error}; ignored (the group's "
+                    "committed offsets are lost)",
                     {"file": path, "error": str(e)},
                 ),
             )

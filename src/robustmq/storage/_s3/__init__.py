@@ -1,0 +1,1 @@
+"""Private pieces of the C{s3} shard store (client, object layout, cache)."""
