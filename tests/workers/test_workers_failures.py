@@ -121,3 +121,15 @@ def test_killedWorkerIsRestartedAndItsPersistentSessionsResume(
         log = node.output()
         assert "all workers stopped" in log
         assert "Traceback" not in log.split("stopping 2 workers", 1)[-1], log[-4000:]
+
+
+def test_workersStopWhenTheNodeProcessIsKilled() -> None:
+    """SIGKILL of the node's own process: its workers read end-of-file on their standard
+    input and stop, instead of serving on unsupervised."""
+    with WorkerNode(workers=2, logLevel="info") as node:
+        pids = [row["pid"] for row in node.waitAllReady()]
+        node.kill()
+        deadline = time.monotonic() + 20
+        while any(_alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, f"workers {pids} outlived their node"
+            time.sleep(0.1)

@@ -36,7 +36,8 @@ class _StdinReader:
             self.gone()
 
     def connectionLost(self, reason: Any) -> None:
-        pass
+        # epoll reports the closed pipe as a hang-up, which the reactor turns into this.
+        self.gone()
 
     def logPrefix(self) -> str:
         return "node"
@@ -58,9 +59,9 @@ class ParentWatch(Service):
         self.reactor.addReader(self.reader)
 
     def _gone(self) -> None:
-        self.reactor.removeReader(self.reader)
         if self._done:
             return
+        self.reactor.removeReader(self.reader)
         self._done = True
         self.log.warn("the node process is gone; this worker stops")
         self.reactor.stop()
