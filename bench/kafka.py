@@ -139,7 +139,7 @@ def kafkaRun(records: int, size: int, backlogMb: int = 0) -> tuple[float, float,
     from confluent_kafka import Consumer, Producer
     from kafkanode import KafkaNodeProcess
 
-    node = KafkaNodeProcess('[storage]\nbackend = "segment"\n')
+    node = KafkaNodeProcess('[storage]\nbackend = "segment"\n', logLevel="info")
     node.start()
     try:
         value = b"x" * size

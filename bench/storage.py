@@ -397,7 +397,7 @@ async def compareS3(reactor: Any, args: argparse.Namespace) -> None:
                     f'[storage]\nbackend = "s3"\ns3_endpoint = "{weed.endpoint}"\n'
                     f's3_bucket = "bench"\ns3_prefix = "k{os.getpid()}/"\n'
                 )
-            node = KafkaNodeProcess(extra)
+            node = KafkaNodeProcess(extra, logLevel="info")  # debug lines cost time
             node.start()
             try:
                 for partitions in (1, 4):

@@ -181,7 +181,7 @@ class ScramUser:
 class MQTTSettings:
     """MQTT protocol behaviour and per-session bounds."""
 
-    max_packet_size: int = field(default=1 * MiB, metadata=_range(16, 268_435_455))
+    max_packet_size: int = field(default=1 * MiB, metadata=_range(0, 268_435_455))
     max_client_id_length: int = field(default=65535, metadata=_range(23, 65535))
     allow_empty_client_id: bool = True
     max_inflight: int = field(default=32, metadata=_range(1, 65535))
@@ -194,6 +194,7 @@ class MQTTSettings:
     max_subscriptions: int = field(default=0, metadata=_range(0, None))
     max_topic_levels: int = field(default=128, metadata=_range(1, 65535))
     connect_timeout: float = field(default=30.0, metadata=_range(0.1, 3600))
+    close_linger: float = field(default=2.0, metadata=_range(0, 60))
     max_retained_messages: int = field(default=1_000_000, metadata=_range(0, None))
     max_retained_payload: int = field(default=1 * MiB, metadata=_range(0, None))
     route_cache_size: int = field(default=10_000, metadata=_range(0, None))
@@ -202,7 +203,8 @@ class MQTTSettings:
     max_session_expiry: int = field(default=0xFFFFFFFF, metadata=_range(0, 0xFFFFFFFF))
     v3_persistent_session_expiry: int = field(default=0xFFFFFFFF, metadata=_range(0, 0xFFFFFFFF))
     max_keepalive: int = field(default=0, metadata=_range(0, 65535))
-    topic_alias_maximum: int = field(default=65535, metadata=_range(0, 65535))
+    topic_alias_maximum: int = field(default=10, metadata=_range(0, 65535))
+    reason_strings: bool = True
     retain_available: bool = True
     max_qos: int = field(default=2, metadata=_range(0, 2))
     wildcard_subscription: bool = True
@@ -235,6 +237,7 @@ class LimitsSettings:
     byte_rate: int = field(default=0, metadata=_range(0, None))
     byte_burst: int = field(default=1 * MiB, metadata=_range(1, None))
     max_topic_length: int = field(default=65535, metadata=_range(1, 65535))
+    max_lingering: int = field(default=10_000, metadata=_range(0, None))
     max_bans: int = field(default=100_000, metadata=_range(1, None))
     flapping_enabled: bool = False
     flapping_max_connects: int = field(default=15, metadata=_range(1, None))
@@ -249,6 +252,7 @@ class AuthSettings:
 
     chain: tuple[str, ...] = ("cert", "users", "anonymous")
     allow_anonymous: str = field(default="loopback", metadata=_choice("off", "loopback", "on"))
+    unknown_users_as_anonymous: bool = True
     hash_concurrency: int = field(default=2, metadata=_range(1, 64))
     max_users: int = field(default=100_000, metadata=_range(1, None))
     jwt_secret: str = field(default="", metadata=_secret("HS256 shared secret"))
@@ -328,6 +332,7 @@ class KafkaSettings:
     transaction_max_timeout_ms: int = field(default=900_000, metadata=_range(1, None))
     transaction_check_interval_ms: int = field(default=10_000, metadata=_range(10, 3_600_000))
     sasl_required: bool = False
+    close_linger: float = field(default=2.0, metadata=_range(0, 60))
     connections_max_idle_ms: int = field(default=600_000, metadata=_range(100, None))
     authentication_timeout_ms: int = field(default=10_000, metadata=_range(100, 3_600_000))
     max_buffered_request_bytes: int = field(default=256 * MiB, metadata=_range(1024, None))
@@ -722,6 +727,7 @@ def _crossCheck(settings: Settings) -> None:
         seen[slot] = i
     _checkHTTP(settings.http)
     _checkAuth(settings.auth, settings.acl)
+    _checkMQTT(settings.mqtt)
     if settings.mqtt.max_inflight > 65535:
         raise ConfigError("mqtt.max_inflight: at most 65535 packet identifiers exist")
     for i, rule in enumerate(settings.mqtt.rewrite):
@@ -856,6 +862,14 @@ def _checkAuth(auth: AuthSettings, acl: ACLSettings) -> None:
         raise ConfigError("auth.http_url: the http authenticator needs an http:// or https:// URL")
     if len(set(auth.chain)) != len(auth.chain):
         raise ConfigError(f"auth.chain: {list(auth.chain)} names an authenticator twice")
+
+
+def _checkMQTT(mqtt: MQTTSettings) -> None:
+    if 0 < mqtt.max_packet_size < 16:
+        raise ConfigError(
+            f"mqtt.max_packet_size: {mqtt.max_packet_size} is below the minimum 16 "
+            "(0: no limit but the protocol's)"
+        )
 
 
 def _resolveDefaults(settings: Settings) -> Settings:

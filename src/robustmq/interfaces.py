@@ -347,6 +347,58 @@ class IClusterRouting(Interface):
         """The session of C{clientId} ended here (released in the cluster)."""
 
 
+class IClusterServices(Interface):
+    """What protocols' node services use of the broker cluster (docs/cluster.md).
+
+    Provided by L{robustmq.cluster.node.ClusterNode} beside L{IClusterRouting};
+    a node service reaches it as C{broker.cluster} (None on a single node).
+    It lets a protocol place its partitions or queues on brokers, share its
+    metadata cluster-wide and call other brokers, without importing the
+    cluster package: everything goes through the placement center (metadata,
+    shard leadership, id blocks) or the broker links (calls).  A node service
+    with a C{clusterAddresses()} method (name → short text, e.g. the Kafka
+    listener's advertised "host:port") has them published in this broker's
+    NodeInfo C{addresses} when it registers.
+    """
+
+    nodeId = Attribute("This broker's node id (str).")
+
+    def brokers():  # type: ignore[no-untyped-def]
+        """The live brokers, this one included, as L{robustmq.placement.records.NodeInfo}s
+        sorted by node id (their C{addresses} carry what each advertises)."""
+
+    def watchNodes(callback):  # type: ignore[no-untyped-def]
+        """Call C{callback(info)} on every later node change (alive, dead, addresses)."""
+
+    def callPlacement(method, *args):  # type: ignore[no-untyped-def]
+        """Call the placement center's C{method} (setConfig, getConfig, assignShard,
+        moveShard, getShard, commitOffset, fetchOffset, allocateIds); a Deferred."""
+
+    def config(prefix):  # type: ignore[no-untyped-def]
+        """The cluster config values under C{prefix} as this broker last heard them
+        (key → value; an empty value is a deleted entry and is left out)."""
+
+    def watchConfig(prefix, callback):  # type: ignore[no-untyped-def]
+        """Call C{callback(key, value)} on every later change under C{prefix}
+        (value "" for a deletion)."""
+
+    def shard(name):  # type: ignore[no-untyped-def]
+        """The last pushed L{robustmq.placement.records.ShardRecord} of C{name}, or None."""
+
+    def watchShards(prefix, callback):  # type: ignore[no-untyped-def]
+        """Call C{callback(record)} for every later shard record whose name starts with
+        C{prefix} (leader or epoch changed)."""
+
+    def serve(name, handler):  # type: ignore[no-untyped-def]
+        """Let other brokers call C{handler.remote_<method>(caller, *args)} as C{name}
+        (C{caller}: the calling broker's node id)."""
+
+    def callBroker(nodeId, name, method, *args, timeout=10.0):  # type: ignore[no-untyped-def]
+        """Call C{remote_<method>} of the handler served as C{name} on broker C{nodeId}
+        over the broker link (this broker included: a local call); a Deferred.
+        Arguments and results must be PB-copyable (str, bytes, numbers, lists, dicts)."""
+
+
 class ISessionDirectory(Interface):
     """A node's MQTT sessions, as the broker cluster reaches them.
 

@@ -78,6 +78,53 @@ def test_maxPriorityDeliversHighestFirstThenFifo(conn, uniq):
     assert drain(ch, uniq) == [b"p5a", b"p9", b"p5b", b"p1", b"none"]
 
 
+def test_requeuedMessagesKeepTheirOrderWithinAPriority(conn, uniq):
+    """Issue item 10, RabbitMQ's behaviour: first/second/third at priorities 3/6/3,
+    consumed, each rejected with requeue (one reject at a time), then fourth at 9:
+    redelivered fourth, second, first, third.  They used to come back LIFO within
+    a priority (fourth, second, third, first)."""
+    ch = conn.channel()
+    ch.queue_declare(uniq, exclusive=True, arguments={"x-max-priority": 10})
+    for body, priority in [(b"first", 3), (b"second", 6), (b"third", 3)]:
+        ch.basic_publish("", uniq, body, pika.BasicProperties(priority=priority))
+    tags = []
+    for _ in range(3):
+        method, _props, _body = ch.basic_get(uniq)
+        tags.append(method.delivery_tag)
+    for tag in tags:  # in delivery order: second, first, third
+        ch.basic_reject(tag, requeue=True)
+    ch.basic_publish("", uniq, b"fourth", pika.BasicProperties(priority=9))
+    assert drain(ch, uniq) == [b"fourth", b"second", b"first", b"third"]
+
+
+def test_requeuedOutOfOrderComeBackInPublishOrder(conn, uniq):
+    """Rejecting the first message, then the third, puts the third behind the first
+    (not in front of it, as a plain push to the head would)."""
+    ch = conn.channel()
+    ch.queue_declare(uniq, exclusive=True)
+    for body in (b"1", b"2", b"3", b"4"):
+        ch.basic_publish("", uniq, body)
+    tags = [ch.basic_get(uniq)[0].delivery_tag for _ in range(3)]
+    ch.basic_reject(tags[0], requeue=True)
+    ch.basic_reject(tags[2], requeue=True)
+    ch.basic_ack(tags[1])
+    assert drain(ch, uniq) == [b"1", b"3", b"4"]
+
+
+def test_unknownExchangeTypeClosesTheChannelWith406(conn, uniq):
+    """Issue item 11, RabbitMQ 4: an unknown exchange type is a channel error, 406
+    PRECONDITION_FAILED (RabbitMQ 3 closed the connection with 503); the connection
+    and its other channels go on."""
+    other = conn.channel()
+    ch = conn.channel()
+    with pytest.raises(ChannelClosedByBroker) as e:
+        ch.exchange_declare(uniq, exchange_type="no-such-type")
+    assert e.value.reply_code == 406
+    assert "unknown exchange type 'no-such-type'" in e.value.reply_text
+    assert conn.is_open
+    other.queue_declare(uniq, exclusive=True)
+
+
 def test_quorumDeliveryLimitDeadLetters(conn, uniq):
     ch = conn.channel()
     ch.queue_declare(f"{uniq}.dead", exclusive=True)

@@ -127,7 +127,7 @@ def test_connackProperties(clients, uid):
     assert p.SessionExpiryInterval == 600  # capped by max_session_expiry
     assert p.ResponseInformation == f"replies/caps-{uid}"
     assert p.ReceiveMaximum == 100
-    assert p.TopicAliasMaximum == 65535
+    assert p.TopicAliasMaximum == 10
     assert p.MaximumPacketSize == 1048576
 
 

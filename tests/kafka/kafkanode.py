@@ -11,7 +11,13 @@ TIMEOUT = 20.0
 class KafkaNodeProcess(BrokerProcess):
     """A L{BrokerProcess} with a Kafka listener on a free loopback port."""
 
-    def __init__(self, extra: str = "", dataDir: str | None = None, kafkaPort: int | None = None):
+    def __init__(
+        self,
+        extra: str = "",
+        dataDir: str | None = None,
+        kafkaPort: int | None = None,
+        logLevel: str = "debug",
+    ):
         self.kafkaPort = kafkaPort or freePort()
         config = f"""
 [[listeners]]
@@ -24,7 +30,7 @@ port = {self.kafkaPort}
 group_initial_rebalance_delay_ms = 0
 {extra}
 """
-        super().__init__(extraConfig=config, dataDir=dataDir)
+        super().__init__(extraConfig=config, dataDir=dataDir, logLevel=logLevel)
 
     @property
     def bootstrap(self) -> str:

@@ -144,6 +144,42 @@ class KafkaProtocolTests(TestCase):
         frames = self.responses(t)
         self.assertEqual([struct.unpack(">i", f[:4])[0] for f in frames], list(range(6)))
 
+    def test_produceRequestsArePipelinedAndAnsweredInOrder(self) -> None:
+        """While a Produce waits for its append to be durable, the next requests are handled
+        (their offsets assigned); the answers still leave in request order."""
+        proto, t = self.connectWithTopic()
+        store = self.broker.store
+        held: list[Any] = []
+        realAppendSpan = store.appendSpan
+
+        def slowAppendSpan(shard: str, record: Any, span: int) -> Any:
+            from twisted.internet import defer
+
+            done: defer.Deferred[Any] = defer.Deferred()
+            held.append((realAppendSpan(shard, record, span), done))
+            return done
+
+        store.appendSpan = slowAppendSpan  # type: ignore[method-assign]
+        proto.dataReceived(
+            encodeRequest(0, 7, 2, _produce(_batch(3)))
+            + encodeRequest(0, 7, 3, _produce(_batch(2)))
+            + encodeRequest(18, 3, 4, {})
+        )
+        self.assertEqual(len(held), 2, "the second Produce was handled while the first waited")
+        self.assertEqual(t.value(), b"", "nothing answered before the first append is durable")
+        real, done = held[1]
+        real.chainDeferred(done)  # the second one is durable first
+        self.assertEqual(t.value(), b"", "the second answer waits for the first")
+        real, done = held[0]
+        real.chainDeferred(done)
+        frames = self.responses(t)
+        self.assertEqual([struct.unpack(">i", f[:4])[0] for f in frames], [2, 3, 4])
+        bases = [
+            decodeResponse(0, 7, f)[1]["responses"][0]["partition_responses"][0]["base_offset"]
+            for f in frames[:2]
+        ]
+        self.assertEqual(bases, [0, 3])
+
     def test_acksZeroHasNoResponse(self) -> None:
         """Produce with acks=0 is stored but not answered; the next request is."""
         proto, t = self.connectWithTopic()

@@ -276,6 +276,45 @@ class EmbeddedServiceTests(PlacementServiceMixin, TestCase):
             self.assertEqual((record.leader, record.epoch), ("node-b", 1))
         self.assertIsInstance(record, ShardRecord)
 
+    async def test_pinnedShardKeepsItsDeadLeaderAndShardsMoveOnRequest(self) -> None:
+        """A shard whose data lives only on its leader (a local store) stays with it when
+        it dies; moveShard hands a shard to a named live broker with the next epoch."""
+        service = await self.startService()
+        a, _ = await self.connect("node-a", [self.address(service)])
+        b, recordB = await self.connect("node-b", [self.address(service)])
+        pinned = await a.call("assignShard", "local-0", True)
+        moved = await b.call("moveShard", "local-0", "node-b")
+        self.assertEqual((moved.leader, moved.epoch, moved.pinned), ("node-b", 1, True))
+        back = await b.call("moveShard", "local-0", pinned.leader)
+        self.assertEqual((back.leader, back.epoch), (pinned.leader, 2))
+        try:
+            await a.call("moveShard", "local-0", "nobody")
+        except Exception as e:
+            self.assertIn("not a live broker", str(e))
+        else:
+            self.fail("a shard moved to a broker that is not alive")
+        await b.call("moveShard", "local-0", "node-a")
+        self.silence(a)
+        await waitFor(
+            lambda: any(
+                r.nodeId == "node-a" and r.state == "dead" for r in recordB.of("nodeChanged")
+            ),
+            what="node-a declared dead",
+        )
+        record = await b.call("getShard", "local-0")
+        self.assertEqual((record.leader, record.pinned), ("node-a", True), "pinned: not moved")
+
+    async def test_idBlocksAreUniqueAcrossNodes(self) -> None:
+        service = await self.startService()
+        a, _ = await self.connect("node-a", [self.address(service)])
+        b, _ = await self.connect("node-b", [self.address(service)])
+        blocks = [
+            await (a if i % 2 else b).call("allocateIds", "kafka.pid", 1000) for i in range(6)
+        ]
+        spans = [set(range(first, first + 1000)) for first in blocks]
+        self.assertEqual(len(set().union(*spans)), 6000, "blocks overlap")
+        self.assertEqual(blocks[0], 1)
+
     async def test_configAndGroupOffsets(self) -> None:
         service = await self.startService()
         a, _ = await self.connect("node-a", [self.address(service)])

@@ -15,8 +15,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from transport_support import TIMEOUT, Certs, Node, RawWebSocket, startNode
 
 from robustmq.protocols.mqtt import MQTTParser, encodeConnect, encodePublish, encodeSubscribe
-from robustmq.protocols.mqtt._codec import PINGREQ_BYTES
-from robustmq.protocols.mqtt._packets import Connack, Connect, Pingresp, Publish, Suback
+from robustmq.protocols.mqtt._codec import PINGREQ_BYTES, encodeAck
+from robustmq.protocols.mqtt._packets import PUBACK, Connack, Connect, Pingresp, Publish, Suback
 from robustmq.testing.rawclient import RawClient
 
 JS_DIR = Path(__file__).parent / "js"
@@ -263,7 +263,8 @@ def test_slowWebSocketSubscriberPausesDelivery(certs: Certs, uniq: str) -> None:
     try:
         ws.sendFrame(encodeConnect(Connect(f"{uniq}-slow")))
         assert isinstance(parser.feed(ws.recvFrame()[1])[0], Connack)
-        ws.sendFrame(encodeSubscribe(1, [(f"{uniq}/t", 0)]))
+        # QoS 1: a QoS 0 message for a full queue would be dropped, not held (docs/mqtt.md).
+        ws.sendFrame(encodeSubscribe(1, [(f"{uniq}/t", 1)]))
         assert isinstance(parser.feed(ws.recvFrame()[1])[0], Suback)
         with RawClient(n.tcp) as pub:
             assert pub.connect(f"{uniq}-pub").returnCode == 0
@@ -296,6 +297,8 @@ def test_slowWebSocketSubscriberPausesDelivery(certs: Certs, uniq: str) -> None:
                 for packet in parser.feed(payload):
                     assert isinstance(packet, Publish)
                     assert packet.payload[:4] == received.to_bytes(4, "big")
+                    assert packet.packetId is not None
+                    ws.sendFrame(encodeAck(PUBACK, packet.packetId))
                     received += 1
             while acked < total:
                 pub.receive()

@@ -113,7 +113,7 @@ def test_connackAdvertisesCapabilities_MQTT_3_2_2():
     assert c.connack.returnCode == 0
     assert p["receive_maximum"] == 100
     assert p["maximum_packet_size"] == 1048576
-    assert p["topic_alias_maximum"] == 65535
+    assert p["topic_alias_maximum"] == 10
     assert p["maximum_qos"] == 1
     assert p["retain_available"] == 0
     assert p["wildcard_subscription_available"] == 0
@@ -663,3 +663,72 @@ def test_v5PropertiesNeverLeakTo311Subscriber():
     old.send(Publish("mix", b"from311", 0))
     [m5] = s5.received()
     assert (m5.payload, m5.properties) == (b"from311", {})
+
+
+def test_packetIdsInOrderAfterQueuedMessagesExpire_MQTT_3_3_2_5():
+    """Issue item 8: queued QoS 1 messages whose Message Expiry passed are not sent
+    (MQTT-3.3.2-5); the rest arrive in publish order with packet identifiers allocated
+    in order, none skipped for the expired ones."""
+    h = harness()
+    s = sub(h, "s", ("e", 1), properties={"receive_maximum": 1})
+    p = Client5(h, "p")
+    for i in range(6):
+        props = {"message_expiry_interval": 1} if i % 2 else {}
+        p.send(Publish("e", b"%d" % i, 1, packetId=i + 1, properties=props))
+    [first] = s.received()
+    h.clock.advance(2)
+    delivered = [first]
+    for _ in range(2):
+        s.send(Puback(delivered[-1].packetId))
+        [nxt] = s.received()
+        delivered.append(nxt)
+    s.send(Puback(delivered[-1].packetId))
+    assert s.received() == []
+    assert [(m.payload, m.packetId) for m in delivered] == [(b"0", 1), (b"2", 2), (b"4", 3)]
+
+
+def test_lingerAfterServerDisconnect_MQTT_4_13_2_1():
+    """Issue item 1: after DISCONNECT 0x93 the connection lingers (what the client still
+    sends is dropped), is no client any more, and is aborted after close_linger."""
+    h = harness(max_awaiting_rel=1, close_linger=2.0)
+    c = Client5(h, "lingering")
+    c.send(*[Publish("t", b"x", 2, packetId=i) for i in (1, 2)])
+    packets = c.received()
+    assert packets[-1] == Disconnect(Reason.RECEIVE_MAXIMUM_EXCEEDED, packets[-1].properties)
+    assert c.disconnecting and not c.c.transport.disconnected
+    assert len(h.broker.lingering) == 1 and not h.broker.connections
+    c.send(Publish("t", b"more", 1, packetId=3))  # read and dropped
+    assert c.received() == []
+    h.clock.advance(2.0)
+    assert c.c.transport.disconnected  # aborted at the bound
+    assert not h.broker.lingering
+
+
+def test_lingeringConnectionsAreBounded():
+    """At [limits] max_lingering a server-initiated close is immediate (no linger)."""
+    h = InMemoryBroker(
+        {"mqtt": {"sys_interval": 0, "max_awaiting_rel": 1}, "limits": {"max_lingering": 0}}
+    )
+    c = Client5(h, "bounded")
+    c.send(*[Publish("t", b"x", 2, packetId=i) for i in (1, 2)])
+    assert c.received()[-1].type == Disconnect.type
+    assert c.disconnecting and not h.broker.lingering
+
+
+def test_authenticatorErrorIsServerUnavailable_0x88():
+    """An authenticator that fails (not one that says no) refuses with CONNACK 0x88."""
+    from twisted.internet import defer
+
+    from robustmq.core.auth import AuthChain
+
+    class Broken:
+        name = "broken"
+
+        def authenticate(self, credentials):
+            return defer.fail(RuntimeError("backend down"))
+
+    h = harness()
+    h.broker.auth = AuthChain([Broken()])
+    c = Client5(h, "unlucky")
+    assert c.connack.returnCode == Reason.SERVER_UNAVAILABLE
+    assert c.disconnecting

@@ -257,17 +257,60 @@ def test_slowConsumerPausesPublisherInsteadOfDropping():
 def test_packetsAfterCongestionAreHeldNotDropped():
     h = InMemoryBroker({"mqtt": {"max_queued_messages": 2, "sys_interval": 0}})
     sub = online(h, "s")
-    sub.send(Subscribe(1, [("x", 0)]))
+    sub.send(Subscribe(1, [("x", 1)]))
     sub.received()
     sub.protocol.pauseProducing()
     pub = online(h, "p")
-    pub.send(*[Publish("x", b"%d" % i) for i in range(6)], Pingreq())  # one network read
-    assert pub.received() == []  # the PINGREQ waits behind the held PUBLISHes
+    publishes = [Publish("x", b"%d" % i, 1, packetId=i + 1) for i in range(6)]
+    pub.send(*publishes, Pingreq())  # one network read
+    # The PINGREQ waits behind the held PUBLISHes.
+    assert [type(p).__name__ for p in pub.received()] == ["Puback", "Puback"]
     assert len(h.sessions.get("s").queue) == 2
     sub.protocol.resumeProducing()
     assert [m.payload for m in sub.received()] == [b"%d" % i for i in range(6)]
-    assert pub.received() == [Pingresp()]
+    assert pub.received()[-1] == Pingresp()
     assert h.broker.stats.messagesDropped == 0
+
+
+def test_qos0ToACongestedSubscriberNeverPausesThePublisher():
+    """Survive damage item 4: a subscriber that reads nothing gets QoS 0 messages up to
+    its queue bound, then they are dropped for it (counted); the publisher is never
+    paused, and other subscribers get everything."""
+    h = InMemoryBroker({"mqtt": {"max_queued_messages": 2, "sys_interval": 0}})
+    stuck = online(h, "stuck")
+    stuck.send(Subscribe(1, [("x", 0)]))
+    stuck.received()
+    stuck.protocol.pauseProducing()
+    healthy = online(h, "healthy")
+    healthy.send(Subscribe(1, [("x", 0)]))
+    healthy.received()
+    pub = online(h, "p")
+    pub.send(*[Publish("x", b"%d" % i) for i in range(10)], Pingreq())
+    assert pub.received() == [Pingresp()]
+    assert pub.transport.producerState == "producing"
+    assert len(healthy.received()) == 10
+    assert len(h.sessions.get("stuck").queue) == 2
+    assert h.broker.stats.mqttDropped[0] == 8
+
+
+def test_oneWaitForCongestedSubscribersIsBounded():
+    """Survive damage item 4: subscribers congesting one after another (new client ids)
+    do not extend a publisher's wait beyond congestion_timeout."""
+    h = InMemoryBroker(
+        {"mqtt": {"max_queued_messages": 1, "congestion_timeout": 5.0, "sys_interval": 0}}
+    )
+    pub = online(h, "p")
+    for n in range(3):  # at 0, 2 and 4 s
+        sub = online(h, f"s{n}")
+        sub.send(Subscribe(1, [("x", 1)]))
+        sub.received()
+        sub.protocol.pauseProducing()
+        pub.send(Publish("x", b"m", 1, packetId=n + 1))
+        assert pub.transport.producerState == "paused"
+        h.clock.advance(2.0)
+    # 6 s in: the wait began at 0 and ended at 5, although the last subscriber
+    # congested at 4 (its own timer runs to 9).
+    assert pub.transport.producerState == "producing"
 
 
 def test_hardBoundDropsBeyondTwiceTheQueue():
@@ -286,14 +329,14 @@ def test_stuckSubscriberReleasesPublishersAfterTimeout():
         {"mqtt": {"max_queued_messages": 2, "congestion_timeout": 5.0, "sys_interval": 0}}
     )
     sub = online(h, "s")
-    sub.send(Subscribe(1, [("x", 0)]))
+    sub.send(Subscribe(1, [("x", 1)]))
     sub.protocol.pauseProducing()
     pub = online(h, "p")
-    pub.send(Publish("x", b"0"), Publish("x", b"1"))
+    pub.send(Publish("x", b"0", 1, packetId=1), Publish("x", b"1", 1, packetId=2))
     assert pub.transport.producerState == "paused"
     h.clock.advance(5.1)
     assert pub.transport.producerState == "producing"
-    pub.send(*[Publish("x", b"more") for i in range(5)])
+    pub.send(*[Publish("x", b"more", 1, packetId=3 + i) for i in range(5)])
     assert h.broker.stats.messagesDropped == 5  # overflowing: drop_new at the bound
     assert pub.transport.producerState == "producing"
 
@@ -398,3 +441,25 @@ def test_mqtt31Works(h):
     pub.send(Publish("v/1", b"hi", 1, packetId=3))
     [m] = sub.received()
     assert (m.payload, m.qos) == (b"hi", 1)
+
+
+def test_sharedGroupSkipsAMemberThatCannotTakeMessages():
+    """Issue item 8: with two connected QoS 0 members both receive; once one stops
+    reading (its queue backs up) the other gets the rest instead of every second
+    message going to a queue that is not read."""
+    h = InMemoryBroker({"mqtt": {"sys_interval": 0}})
+    a = online(h, "a")
+    b = online(h, "b")
+    for m in (a, b):
+        m.send(Subscribe(1, [("$share/g/t", 0)]))
+        m.received()
+    pub = online(h, "p")
+    pub.send(*[Publish("t", b"%d" % i) for i in range(4)])
+    assert len(a.received()) == 2 and len(b.received()) == 2
+    a.protocol.pauseProducing()  # a's socket is full
+    pub.send(*[Publish("t", b"%d" % i) for i in range(4, 10)])
+    got = [m.payload for m in b.received()]
+    queued = [m.payload for m, *_ in h.sessions.get("a").queue]
+    assert len(queued) <= 1  # at most the one that found a's socket full
+    assert sorted(got + queued, key=int) == [b"%d" % i for i in range(4, 10)]
+

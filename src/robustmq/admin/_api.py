@@ -486,9 +486,12 @@ class AdminAPI:
         clientId = params["clientId"]
         conn = self._connection(clientId)
         self.log.info("client {clientId} kicked through the admin API", clientId=clientId)
-        transport = conn.transport
-        if transport is not None:
-            transport.loseConnection()
+        kick = getattr(conn, "kick", None)
+        if kick is not None:
+            # MQTT 5 clients are told why: DISCONNECT 0x98 (Administrative action).
+            kick("kicked through the admin API")
+        elif conn.transport is not None:
+            conn.transport.loseConnection()
         return {"kicked": clientId}
 
     # Sessions

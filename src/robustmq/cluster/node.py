@@ -53,20 +53,21 @@ from robustmq.cluster.replication import (
 )
 from robustmq.cluster.routes import LocalRoutes, RemoteRoutes
 from robustmq.cluster.routing import Routing
+from robustmq.cluster.services import ProtocolServices
 from robustmq.config import Settings
 from robustmq.core.persistence import (
     encodeMessage,
 )
 from robustmq.core.systopics import sysCounters
-from robustmq.interfaces import IClusterRouting, ISessionDirectory
+from robustmq.interfaces import IClusterRouting, IClusterServices, ISessionDirectory
 from robustmq.placement.client import PlacementClient
 from robustmq.placement.records import NodeInfo
 from robustmq.placement.server import ClusterSecretChecker
 from robustmq.transports.tls import serverCertificateOptions
 
 
-@implementer(IClusterRouting)
-class ClusterNode(Routing, HandOver, Adoption, Service):
+@implementer(IClusterRouting, IClusterServices)
+class ClusterNode(Routing, HandOver, Adoption, ProtocolServices, Service):
     """This broker in the cluster (see the module docstring)."""
 
     log = Logger()
@@ -76,6 +77,7 @@ class ClusterNode(Routing, HandOver, Adoption, Service):
         self.cluster = settings.cluster
         self.broker = broker
         self._mqtt: Any = None
+        self._initServices()
         self.reactor = reactor
         self.nodeId = settings.node.id
         self.secret = settings.placement.cluster_secret
@@ -140,6 +142,7 @@ class ClusterNode(Routing, HandOver, Adoption, Service):
                 addresses.setdefault("mqtt", f"{listener.bind}:{listener.port}")
         if self.settings.http.enabled:
             addresses["http"] = f"{self.settings.http.bind}:{self.settings.http.port}"
+        addresses.update(self._serviceAddresses())
         return NodeInfo(self.nodeId, tuple(self.settings.node.roles), addresses, self.startedAt)
 
     # Service
@@ -242,6 +245,7 @@ class ClusterNode(Routing, HandOver, Adoption, Service):
         for entry in snapshot["config"]:
             if not entry.key.startswith(META_PREFIX):
                 self.configChanged(entry)
+        self._loadSnapshot(snapshot)
         if self.metadata is not None:
             self.metadata.resync(snapshot["config"])
         for info in self.nodes.values():
@@ -289,11 +293,16 @@ class ClusterNode(Routing, HandOver, Adoption, Service):
                 lambda f: self.log.failure("handling the death of {n} failed", f, n=info.nodeId)
             )
         self.chooseReplica()
+        self._nodeInfo(info)
 
     def routeChanged(self, entry: Any) -> None:
         self.remote.set(entry.filter, entry.nodeIds)
 
+    def shardChanged(self, record: Any) -> None:
+        self._shardRecord(record)
+
     def configChanged(self, entry: Any) -> None:
+        self._configEntry(entry.key, entry.value)
         if entry.key.startswith(META_PREFIX):
             if self.metadata is not None:
                 self.metadata.applyPushed(entry.key, entry.value)

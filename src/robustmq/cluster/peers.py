@@ -87,6 +87,12 @@ class PeerAvatar(pb.Avatar):
     def perspective_retainedSnapshot(self) -> list[bytes]:
         return self.node.retainedSnapshot()  # type: ignore[no-any-return]
 
+    def perspective_call(self, name: str, method: str, args: list[Any]) -> Deferred[Any]:
+        """A protocol's call (IClusterServices.callBroker) to the handler it serves."""
+        if not isinstance(name, str) or not isinstance(method, str) or not isinstance(args, list):
+            raise ValueError("call(name: str, method: str, args: list)")
+        return maybeDeferred(self.node.callHandler, self.nodeId, name, method, args)
+
 
 def _refuseWhileStopping(failure: Failure) -> Failure:
     """A batch that found this broker's store closed (it is stopping) is refused with a

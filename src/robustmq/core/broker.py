@@ -75,6 +75,9 @@ class Broker(Service):
         self.connections: set[Any] = set()
         #: accepted sockets on every listener, counted against [limits] max_connections
         self.openSockets = 0
+        #: connections a protocol closed that still read what their peer sends for a
+        #: bounded time (robustmq.protocols._linger), at most [limits] max_lingering
+        self.lingering: set[Any] = set()
         #: the node's part in a broker cluster (IClusterRouting), or None
         self.cluster: IClusterRouting | None = None
         #: long-lived per-connection timers (keep-alive) on one reactor timer

@@ -20,6 +20,9 @@ class Session(Protocol):
     """What a group member is to the group: a delivery target that may be online."""
 
     connection: Any
+    #: messages waiting to be written (falsy when none) and whether they block publishers
+    queue: Any
+    congested: bool
 
     def deliver(self, message: Message, qos: int, sub: Any, outcome: Outcome) -> None: ...
 
@@ -31,7 +34,8 @@ STRATEGIES = ("round_robin", "random", "sticky", "hash_clientid", "hash_topic")
 class SharedGroup:
     """One C{$share/<name>/<filter>} group: the router delivers to it as to one subscriber.
 
-    Online members are preferred; with none online, a persistent member's
+    Members that can take a message at once (online, nothing queued) are
+    preferred, then any online member; with none online, a persistent member's
     session queues the message.  Deliveries carry the group in their options
     so that a departing member's unacknowledged messages can be redelivered
     to the others (L{redeliver}).
@@ -57,7 +61,11 @@ class SharedGroup:
         if not members:
             return None
         online = [m for m in members if m.connection is not None]
-        pool = online or members
+        # Prefer members that can take a message now: a member whose queue is
+        # backed up (its client reads slowly, or not at all) gets nothing more
+        # while another can, so one stuck member does not take half the traffic.
+        ready = [m for m in online if not m.queue and not m.congested]
+        pool = ready or online or members
         strategy = self.strategy
         if strategy == "sticky":
             if self._sticky in pool:

@@ -712,7 +712,7 @@ class PlacementCenter:
             if nodeId in entry.nodeIds:
                 await self._changeRoute(entry.filter, nodeId, add=False)
         for shard in await self._records(self._shards):
-            if shard.leader == nodeId:
+            if shard.leader == nodeId and not shard.pinned:
                 await self._moveShard(shard.shard, shard)
 
     async def listNodes(self, nodeId: str | None = None) -> list[NodeInfo]:
@@ -850,18 +850,62 @@ class PlacementCenter:
             if info.nodeId in alive and "broker" in info.roles
         )
 
-    async def assignShard(self, nodeId: str, shard: str) -> ShardRecord:
-        """The shard's leader: kept if alive, else the live broker leading fewest shards."""
-        self._member(nodeId)
-        return await self._moveShard(shard, None)
+    async def assignShard(self, nodeId: str, shard: str, pinned: bool = False) -> ShardRecord:
+        """The shard's leader: kept if alive (or if the shard is C{pinned} to it), else the
+        live broker leading fewest shards.
 
-    async def _moveShard(self, shard: str, current: ShardRecord | None) -> ShardRecord:
+        @param pinned: a new shard's data lives only on its leader (a local store).
+        """
+        self._member(nodeId)
+        return await self._moveShard(shard, None, pinned=bool(pinned))
+
+    async def moveShard(self, nodeId: str, shard: str, to: str) -> ShardRecord:
+        """Move the shard's leadership to live broker C{to} (a rebalance), epoch + 1."""
+        self._member(nodeId)
+        return await self._moveShard(shard, None, to=to)
+
+    async def allocateIds(self, nodeId: str, name: str, count: int) -> int:
+        """Reserve C{count} consecutive ids of sequence C{name}; returns the first.
+
+        Cluster-unique (compare-and-set on the backend): Kafka producer ids come
+        in such blocks, so that two brokers never hand out the same one.
+        """
+        self._member(nodeId)
+        if not isinstance(name, str) or not name or not isinstance(count, int) or count < 1:
+            raise InvalidRecordError("allocateIds(name: str, count: int >= 1)")
+        first: list[int] = []
+
+        def change(raw: bytes | None) -> bytes:
+            start = int(raw.decode()) if raw else 1
+            first[:] = [start]
+            return b"%d" % (start + count)
+
+        await self._update(keyOf("ids", name), change)
+        return first[0]
+
+    async def _moveShard(
+        self,
+        shard: str,
+        current: ShardRecord | None,
+        pinned: bool = False,
+        to: str | None = None,
+    ) -> ShardRecord:
         result: list[ShardRecord] = []
 
         async def change(raw: bytes | None) -> bytes | None:
             record = None if raw is None else decodeRecord(raw, ShardRecord)
             live = await self._liveBrokers()
-            if record is not None and record.leader in live:
+            if to is not None:
+                if to not in live:
+                    raise InvalidRecordError(f"{to} is not a live broker")
+                if record is not None and record.leader == to:
+                    result[:] = [record]
+                    return raw
+                epoch = 0 if record is None else record.epoch + 1
+                moved = ShardRecord(shard, to, epoch, record.pinned if record else pinned)
+                result[:] = [moved]
+                return encodeRecord(moved)
+            if record is not None and (record.leader in live or record.pinned):
                 result[:] = [record]
                 return raw
             load = dict.fromkeys(live, 0)
@@ -870,7 +914,7 @@ class PlacementCenter:
                     load[other.leader] += 1
             leader = min(live, key=lambda n: (load[n], n)) if live else ""
             epoch = 0 if record is None else record.epoch + 1
-            new = ShardRecord(shard, leader, epoch)
+            new = ShardRecord(shard, leader, epoch, record.pinned if record else pinned)
             result[:] = [new]
             return encodeRecord(new)
 

@@ -189,6 +189,9 @@ class ShardRecord(_Record):
     leader: str = attrs.field(default="", validator=_optionalNodeId)
     #: Incremented each time leadership moves (fencing for the next leader).
     epoch: int = attrs.field(default=0, validator=_nonNegativeInt)
+    #: Its data lives only on its leader (a local store): when the leader dies the
+    #: shard keeps it (unavailable until it returns) instead of moving.
+    pinned: bool = attrs.field(default=False)
 
 
 @_register

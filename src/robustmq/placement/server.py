@@ -131,8 +131,17 @@ class NodeAvatar(pb.Avatar):
         """The whole route table."""
 
     @_remote
-    def perspective_assignShard(self, shard: str) -> None:
-        """The shard's leader, chosen among live brokers if it has none."""
+    def perspective_assignShard(self, shard: str, pinned: bool = False) -> None:
+        """The shard's leader, chosen among live brokers if it has none (C{pinned}: it
+        keeps a dead leader, its data living only there)."""
+
+    @_remote
+    def perspective_moveShard(self, shard: str, to: str) -> None:
+        """Move the shard's leadership to live broker C{to}."""
+
+    @_remote
+    def perspective_allocateIds(self, name: str, count: int) -> None:
+        """Reserve C{count} cluster-unique ids of sequence C{name}; the first one."""
 
     @_remote
     def perspective_getShard(self, shard: str) -> None:

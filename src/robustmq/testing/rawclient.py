@@ -1,4 +1,4 @@
-"""A small blocking raw-socket MQTT 3.1 / 3.1.1 client for end-to-end tests.
+"""A small blocking raw-socket MQTT 3.1 / 3.1.1 / 5.0 client for end-to-end tests.
 
 Real client libraries hide the wire: they ack, resend and reconnect on their
 own.  Tests of the broker's protocol handling need to send exactly the bytes
@@ -14,6 +14,15 @@ Every receive has a timeout, so a test never hangs::
         assert c.connect("probe").returnCode == 0
         c.subscribe([("a/b", 1)])
         packet = c.expect(Publish)
+
+A CONNECT at protocol level 5 switches the client to MQTT 5.0 forms
+(properties on PUBLISH, SUBSCRIBE and acknowledgements, reason codes on
+acknowledgements and DISCONNECT)::
+
+    with RawClient(port) as c:
+        c.connect("probe", MQTT5, properties={"receive_maximum": 10})
+        c.publish("a/b", b"x", 1, properties={"payload_format_indicator": 1})
+        assert c.expect(Disconnect).reasonCode == 0x93
 """
 
 from __future__ import annotations
@@ -33,8 +42,14 @@ from robustmq.protocols.mqtt import (
     encodeSubscribe,
     encodeUnsubscribe,
 )
-from robustmq.protocols.mqtt._codec import DISCONNECT_BYTES, PINGREQ_BYTES
+from robustmq.protocols.mqtt._codec import (
+    DISCONNECT_BYTES,
+    PINGREQ_BYTES,
+    encodeAck5,
+    encodeDisconnect,
+)
 from robustmq.protocols.mqtt._packets import (
+    MQTT5,
     MQTT311,
     PUBACK,
     PUBCOMP,
@@ -42,6 +57,7 @@ from robustmq.protocols.mqtt._packets import (
     PUBREL,
     Connack,
     Connect,
+    Disconnect,
     Packet,
     Pingresp,
     Puback,
@@ -52,6 +68,7 @@ from robustmq.protocols.mqtt._packets import (
     Suback,
     Unsuback,
 )
+from robustmq.protocols.mqtt._properties import encodeProperties
 
 P = TypeVar("P", bound=Packet)
 
@@ -86,6 +103,13 @@ class RawClient:
         self.received: deque[Packet] = deque()
         self.closed = False
         self._nextId = 1
+        #: the protocol level of the latest CONNECT (5: MQTT 5.0 forms)
+        self.version = MQTT311
+
+    @property
+    def v5(self) -> bool:
+        """Whether the client speaks MQTT 5.0 (it sent a level 5 CONNECT)."""
+        return self.version == MQTT5
 
     # Context manager
 
@@ -144,23 +168,45 @@ class RawClient:
         @param fields: the rest of the CONNECT, as L{Connect}'s keyword
             arguments (C{cleanSession}, C{keepAlive}, C{willTopic},
             C{willPayload}, C{willQos}, C{willRetain}, C{username},
-            C{password}, C{protocolName}), with L{Connect}'s defaults.
+            C{password}, C{protocolName}, and for 5.0 C{properties} and
+            C{willProperties}), with L{Connect}'s defaults.
         """
-        self.send(encodeConnect(Connect(clientId, protocolLevel, **fields)))
+        self.sendConnect(clientId, protocolLevel, **fields)
         return self.expect(Connack, timeout)
 
-    def subscribe(self, topics: list[tuple[str, int]], timeout: float | None = None) -> Suback:
-        """SUBSCRIBE and return the SUBACK (PUBLISHes arriving first stay queued)."""
+    def sendConnect(self, clientId: str, protocolLevel: int = MQTT311, **fields: Any) -> None:
+        """Send CONNECT without waiting for the CONNACK (see L{connect})."""
+        self.version = protocolLevel
+        self.parser.version = MQTT5 if protocolLevel == MQTT5 else MQTT311
+        self.send(encodeConnect(Connect(clientId, protocolLevel, **fields)))
+
+    def subscribe(
+        self,
+        topics: list[tuple[str, int]],
+        timeout: float | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> Suback:
+        """SUBSCRIBE and return the SUBACK (PUBLISHes arriving first stay queued).
+
+        Each topic comes with its QoS (3.x) or subscription options byte (5.0).
+        """
         pid = self.nextId()
-        self.send(encodeSubscribe(pid, topics))
+        self.send(encodeSubscribe(pid, topics, self._props(properties)))
         suback = self.expect(Suback, timeout, keepOthers=True)
         assert suback.packetId == pid, (suback, pid)
         return suback
 
+    def _props(self, properties: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The property dict to encode: always one under 5.0, never under 3.x."""
+        if self.v5:
+            return properties or {}
+        assert not properties, "properties need MQTT 5.0"
+        return None
+
     def unsubscribe(self, topics: list[str], timeout: float | None = None) -> Unsuback:
         """UNSUBSCRIBE and return the UNSUBACK."""
         pid = self.nextId()
-        self.send(encodeUnsubscribe(pid, topics))
+        self.send(encodeUnsubscribe(pid, topics, self._props(None)))
         unsuback = self.expect(Unsuback, timeout, keepOthers=True)
         assert unsuback.packetId == pid, (unsuback, pid)
         return unsuback
@@ -175,6 +221,7 @@ class RawClient:
         packetId: int | None = None,
         complete: bool = True,
         timeout: float | None = None,
+        properties: dict[str, Any] | None = None,
     ) -> int | None:
         """PUBLISH; with C{complete}, also run the QoS 1/2 handshake to its end.
 
@@ -182,37 +229,76 @@ class RawClient:
         """
         if qos and packetId is None:
             packetId = self.nextId()
-        self.send(encodePublish(topic.encode(), payload, qos, retain, dup, packetId))
+        self.send(self.encodePublish(topic, payload, qos, retain, dup, packetId, properties))
         if qos and complete:
             assert packetId is not None
             if qos == 1:
                 ack = self.expectAck(PUBACK, packetId, timeout)
             else:
                 self.expectAck(PUBREC, packetId, timeout)
-                self.send(encodeAck(PUBREL, packetId))
+                self.sendAck(PUBREL, packetId)
                 ack = self.expectAck(PUBCOMP, packetId, timeout)
             assert ack.packetId == packetId
         return packetId
+
+    def encodePublish(
+        self,
+        topic: str,
+        payload: bytes,
+        qos: int = 0,
+        retain: bool = False,
+        dup: bool = False,
+        packetId: int | None = None,
+        properties: dict[str, Any] | None = None,
+    ) -> bytes:
+        """The bytes of a PUBLISH in this client's protocol version (for batching sends)."""
+        props = self._props(properties)
+        return encodePublish(
+            topic.encode(),
+            payload,
+            qos,
+            retain,
+            dup,
+            packetId,
+            None if props is None else encodeProperties(props),
+        )
+
+    def sendAck(
+        self,
+        packetType: int,
+        packetId: int,
+        reasonCode: int = 0,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        """Send PUBACK, PUBREC, PUBREL or PUBCOMP (5.0: with a reason code and properties)."""
+        if self.v5:
+            self.send(encodeAck5(packetType, packetId, reasonCode, properties))
+        else:
+            assert not reasonCode and not properties, "reason codes need MQTT 5.0"
+            self.send(encodeAck(packetType, packetId))
 
     def ack(self, packet: Publish) -> None:
         """Acknowledge a received PUBLISH (PUBACK, or PUBREC → PUBREL → PUBCOMP)."""
         pid = packet.packetId
         assert pid is not None
         if packet.qos == 1:
-            self.send(encodeAck(PUBACK, pid))
+            self.sendAck(PUBACK, pid)
         elif packet.qos == 2:
-            self.send(encodeAck(PUBREC, pid))
+            self.sendAck(PUBREC, pid)
             self.expectAck(PUBREL, pid)
-            self.send(encodeAck(PUBCOMP, pid))
+            self.sendAck(PUBCOMP, pid)
 
     def ping(self, timeout: float | None = None) -> Pingresp:
         """PINGREQ and wait for the PINGRESP."""
         self.send(PINGREQ_BYTES)
         return self.expect(Pingresp, timeout, keepOthers=True)
 
-    def disconnect(self) -> None:
+    def disconnect(self, reasonCode: int = 0, properties: dict[str, Any] | None = None) -> None:
         """Send DISCONNECT (the socket stays open until L{close} or the broker's close)."""
-        self.send(DISCONNECT_BYTES)
+        if self.v5:
+            self.send(encodeDisconnect(reasonCode, properties))
+        else:
+            self.send(DISCONNECT_BYTES)
 
     # Receiving
 
@@ -287,6 +373,13 @@ class RawClient:
     def expectPublish(self, timeout: float | None = None) -> Publish:
         """The next PUBLISH (other packets arriving first are kept)."""
         return self.expect(Publish, timeout, keepOthers=True)
+
+    def expectDisconnect(self, timeout: float | None = None) -> Disconnect:
+        """The broker's DISCONNECT (5.0), other packets arriving first are kept.
+
+        @raise ConnectionClosed: the connection closed without one.
+        """
+        return self.expect(Disconnect, timeout, keepOthers=True)
 
     def expectNothing(self, timeout: float = 0.3) -> None:
         """Assert that no packet arrives within C{timeout} (the socket may stay open)."""

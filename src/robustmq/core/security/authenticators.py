@@ -31,17 +31,30 @@ class AnonymousAuthenticator:
     C{"on"}: from anywhere; C{"loopback"}: only from this machine; C{"off"}:
     never (IGNORE, so the chain's default, deny, applies).  Put it last in the
     chain: a client that sends a password is for the other sources to judge.
+
+    With C{unknownAsAnonymous} (C{[auth] unknown_users_as_anonymous}) an MQTT
+    client whose user name and password no earlier authenticator decided on
+    (an unknown user: a known user with a wrong password is denied before it
+    gets here) is let in as an anonymous client wherever an anonymous one
+    would be, as mosquitto's default local mode does.  Its user name then
+    carries no rights: C{attributes["anonymous"]} tells the protocol to drop it.
     """
 
     name = "anonymous"
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, unknownAsAnonymous: bool = False) -> None:
         self.mode = mode
+        self.unknownAsAnonymous = unknownAsAnonymous
 
     def authenticate(self, credentials: Credentials) -> str:
-        if credentials.password is not None or self.mode == "off":
+        if self.mode == "off":
+            return IGNORE
+        unknown = credentials.password is not None
+        if unknown and not (self.unknownAsAnonymous and credentials.protocol == "mqtt"):
             return IGNORE
         if self.mode == "on" or isLoopback(credentials.peerHost):
+            if unknown:
+                credentials.attributes["anonymous"] = True
             return ALLOW
         return IGNORE
 
@@ -68,8 +81,9 @@ class AnonymousPlugin:
     name = "anonymous"
 
     def build(self, settings: Any, security: Any = None) -> IAuthenticator:
-        """Configured from C{[auth] allow_anonymous}."""
-        return AnonymousAuthenticator(settings.auth.allow_anonymous)
+        """Configured from C{[auth] allow_anonymous} and C{unknown_users_as_anonymous}."""
+        auth = settings.auth
+        return AnonymousAuthenticator(auth.allow_anonymous, auth.unknown_users_as_anonymous)
 
 
 @implementer(IPlugin, IAuthenticatorPlugin)

@@ -289,9 +289,9 @@ class AMQPChannel:
                 )
             _checkName("exchange", name)
             if m.type not in EXCHANGE_TYPES:
-                raise ConnectionError(
-                    _spec.COMMAND_INVALID, f"COMMAND_INVALID - unknown exchange type '{m.type}'"
-                )
+                # RabbitMQ 4 (rabbit_exchange:check_type): a channel error, 406;
+                # RabbitMQ 3 closed the connection with 503 COMMAND_INVALID.
+                raise preconditionFailed(f"unknown exchange type '{m.type}'")
             ex = v.exchanges.get(name)
             if ex is not None:
                 for prop, mine, theirs in (

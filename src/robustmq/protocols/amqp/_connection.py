@@ -23,6 +23,7 @@ from robustmq import __version__
 from robustmq.core.auth import Credentials
 from robustmq.core.backpressure import PublisherGate
 from robustmq.core.security import AMQPAccess, securityOf
+from robustmq.protocols._linger import Linger, linger
 from robustmq.protocols.amqp import _spec
 from robustmq.protocols.amqp._channel import AMQPChannel
 from robustmq.protocols.amqp._exceptions import AMQPError, ConnectionError
@@ -99,6 +100,8 @@ class AMQPServerProtocol(Protocol):
         self._heartbeatCall: Any = None
         self._timeoutCall: Any = None
         self._closeTimer: Any = None
+        #: while closing: the bounded wait for Close-Ok, counted node-wide
+        self._linger: Linger | None = None
         self.factory: Any = None
         self.peer = ""
         #: frames written during the current batch (see L{AMQPServer.batch}), not yet sent
@@ -620,20 +623,43 @@ class AMQPServerProtocol(Protocol):
     def _closeConnection(
         self, code: int, text: str, classId: int, methodId: int, abortAfterSend: bool = False
     ) -> None:
+        """Send Connection.Close and wait (at most C{close_timeout}) for the client's Close-Ok.
+
+        Frames other than Close/Close-Ok are read and dropped meanwhile
+        (AMQP 0-9-1 section 2.2.4).  With C{abortAfterSend} (the byte stream
+        cannot be parsed any further) nothing more is parsed: the sending
+        side is shut down and whatever arrives is dropped until the client
+        closes or C{close_timeout} passes, so that the client reads the Close
+        instead of a connection reset (L{robustmq.protocols._linger}).  The
+        connection stops being a client of the broker at once.
+        """
         if self.state == "closing" or self.closed:
             return
         self.log.info("AMQP {peer}: closing connection: {text}", peer=self.peer, text=text)
         self._teardown()
         self.sendMethod(0, _spec.ConnectionClose(code, text[:255], classId, methodId))
         self.state = "closing"
+        server = self.server
+        server.connections.discard(self)
+        broker = server.broker
+        broker.connectionClosed(self)
+        registry = broker.lingering
+        limit = broker.settings.limits.max_lingering
         if abortAfterSend:
-            self._lose()
             self.closed = True
+            self.flushWrites()
+            self._linger = linger(
+                self.transport, self.reactor, self.settings.close_timeout, registry, limit
+            )
+            return
+        if len(registry) >= limit:
+            self._lose()
             return
         self._closeTimer = self.reactor.callLater(
             self.settings.close_timeout,
             self.transport.abortConnection,  # type: ignore[union-attr]
         )
+        self._linger = Linger(self._closeTimer, registry)
 
     def _teardown(self) -> None:
         channels = list(self.channels.values())
@@ -655,6 +681,9 @@ class AMQPServerProtocol(Protocol):
             if call is not None and call.active():
                 call.cancel()
         self._heartbeatCall = self._timeoutCall = self._closeTimer = None
+        if self._linger is not None:
+            self._linger.ended()
+            self._linger = None
         self._teardown()
         self.gate.release()
         self.server.connections.discard(self)

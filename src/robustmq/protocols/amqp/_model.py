@@ -9,6 +9,7 @@ L{robustmq.protocols.amqp._store.QueueStore}.
 
 from __future__ import annotations
 
+import heapq
 import struct
 import time
 from collections import deque
@@ -425,7 +426,13 @@ class Queue:
             self.store.remove(qm)
 
     def requeue(self, items: Iterable[QueuedMessage]) -> None:
-        """Put unacknowledged messages back at the head, in their original order."""
+        """Put unacknowledged messages back in their original order within their priority.
+
+        Requeued messages were published before anything still waiting in
+        their level, so they go to its head, ordered by publish sequence with
+        one another, also across separate rejects (a reject of the first
+        message after one of the third puts the first back in front).
+        """
         byLevel: dict[int, list[QueuedMessage]] = {}
         for qm in items:
             if self.deleted:
@@ -447,7 +454,18 @@ class Queue:
             self.vhost.server.accountBytes(qm.message.size)
         for p, batch in byLevel.items():
             batch.sort(key=lambda q: q.seq)
-            self.levels[p].extendleft(reversed(batch))
+            level = self.levels[p]
+            # Back to their original places within the level (RabbitMQ keeps
+            # requeued messages in publish order): the batch merges with the
+            # messages at the head of the level that were published before
+            # the last of it, e.g. ones requeued by an earlier reject.
+            last = batch[-1].seq
+            head: list[QueuedMessage] = []
+            while level and level[0].seq < last:
+                head.append(level.popleft())
+            if head:
+                batch = list(heapq.merge(head, batch, key=lambda q: q.seq))
+            level.extendleft(reversed(batch))
         self.dispatch()
 
     def purge(self) -> int:

@@ -44,6 +44,7 @@ from robustmq.core.scram import FAILURE, SUCCESS, verifyPassword
 from robustmq.core.security import KafkaAccess, securityOf
 from robustmq.core.security import kafkaacl as K
 from robustmq.interfaces import CorruptRecordError, StorageError, StorageUnavailableError
+from robustmq.protocols._linger import Linger, linger
 from robustmq.protocols.kafka import _acls
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._admin import AdminHandlers
@@ -107,9 +108,14 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
         self._scram: Any = None
         #: authorization in the MQTT topic namespace, for mapped topics (see _access)
         self._topicAccess: Any = None
+        #: responses in request order: [ready, parts]; a pipelined Produce fills its slot
+        #: when its appends are durable, and those behind it wait for it
+        self._outbox: deque[list[Any]] = deque()
         #: fired to end a long-polling Fetch early (another request arrived behind it)
         self._parkedFetch: defer.Deferred[None] | None = None
         self.factory: Any = None
+        #: the lingering close once the broker closed the connection (see L{_close})
+        self._linger: Linger | None = None
 
     # -- connection ------------------------------------------------------
 
@@ -203,6 +209,9 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
         self._idleCall = self._authCall = None
         self._releaseFetch()
         self.node.broker.connectionClosed(self)
+        if self._linger is not None:
+            self._linger.ended()
+            self._linger = None
         if self.factory is not None:
             self.factory.connectionEnded(self)
 
@@ -242,32 +251,68 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
             d.callback(None)
 
     def _close(self) -> None:
+        """Close after what was written, reading and dropping what the client still
+        sends for at most C{close_linger} seconds, so that it reads an error response
+        that preceded the close instead of a reset (L{robustmq.protocols._linger})."""
+        if self._closed:
+            return
         self._closed = True
         self._queue.clear()
         self._queuedBytes = 0
         self.node.memory.update(self, 0)
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self._releaseFetch()
+        broker = self.node.broker
+        broker.connectionClosed(self)  # no longer a client, even while it lingers
+        self._linger = linger(
+            self.transport,
+            self.node.reactor,
+            self.settings.close_linger,
+            broker.lingering,
+            broker.settings.limits.max_lingering,
+        )
 
     def _pump(self) -> None:
         if self._running:
             return
         self._running = True
         try:
-            while self._queue and not self._busy and not self._closed:
+            while (
+                self._queue
+                and not self._busy
+                and not self._closed
+                and len(self._outbox) < self.settings.max_pending_requests
+            ):
                 frame = self._queue.popleft()
                 self._queuedBytes -= len(frame)
                 self._inProcess = len(frame)
                 self._busy = True
-                defer.ensureDeferred(self._process(frame)).addBoth(self._finished)
+                slot: list[Any] = [False, None]
+                self._outbox.append(slot)
+                defer.ensureDeferred(self._process(frame)).addBoth(self._finished, slot)
         finally:
             self._running = False
 
-    def _finished(self, result: Any) -> None:
+    def _finished(self, result: Any, slot: list[Any]) -> None:
+        """A request's handler returned: its response, or the rest of its work (L{Later})
+        that goes on while the next requests are handled (Kafka pipelining)."""
         self._busy = False
         self._inProcess = 0
         self._lastActive = self.node.reactor.seconds()
         if not self._closed:
             self._held()
+        if isinstance(result, Later):
+            result.d.addBoth(self._completed, slot)
+        else:
+            self._completed(result, slot)
+        if (
+            "pending" in self._pauses
+            and len(self._queue) <= self.settings.max_pending_requests // 2
+        ):
+            self._pause("pending", False)
+        self._pump()
+
+    def _completed(self, result: Any, slot: list[Any]) -> None:
+        """A request's response is known: write it, and those it held back, in order."""
         if isinstance(result, Failure):
             if result.check(StorageError):
                 # the store logged the cause once; no traceback per request
@@ -280,24 +325,24 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
                 self.log.failure("{peer}: request failed; closing", result, peer=self.peerHost)
             self._close()
             return
-        if self._closed:
-            return
-        if result is not None:
-            self.node.broker.stats.kafkaBytesSent += sum(len(p) for p in result)
+        slot[0] = True
+        slot[1] = result
+        outbox = self._outbox
+        while outbox and outbox[0][0]:
+            _, parts = outbox.popleft()
+            if self._closed or parts is None:
+                continue
+            self.node.broker.stats.kafkaBytesSent += sum(len(p) for p in parts)
             try:
-                self.transport.writeSequence(result)  # type: ignore[union-attr]
+                self.transport.writeSequence(parts)  # type: ignore[union-attr]
             except Exception:
                 self.log.failure("{peer}: writing a response failed; closing", peer=self.peerHost)
                 self._close()
                 return
-        if (
-            "pending" in self._pauses
-            and len(self._queue) <= self.settings.max_pending_requests // 2
-        ):
-            self._pause("pending", False)
-        self._pump()
+        if not self._closed and not self._busy:
+            self._pump()  # a full outbox may have held the next request back
 
-    async def _process(self, frame: bytes) -> list[Any] | None:
+    async def _process(self, frame: bytes) -> list[Any] | Later | None:
         try:
             req = decodeRequest(frame)
         except UnsupportedVersion as e:
@@ -340,6 +385,14 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
         if body is None:
             handler = getattr(self, "handle_" + req.name)
             body = await handler(req)
+        if isinstance(body, Later):
+            return Later(body.d.addCallback(self._encodeLater, req))
+        if body is None:
+            return None
+        return encodeResponseParts(req.apiKey, req.apiVersion, req.correlationId, body)
+
+    @staticmethod
+    def _encodeLater(body: dict[str, Any] | None, req: Request) -> list[Any] | None:
         if body is None:
             return None
         return encodeResponseParts(req.apiKey, req.apiVersion, req.correlationId, body)
@@ -579,7 +632,7 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
 
     # -- Produce ---------------------------------------------------------
 
-    async def handle_produce(self, req: Request) -> dict[str, Any] | None:
+    async def handle_produce(self, req: Request) -> dict[str, Any] | Later | None:
         b = req.body
         acks = b["acks"]
         topics = self.node.topics
@@ -649,6 +702,14 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
                     start, _ = await topics.store.offsets(part.shard)
                     r["log_start_offset"] = start
             responses.append({"name": name, "partition_responses": presp})
+        # Offsets are assigned: the next request may start while these become durable
+        # (responses still leave in request order; KIP-ready pipelining).
+        return Later(defer.ensureDeferred(self._produced(waits, responses, acks)))
+
+    async def _produced(
+        self, waits: list[tuple[dict[str, Any], Any]], responses: list[Any], acks: int
+    ) -> dict[str, Any] | None:
+        """The Produce response once its appends are durable (or failed)."""
         if waits:
             results = await defer.DeferredList([d for _, d in waits], consumeErrors=True)
             for (r, _), (ok, f) in zip(waits, results, strict=True):
@@ -1605,3 +1666,14 @@ _WHOLE_REQUEST: dict[int, tuple[int, int, str | None]] = {
 def _fire(d: defer.Deferred[None]) -> None:
     if not d.called:
         d.callback(None)
+
+
+class Later:
+    """A handler's answer that comes later: the rest of its work runs while the
+    connection's next requests are handled, and C{d} fires with the response body
+    (None: no response, as for acks=0)."""
+
+    __slots__ = ("d",)
+
+    def __init__(self, d: defer.Deferred[Any]) -> None:
+        self.d = d

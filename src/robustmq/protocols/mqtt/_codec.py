@@ -51,6 +51,7 @@ from robustmq.protocols.mqtt._packets import (
     Pubrel,
     Suback,
     Subscribe,
+    UnacceptedPublish,
     Unsuback,
     Unsubscribe,
 )
@@ -61,6 +62,8 @@ _U16 = struct.Struct("!H")
 _unpackU16 = _U16.unpack_from
 
 MAX_REMAINING_LENGTH = 268_435_455
+#: the largest packet the protocol can express: fixed header byte, 4 length bytes, body
+MAX_PACKET_SIZE = MAX_REMAINING_LENGTH + 5
 
 
 # Encoding
@@ -211,7 +214,7 @@ def encodeConnect(packet: Connect) -> bytes:
         payload += _bin(packet.password)
     header = (
         _str(packet.protocolName)
-        + bytes((packet.protocolLevel, flags))
+        + bytes((packet.protocolLevel | (0x80 if packet.bridge else 0), flags))
         + _U16.pack(packet.keepAlive)
     )
     if v5:
@@ -418,6 +421,8 @@ class MQTTParser:
                     break
             end = i + length
             if end - pos > maxSize:
+                if self.server and data[pos] >> 4 == CONNECT:
+                    self._peekLevel(data, i, n)
                 raise PacketTooLarge(f"packet of {end - pos} bytes exceeds the maximum {maxSize}")
             if end > n:
                 self._keep(data, pos, end)
@@ -434,6 +439,14 @@ class MQTTParser:
             pos = end
         return packets
 
+    def _peekLevel(self, data: bytes, pos: int, n: int) -> None:
+        """An oversize CONNECT: learn its protocol level if it has arrived, so that a
+        5.0 client is refused with a 5.0 CONNACK (0x95 Packet too large)."""
+        if pos + 2 <= n:
+            level = pos + 2 + ((data[pos] << 8) | data[pos + 1])
+            if level < n and data[level] == MQTT5:
+                self.version = MQTT5
+
     def _keep(self, data: bytes, pos: int, needEnd: int) -> None:
         rest = data[pos:]
         self._chunks = [rest]
@@ -449,6 +462,11 @@ class MQTTParser:
         flags = data[pos + 1]
         keepAlive = _unpackU16(data, pos + 2)[0]
         pos += 4
+        bridge = False
+        if level & 0x80 and (name, level & 0x7F) in (("MQTT", MQTT311), ("MQIsdp", MQTT31)):
+            # A 3.x bridge: mosquitto sets the level's top bit (its try_private option).
+            level &= 0x7F
+            bridge = True
         if (name, level) not in (("MQTT", MQTT311), ("MQIsdp", MQTT31), ("MQTT", MQTT5)):
             if name not in ("MQTT", "MQIsdp"):
                 raise ProtocolViolation(f"CONNECT: unknown protocol name {name!r}", "MQTT-3.1.2-1")
@@ -501,6 +519,7 @@ class MQTTParser:
             protocolName=name,
             properties=properties,
             willProperties=willProperties,
+            bridge=bridge,
         )
 
     def _parseConnack(self, first: int, data: bytes, pos: int, end: int) -> Connack:
@@ -530,13 +549,21 @@ class MQTTParser:
         if tend > end:
             raise MalformedPacket("PUBLISH: topic runs past the packet end")
         v5 = self.version == MQTT5
+        unaccepted = None
         if tlen == 0 and v5:
             topic = ""  # a Topic Alias must stand in for it; the protocol checks
         else:
             tb = data[pos + 2 : tend]
             topic = self._topicCache.get(tb)  # type: ignore[assignment]
             if topic is None:
-                topic = self._validTopic(tb)
+                try:
+                    topic = self._validTopic(tb)
+                except TopicNameInvalid as e:
+                    if not v5:
+                        raise
+                    # 5.0: refused with 0x90 by the protocol, the connection stays.
+                    unaccepted = e.reason
+                    topic = tb.decode("utf-8")
         pid = None
         if qos:
             if tend + 2 > end:
@@ -547,6 +574,10 @@ class MQTTParser:
             tend += 2
         if v5:
             props, tend = readProperties(data, tend, end, PUBLISH)
+            if unaccepted is not None:
+                return UnacceptedPublish(
+                    unaccepted, topic, data[tend:end], qos, bool(first & 1), dup, pid, None, props
+                )
             return Publish(topic, data[tend:end], qos, bool(first & 1), dup, pid, None, props)
         if qos:
             return Publish(topic, data[tend:end], qos, bool(first & 1), dup, pid)
@@ -619,12 +650,18 @@ class MQTTParser:
                     "SUBSCRIBE: reserved option bits set", "MQTT-3.8.3-5" if v5 else "MQTT-3-8.3-4"
                 )
             if options & 3 == 3:
+                if v5:  # MQTT 5.0 section 3.8.3.1: a Protocol Error
+                    raise ProtocolViolation("SUBSCRIBE: Maximum QoS 3")
                 raise MalformedPacket("SUBSCRIBE: requested QoS 3", "MQTT-3-8.3-4")
-            if (options >> 4) & 3 == 3:
-                raise MalformedPacket("SUBSCRIBE: retain handling 3")
+            if (options >> 4) & 3 == 3:  # MQTT 5.0 section 3.8.3.1: a Protocol Error
+                raise ProtocolViolation("SUBSCRIBE: Retain Handling 3")
             topics.append((topicFilter, options))
         if not topics:
-            raise ProtocolViolation("SUBSCRIBE: no topic filters", "MQTT-3.8.3-3")
+            # MQTT 5.0 section 3.8.3: "A SUBSCRIBE packet with no Payload is a
+            # Protocol Error" (MQTT-3.8.3-2; 3.1.1: a protocol violation, MQTT-3.8.3-3).
+            raise ProtocolViolation(
+                "SUBSCRIBE: no topic filters", "MQTT-3.8.3-2" if v5 else "MQTT-3.8.3-3"
+            )
         return Subscribe(pid, topics, props)
 
     def _parseSuback(self, first: int, data: bytes, pos: int, end: int) -> Suback:
@@ -647,6 +684,8 @@ class MQTTParser:
             topicFilter, pos = _readStr(data, pos, end, "UNSUBSCRIBE topic filter")
             topics.append(topicFilter)
         if not topics:
+            # MQTT 5.0 section 3.10.3: "An UNSUBSCRIBE packet with no Payload is a
+            # Protocol Error" (MQTT-3.10.3-2).
             raise ProtocolViolation("UNSUBSCRIBE: no topic filters", "MQTT-3.10.3-2")
         return Unsubscribe(pid, topics, props)
 

@@ -76,13 +76,12 @@ class ConnectHandling(MQTTConnection):
         )
         if self.transport is not None:
             if v5:
-                props = dict(props or {})
-                if self._problemInfo():
-                    props["reason_string"] = why
-                self._write(encodeConnack(False, code, props))
+                self._write(
+                    self._fitted(encodeConnack, (False, code), self._reasonProps(why, props) or {})
+                )
             else:
                 self._write(encodeConnack(False, code))
-        self._close(why)
+        self._close(why, linger=True)
 
     def handle_connect(self, packet: Connect) -> None:
         if self.state != AWAIT_CONNECT:
@@ -100,6 +99,7 @@ class ConnectHandling(MQTTConnection):
             )
             return
         self.version = packet.protocolLevel
+        self.bridge = packet.bridge
         v5 = self.version == MQTT5
         props = packet.properties
         if v5:
@@ -149,7 +149,14 @@ class ConnectHandling(MQTTConnection):
         if packet.willTopic is not None:
             try:
                 validateTopicName(packet.willTopic, settings.max_topic_levels)
+                if len(packet.willTopic) > self.broker.settings.limits.max_topic_length:
+                    raise InvalidTopic("longer than [limits] max_topic_length")
             except InvalidTopic as e:
+                if v5:
+                    # CONNACK 0x90: "The Will Topic Name is not malformed, but is not
+                    # accepted by this Server" (MQTT 5.0 section 3.2.2.2).
+                    self._refuse(Reason.TOPIC_NAME_INVALID, f"will topic: {e}")
+                    return
                 raise ProtocolViolation(f"CONNECT will topic: {e}", "MQTT-3.1.3-10") from None
             if packet.willQos > settings.max_qos:
                 self._refuse(Reason.QOS_NOT_SUPPORTED, "will QoS above the maximum QoS")
@@ -272,6 +279,15 @@ class ConnectHandling(MQTTConnection):
         broker = self.broker
         settings = self.settings
         security = securityOf(broker)
+        if attributes and attributes.get("anonymous") and self.username is not None:
+            # An unknown user let in as anonymous ([auth] unknown_users_as_anonymous):
+            # the name it claimed grants nothing.
+            self.log.info(
+                "client {clientId}: unknown user {username!r} connects as anonymous",
+                clientId=clientId,
+                username=self.username,
+            )
+            self.username = None
         self.access = security.access(
             clientId, self.username, self.peer.rsplit(":", 1)[0], attributes
         )
@@ -341,24 +357,20 @@ class ConnectHandling(MQTTConnection):
                 )
                 self.will = None
         self.keepAlive = packet.keepAlive
-        if (
-            v5 is not None
-            and settings.max_keepalive
-            and (self.keepAlive == 0 or self.keepAlive > settings.max_keepalive)
-        ):
-            self.keepAlive = settings.max_keepalive
-            assert connack is not None
-            connack["server_keep_alive"] = self.keepAlive
+        if connack is not None:
+            self.keepAlive = connack.get("server_keep_alive", self.keepAlive)
         if self.keepAlive:
             self._timer = self.broker.timers.callLater(self.keepAlive * 1.5, self._checkKeepAlive)
-        self._write(encodeConnack(present, Reason.SUCCESS, connack))
+        # MQTT 3.1 has no Session Present flag: the first CONNACK byte is reserved (0).
+        self._write(encodeConnack(present and self.version != MQTT31, Reason.SUCCESS, connack))
         self.state = CONNECTED
         self.connectedAt = self.reactor.seconds()
         broker.connectionOpened(self)
         self.log.info(
             "client {clientId} connected from {peer} on {listener} "
-            "(MQTT level {protocolLevel}, clean={clean}, keepalive={keepAlive}, "
+            "(MQTT level {protocolLevel}{bridge}, clean={clean}, keepalive={keepAlive}, "
             "session present={present})",
+            bridge=", bridge" if self.bridge else "",
             clientId=clientId,
             peer=self.peer,
             listener=self.listener.label,
@@ -384,28 +396,45 @@ class ConnectHandling(MQTTConnection):
     def _connackProperties(
         self, packet: Connect, assignedId: str | None, expiry: int
     ) -> dict[str, Any]:
-        """What the broker tells a 5.0 client about itself (section 3.2.2.3)."""
+        """What the broker tells a 5.0 client about itself (section 3.2.2.3).
+
+        Only what differs from the value a client assumes when the property is
+        absent is sent, in the order of section 3.2.2.3 (docs/mqtt.md):
+        Session Expiry Interval (when not the one asked for), Receive Maximum
+        (below 65,535), Maximum QoS (below 2), Retain Available (0),
+        Maximum Packet Size (when one is configured), Assigned Client
+        Identifier, Topic Alias Maximum (above 0), Wildcard / Subscription
+        Identifiers / Shared Subscription Available (0), Server Keep Alive
+        (when it replaces the client's), Response Information, and the
+        enhanced authentication's method and data.
+        """
         s = self.settings
         v5 = self._v5
         assert v5 is not None
         props: dict[str, Any] = {}
         if expiry != packet.properties.get("session_expiry_interval", 0):
             props["session_expiry_interval"] = expiry
-        props["receive_maximum"] = s.max_awaiting_rel
+        if s.max_awaiting_rel < 65535:
+            props["receive_maximum"] = s.max_awaiting_rel
         if s.max_qos < 2:
             props["maximum_qos"] = s.max_qos
         if not s.retain_available:
             props["retain_available"] = 0
-        props["maximum_packet_size"] = s.max_packet_size
+        if s.max_packet_size:
+            props["maximum_packet_size"] = s.max_packet_size
         if assignedId is not None:
             props["assigned_client_identifier"] = assignedId
-        props["topic_alias_maximum"] = s.topic_alias_maximum
+        if s.topic_alias_maximum:
+            props["topic_alias_maximum"] = s.topic_alias_maximum
         if not s.wildcard_subscription:
             props["wildcard_subscription_available"] = 0
         if not s.subscription_identifiers:
             props["subscription_identifier_available"] = 0
         if not s.shared_subscription:
             props["shared_subscription_available"] = 0
+        if s.max_keepalive and (packet.keepAlive == 0 or packet.keepAlive > s.max_keepalive):
+            # MQTT-3.2.2-21: the client uses the Server Keep Alive instead of its own.
+            props["server_keep_alive"] = s.max_keepalive
         if packet.properties.get("request_response_information") == 1 and s.response_information:
             props["response_information"] = s.response_information + (self.clientId or "")
         if "authReply" in v5:
@@ -452,8 +481,7 @@ class ConnectHandling(MQTTConnection):
                 idle=idle,
                 keepAlive=self.keepAlive,
             )
+            # The lingering close aborts a client that is gone for good.
             self._disconnect(Reason.KEEP_ALIVE_TIMEOUT, "keep-alive timeout")
-            if self.transport is not None:
-                self.transport.abortConnection()
         else:
             self._timer = self.broker.timers.callLater(limit - idle, self._checkKeepAlive)

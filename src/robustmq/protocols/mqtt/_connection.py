@@ -10,6 +10,7 @@ subscriptions (C{_subscriptions}), outbound delivery and flow control
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import Protocol
@@ -18,7 +19,10 @@ from twisted.python.failure import Failure
 
 from robustmq.core.message import Message
 from robustmq.interfaces import StorageFullError, StorageUnavailableError
+from robustmq.protocols._linger import Linger
+from robustmq.protocols._linger import linger as startLinger
 from robustmq.protocols.mqtt._codec import (
+    MAX_PACKET_SIZE,
     PINGRESP_BYTES,
     MQTTParser,
     encodeAck5,
@@ -38,6 +42,7 @@ from robustmq.protocols.mqtt._packets import (
     Connect,
     Disconnect,
     Packet,
+    Publish,
     Reason,
 )
 
@@ -100,14 +105,20 @@ class MQTTConnection(Protocol):
         "_blockedOn",
         "_closeReason",
         "_held",
+        "_heldQos2",
+        "_heldQos2Bytes",
+        "_ended",
         "_lastActivity",
         "_limiter",
+        "_linger",
         "_out",
         "_paused",
         "_throttled",
         "_timer",
         "_v5",
+        "_waitTimer",
         "access",
+        "bridge",
         "broker",
         "clientId",
         "connected",
@@ -141,7 +152,7 @@ class MQTTConnection(Protocol):
         self.reactor = reactor
         self.settings = broker.settings.mqtt
         self.parser = MQTTParser(
-            self.settings.max_packet_size,
+            self.settings.max_packet_size or MAX_PACKET_SIZE,
             maxTopicLength=broker.settings.limits.max_topic_length,
             maxTopicLevels=self.settings.max_topic_levels,
         )
@@ -150,6 +161,8 @@ class MQTTConnection(Protocol):
         self.clientId: str | None = None
         self.username: str | None = None
         self.version = MQTT311
+        #: a 3.x bridge from another broker (Connect.bridge)
+        self.bridge = False
         self.keepAlive = 0
         self.will: Message | None = None
         self.willDelay = 0
@@ -164,6 +177,8 @@ class MQTTConnection(Protocol):
         self.factory: Any = None
         #: congested sessions this connection published to; reading is paused until empty
         self._blockedOn: set[Any] | tuple[()] = ()
+        #: ends one wait for congested sessions after congestion_timeout (see _outbound)
+        self._waitTimer: Any = None
         # MQTT 5 state; None/defaults under 3.x.
         self._v5: dict[str, Any] | None = None
         #: acknowledgements waiting for durable writes, in order: [bytes or None, writes left]
@@ -174,6 +189,12 @@ class MQTTConnection(Protocol):
         self._throttled: Any = None
         #: bytes written during this reactor turn, sent with one writeSequence (see Broker)
         self._out: list[bytes] | None = None
+        #: 3.x QoS 2 PUBLISHes held while max_awaiting_rel await PUBREL (packet id → packet)
+        self._heldQos2: dict[int, Publish] | None = None
+        self._heldQos2Bytes = 0
+        #: the connection is over for the broker (see L{_end}); the lingering close, if any
+        self._ended = False
+        self._linger: Linger | None = None
 
     # Connection lifecycle
 
@@ -193,6 +214,22 @@ class MQTTConnection(Protocol):
         self._timer = self.reactor.callLater(self.settings.connect_timeout, self._connectTimeout)
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        self._end()
+        if self._linger is not None:
+            self._linger.ended()
+            self._linger = None
+        if self.factory is not None:
+            self.factory.connectionEnded(self)
+
+    def _end(self) -> None:
+        """The MQTT connection is over (the socket may linger): timers, session, will.
+
+        Runs once, when the socket is lost or when a lingering close starts
+        (L{_close}); from then on the connection is no client of the broker.
+        """
+        if self._ended:
+            return
+        self._ended = True
         wasConnected = self.state in (CONNECTED, CLOSING) and self.session is not None
         self.state = CLOSING
         if self._timer is not None and self._timer.active():
@@ -204,11 +241,15 @@ class MQTTConnection(Protocol):
         if self._authExpiry is not None and hasattr(self._authExpiry, "cancel"):
             self._authExpiry.cancel()
         self._authExpiry = None
-        if self.factory is not None:
-            self.factory.connectionEnded(self)
         for session in self._blockedOn:
             session.removeWaiter(self)
         self._blockedOn = ()
+        if self._waitTimer is not None:
+            if self._waitTimer.active():
+                self._waitTimer.cancel()
+            self._waitTimer = None
+        self._held = None
+        self._heldQos2 = None
         if not wasConnected or self.connectedAt is None:
             return
         broker = self.broker
@@ -240,20 +281,41 @@ class MQTTConnection(Protocol):
                 else:
                     transport.writeSequence(out)
 
-    def _close(self, why: str) -> None:
+    def _close(self, why: str, linger: bool = False) -> None:
+        """Close after what was written; with C{linger}, let the client read it first.
+
+        A close that tells the client why (DISCONNECT, or a CONNACK refusing
+        it) lingers: the sending side is shut down, what the client still
+        sends is read and dropped for at most C{[mqtt] close_linger} seconds
+        or until it closes, so its kernel does not reset the connection
+        before it has read the reason (L{robustmq.protocols._linger}).
+        """
         if self._closeReason is None:
             self._closeReason = why
         self.state = CLOSING
-        if self.transport is not None:
-            self.flushWrites()
-            self.transport.loseConnection()
+        transport = self.transport
+        if transport is None or self._linger is not None:
+            return
+        self.flushWrites()
+        if linger:
+            self._end()
+            broker = self.broker
+            self._linger = startLinger(
+                transport,
+                self.reactor,
+                self.settings.close_linger,
+                broker.lingering,
+                broker.settings.limits.max_lingering,
+            )
+            if self._linger is not None:
+                return
+        transport.loseConnection()
 
     def _disconnect(self, reasonCode: int, why: str) -> None:
         """Close, telling a 5.0 client why with a DISCONNECT (MQTT-4.13.2-1)."""
         if self.version == MQTT5 and self.transport is not None and self.state != CLOSING:
-            props = {"reason_string": why} if self._problemInfo() else None
-            self._write(encodeDisconnect(reasonCode, props))
-        self._close(why)
+            self._write(self._fitted(encodeDisconnect, (reasonCode,), self._reasonProps(why)))
+        self._close(why, linger=True)
 
     def _protocolError(self, error: MQTTError) -> None:
         self.broker.stats.malformedPackets += 1
@@ -268,7 +330,7 @@ class MQTTConnection(Protocol):
         if self.version == MQTT5 and self.state in (AWAIT_CONNECT, AUTHENTICATING):
             if self.transport is not None and self.parser.version == MQTT5:
                 self._write(encodeConnack(False, error.reasonCode, {}))
-            self._close(f"{type(error).__name__}: {error}")
+            self._close(f"{type(error).__name__}: {error}", linger=True)
         else:
             self._disconnect(error.reasonCode, f"{type(error).__name__}: {error}")
 
@@ -285,9 +347,40 @@ class MQTTConnection(Protocol):
         """Another connection took this client id (MQTT-3.1.4-2)."""
         self._disconnect(Reason.SESSION_TAKEN_OVER, "session taken over by a new connection")
 
-    def _problemInfo(self) -> bool:
+    def _reasonProps(
+        self, why: str | None, props: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
+        """C{props} plus a Reason String C{why}, when the client wants one (MQTT 5).
+
+        A Reason String is optional (MQTT 5.0 section 3.4.2.2.2): it is sent
+        only when C{[mqtt] reason_strings} is on and the client asked for
+        problem information (Request Problem Information 1, the default;
+        MQTT-3.1.2-29 forbids it on acknowledgements otherwise).
+        """
         v5 = self._v5
-        return v5 is None or v5["problemInfo"]
+        if why and self.settings.reason_strings and (v5 is None or v5["problemInfo"]):
+            props = dict(props) if props else {}
+            props["reason_string"] = why
+        return props
+
+    def _fitted(
+        self, encoder: Callable[..., bytes], args: tuple[Any, ...], props: dict[str, Any] | None
+    ) -> bytes:
+        """C{encoder(*args, props)}, without its Reason String and User Properties when
+        that makes it fit the client's Maximum Packet Size.
+
+        The server must not send a packet larger than the client accepts
+        (MQTT-3.1.2-25) and must leave these properties out rather than exceed
+        it (MQTT-3.2.2-19/-20 for CONNACK, MQTT-3.4.2-2/-3 and the like for
+        acknowledgements, MQTT-3.14.2-3/-4 for DISCONNECT).
+        """
+        data = encoder(*args, props)
+        v5 = self._v5
+        maxSize = v5["maxPacketSize"] if v5 is not None else 0
+        if maxSize and len(data) > maxSize and props:
+            slim = {k: v for k, v in props.items() if k not in ("reason_string", "user_property")}
+            data = encoder(*args, slim)
+        return data
 
     # Incoming bytes
 
@@ -455,8 +548,9 @@ class MQTTConnection(Protocol):
                 error=str(failure.value),
                 reason=reason,
             )
-            props = {"reason_string": str(failure.value)} if self._problemInfo() else None
-            return encodeAck5(packetType, pid, reason, props)
+            return self._fitted(
+                encodeAck5, (packetType, pid, reason), self._reasonProps(str(failure.value))
+            )
         else:
             self.log.debug(
                 "{clientId}: storage refused a write: {error}; closing without acknowledging",

@@ -43,6 +43,12 @@ class TopicNameInvalid(ProtocolViolation):
     reasonCode = 0x90
 
 
+class TopicAliasInvalid(ProtocolViolation):
+    """A Topic Alias of 0 or above the maximum the broker sent (MQTT-3.3.2-8/-9)."""
+
+    reasonCode = 0x94
+
+
 class Refused(MQTTError):
     """A well-formed packet the broker refuses with a specific 5.0 reason code."""
 

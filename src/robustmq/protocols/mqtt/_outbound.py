@@ -171,7 +171,14 @@ class OutboundDelivery(MQTTConnection):
     # Back-pressure towards publishers (see Session)
 
     def _waitFor(self, congested: list[Any]) -> None:
-        """Stop reading from this client until the sessions it filled drain."""
+        """Stop reading from this client until the sessions it filled drain.
+
+        One wait lasts at most C{congestion_timeout}, however many sessions
+        congest while it lasts (a subscriber cycling through new client ids
+        cannot extend it): then the sessions still congested are timed out
+        (they overflow by policy until they drain) and reading resumes.
+        """
+        waiting = bool(self._blockedOn)
         for session in congested:
             if session.congested and session.connection is not self and self not in session.waiters:
                 session.addWaiter(self)
@@ -181,18 +188,42 @@ class OutboundDelivery(MQTTConnection):
         congested.clear()
         if self._blockedOn and self.transport is not None:
             self.transport.pauseProducing()
+            timeout = self.settings.congestion_timeout
+            if not waiting and timeout > 0:
+                self._waitTimer = self.reactor.callLater(timeout, self._waitedTooLong)
+
+    def _waitedTooLong(self) -> None:
+        self._waitTimer = None
+        for session in list(self._blockedOn):
+            timeOut = getattr(session, "timeOutCongestion", None)
+            if timeOut is not None:
+                timeOut()  # calls our congestionCleared
+        if self._blockedOn:  # targets that did not call back (a cluster link)
+            for session in self._blockedOn:
+                session.removeWaiter(self)
+            self._blockedOn = ()
+            if self.state == CONNECTED:
+                self._resumeReading()
+
+    def _stopWaitTimer(self) -> None:
+        timer, self._waitTimer = self._waitTimer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def congestionCleared(self, session: Any) -> None:
         if session in self._blockedOn:
             self._blockedOn.remove(session)  # type: ignore[union-attr]
-        if not self._blockedOn and self.state == CONNECTED:
-            self._resumeReading()
+        if not self._blockedOn:
+            self._stopWaitTimer()
+            if self.state == CONNECTED:
+                self._resumeReading()
 
     def sessionCongested(self) -> None:
         if self._blockedOn:
             for session in self._blockedOn:
                 session.removeWaiter(self)
             self._blockedOn = ()
+            self._stopWaitTimer()
             if self.state == CONNECTED:
                 # Later, from the reactor: we may be inside this client's own publish.
                 self.reactor.callLater(0, self._resumeReading)

@@ -95,6 +95,7 @@ class Connect(Packet):
         "password",
         "properties",
         "willProperties",
+        "bridge",
     )
     type = CONNECT
 
@@ -113,6 +114,7 @@ class Connect(Packet):
         protocolName: str | None = None,
         properties: dict[str, Any] | None = None,
         willProperties: dict[str, Any] | None = None,
+        bridge: bool = False,
     ) -> None:
         self.protocolName = protocolName or ("MQIsdp" if protocolLevel == MQTT31 else "MQTT")
         self.protocolLevel = protocolLevel
@@ -127,6 +129,9 @@ class Connect(Packet):
         self.password = password
         self.properties = properties or {}
         self.willProperties = willProperties or {}
+        #: the protocol level had bit 7 set: a bridge from another broker (mosquitto's
+        #: try_private), which gets No Local and Retain As Published subscriptions
+        self.bridge = bridge
 
 
 class Connack(Packet):
@@ -177,6 +182,20 @@ class Publish(Packet):
         return type(self) is type(other) and all(
             getattr(self, k) == getattr(other, k) for k in self.__slots__ if k != "raw"
         )
+
+
+class UnacceptedPublish(Publish):
+    """A 5.0 PUBLISH whose topic name is well formed but beyond this server's limits.
+
+    The parser yields it instead of failing, so that the protocol can refuse
+    the one message with reason 0x90 (Topic Name invalid) and go on reading.
+    """
+
+    __slots__ = ("why",)
+
+    def __init__(self, why: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.why = why
 
 
 class _IdOnly(Packet):

@@ -11,7 +11,11 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from robustmq.protocols.mqtt._exceptions import MalformedPacket, ProtocolViolation
+from robustmq.protocols.mqtt._exceptions import (
+    MalformedPacket,
+    ProtocolViolation,
+    TopicAliasInvalid,
+)
 from robustmq.protocols.mqtt._packets import (
     AUTH,
     CONNACK,
@@ -161,6 +165,8 @@ def readProperties(data: bytes, pos: int, end: int, packetType: int) -> tuple[di
         if name in _ZERO_OR_ONE and value not in (0, 1):
             raise ProtocolViolation(f"{name} must be 0 or 1, not {value}")
         if name in _NOT_ZERO and value == 0:
+            if name == "topic_alias":
+                raise TopicAliasInvalid("Topic Alias 0", "MQTT-3.3.2-8")
             raise ProtocolViolation(f"{name} must not be 0")
         if name == "subscription_identifier" and packetType == PUBLISH:
             props.setdefault(name, []).append(value)

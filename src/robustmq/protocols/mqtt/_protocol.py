@@ -56,6 +56,7 @@ class MQTTServerProtocol(
             "listener": self.listener.label,
             "protocol": "mqtt",
             "protocol_level": self.version,
+            "bridge": self.bridge,
             "keepalive": self.keepAlive,
             "connected_at": self.connectedAt,
             "clean_session": session.clean if session else None,

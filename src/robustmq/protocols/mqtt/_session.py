@@ -42,10 +42,12 @@ class Session:
         window, for a paused (slow) connection, or for an offline persistent session.
       - C{max_awaiting_rel}: incoming QoS 2 messages waiting for PUBREL.
 
-    At the queue bound an I{online} session becomes I{congested}: the publishers
-    whose messages reach it are paused (they stop being read from their sockets)
-    until the queue drains to half the bound, so nothing a publisher was
-    acknowledged for is dropped.  Messages already read in the same network read
+    At the queue bound an I{online} session becomes I{congested} when a QoS 1
+    or 2 message reaches it: the publishers whose messages reach it are paused
+    (they stop being read from their sockets) until the queue drains to half
+    the bound, so nothing a publisher was acknowledged for is dropped.  A QoS
+    0 message that finds the queue at its bound is dropped for this session
+    (counted): QoS 0 never pauses a publisher.  Messages already read in the same network read
     may take the queue past the bound, up to twice the bound.  A session that
     stays congested for C{congestion_timeout} seconds (its client reads nothing)
     releases its publishers and from then on overflows like an offline one.
@@ -234,6 +236,11 @@ class Session:
         limit = s.max_queued_messages
         byteLimit = s.max_queued_bytes
         online = self.connection is not None and not self.overflowing
+        if online and not qos and (len(queue) >= limit or self.queuedBytes + size > byteLimit):
+            # QoS 0 never pauses publishers: at the bound it is dropped for this
+            # subscriber alone (counted), as mosquitto and EMQX do.
+            self._stats.mqttDropped[0] += 1
+            return
         if online:
             # Already-read messages may overshoot the bound, up to twice it.
             hardLimit, hardBytes = 2 * limit, 2 * byteLimit
@@ -260,7 +267,7 @@ class Session:
                 outcome.wait(store.saveDelivery(self, seq, message, qos, sub, 0, AWAITING_ACK))
         queue.append((message, qos, sub, seq))  # type: ignore[union-attr]
         self.queuedBytes += size
-        if online and (len(queue) >= limit or self.queuedBytes >= byteLimit):
+        if online and qos and (len(queue) >= limit or self.queuedBytes >= byteLimit):
             if not self.congested:
                 self._startCongestion()
             outcome.congest(self)
@@ -316,6 +323,11 @@ class Session:
         hub = self._hub
         if hub is not None and hub.congestionTimeout > 0:
             self._congestionTimer = hub.callLater(hub.congestionTimeout, self._congestionTimedOut)
+
+    def timeOutCongestion(self) -> None:
+        """A publisher waited C{congestion_timeout} for this session: stop holding publishers
+        and overflow by policy until the queue drains, as when the session's own timer ends."""
+        self._congestionTimedOut()
 
     def _congestionTimedOut(self) -> None:
         self._congestionTimer = None
@@ -377,6 +389,12 @@ class Session:
             conn = self.connection
         if self.congested or self.overflowing:
             self._drained()
+
+    def outgoing(self, packetId: int) -> tuple[int, int] | None:
+        """The QoS and state (L{AWAITING_ACK}, L{AWAITING_COMP}) of in-flight delivery
+        C{packetId}, or None when no delivery has that id."""
+        entry = self.inflight.get(packetId)
+        return None if entry is None else (entry[1], entry[2])
 
     def acknowledge(self, packetId: int) -> bool:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2) arrived: the delivery is complete."""

@@ -64,11 +64,17 @@ class SessionRegistry:
         """
         existing = self._sessions.get(clientId)
         if existing is not None:
+            ended = cleanStart
             old = existing.connection
             if old is not None and old is not connection:
                 self.log.info("client {clientId} taken over by a new connection", clientId=clientId)
                 self.takeOverConnection(existing)
-            if cleanStart:
+                if existing.expiryInterval == 0:
+                    # The old connection's session ended with it (Session Expiry 0, or
+                    # clean session 1): Clean Start processing finds no session
+                    # (MQTT-3.1.4-3/-4), so Session Present is 0, as in mosquitto.
+                    ended = True
+            if ended:
                 # A new connection deletes a will still waiting for its delay
                 # (MQTT-3.1.2-8), also when it discards the session.
                 existing.pendingWill = existing.willDueAt = None

@@ -54,11 +54,14 @@ class SubscriptionHandling(MQTTConnection):
         retained: list[tuple[list[Message], SubscriptionOptions]] = []
         outcome = Outcome()
         for topicFilter, optionsByte in packet.topics:
-            options = (
-                SubscriptionOptions.fromByte(optionsByte, identifier)
-                if v5
-                else SubscriptionOptions(qos=optionsByte)
-            )
+            if v5:
+                options = SubscriptionOptions.fromByte(optionsByte, identifier)
+            elif self.bridge and not topicFilter.startswith(("$share/", "$queue/")):
+                # A bridge's own messages do not come back to it, and retained ones
+                # keep their flag (mosquitto's is_bridge semantics for try_private).
+                options = SubscriptionOptions(qos=optionsByte, noLocal=True, keepRetain=True)
+            else:
+                options = SubscriptionOptions(qos=optionsByte)
             code = self._checkFilter(session, topicFilter, options)
             if code is not None:
                 codes.append(code if v5 else SUBACK_FAILURE)
@@ -95,9 +98,20 @@ class SubscriptionHandling(MQTTConnection):
     ) -> int | None:
         """None if the filter may be subscribed, else the 5.0 reason code to refuse it."""
         settings = self.settings
+        # Server limits first, in time linear in the filter's length (a filter
+        # of 65,535 empty levels costs one count): beyond them the filter is
+        # refused with 0x97 Quota exceeded (3.x: 0x80), whatever else is wrong with it.
+        if len(topicFilter) > self.broker.settings.limits.max_topic_length:
+            self._refuseFilter(topicFilter[:64], "longer than [limits] max_topic_length")
+            return Reason.QUOTA_EXCEEDED
+        if topicFilter.count("/") >= settings.max_topic_levels:
+            self._refuseFilter(
+                topicFilter[:64], f"more than [mqtt] max_topic_levels ({settings.max_topic_levels})"
+            )
+            return Reason.QUOTA_EXCEEDED
         try:
             group, real, _exclusive = parseFilter(topicFilter)
-            validateTopicFilter(real, settings.max_topic_levels)
+            validateTopicFilter(real)
         except (InvalidTopic, ValueError) as e:
             self._refuseFilter(topicFilter, str(e))
             return Reason.TOPIC_FILTER_INVALID
@@ -117,9 +131,6 @@ class SubscriptionHandling(MQTTConnection):
         ):
             self._refuseFilter(topicFilter, f"limit of {settings.max_subscriptions} reached")
             return Reason.QUOTA_EXCEEDED
-        if len(topicFilter) > self.broker.settings.limits.max_topic_length:
-            self._refuseFilter(topicFilter, "longer than [limits] max_topic_length")
-            return Reason.TOPIC_FILTER_INVALID
         return None
 
     def _rewriteFilter(self, topicFilter: str) -> str:
@@ -143,6 +154,12 @@ class SubscriptionHandling(MQTTConnection):
         codes = []
         outcome = Outcome()
         for topicFilter in packet.topics:
+            try:
+                validateTopicFilter(parseFilter(topicFilter)[1])
+            except (InvalidTopic, ValueError):
+                # MQTT 5.0 UNSUBACK reason 0x8F: the filter is not a valid filter.
+                codes.append(Reason.TOPIC_FILTER_INVALID)
+                continue
             if self.node.rewriter.active:
                 try:
                     topicFilter = self._rewriteFilter(topicFilter)
