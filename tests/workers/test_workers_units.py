@@ -96,3 +96,21 @@ def test_workerLogLinesTagged() -> None:
     assert logs.tagLine("\tTraceback (most recent call last):", "w1") == (
         "[w1] \tTraceback (most recent call last):"
     )
+
+
+def test_workersNeedABrokerOutsideABrokerCluster() -> None:
+    import pytest
+
+    from robustmq.config import ConfigError
+
+    with pytest.raises(ConfigError, match="node.workers"):
+        settingsFromMapping(
+            {
+                "node": {"workers": 2},
+                "cluster": {"enabled": True, "takeover_timeout": 10.0},
+                "placement": {"cluster_secret": "s"},
+            }
+        )
+    with pytest.raises(ConfigError, match="node.workers"):
+        settingsFromMapping({"node": {"workers": 0, "roles": ["placement"]}})
+    assert settingsFromMapping({"node": {"workers": 0}}).node.workers == 0
