@@ -313,6 +313,32 @@ def test_oneWaitForCongestedSubscribersIsBounded():
     assert pub.transport.producerState == "producing"
 
 
+def test_cyclingSubscribersHoldAPublisherAtMostHalfTheTime():
+    """Survive damage item 4: a client that congests again and again with new client ids
+    (QoS 1) cannot hold a publisher indefinitely: after one full-length wait the publisher
+    is not paused again for congestion_timeout; the sessions it fills meanwhile overflow."""
+    h = InMemoryBroker(
+        {"mqtt": {"max_queued_messages": 1, "congestion_timeout": 5.0, "sys_interval": 0}}
+    )
+    pub = online(h, "p")
+    paused = 0.0
+    step = 0.5
+    pid = 0
+    for n in range(60):  # 30 s: a new stuck subscriber every half second
+        sub = online(h, f"s{n}")
+        sub.send(Subscribe(1, [("x", 1)]))
+        sub.received()
+        sub.protocol.pauseProducing()
+        if pub.transport.producerState == "producing":
+            pid += 1
+            pub.send(Publish("x", b"m", 1, packetId=pid))
+        if pub.transport.producerState == "paused":
+            paused += step
+        h.clock.advance(step)
+    assert paused <= 30 / 2 + 1, paused
+    assert pid > 3  # it kept publishing
+
+
 def test_hardBoundDropsBeyondTwiceTheQueue():
     h = InMemoryBroker({"mqtt": {"max_queued_messages": 2, "sys_interval": 0}})
     both = online(h, "both")  # congested by its own publishes: it cannot be paused

@@ -90,8 +90,12 @@ SUPPORTED: dict[int, tuple[int, int]] = {
     68: (0, 1),  # ConsumerGroupHeartbeat (KIP-848)
     69: (0, 0),  # ConsumerGroupDescribe
     76: (1, 1),  # ShareGroupHeartbeat (KIP-932)
+    77: (1, 1),  # ShareGroupDescribe
     78: (1, 1),  # ShareFetch
     79: (1, 1),  # ShareAcknowledge
+    90: (0, 0),  # DescribeShareGroupOffsets
+    91: (0, 0),  # AlterShareGroupOffsets
+    92: (0, 0),  # DeleteShareGroupOffsets
 }
 
 _REQ_HEADER = None

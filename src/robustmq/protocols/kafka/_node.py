@@ -312,6 +312,7 @@ class KafkaNode(Service):
     def _topicDeleted(self, name: str) -> None:
         self.fetchSessions.forgetTopic(name)
         self.consumerGroups.topicsChanged()
+        self.shareGroups.topicDeleted(name)
 
     def stopService(self) -> None:
         """The node is stopping: cancel the transaction check and group timers."""
@@ -324,9 +325,11 @@ class KafkaNode(Service):
         self.mappings.stop()
 
     async def ready(self) -> None:
-        """Returns once topics and the previous run's producer state are loaded."""
+        """Returns once topics and the previous run's producer and share-group state are
+        loaded."""
         await self.topics.ready()
         await self.txns.restore()
+        await self.shareGroups.restore()
 
     @property
     def configs(self) -> ConfigStore:
@@ -378,7 +381,10 @@ class KafkaNode(Service):
         Returns None when deleted, else why not: C{"unknown"} or C{"not empty"}
         (a group with members is deleted by stopping its consumers first).
         """
-        await self.topics.ready()
+        await self.ready()
+        share = await self.shareGroups.delete(groupId)
+        if share is not None:
+            return None if share == E.NONE else "not empty"
         if groupId not in self.groups.groups and groupId not in self.knownGroups:
             return "unknown"
         if self.groups.delete(groupId) != E.NONE:

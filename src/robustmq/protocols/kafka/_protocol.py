@@ -1313,6 +1313,10 @@ class KafkaServerProtocol(AdminHandlers, ConsumerGroupHandlers, ShareGroupHandle
             if not self._may(K.DELETE, K.GROUP, name):
                 out.append({"group_id": name, "error_code": E.GROUP_AUTHORIZATION_FAILED})
                 continue
+            share = await self.node.shareGroups.delete(name)
+            if share is not None:  # a share group (KIP-932): it and its state go
+                out.append({"group_id": name, "error_code": share})
+                continue
             modern = self.node.consumerGroups.delete(name)
             code = modern if modern is not None else self.node.groups.delete(name)
             if code == E.NONE:

@@ -13,10 +13,17 @@ or timed-out record is delivered again, up to C{share.delivery.count.limit}
 deliveries; after that it is archived.  The share-partition start offset
 (SPSO) moves past records that are accepted or archived.
 
-Share state (member assignments, sessions, in-flight records, SPSO) is kept
-in memory: after a restart a share group starts again from
-C{share.auto.offset.reset}.  At most C{share_partition_max_record_locks}
-records of a partition are in flight for a group at once.
+Members and share sessions are kept in memory.  The share partitions' state
+(SPSO and in-flight records) and the groups themselves are also written to the
+node's store (L{robustmq.protocols.kafka._sharestate}) and read back at start,
+so a restarted node continues a share group where it was.  At most
+C{share_partition_max_record_locks} records lie between a share partition's
+SPSO and the end of its in-flight window (KIP-932's bound on in-flight
+records): at the bound no new records are acquired from that partition until
+the SPSO moves.
+
+ShareGroupDescribe and the share-group offset APIs are served by
+L{robustmq.protocols.kafka._shareadmin} over this coordinator.
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from robustmq.protocols.kafka import _errors as E
 from robustmq.protocols.kafka._records import BatchHeader
 from robustmq.protocols.kafka._schema import Spliced
+from robustmq.protocols.kafka._shareadmin import ShareAdminHandlers
+from robustmq.protocols.kafka._sharestate import ShareStateStore, StoredPartition, dumpPartition
 
 if TYPE_CHECKING:
     from robustmq.protocols.kafka._codec import Request
@@ -64,9 +74,8 @@ class SharePartition:
         self.next = start
         #: offset -> state of the records in [start, next) not yet done
         self.records: dict[int, _Record] = {}
-
-    def inFlight(self) -> int:
-        return sum(1 for r in self.records.values() if r.state == ACQUIRED)
+        #: the state last written to the store (nothing to write while unchanged)
+        self.saved: bytes | None = None
 
     def available(self) -> list[int]:
         return sorted(o for o, r in self.records.items() if r.state == AVAILABLE)
@@ -86,10 +95,11 @@ class SharePartition:
 
 
 class _Member:
-    __slots__ = ("memberId", "epoch", "topics", "timer", "lastSent", "clientId", "host")
+    __slots__ = ("memberId", "epoch", "topics", "timer", "lastSent", "clientId", "host", "rackId")
 
     def __init__(self, memberId: str, clientId: str, host: str) -> None:
         self.memberId = memberId
+        self.rackId: str | None = None
         self.epoch = 0
         self.topics: list[str] = []
         self.timer: Any = None
@@ -99,12 +109,14 @@ class _Member:
 
 
 class _Session:
-    __slots__ = ("epoch", "partitions")
+    __slots__ = ("epoch", "partitions", "timer")
 
     def __init__(self) -> None:
         #: the epoch the next request must carry
         self.epoch = 1
         self.partitions: dict[tuple[str, int], None] = {}
+        #: set once the member left: closes the session if the member does not
+        self.timer: Any = None
 
 
 class ShareGroup:
@@ -130,6 +142,141 @@ class ShareGroupCoordinator:
     def __init__(self, node: KafkaNode) -> None:
         self.node = node
         self.groups: dict[str, ShareGroup] = {}
+        #: the share-group state kept in the node's store (durable stores only)
+        self.state = ShareStateStore(node.topics.store, node.topics.persist)
+        self._restored = False
+        self._restoring: list[defer.Deferred[None]] = []
+
+    # -- state kept in the store ------------------------------------------
+
+    async def restore(self) -> None:
+        """Read back the share groups and share partitions of the previous run (once;
+        concurrent callers wait for the first)."""
+        if self._restored:
+            return
+        d: defer.Deferred[None] = defer.Deferred()
+        self._restoring.append(d)
+        if len(self._restoring) == 1:
+            defer.ensureDeferred(self._restore()).addBoth(self._restoreDone)
+        await d
+
+    def _restoreDone(self, result: Any) -> None:
+        waiters, self._restoring = self._restoring, []
+        # a failed read is tried again by the next request
+        self._restored = not isinstance(result, Failure)
+        for d in waiters:
+            if isinstance(result, Failure):
+                d.errback(result)
+            else:
+                d.callback(None)
+
+    async def _restore(self) -> None:
+        groups, partitions = await self.state.load()
+        limit = self.node.settings.max_groups
+        dropped = 0
+        for groupId in groups:
+            if groupId in self.groups:
+                continue
+            if len(self.groups) >= limit:
+                dropped += 1
+                continue
+            self.groups[groupId] = ShareGroup(groupId)
+        restored = 0
+        for stored in partitions:
+            group = self.groups.get(stored.groupId)
+            if group is None and len(self.groups) < limit:
+                group = self.groups[stored.groupId] = ShareGroup(stored.groupId)
+            topic = self.node.topics.topics.get(stored.topic)
+            if (
+                group is None
+                or topic is None
+                or topic.topicId != stored.topicId
+                or not 0 <= stored.index < topic.partitions
+            ):
+                # the topic is gone (or was recreated): so is the group's state of it
+                self.state.background(
+                    self.state.forgetPartition(stored.groupId, stored.topic, stored.index),
+                    "forgetting the state of a deleted topic",
+                )
+                continue
+            group.partitions[(stored.topic, stored.index)] = self._rebuild(group, stored)
+            restored += 1
+        if groups or partitions:
+            self.log.info(
+                "restored {groups} share groups with {partitions} share partitions",
+                groups=len(self.groups),
+                partitions=restored,
+            )
+        if dropped:
+            self.log.warn(
+                "{n} share groups not restored: max_groups ({limit}) reached",
+                n=dropped,
+                limit=limit,
+            )
+
+    def _rebuild(self, group: ShareGroup, stored: StoredPartition) -> SharePartition:
+        sp = SharePartition(stored.topic, stored.index, stored.start)
+        sp.next = stored.next
+        limit = self.deliveryLimit(group.groupId)
+        for first, last, state, count in stored.runs:
+            for o in range(max(first, sp.start), min(last, sp.next - 1) + 1):
+                r = sp.records[o] = _Record()
+                r.state = state if state in (AVAILABLE, ACKNOWLEDGED, ARCHIVED) else ACQUIRED
+                r.count = count
+                if r.state == ACQUIRED:
+                    # its holder is gone with the previous run: as if its lock ran out
+                    sp.release(r, limit)
+        # offsets of the window without a stored state are delivered again
+        for o in range(sp.start, sp.next):
+            sp.records.setdefault(o, _Record())
+        sp.advance()
+        return sp
+
+    def _dump(self, sp: SharePartition) -> bytes | None:
+        topic = self.node.topics.topics.get(sp.topic)
+        if topic is None:
+            return None
+        return dumpPartition(sp.start, sp.next, sp.records, topic.topicId)
+
+    async def save(self, group: ShareGroup, sp: SharePartition) -> bool:
+        """Write C{sp}'s state if it changed since the last write; False if the write failed
+        (logged; it is tried again with the next change)."""
+        if not self.state.enabled:
+            return True
+        value = self._dump(sp)
+        if value is None or value == sp.saved:
+            return True
+        sp.saved = value
+        try:
+            await _wait(self.state.savePartition(group.groupId, sp.topic, sp.index, value))
+        except Exception:
+            sp.saved = None
+            self.log.failure(
+                "share group {group}: writing the state of {topic}-{index} failed",
+                group=group.groupId,
+                topic=sp.topic,
+                index=sp.index,
+            )
+            return False
+        return True
+
+    def _forgetPartition(
+        self, group: ShareGroup, key: tuple[str, int]
+    ) -> defer.Deferred[Any] | None:
+        sp = group.partitions.pop(key, None)
+        if sp is None:
+            return None
+        for r in sp.records.values():
+            r.owner = None
+        return self.state.forgetPartition(group.groupId, key[0], key[1])
+
+    def topicDeleted(self, name: str) -> None:
+        """A topic was deleted: every group forgets its share partitions of it (KIP-932)."""
+        for group in self.groups.values():
+            for key in [k for k in group.partitions if k[0] == name]:
+                self.state.background(
+                    self._forgetPartition(group, key), "forgetting a deleted topic"
+                )
 
     # -- configs ----------------------------------------------------------
 
@@ -193,6 +340,7 @@ class ShareGroupCoordinator:
             if len(self.groups) >= s.max_groups:
                 return {**out, "error_code": E.COORDINATOR_NOT_AVAILABLE}
             group = self.groups[groupId] = ShareGroup(groupId)
+            self.state.background(self.state.saveGroup(groupId), "saving a new share group")
         member = group.members.get(memberId)
         if epoch == 0:
             if member is None:
@@ -210,6 +358,8 @@ class ShareGroupCoordinator:
             return {**out, "error_code": E.UNKNOWN_MEMBER_ID}
         elif epoch != member.epoch:
             return {**out, "error_code": E.FENCED_MEMBER_EPOCH}
+        if b.get("rack_id") is not None:
+            member.rackId = b["rack_id"]
         if b.get("subscribed_topic_names") is not None:
             topics = sorted(set(b["subscribed_topic_names"]))
             if topics != member.topics:
@@ -271,15 +421,29 @@ class ShareGroupCoordinator:
             return
         if m.timer is not None and m.timer.active():
             m.timer.cancel()
-        group.sessions.pop(m.memberId, None)
         group.epoch += 1
-        self._releaseMember(group, m.memberId)
+        session = group.sessions.get(m.memberId)
+        if why == "left" and session is not None:
+            # The share session outlives the membership until it is closed (KIP-932): a
+            # consumer that leaves sends its last acknowledgements (ShareAcknowledge with
+            # epoch -1) beside its leaving heartbeat, and librdkafka does not wait for one
+            # before the other. Unclosed, the session ends when a record lock would.
+            session.timer = self.node.reactor.callLater(
+                self.lockMs(group.groupId) / 1000, self._orphaned, group, m.memberId, session
+            )
+        else:
+            self.closeSession(group, m.memberId)
         self.log.info(
             "share group {group}: member {member} {why}",
             group=group.groupId,
             member=m.memberId,
             why=why,
         )
+
+    def _orphaned(self, group: ShareGroup, memberId: str, session: _Session) -> None:
+        session.timer = None
+        if group.sessions.get(memberId) is session and memberId not in group.members:
+            self.closeSession(group, memberId)
 
     def _releaseMember(self, group: ShareGroup, memberId: str) -> None:
         """The member is gone or closed its session: its acquired records go back."""
@@ -312,6 +476,8 @@ class ShareGroupCoordinator:
             reset = self._config(group.groupId, "share.auto.offset.reset", None, "latest")
             sp = SharePartition(topic, index, start if reset == "earliest" else end)
             group.partitions[(topic, index)] = sp
+            # written at once, so a restart keeps the offset the group started from
+            await self.save(group, sp)
         if sp.start < start:  # records deleted below the SPSO
             for o in [o for o in sp.records if o < start]:
                 del sp.records[o]
@@ -359,7 +525,8 @@ class ShareGroupCoordinator:
         )
         _, end = await topics.store.offsets(part.shard)
         upTo = part.lastStable() if committed else end
-        room = min(maxRecords, s.share_partition_max_record_locks - sp.inFlight())
+        room = maxRecords
+        window = s.share_partition_max_record_locks
         batches: list[bytes] = []
         taken: list[tuple[int, int]] = []  # (offset, delivery count)
         seen: set[int] = set()
@@ -392,8 +559,11 @@ class ShareGroupCoordinator:
             if len(taken) > before:
                 batches.append(batch)
                 used += len(batch)
-        # 2. records never delivered, from the end of the window
-        while len(taken) < room and used < maxBytes and sp.next < upTo:
+        # 2. records never delivered, from the end of the window, while the window
+        #    (SPSO to its end) holds fewer than share_partition_max_record_locks
+        while (
+            len(taken) < room and used < maxBytes and sp.next < upTo and sp.next - sp.start < window
+        ):
             got = await topics._batchAt(part, sp.next)
             if got is None:
                 break
@@ -413,6 +583,8 @@ class ShareGroupCoordinator:
         sp.advance()
         if taken:
             self._lockTimer(group, sp, lockMs / 1000)
+        # the delivery counts are written before the records go out (KIP-932)
+        await self.save(group, sp)
         ranges: list[dict[str, Any]] = []
         for o, count in sorted(taken):
             last = ranges[-1] if ranges else None
@@ -475,7 +647,7 @@ class ShareGroupCoordinator:
             if not fetch:
                 return E.INVALID_SHARE_SESSION_EPOCH, None
             if memberId in group.sessions:
-                self._releaseMember(group, memberId)
+                self.closeSession(group, memberId)
             fresh = group.sessions[memberId] = _Session()
             return E.NONE, fresh
         session = group.sessions.get(memberId)
@@ -489,18 +661,81 @@ class ShareGroupCoordinator:
         return E.NONE, session
 
     def closeSession(self, group: ShareGroup, memberId: str) -> None:
-        if group.sessions.pop(memberId, None) is not None:
+        """End the member's share session: what it still holds is released."""
+        session = group.sessions.pop(memberId, None)
+        if session is not None:
+            if session.timer is not None and session.timer.active():
+                session.timer.cancel()
             self._releaseMember(group, memberId)
+
+    # -- admin (ShareGroupDescribe and the share-group offset APIs) -----------
+
+    def otherKind(self, groupId: str) -> bool:
+        """Is C{groupId} a classic or KIP-848 consumer group (so not a share group)?"""
+        if groupId in self.groups:
+            return False
+        node = self.node
+        return (
+            groupId in node.groups.groups
+            or groupId in node.consumerGroups.groups
+            or groupId in node.knownGroups
+        )
+
+    async def create(self, groupId: str) -> ShareGroup | None:
+        """The share group C{groupId}, created empty if need be (AlterShareGroupOffsets);
+        None when C{max_groups} groups exist already."""
+        group = self.groups.get(groupId)
+        if group is None:
+            if len(self.groups) >= self.node.settings.max_groups:
+                return None
+            group = self.groups[groupId] = ShareGroup(groupId)
+            await _wait(self.state.saveGroup(groupId))
+            self.log.info("share group {group} created by an offset change", group=groupId)
+        return group
+
+    async def setStart(self, group: ShareGroup, topic: str, index: int, offset: int) -> bool:
+        """Start the share partition over at C{offset} (an empty group only): its in-flight
+        state is dropped.  False if the state could not be written."""
+        sp = SharePartition(topic, index, offset)
+        group.partitions[(topic, index)] = sp
+        return await self.save(group, sp)
+
+    async def forgetTopic(self, group: ShareGroup, topic: str) -> bool:
+        """Drop the group's state of C{topic} (DeleteShareGroupOffsets); False if it had none."""
+        keys = [k for k in group.partitions if k[0] == topic]
+        for key in keys:
+            await _wait(self._forgetPartition(group, key))
+        return bool(keys)
+
+    async def delete(self, groupId: str) -> int | None:
+        """DeleteGroups: an error code, or None if C{groupId} is no share group."""
+        group = self.groups.get(groupId)
+        if group is None:
+            return None
+        if group.members:
+            return E.NON_EMPTY_GROUP
+        del self.groups[groupId]
+        for memberId in list(group.sessions):  # sessions of members that left
+            self.closeSession(group, memberId)
+        for key in list(group.partitions):
+            await _wait(self._forgetPartition(group, key))
+        await _wait(self.state.forgetGroup(groupId))
+        self.log.info("share group {group} deleted", group=groupId)
+        return E.NONE
 
     def stop(self) -> None:
         for group in self.groups.values():
             for m in group.members.values():
                 if m.timer is not None and m.timer.active():
                     m.timer.cancel()
+            for session in group.sessions.values():
+                if session.timer is not None and session.timer.active():
+                    session.timer.cancel()
 
 
-class ShareGroupHandlers:
-    """ShareGroupHeartbeat (76), ShareFetch (78) and ShareAcknowledge (79) (a protocol mixin)."""
+class ShareGroupHandlers(ShareAdminHandlers):
+    """ShareGroupHeartbeat (76), ShareFetch (78) and ShareAcknowledge (79), and through
+    L{ShareAdminHandlers} the share-group admin APIs (a protocol mixin)."""
 
     node: KafkaNode
     peerHost: str
@@ -512,9 +747,14 @@ class ShareGroupHandlers:
     def _shareContext(self, b: dict[str, Any]) -> tuple[int, ShareGroup | None]:
         coord = self.node.shareGroups
         group = coord.groups.get(b["group_id"] or "")
-        if group is None or b["member_id"] not in group.members:
+        if group is None:
             return E.UNKNOWN_MEMBER_ID, None
-        return E.NONE, group
+        memberId = b["member_id"]
+        if memberId in group.members:
+            return E.NONE, group
+        if memberId in group.sessions and b["share_session_epoch"] == -1:
+            return E.NONE, group  # the last request of a member that left: closes its session
+        return E.UNKNOWN_MEMBER_ID, None
 
     async def _acknowledgeAll(
         self, group: ShareGroup, memberId: str, topics: list[dict[str, Any]]
@@ -537,6 +777,9 @@ class ShareGroupHandlers:
                     codes[key] = E.UNKNOWN_TOPIC_OR_PARTITION
                     continue
                 codes[key] = coord.acknowledge(group, memberId, got[0], acks)
+                # acknowledged means written: a restart must not deliver them again
+                if not await coord.save(group, got[0]) and codes[key] == E.NONE:
+                    codes[key] = E.KAFKA_STORAGE_ERROR
         if codes:
             coord._wakeAll(group)
         return codes
@@ -668,6 +911,11 @@ def _byTopic(answers: dict[tuple[Any, int], dict[str, Any]]) -> list[dict[str, A
     for (tid, _), r in answers.items():
         out.setdefault(tid, []).append(r)
     return [{"topic_id": t, "partitions": ps} for t, ps in out.items() if t is not None]
+
+
+async def _wait(d: defer.Deferred[Any] | None) -> None:
+    if d is not None:
+        await d
 
 
 def _fire(d: defer.Deferred[None]) -> None:

@@ -117,6 +117,8 @@ class MQTTConnection(Protocol):
         "_timer",
         "_v5",
         "_waitTimer",
+        "_noWaitUntil",
+        "_waitStarted",
         "access",
         "bridge",
         "broker",
@@ -179,6 +181,10 @@ class MQTTConnection(Protocol):
         self._blockedOn: set[Any] | tuple[()] = ()
         #: ends one wait for congested sessions after congestion_timeout (see _outbound)
         self._waitTimer: Any = None
+        #: after a wait that lasted congestion_timeout: no new wait before this (reactor time)
+        self._noWaitUntil = 0.0
+        #: when the current wait for congested sessions began (None: not waiting)
+        self._waitStarted: float | None = None
         # MQTT 5 state; None/defaults under 3.x.
         self._v5: dict[str, Any] | None = None
         #: acknowledgements waiting for durable writes, in order: [bytes or None, writes left]

@@ -176,8 +176,20 @@ class OutboundDelivery(MQTTConnection):
         One wait lasts at most C{congestion_timeout}, however many sessions
         congest while it lasts (a subscriber cycling through new client ids
         cannot extend it): then the sessions still congested are timed out
-        (they overflow by policy until they drain) and reading resumes.
+        (they overflow by policy until they drain) and reading resumes.  After
+        such a full-length wait the publisher is not paused again for
+        C{congestion_timeout} more seconds: sessions it fills meanwhile are
+        timed out at once instead, so no subscriber, however many client ids
+        it cycles through, holds a publisher more than half the time.
         """
+        if self.reactor.seconds() < self._noWaitUntil:
+            for session in congested:
+                if session.congested and session.connection is not self:
+                    timeOut = getattr(session, "timeOutCongestion", None)
+                    if timeOut is not None:
+                        timeOut()
+            congested.clear()
+            return
         waiting = bool(self._blockedOn)
         for session in congested:
             if session.congested and session.connection is not self and self not in session.waiters:
@@ -190,10 +202,12 @@ class OutboundDelivery(MQTTConnection):
             self.transport.pauseProducing()
             timeout = self.settings.congestion_timeout
             if not waiting and timeout > 0:
+                self._waitStarted = self.reactor.seconds()
                 self._waitTimer = self.reactor.callLater(timeout, self._waitedTooLong)
 
     def _waitedTooLong(self) -> None:
         self._waitTimer = None
+        self._waitEnded()
         for session in list(self._blockedOn):
             timeOut = getattr(session, "timeOutCongestion", None)
             if timeOut is not None:
@@ -209,6 +223,16 @@ class OutboundDelivery(MQTTConnection):
         timer, self._waitTimer = self._waitTimer, None
         if timer is not None and timer.active():
             timer.cancel()
+        self._waitEnded()
+
+    def _waitEnded(self) -> None:
+        """A wait for congested sessions ended; one that lasted C{congestion_timeout}
+        (however it ended: our timer or the sessions' own) starts the cool-down."""
+        started, self._waitStarted = self._waitStarted, None
+        timeout = self.settings.congestion_timeout
+        now = self.reactor.seconds()
+        if started is not None and now - started >= timeout:
+            self._noWaitUntil = now + timeout
 
     def congestionCleared(self, session: Any) -> None:
         if session in self._blockedOn:
