@@ -63,6 +63,10 @@ class NodeSettings:
         metadata={"items": ("placement", "broker")},
     )
     data_dir: str = "./data"
+    workers: int = field(
+        default=1,
+        metadata={**_range(0, 1024), "doc": "broker processes behind the ports; 0 = one per core"},
+    )
 
 
 @dataclass(frozen=True)
@@ -770,6 +774,14 @@ def _checkCluster(settings: Settings) -> None:
             "(a client of a dead node waits for the node to be declared dead and its "
             "sessions adopted)"
         )
+    if settings.node.workers != 1:
+        if cluster.enabled:
+            raise ConfigError(
+                "node.workers: a node with several worker processes cannot join a broker "
+                "cluster yet (set workers = 1 or cluster.enabled = false)"
+            )
+        if "broker" not in settings.node.roles:
+            raise ConfigError("node.workers: worker processes need the broker role")
     if "broker" not in settings.node.roles and not cluster.enabled:
         raise ConfigError(
             "node.roles: a node without the broker role only makes sense in a cluster "

@@ -164,7 +164,11 @@ class Output:
     def page(self, result: dict[str, Any], columns: Sequence[tuple[str, str]]) -> None:
         def render(r: dict[str, Any]) -> str:
             meta = r["meta"]
-            text = formatTable(r["data"], columns)
+            shown = list(columns)
+            if any("worker" in row for row in r["data"]):
+                # A node with several worker processes names the one holding each entry.
+                shown.append(("WORKER", "worker"))
+            text = formatTable(r["data"], shown)
             footer = f"({len(r['data'])} of {meta['count']}, page {meta['page']}"
             footer += ", more: --page {})".format(meta["page"] + 1) if meta["hasnext"] else ")"
             return f"{text}\n{footer}"
@@ -207,9 +211,42 @@ def _status(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
             f"roles {', '.join(node['roles'])}, up {_duration(node['uptime_seconds'])}\n"
             f"cluster: {st['cluster']['mode']}, {len(st['cluster']['nodes'])} node(s)\n"
         )
-        return head + formatRecord(st["stats"])
+        workers = st.get("workers") or []
+        table = f"{renderWorkers(workers)}\n" if workers else ""
+        return head + table + formatRecord(st["stats"])
 
     out.emit(st, render)
+    return 0
+
+
+WORKER_COLUMNS = [
+    ("WORKER", "worker"),
+    ("PID", "pid"),
+    ("STATE", "state"),
+    ("CONNECTIONS", "connections"),
+    ("CPU %", "cpu_percent"),
+    ("RSS MiB", "rss_mib"),
+    ("RESTARTS", "restarts"),
+    ("UPTIME", "uptime"),
+]
+
+
+def renderWorkers(workers: Sequence[dict[str, Any]]) -> str:
+    """The workers table of C{status} and C{workers}: one row per worker process."""
+    rows = [
+        {
+            **w,
+            "rss_mib": None if w.get("rss_bytes") is None else round(w["rss_bytes"] / 2**20, 1),
+            "uptime": None if w.get("uptime_seconds") is None else _duration(w["uptime_seconds"]),
+        }
+        for w in workers
+    ]
+    return formatTable(rows, WORKER_COLUMNS)
+
+
+def _workers(api: AdminClient, out: Output, args: argparse.Namespace) -> int:
+    result = api.call("GET", "/api/v1/workers")
+    out.emit(result, lambda r: renderWorkers(r["data"]))
     return 0
 
 
@@ -967,6 +1004,7 @@ def _addPaging(p: argparse.ArgumentParser) -> None:
 #: (tests/admin/test_ctl_examples.py) runs each of them against a live node.
 EXAMPLES: dict[str, tuple[str, ...]] = {
     "status": ("robustmq ctl status", "robustmq ctl --json status"),
+    "workers": ("robustmq ctl workers",),
     "listeners": ("robustmq ctl listeners",),
     "cluster": ("robustmq ctl cluster status",),
     "config": ("robustmq ctl config", "robustmq ctl --json config"),
@@ -1086,7 +1124,10 @@ def buildParser() -> argparse.ArgumentParser:
     parser.add_argument("--http-timeout", type=float, default=10.0, help="seconds per HTTP request")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    _command(sub, "status", "node, cluster and counters", _status)
+    _command(sub, "status", "node, workers, cluster and counters", _status)
+    _command(
+        sub, "workers", "the node's worker processes: connections, CPU, memory, restarts", _workers
+    )
     _command(sub, "listeners", "listeners and their sockets", _listeners)
     p = _command(
         sub,

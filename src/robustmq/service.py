@@ -98,16 +98,40 @@ class StoreService(Service):
             failures[0].raiseException()
 
 
-def makeService(settings: Settings, reactor: Any = None) -> IService:
+def makeService(
+    settings: Settings,
+    reactor: Any = None,
+    configPath: str | None = None,
+    worker: Any = None,
+) -> IService:
     """The whole node: shard store, broker, $SYS publisher and one service per listener.
 
     Services stop in reverse order: listeners first (no new clients), then
     the broker (closes clients, then flushes and closes the store).
+
+    With C{[node] workers} other than 1 this process is the node's
+    supervisor instead (L{robustmq.workers.makeNodeService}: placement
+    center, shared sockets, worker processes, the node's admin API), and
+    each worker process builds its broker here from the same settings and
+    its L{robustmq.workers.WorkerContext} C{worker}.
+
+    @param configPath: the config file, which worker processes read too.
     """
     if reactor is None:
         from twisted.internet import reactor as _reactor
 
         reactor = _reactor
+    fds: list[int | None] = [None] * len(settings.listeners)
+    if worker is None:
+        from robustmq.workers import makeNodeService, resolvedWorkers
+
+        if resolvedWorkers(settings) > 1:
+            return makeNodeService(settings, reactor, configPath)
+    else:
+        from robustmq.workers import workerSettings
+
+        fds = [worker.fds[i] for i in sorted(worker.fds)]
+        settings = workerSettings(settings, worker)
     top = MultiService()
     roles = settings.node.roles
     cluster = settings.cluster
@@ -180,12 +204,21 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
         from robustmq.cluster.node import ClusterNode
 
         node = ClusterNode(settings, broker, store, reactor)
+        if worker is not None:
+            # The workers are one node: its $SYS topics reach subscribers on every worker.
+            node.sysNodeWide = True
         broker.cluster = node
         node.setName("cluster")
         node.setServiceParent(top)
     broker.setServiceParent(top)
     if settings.mqtt.sys_interval > 0:
-        SysTopicsService(broker, settings.mqtt.sys_interval).setServiceParent(top)
+        if worker is not None:
+            # The home worker publishes the node's $SYS values, summed over its workers.
+            from robustmq.workers import NodeSysTopics
+
+            NodeSysTopics(broker, settings.mqtt.sys_interval).setServiceParent(top)
+        else:
+            SysTopicsService(broker, settings.mqtt.sys_interval).setServiceParent(top)
     # Re-reads the certificates of tls, wss and quic listeners on SIGHUP.
     reloader = CertificateReloader(reactor)
     reloader.setServiceParent(top)
@@ -217,14 +250,19 @@ def makeService(settings: Settings, reactor: Any = None) -> IService:
     for i, (listener, plugin) in enumerate(zip(settings.listeners, plugins, strict=True)):
         factory = plugin.buildFactory(broker, listener, reactor)
         endpoint = serverEndpoint(
-            reactor, listener, reloader, f"listeners[{i}]", settings.mqtt.connect_timeout
+            reactor, listener, reloader, f"listeners[{i}]", settings.mqtt.connect_timeout, fds[i]
         )
         ListenerService(listener, endpoint, factory).setServiceParent(top)
     if settings.http.enabled:
         # Last, so it stops first: the admin API (docs/operations.md) reports the listeners.
         from robustmq.admin import AdminService
 
-        AdminService(settings, broker, top, reactor).setServiceParent(top)
+        unixPath = worker.httpPath() if worker is not None else ""
+        AdminService(settings, broker, top, reactor, unixPath).setServiceParent(top)
+    if worker is not None:
+        from robustmq.workers import ParentWatch
+
+        ParentWatch(reactor).setServiceParent(top)
     return top
 
 

@@ -36,6 +36,32 @@ def test_plainMessageHasNoOriginNoExpiryAndIsEncodedOnce() -> None:
     assert wire.decodeTargets(targets) == frozenset()
 
 
+def test_batchDecodedInOnePassMatchesEntryByEntry() -> None:
+    """decodeForwards over a packed (and chunked) batch gives what decodeForward gives."""
+    props = {"content_type": "text/plain", "user_property": [("k", "v")]}
+    messages = [
+        Message("a/b", b"one", 0, False, 1.0, None, "c1"),
+        Message("a/b", b"two" * 300_000, 1, True, 2.0, props, None),
+        Message("x/é", b"", 2, False, 3.0, None, "c1"),
+    ]
+    entries = [
+        wire.encodeForward(messages[0], wire.ROUTE, None, wire.encodeTargets({"n1", "n2"})),
+        wire.encodeForward(messages[1], wire.ROUTE | wire.RETAIN, ["$share/g/a/#"]),
+        wire.encodeForward(messages[2], wire.SESSION, ["c9"]),
+    ]
+    chunks = wire.pack(entries)
+    assert len(chunks) > 1
+    got = wire.decodeForwards(chunks)
+    want = [wire.decodeForward(e) for e in entries]
+    for (m1, f1, n1, t1), (m2, f2, n2, t2) in zip(got, want, strict=True):
+        assert (f1, n1, t1) == (f2, n2, t2)
+        for attr in ("topic", "payload", "qos", "retain", "timestamp", "origin", "expiresAt"):
+            assert getattr(m1, attr) == getattr(m2, attr), attr
+        assert m1.properties == m2.properties and m1.encodings is None
+    with pytest.raises(ValueError):
+        wire.decodeForwards([b"\x00\x00\x00\x09abc"])
+
+
 def test_batchesSurviveChunking() -> None:
     entries = [b"x" * (700 * 1024), b"", b"small"]
     chunks = wire.pack(entries)

@@ -7,6 +7,7 @@ C{[http] enabled} is set; docs/operations.md describes every endpoint.
 from robustmq.admin._api import AdminAPI
 from robustmq.admin._http import AdminResource, APIError, Authenticator, Route
 from robustmq.admin._metrics import Metrics
+from robustmq.admin._node import NodeAdminAPI, NodeAdminService
 from robustmq.admin._service import AdminService
 
 __all__ = [
@@ -16,5 +17,7 @@ __all__ = [
     "AdminService",
     "Authenticator",
     "Metrics",
+    "NodeAdminAPI",
+    "NodeAdminService",
     "Route",
 ]

@@ -33,6 +33,7 @@ from robustmq.admin._security import SecurityAPI
 from robustmq.config import Settings, maskedSettings
 from robustmq.core.message import Message
 from robustmq.core.topics import InvalidTopic, validateTopicFilter, validateTopicName
+from robustmq.workers._proc import cpuSeconds, rssBytes
 
 if TYPE_CHECKING:
     from robustmq.core.broker import Broker
@@ -147,6 +148,7 @@ class AdminAPI:
             Route("GET", f"{v1}/status", self.status),
             Route("GET", f"{v1}/nodes", self.nodes),
             Route("GET", f"{v1}/cluster", self.cluster),
+            Route("GET", f"{v1}/workers", self.workers),
             Route("GET", f"{v1}/listeners", self.listeners),
             Route("GET", f"{v1}/config", self.config),
             Route("GET", f"{v1}/clients", self.clients),
@@ -300,6 +302,7 @@ class AdminAPI:
             "node": self._node(),
             "protocols": sorted(served),
             "cluster": self._membership(),
+            "workers": self._workers(),
             "stats": {
                 "connections": s.clientsConnected,
                 "connections_max": s.clientsMaximum,
@@ -323,6 +326,33 @@ class AdminAPI:
             },
             "time": time.time(),
         }
+
+    def _workers(self) -> list[dict[str, Any]]:
+        """This process as the one worker of its node (docs/workers.md)."""
+        pid = os.getpid()
+        uptime = self.broker.stats.uptime()
+        cpu = cpuSeconds(pid)
+        return [
+            {
+                "worker": 0,
+                "node": self.settings.node.id,
+                "pid": pid,
+                "state": "ready" if self.broker.running else "starting",
+                "started_at": self.broker.stats.startTime,
+                "uptime_seconds": round(uptime, 3),
+                "restarts": 0,
+                "cpu_percent": round(100.0 * cpu / uptime, 1) if cpu and uptime > 0 else None,
+                "cpu_seconds": cpu,
+                "rss_bytes": rssBytes(pid),
+                "connections": self.broker.stats.clientsConnected,
+                "sessions": self.broker.stats.sessions,
+            }
+        ]
+
+    def workers(self, request: server.Request, params: Params) -> Any:
+        """The node's worker processes: pid, state, uptime, restarts, CPU, memory,
+        connections (one row, this process, on a node with C{[node] workers = 1})."""
+        return {"data": self._workers()}
 
     def _membership(self) -> dict[str, Any]:
         cluster = getattr(self.broker, "cluster", None)

@@ -284,9 +284,16 @@ def _clusterMetrics(cluster: Any) -> Iterator[Metric]:
         "Messages forwarded to a broker and not yet acknowledged (bound: forward_max_pending)",
         labels=["peer"],
     )
+    calls = CounterMetricFamily(
+        "robustmq_cluster_link_calls",
+        "Batches (calls) sent to a broker: forwarded messages, replicated rows",
+        labels=["peer"],
+    )
     for peer, link in sorted(cluster.links.items()):
         pending.add_metric([peer], link.pending)
+        calls.add_metric([peer], link.calls)
     yield pending
+    yield calls
 
 
 def _kafkaMetrics(rows: dict[str, Any]) -> Iterator[Metric]:

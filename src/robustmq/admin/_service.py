@@ -11,6 +11,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from robustmq.addresses import UNIX, unixServerEndpoint
 from robustmq.admin._api import AdminAPI
 from robustmq.admin._http import AdminResource, AdminSite, Authenticator, loadStatic
 from robustmq.config import Settings
@@ -33,9 +34,17 @@ class AdminService(Service):
     log = Logger()
 
     def __init__(
-        self, settings: Settings, broker: Broker, services: Iterable[Any], reactor: Any
+        self,
+        settings: Settings,
+        broker: Broker,
+        services: Iterable[Any],
+        reactor: Any,
+        unixPath: str = "",
     ) -> None:
+        """@param unixPath: listen on this Unix socket instead of C{[http] bind:port}
+        (a worker process answering its node's admin service, docs/workers.md)."""
         self.settings = settings
+        self.unixPath = unixPath
         self.http = settings.http
         self.broker = broker
         self.services = services
@@ -58,13 +67,20 @@ class AdminService(Service):
         if self.port is None:
             return None
         host = self.port.getHost()
+        if self.unixPath:
+            return self.unixPath, 0
         return str(getattr(host, "host", "")), int(getattr(host, "port", 0))
 
     def privilegedStartService(self) -> None:
         super().privilegedStartService()
         bind, port = self.http.bind, self.http.port
-        endpointType = TCP6ServerEndpoint if ":" in bind else TCP4ServerEndpoint
-        endpoint = endpointType(self.reactor, port, interface=bind)
+        endpoint: Any
+        if self.unixPath:
+            bind, port = self.unixPath, 0
+            endpoint = unixServerEndpoint(self.reactor, UNIX + self.unixPath)
+        else:
+            endpointType = TCP6ServerEndpoint if ":" in bind else TCP4ServerEndpoint
+            endpoint = endpointType(self.reactor, port, interface=bind)
         failures: list[Any] = []
         d = endpoint.listen(self.site)
         d.addCallbacks(self._listening, failures.append)
@@ -80,6 +96,9 @@ class AdminService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         host, bound = self.address() or ("?", 0)
+        if self.unixPath:
+            self.log.info("admin API for the node on {path}", path=self.unixPath)
+            return
         self.log.info(
             "admin API, metrics and dashboard on http://{host}:{port}/ (auth: {auth})",
             host=host,

@@ -81,6 +81,44 @@ def _cluster(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _pids(text: str) -> tuple[int, ...]:
+    try:
+        pids = tuple(int(p) for p in text.split(",") if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected pids separated by commas: {text!r}") from None
+    return pids
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    try:
+        ports = tuple(int(p) for p in text.split(",") if p)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected port numbers separated by commas: {text!r}"
+        ) from None
+    if not all(0 < p < 65536 for p in ports):
+        raise argparse.ArgumentTypeError(f"not a port number in {text!r}")
+    return ports
+
+
+def _sources(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pub-source-ports",
+        type=_ports,
+        default=(),
+        metavar="PORT[,PORT...]",
+        help="local ports of publishers 0, 1, ... (a node with worker processes picks "
+        "the worker by the connection's addresses; see bench/workers.py)",
+    )
+    parser.add_argument(
+        "--sub-source-ports",
+        type=_ports,
+        default=(),
+        metavar="PORT[,PORT...]",
+        help="local ports of subscribers 0, 1, ...",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every ``bench`` subcommand."""
     parser = argparse.ArgumentParser(
@@ -97,6 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster(thr)
     thr.add_argument("--publishers", type=int, default=1)
     thr.add_argument("--subscribers", type=int, default=1)
+    thr.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="N publisher/subscriber pairs, pair i on its own topic <topic>/<i> "
+        "(overrides --publishers and --subscribers)",
+    )
+    _sources(thr)
     thr.add_argument(
         "--persistent",
         action="store_true",
@@ -128,11 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     _messages(lat, count=10_000, duration=60.0)
     lat.add_argument("--rate", type=float, default=1000.0, help="msg/s (default %(default)s)")
     _cluster(lat)
+    _sources(lat)
 
     con = sub.add_parser("conn", help="idle connections, broker RSS per connection")
     _common(con)
     con.add_argument("--connections", type=int, default=10_000)
-    con.add_argument("--pid", type=int, default=None, help="broker pid whose RSS to read")
+    con.add_argument(
+        "--pid",
+        type=_pids,
+        default=(),
+        metavar="PID[,PID...]",
+        help="broker pid(s) whose RSS to read and add up (a node's processes)",
+    )
+    con.add_argument(
+        "--sources",
+        default="",
+        metavar="ADDR[,ADDR...]",
+        help="local addresses (127.0.0.x) the generator processes connect from, in turn "
+        "(each has ~28,000 ephemeral ports towards one broker port)",
+    )
     con.add_argument(
         "--per-process",
         type=int,
@@ -161,6 +221,7 @@ def _run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         rate=getattr(args, "rate", 0.0),
         coalesce=getattr(args, "ack_coalesce", 0.0),
         connect_timeout=args.connect_timeout,
+        source_ports=getattr(args, "pub_source_ports", ()),
     )
     spec = _throughput.ThroughputSpec(
         pub=pub,
@@ -171,6 +232,8 @@ def _run_throughput(args: argparse.Namespace) -> dict[str, Any]:
         coalesce=getattr(args, "coalesce", 0.0),
         sub_port=getattr(args, "sub_port", None),
         settle=getattr(args, "settle", 0.0),
+        pairs=getattr(args, "pairs", 0),
+        sub_source_ports=getattr(args, "sub_source_ports", ()),
         persistent=getattr(args, "persistent", False),
     )
     return _throughput.run(spec)
@@ -191,6 +254,8 @@ def _run_latency(args: argparse.Namespace) -> dict[str, Any]:
             connect_timeout=args.connect_timeout,
             sub_port=args.sub_port,
             settle=args.settle,
+            pub_source_port=(args.pub_source_ports or (0,))[0],
+            sub_source_port=(args.sub_source_ports or (0,))[0],
         )
     )
 
@@ -201,7 +266,9 @@ def _run_conn(args: argparse.Namespace) -> dict[str, Any]:
             host=args.host,
             port=args.port,
             connections=args.connections,
-            pid=args.pid,
+            pid=args.pid[0] if args.pid else None,
+            more_pids=tuple(args.pid[1:]),
+            sources=tuple(a for a in args.sources.split(",") if a),
             per_process=args.per_process,
             window=args.window,
             settle=args.settle,

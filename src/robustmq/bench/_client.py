@@ -8,6 +8,7 @@ subscriber gets stays in the kernel for the fast receive loop.
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 from . import _mqtt_wire as wire
@@ -49,13 +50,20 @@ def open_session(
     client_id: str,
     keepalive: int = 60,
     timeout: float = 10.0,
+    source_port: int = 0,
     clean: bool = True,
 ) -> socket.socket:
     """Connect, send CONNECT (clean session unless C{clean} is false) and wait for a
-    successful CONNACK."""
+    successful CONNACK.
+
+    ``source_port`` fixes the connection's local port (0: any): a node with
+    several worker processes picks the worker by a hash of the connection's
+    addresses, so a fixed source port lands on a known worker.
+    """
     deadline = time.monotonic() + timeout
+    source = ("127.0.0.1", fix_source_port(source_port)) if source_port else None
     try:
-        sock = socket.create_connection((host, port), timeout=timeout)
+        sock = socket.create_connection((host, port), timeout=timeout, source_address=source)
     except OSError as exc:
         raise BenchError(f"cannot connect to {host}:{port}: {exc}") from exc
     try:
@@ -91,11 +99,44 @@ def subscribe(sock: socket.socket, topic: str, qos: int, timeout: float = 10.0) 
 
 
 def disconnect(sock: socket.socket) -> None:
-    """Send DISCONNECT if the socket still takes it, then close it."""
+    """Send DISCONNECT if the socket still takes it, then close it.
+
+    A socket bound to a fixed source port waits for the broker to close the
+    connection first (MQTT-3.14.4-1: the server closes after DISCONNECT), so
+    that the TIME_WAIT is the broker's and the port is free for the next run
+    at once; if the broker does not close within a few seconds, a reset.
+    """
+    fixed = False
     try:
+        fixed = sock.getsockname()[1] in _FIXED_PORTS
         sock.settimeout(1.0)
         sock.sendall(wire.DISCONNECT)
+        if fixed:
+            _awaitClose(sock, time.monotonic() + 10.0)
     except OSError:
-        pass
+        if fixed:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     finally:
         sock.close()
+
+
+def _awaitClose(sock: socket.socket, deadline: float) -> None:
+    """Read (and drop) until the peer closes; raise TimeoutError at C{deadline}."""
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("the broker did not close the connection")
+        sock.settimeout(remaining)
+        if not sock.recv(65536):
+            return
+
+
+#: Source ports chosen by the caller in this process (see L{disconnect}).
+_FIXED_PORTS: set[int] = set()
+
+
+def fix_source_port(port: int) -> int:
+    """Remember that ``port`` is a chosen source port; returns it."""
+    if port:
+        _FIXED_PORTS.add(port)
+    return port

@@ -38,6 +38,11 @@ class ConnSpec:
     connections: int
     pid: int | None
     per_process: int = DEFAULT_PER_PROCESS
+    #: more processes whose RSS is added to ``pid``'s (a node's worker processes)
+    more_pids: tuple[int, ...] = ()
+    #: local addresses the generator processes connect from, in turn (127.0.0.x):
+    #: each address has its own ~28,000 ephemeral ports towards one broker port
+    sources: tuple[str, ...] = ()
     window: int = 256
     keepalive: int = 60
     settle: float = 1.0
@@ -70,8 +75,9 @@ def raise_fd_limit(needed: int) -> int:
     return soft
 
 
-def open_idle(spec: ConnSpec, indices: range) -> list[socket.socket]:
-    """Open one session per index, at most ``spec.window`` handshakes in flight."""
+def open_idle(spec: ConnSpec, indices: range, source: str = "") -> list[socket.socket]:
+    """Open one session per index, at most ``spec.window`` handshakes in flight,
+    from local address ``source`` (empty: the kernel's choice)."""
     raise_fd_limit(len(indices))
     deadline = time.monotonic() + spec.duration
     address = (spec.host, spec.port)
@@ -87,6 +93,11 @@ def open_idle(spec: ConnSpec, indices: range) -> list[socket.socket]:
                 if index is None:
                     break
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                if source:
+                    # Any port of this address: IP_BIND_ADDRESS_NO_PORT lets the kernel pick
+                    # it at connect time, per destination, instead of one port per bind.
+                    sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+                    sock.bind((source, 0))
                 sock.setblocking(False)
                 err = sock.connect_ex(address)
                 if err not in (0, errno.EINPROGRESS):
@@ -131,6 +142,11 @@ def open_idle(spec: ConnSpec, indices: range) -> list[socket.socket]:
     return opened
 
 
+def _rss(pids: list[int]) -> int | None:
+    """The resident sets of ``pids`` added up, in KiB (None without pids)."""
+    return sum(read_rss_kb(pid) for pid in pids) if pids else None
+
+
 def hold_idle(socks: list[socket.socket], until: Callable[[float], bool], keepalive: int) -> None:
     """Keep sessions open until ``until(timeout)`` is true, pinging every half keepalive."""
     while not until(keepalive / 2):
@@ -159,12 +175,16 @@ def close_all(socks: list[socket.socket]) -> None:
         sock.close()
 
 
-def _job(spec: ConnSpec, indices: range) -> Callable[..., dict[str, Any]]:
+#: Linux's IP_BIND_ADDRESS_NO_PORT (not in Python's socket module before 3.12).
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+def _job(spec: ConnSpec, indices: range, source: str) -> Callable[..., dict[str, Any]]:
     def job(
         ready: Callable[[], None], release: multiprocessing.synchronize.Event
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        socks = open_idle(spec, indices)
+        socks = open_idle(spec, indices, source)
         seconds = time.perf_counter() - started
         try:
             ready()
@@ -183,18 +203,23 @@ def run(spec: ConnSpec) -> dict[str, Any]:
         raise BenchError("--connections must be at least 1")
     per_process = max(1, spec.per_process)
     parts = -(-spec.connections // per_process)
-    rss_before = read_rss_kb(spec.pid) if spec.pid else None
+    pids = ([spec.pid] if spec.pid else []) + list(spec.more_pids)
+    for source in spec.sources:
+        check_loopback(source)
+    rss_before = _rss(pids)
     group = WorkerGroup()
     started = time.perf_counter()
     try:
         names = []
         for n, indices in enumerate(split(spec.connections, parts)):
             names.append(f"connections-{n}")
-            group.start(names[-1], _job(spec, indices))
+            source = spec.sources[n % len(spec.sources)] if spec.sources else ""
+            group.start(names[-1], _job(spec, indices, source))
         group.wait_ready(names, spec.duration + 10.0)
         open_seconds = time.perf_counter() - started
         time.sleep(spec.settle)
-        rss_after = read_rss_kb(spec.pid) if spec.pid else None
+        rss_after = _rss(pids)
+        by_process = {pid: read_rss_kb(pid) for pid in pids}
         if spec.hold:
             time.sleep(spec.hold)
         group.release()
@@ -208,6 +233,8 @@ def run(spec: ConnSpec) -> dict[str, Any]:
         "open_seconds": round(open_seconds, 3),
         "connects_per_sec": round(opened / open_seconds, 1) if open_seconds else 0.0,
         "pid": spec.pid,
+        "pids": pids,
+        "rss_by_process_kb": by_process,
         "rss_before_kb": rss_before,
         "rss_after_kb": rss_after,
         "kb_per_connection": None,

@@ -44,6 +44,8 @@ class LatencySpec:
     connect_timeout: float = 10.0
     sub_port: int | None = None  # None: the publisher's port (another broker of a cluster)
     settle: float = 0.0  # seconds from the subscriber's SUBACK to the first message
+    pub_source_port: int = 0  # fixed local ports (0: any), see open_session
+    sub_source_port: int = 0
 
 
 def _receive_stamps(sock: socket.socket, spec: LatencySpec) -> list[int]:
@@ -95,7 +97,14 @@ def _receive_stamps(sock: socket.socket, spec: LatencySpec) -> list[int]:
 def _sub_job(spec: LatencySpec) -> Callable[..., dict[str, Any]]:
     def job(ready: Callable[[], None], go: multiprocessing.synchronize.Event) -> dict[str, Any]:
         port = spec.port if spec.sub_port is None else spec.sub_port
-        sock = open_session(spec.host, port, "bench-lat-sub", spec.keepalive, spec.connect_timeout)
+        sock = open_session(
+            spec.host,
+            port,
+            "bench-lat-sub",
+            spec.keepalive,
+            spec.connect_timeout,
+            spec.sub_source_port,
+        )
         try:
             subscribe(sock, spec.topic, spec.qos, spec.connect_timeout)
             ready()
@@ -170,7 +179,12 @@ def run(spec: LatencySpec) -> dict[str, Any]:
         if spec.settle:
             time.sleep(spec.settle)
         sock = open_session(
-            spec.host, spec.port, "bench-lat-pub", spec.keepalive, spec.connect_timeout
+            spec.host,
+            spec.port,
+            "bench-lat-pub",
+            spec.keepalive,
+            spec.connect_timeout,
+            spec.pub_source_port,
         )
         try:
             group.release()

@@ -38,6 +38,8 @@ class PubSpec:
     keepalive: int = 60
     connect_timeout: float = 10.0
     client_prefix: str = "bench-pub"
+    #: publisher i's source port is source_ports[i] (beyond the tuple: any)
+    source_ports: tuple[int, ...] = ()
 
     @property
     def layout(self) -> wire.PublishLayout:
@@ -48,7 +50,12 @@ class PubSpec:
 def connect_publisher(spec: PubSpec, index: int) -> socket.socket:
     """Open publisher ``index``'s session."""
     return open_session(
-        spec.host, spec.port, f"{spec.client_prefix}-{index}", spec.keepalive, spec.connect_timeout
+        spec.host,
+        spec.port,
+        f"{spec.client_prefix}-{index}",
+        spec.keepalive,
+        spec.connect_timeout,
+        spec.source_ports[index] if index < len(spec.source_ports) else 0,
     )
 
 

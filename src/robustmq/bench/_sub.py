@@ -37,8 +37,21 @@ class SubSpec:
     keepalive: int = 60
     connect_timeout: float = 10.0
     client_prefix: str = "bench-sub"
+    #: pair mode: subscriber i subscribes to topic_of(topic, i), not to topic
+    pairs: bool = False
+    #: subscriber i's source port is source_ports[i] (beyond the tuple: any)
+    source_ports: tuple[int, ...] = ()
     #: persistent sessions: the broker holds QoS 1 messages for them durably
     persistent: bool = False
+
+    def topic_for(self, index: int) -> str:
+        """The topic subscriber ``index`` subscribes to."""
+        return topic_of(self.topic, index) if self.pairs else self.topic
+
+
+def topic_of(topic: str, index: int) -> str:
+    """Pair ``index``'s own topic in pair mode (all of one length: same packet size)."""
+    return f"{topic}/{index:04d}"
 
 
 class _Subscription:
@@ -65,10 +78,11 @@ def connect_subscribers(spec: SubSpec, indices: range) -> list[socket.socket]:
                 f"{spec.client_prefix}-{i}",
                 spec.keepalive,
                 spec.connect_timeout,
+                spec.source_ports[i] if i < len(spec.source_ports) else 0,
                 clean=not spec.persistent,
             )
             socks.append(sock)
-            subscribe(sock, spec.topic, spec.qos, spec.connect_timeout)
+            subscribe(sock, spec.topic_for(i), spec.qos, spec.connect_timeout)
     except BaseException:
         for sock in socks:
             sock.close()
@@ -89,7 +103,8 @@ def receive(socks: list[socket.socket], spec: SubSpec) -> dict[str, Any]:
     write and cut its throughput by a quarter; a window-limited QoS 1 flow
     reads less than the threshold per wake-up and is never slowed down.
     """
-    layout = wire.PublishLayout(spec.topic.encode(), spec.size, spec.qos)
+    # In pair mode every subscriber's topic has the same length: one packet shape.
+    layout = wire.PublishLayout(spec.topic_for(0).encode(), spec.size, spec.qos)
     id_offset = layout.packet_id_offset if spec.qos else None
     subs = [_Subscription(s, RecordCounter(layout.header, layout.size, id_offset)) for s in socks]
     selector = selectors.DefaultSelector()

@@ -3,10 +3,16 @@
 The rate reported is what subscribers received, from the moment the first
 publisher started sending to the moment the last message arrived, so it
 measures the broker end to end and not the generator's send buffers.
+
+In pair mode (``pairs`` > 0) publisher I{i} publishes to ``<topic>/<i>``
+(four digits) and subscriber I{i} subscribes to that topic only: N
+independent one-to-one flows, the load that spreads over the worker
+processes of a node.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing.synchronize
 import time
 from collections.abc import Callable
@@ -15,7 +21,7 @@ from typing import Any
 
 from ._client import BenchError
 from ._pub import PubSpec, close_publisher, connect_publisher, publish
-from ._sub import SubSpec, close_subscribers, connect_subscribers, receive
+from ._sub import SubSpec, close_subscribers, connect_subscribers, receive, topic_of
 from ._workers import Job, WorkerGroup, split, usable_cpus
 
 GO_TIMEOUT = 120.0
@@ -33,6 +39,8 @@ class ThroughputSpec:
     coalesce: float = 0.001  # subscribers' nap per busy wake-up
     sub_port: int | None = None  # None: the publishers' port (another broker of a cluster)
     settle: float = 0.0  # seconds from the subscribers' SUBACKs to the publishers' start
+    pairs: int = 0  # > 0: that many publisher/subscriber pairs, each on its own topic
+    sub_source_ports: tuple[int, ...] = ()  # subscriber i's source port (see open_session)
     persistent: bool = False  # subscribers with persistent sessions (durable QoS 1 flow)
 
 
@@ -67,10 +75,12 @@ def _sub_job(spec: SubSpec, indices: range) -> Job:
 def run(spec: ThroughputSpec) -> dict[str, Any]:
     """Run publishers and/or subscribers (either count may be 0) and summarise."""
     pub = spec.pub
+    if spec.pairs:
+        spec = dataclasses.replace(spec, publishers=spec.pairs, subscribers=spec.pairs)
     if spec.publishers < 0 or spec.subscribers < 0 or not (spec.publishers or spec.subscribers):
         raise BenchError("need at least one publisher or subscriber")
     # alone (the `sub` command), each subscriber waits for `count` messages
-    expected_each = pub.count * max(1, spec.publishers)
+    expected_each = pub.count * (1 if spec.pairs else max(1, spec.publishers))
     sub_spec = SubSpec(
         host=pub.host,
         port=pub.port if spec.sub_port is None else spec.sub_port,
@@ -84,6 +94,8 @@ def run(spec: ThroughputSpec) -> dict[str, Any]:
         coalesce=spec.coalesce,
         keepalive=pub.keepalive,
         connect_timeout=pub.connect_timeout,
+        pairs=bool(spec.pairs),
+        source_ports=spec.sub_source_ports,
         persistent=spec.persistent,
     )
     sub_procs = spec.sub_procs or usable_cpus()
@@ -100,7 +112,8 @@ def run(spec: ThroughputSpec) -> dict[str, Any]:
         pub_names = []
         for i in range(spec.publishers):
             name = f"publisher-{i}"
-            group.start(name, _pub_job(pub, i))
+            mine = dataclasses.replace(pub, topic=topic_of(pub.topic, i)) if spec.pairs else pub
+            group.start(name, _pub_job(mine, i))
             pub_names.append(name)
         group.wait_ready(pub_names, pub.connect_timeout * max(1, spec.publishers))
         group.release()
@@ -134,6 +147,7 @@ def summarise(
         "size": pub.size,
         "publishers": spec.publishers,
         "subscribers": spec.subscribers,
+        "pairs": spec.pairs,
         "count": pub.count,
         "sent": sent,
         "acked": acked,
@@ -141,7 +155,7 @@ def summarise(
         "publish_stopped": sorted({p["stopped"] for p in pubs}),
     }
     if subs:
-        expected = sent * spec.subscribers if pubs else 0
+        expected = (sent if spec.pairs else sent * spec.subscribers) if pubs else 0
         seconds = (sub_last - start) / 1e9 if sub_last > start else 0.0
         result.update(
             received=received,

@@ -96,16 +96,15 @@ class Adoption:
             await self.adopt(nodeId)
         # What was on its way to the dead node goes to whoever adopts its sessions.
         target = self.links.get(holder) if holder and holder != self.nodeId else None
-        for entry in pending:
-            waiter = entry.waiter
-            if entry.kind == "replicate":
+        for kind, data, waiter, _ in pending:
+            if kind == "replicate":
                 if waiter is not None and not waiter.called:
                     waiter.callback(None)  # the replica is gone; a new one gets a full copy
                 continue
             if holder == self.nodeId:
-                d: Any = self.receiveForward(nodeId, [entry.data])
+                d: Any = self.receiveForward(nodeId, [wire.decodeForward(data)])
             elif target is not None:
-                d = target.send(f"{FORWARD_FOR}{nodeId}", entry.data, 1)
+                d = target.send(f"{FORWARD_FOR}{nodeId}", data, 1)
             else:
                 d = defer.succeed(None)  # no copy of its sessions anywhere: nobody to deliver to
             if waiter is not None and d is not None:

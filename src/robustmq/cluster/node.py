@@ -37,6 +37,7 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from robustmq.addresses import isUnix, unixServerEndpoint
 from robustmq.cluster import wire
 from robustmq.cluster.adoption import ADOPTED_KEY, REPLICA_KEY, Adoption
 from robustmq.cluster.handover import HandOver
@@ -57,6 +58,7 @@ from robustmq.config import Settings
 from robustmq.core.persistence import (
     encodeMessage,
 )
+from robustmq.core.systopics import sysCounters
 from robustmq.interfaces import IClusterRouting, IClusterServices, ISessionDirectory
 from robustmq.placement.client import PlacementClient
 from robustmq.placement.records import NodeInfo
@@ -149,7 +151,10 @@ class ClusterNode(Routing, HandOver, Adoption, ProtocolServices, Service):
         super().privilegedStartService()
         placement = self.settings.placement
         endpoint: Any
-        if placement.tls_cert:
+        if isUnix(self.cluster.advertise):
+            # The workers of one node link over Unix sockets (docs/workers.md).
+            endpoint = unixServerEndpoint(self.reactor, self.cluster.advertise)
+        elif placement.tls_cert:
             # The broker links use the cluster's certificate, like the placement service.
             options = serverCertificateOptions(
                 placement.tls_cert, placement.tls_key, "placement.tls_cert", "placement.tls_key"
@@ -169,7 +174,7 @@ class ClusterNode(Routing, HandOver, Adoption, ProtocolServices, Service):
 
     def _listening(self, port: Any) -> None:
         self.port = port
-        tls = " (TLS)" if self.settings.placement.tls_cert else ""
+        tls = " (TLS)" if self.settings.placement.tls_cert and not isUnix(self.advertise()) else ""
         self.log.info("broker link listening on {address}{tls}", address=self.advertise(), tls=tls)
 
     def startService(self) -> None:
@@ -387,6 +392,12 @@ class ClusterNode(Routing, HandOver, Adoption, ProtocolServices, Service):
             "dropped": self.dropped,
             "redirected": self.redirected,
         }
+
+    def sysCounters(self) -> dict[str, float]:
+        """This broker's $SYS numbers, sampled now (the home worker of a node adds up
+        its workers', docs/workers.md)."""
+        self.broker.stats.sample(self.reactor.seconds())
+        return sysCounters(self.broker)
 
     async def _remoteStatus(self, info: NodeInfo) -> dict[str, Any] | None:
         if info.nodeId == self.nodeId:

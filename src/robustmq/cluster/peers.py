@@ -26,14 +26,17 @@ from typing import Any
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.cred import portal
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet.defer import Deferred, ensureDeferred, maybeDeferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.defer import Deferred, FirstError, ensureDeferred, maybeDeferred
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.spread import pb
 from zope.interface import implementer
 
+from robustmq.addresses import clientEndpoint
 from robustmq.cluster import wire
+from robustmq.interfaces import StorageClosedError
 from robustmq.placement.pbclient import dropFailedConnection, failLoginOnDisconnect
 from robustmq.transports.tls import clientTLSOptions
 
@@ -54,15 +57,18 @@ class PeerAvatar(pb.Avatar):
         self.node = node
 
     def perspective_forward(self, chunks: list[bytes]) -> Deferred[Any]:
-        return maybeDeferred(self.node.receiveForward, self.nodeId, wire.unpack(chunks))
+        return maybeDeferred(self.node.receiveForward, self.nodeId, wire.decodeForwards(chunks))
 
     def perspective_forwardFor(self, dead: str, chunks: list[bytes]) -> Deferred[Any]:
         if not isinstance(dead, str):
             raise ValueError("forwardFor(dead: str, chunks)")
-        return ensureDeferred(self.node.receiveForwardFor(self.nodeId, dead, wire.unpack(chunks)))
+        return ensureDeferred(
+            self.node.receiveForwardFor(self.nodeId, dead, wire.decodeForwards(chunks))
+        )
 
     def perspective_replicate(self, chunks: list[bytes]) -> Deferred[Any]:
-        return maybeDeferred(self.node.replicas.apply, self.nodeId, wire.unpack(chunks))
+        d = maybeDeferred(self.node.replicas.apply, self.nodeId, wire.unpack(chunks))
+        return d.addErrback(_refuseWhileStopping)
 
     def perspective_replicaReset(self) -> Deferred[Any]:
         return ensureDeferred(self.node.replicas.reset(self.nodeId))
@@ -75,6 +81,9 @@ class PeerAvatar(pb.Avatar):
     def perspective_status(self) -> dict[str, Any]:
         return self.node.localStatus()  # type: ignore[no-any-return]
 
+    def perspective_sysCounters(self) -> dict[str, float]:
+        return self.node.sysCounters()  # type: ignore[no-any-return]
+
     def perspective_retainedSnapshot(self) -> list[bytes]:
         return self.node.retainedSnapshot()  # type: ignore[no-any-return]
 
@@ -83,6 +92,18 @@ class PeerAvatar(pb.Avatar):
         if not isinstance(name, str) or not isinstance(method, str) or not isinstance(args, list):
             raise ValueError("call(name: str, method: str, args: list)")
         return maybeDeferred(self.node.callHandler, self.nodeId, name, method, args)
+
+
+def _refuseWhileStopping(failure: Failure) -> Failure:
+    """A batch that found this broker's store closed (it is stopping) is refused with a
+    plain PB error: the sender keeps going without this copy, and no traceback is logged
+    for what is no fault."""
+    inner = failure
+    if failure.check(FirstError):
+        inner = failure.value.subFailure
+    if inner.check(StorageClosedError):
+        raise pb.Error("this broker is stopping: its store is closed")
+    return failure
 
 
 @implementer(portal.IRealm)
@@ -119,10 +140,8 @@ class _Endpoint:
         self.cafile = cafile
 
     def connect(self, factory: Any) -> Deferred[Any]:
-        host, _, port = self.address.rpartition(":")
-        host = host.strip("[]")
-        endpoint: Any = HostnameEndpoint(self.reactor, host, int(port))
-        if self.cafile:
+        endpoint, host = clientEndpoint(self.reactor, self.address)
+        if self.cafile and host:
             endpoint = wrapClientTLS(clientTLSOptions(host, cafile=self.cafile), endpoint)
         return endpoint.connect(factory)  # type: ignore[no-any-return]
 
@@ -136,18 +155,10 @@ class _ConnectionFactory(Factory):
         return factory.buildProtocol(addr)  # type: ignore[no-any-return]
 
 
-class _Entry:
-    """One queued item: packed bytes, who waits for it, and whether a loss may drop it."""
-
-    __slots__ = ("kind", "data", "waiter", "droppable")
-
-    def __init__(
-        self, kind: str, data: bytes, waiter: Deferred[Any] | None, droppable: bool
-    ) -> None:
-        self.kind = kind
-        self.data = data
-        self.waiter = waiter
-        self.droppable = droppable
+#: One queued item: (kind, packed bytes, who waits for its reply or None, whether a lost
+#: connection may drop it) -- a plain tuple: one is made per forwarded message.
+_Entry = tuple[str, bytes, "Deferred[Any] | None", bool]
+KIND, DATA, WAITER, DROPPABLE = 0, 1, 2, 3
 
 
 class PeerLink(ClientService):
@@ -184,7 +195,7 @@ class PeerLink(ClientService):
         self.queue: deque[_Entry] = deque()
         #: call number -> entries of a batch in flight
         self.inflight: dict[int, list[_Entry]] = {}
-        self._calls = 0
+        self.calls = 0
         #: forwarded messages queued or in flight (the bounded quantity)
         self.pending = 0
         self.congested = False
@@ -261,7 +272,7 @@ class PeerLink(ClientService):
         self.inflight.clear()
         dropped = 0
         for entry in reversed(requeue):
-            if entry.droppable:
+            if entry[DROPPABLE]:
                 dropped += 1
                 self._settle(entry, None)
             else:
@@ -300,12 +311,15 @@ class PeerLink(ClientService):
         A QoS 0 entry is dropped (None) when the link is down.
         """
         isForward = kind != REPLICATE
-        droppable = isForward and qos == 0
-        if droppable and self.perspective is None:
-            self.onDrop(1)
-            return None
-        waiter: Deferred[Any] | None = None if droppable else Deferred()
-        self.queue.append(_Entry(kind, data, waiter, droppable))
+        if isForward and qos == 0:
+            if self.perspective is None:
+                self.onDrop(1)
+                return None
+            self.queue.append((kind, data, None, True))
+            waiter = None
+        else:
+            waiter = Deferred()
+            self.queue.append((kind, data, waiter, False))
         if isForward:
             self.pending += 1
             if self.pending >= self.maxPending and not self.congested:
@@ -323,15 +337,16 @@ class PeerLink(ClientService):
     def _flush(self) -> None:
         self._flushing = False
         perspective = self.perspective
-        while perspective is not None and self.queue and len(self.inflight) < MAX_CALLS:
-            kind = self.queue[0].kind
+        queue = self.queue
+        while perspective is not None and queue and len(self.inflight) < MAX_CALLS:
+            kind = queue[0][KIND]
             batch: list[_Entry] = []
-            while self.queue and len(batch) < self.batchSize and self.queue[0].kind == kind:
-                batch.append(self.queue.popleft())
-            self._calls += 1
-            number = self._calls
+            while queue and len(batch) < self.batchSize and queue[0][KIND] == kind:
+                batch.append(queue.popleft())
+            self.calls += 1
+            number = self.calls
             self.inflight[number] = batch
-            chunks = wire.pack(e.data for e in batch)
+            chunks = wire.pack([e[DATA] for e in batch])
             if kind.startswith(FORWARD_FOR):
                 d = perspective.callRemote("forwardFor", kind[len(FORWARD_FOR) :], chunks)
             else:
@@ -342,8 +357,15 @@ class PeerLink(ClientService):
         batch = self.inflight.pop(number, None)
         if batch is None:
             return  # requeued after the connection was lost
+        # A batch holds entries of one kind: settle them together.
+        if batch[0][KIND] != REPLICATE:
+            self.pending -= len(batch)
+            if self.congested and self.pending <= self.maxPending // 2:
+                self._endCongestion()
         for entry in batch:
-            self._settle(entry, None)
+            waiter = entry[WAITER]
+            if waiter is not None and not waiter.called:
+                waiter.callback(None)
         self._flush()
 
     def _failed(self, failure: Any, number: int) -> None:
@@ -359,7 +381,7 @@ class PeerLink(ClientService):
         self.log.warn(
             "broker {peer} refused a {kind} batch: {error}",
             peer=self.peerId,
-            kind=batch[0].kind,
+            kind=batch[0][KIND],
             error=failure.getErrorMessage(),
         )
         for entry in batch:
@@ -367,11 +389,11 @@ class PeerLink(ClientService):
         self._flush()
 
     def _settle(self, entry: _Entry, failure: Any) -> None:
-        if entry.kind != REPLICATE:
+        if entry[KIND] != REPLICATE:
             self.pending -= 1
             if self.congested and self.pending <= self.maxPending // 2:
                 self._endCongestion()
-        waiter = entry.waiter
+        waiter = entry[WAITER]
         if waiter is not None and not waiter.called:
             if failure is None:
                 waiter.callback(None)
@@ -391,9 +413,9 @@ class PeerLink(ClientService):
         self.queue.clear()
         kept = []
         for entry in entries:
-            if entry.kind != REPLICATE:
+            if entry[KIND] != REPLICATE:
                 self.pending -= 1
-            if entry.droppable:
+            if entry[DROPPABLE]:
                 continue
             kept.append(entry)
         if self.congested:

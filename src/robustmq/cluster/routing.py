@@ -43,6 +43,10 @@ class _Drain:
 class Routing:
     """The ClusterNode's routing (mixed into L{robustmq.cluster.node.ClusterNode})."""
 
+    #: Whether C{$SYS/} topics are routed to the other brokers too: a node's worker
+    #: processes are one node (docs/workers.md); brokers of a cluster are not.
+    sysNodeWide = False
+
     # Routing
 
     def routeAdded(self, key: str, outcome: Outcome) -> None:
@@ -56,9 +60,25 @@ class Routing:
         """Deliver C{message} here and forward it to every other node that wants it."""
         broker = self.broker
         topic = message.topic
-        if topic.startswith("$SYS/"):
+        if topic.startswith("$SYS/") and not self.sysNodeWide:
             return broker.routeLocally(message, outcome)  # type: ignore[no-any-return]
         normal, sharedRemote = self.remote.match(topic)
+        moves = self.moves
+        if not (
+            sharedRemote
+            or self._ghosts
+            or message.retain
+            or moves.arrived
+            or moves.departed
+            or self.mqtt.groups
+        ):
+            # The common case: ordinary subscribers here and on the nodes in `normal`.
+            count: int = broker.routeLocally(message, outcome, sharedGroups=False)
+            if normal:
+                names = self._targetsOf(normal)
+                for nodeId in normal:
+                    self._send(nodeId, message, wire.ROUTE, None, outcome, None, names)
+            return count + len(normal)
         #: holder node -> the dead node whose sessions it must adopt before routing
         via: dict[str, str] = {}
         if self._ghosts:
@@ -67,12 +87,9 @@ class Routing:
             if dead is not None:
                 # We are adopting subscribers of this topic: route once they are here.
                 return self._routeAfterAdoption(dead, message, outcome)
-        moves = self.moves
         if moves.arrived or moves.departed:
             routing = normal | {self.nodeId}
-            count: int = broker.routeLocally(
-                message, outcome, False, moves.answeredElsewhere(routing)
-            )
+            count = broker.routeLocally(message, outcome, False, moves.answeredElsewhere(routing))
             self._redirect(message, routing, outcome)
         else:
             count = broker.routeLocally(message, outcome, sharedGroups=False)
@@ -272,9 +289,9 @@ class Routing:
         if link.congested:
             outcome.congest(link)
 
-    def receiveForward(self, origin: str, entries: list[bytes]) -> defer.Deferred[Any]:
-        """Messages another broker routed here; the answer fires once their durable writes
-        are done and the sessions they filled have drained.
+    def receiveForward(self, origin: str, entries: list[wire.Forwarded]) -> defer.Deferred[Any]:
+        """Messages another broker routed here (decoded: L{wire.decodeForwards}); the answer
+        fires once their durable writes are done and the sessions they filled have drained.
 
         Back-pressure across the link: a batch that leaves local sessions
         congested holds its answer, and the origin's next batches wait
@@ -311,16 +328,20 @@ class Routing:
         return answer
 
     def _routeBatch(
-        self, entries: list[bytes]
+        self, entries: list[wire.Forwarded]
     ) -> tuple[list[defer.Deferred[Any]], defer.Deferred[None]]:
         """Route forwarded entries here: (their durable writes, fired when what they
         congested has drained)."""
         broker = self.broker
         moves = self.moves
         outcome = Outcome()
-        for entry in entries:
-            message, flags, names, rawTargets = wire.decodeForward(entry)
-            self.received += 1
+        self.received += len(entries)
+        routeLocally = broker.routeLocally
+        for message, flags, names, rawTargets in entries:
+            if flags == wire.ROUTE and not names and not moves:
+                # The common case: ordinary subscribers only, no session moving.
+                routeLocally(message, outcome, sharedGroups=False)
+                continue
             if flags & wire.SESSION:
                 for clientId in names:
                     self._deliverMoved(clientId, message, outcome)
@@ -343,7 +364,9 @@ class Routing:
             return writes, defer.succeed(None)
         return writes, _Drain(congested).done
 
-    async def receiveForwardFor(self, origin: str, dead: str, entries: list[bytes]) -> None:
+    async def receiveForwardFor(
+        self, origin: str, dead: str, entries: list[wire.Forwarded]
+    ) -> None:
         """Messages that were on their way to C{dead}: adopt its sessions first, then route."""
         await self.adopt(dead)
         await self.receiveForward(origin, entries)

@@ -19,41 +19,67 @@ if TYPE_CHECKING:
     from robustmq.core.broker import Broker
 
 
-def sysValues(broker: Broker) -> dict[str, str]:
-    """Topic → value of every $SYS topic, from the broker's counters."""
+def sysCounters(broker: Broker) -> dict[str, float]:
+    """Topic → number of every $SYS topic that counts or measures something, from the
+    broker's counters (L{sysValues} turns them into text)."""
     s = broker.stats
-    values = {
-        "$SYS/broker/version": f"RobustMQ {broker.version}",
-        "$SYS/broker/uptime": f"{int(s.uptime())} seconds",
-        "$SYS/broker/clients/connected": str(s.clientsConnected),
-        "$SYS/broker/clients/maximum": str(s.clientsMaximum),
-        "$SYS/broker/clients/total": str(s.sessions),
-        "$SYS/broker/messages/received": str(s.messagesReceived),
-        "$SYS/broker/messages/sent": str(s.messagesSent),
-        "$SYS/broker/messages/dropped": str(s.messagesDropped),
-        "$SYS/broker/publish/messages/received": str(s.publishReceived),
-        "$SYS/broker/publish/messages/sent": str(s.publishSent),
-        "$SYS/broker/bytes/received": str(s.bytesReceived),
-        "$SYS/broker/bytes/sent": str(s.bytesSent),
-        "$SYS/broker/subscriptions/count": str(len(broker.router)),
-        "$SYS/broker/retained messages/count": str(len(broker.retained)),
+    numbers: dict[str, float] = {
+        "$SYS/broker/clients/connected": s.clientsConnected,
+        "$SYS/broker/clients/maximum": s.clientsMaximum,
+        "$SYS/broker/clients/total": s.sessions,
+        "$SYS/broker/messages/received": s.messagesReceived,
+        "$SYS/broker/messages/sent": s.messagesSent,
+        "$SYS/broker/messages/dropped": s.messagesDropped,
+        "$SYS/broker/publish/messages/received": s.publishReceived,
+        "$SYS/broker/publish/messages/sent": s.publishSent,
+        "$SYS/broker/bytes/received": s.bytesReceived,
+        "$SYS/broker/bytes/sent": s.bytesSent,
+        "$SYS/broker/subscriptions/count": len(broker.router),
+        "$SYS/broker/retained messages/count": len(broker.retained),
     }
     now = broker.reactor.seconds()
     for minutes in (1, 5, 15):
         received, sent, bytesIn, bytesOut = s.load(now, minutes)
-        values[f"$SYS/broker/load/messages/received/{minutes}min"] = f"{received:.2f}"
-        values[f"$SYS/broker/load/messages/sent/{minutes}min"] = f"{sent:.2f}"
-        values[f"$SYS/broker/load/bytes/received/{minutes}min"] = f"{bytesIn:.2f}"
-        values[f"$SYS/broker/load/bytes/sent/{minutes}min"] = f"{bytesOut:.2f}"
+        numbers[f"$SYS/broker/load/messages/received/{minutes}min"] = float(received)
+        numbers[f"$SYS/broker/load/messages/sent/{minutes}min"] = float(sent)
+        numbers[f"$SYS/broker/load/bytes/received/{minutes}min"] = float(bytesIn)
+        numbers[f"$SYS/broker/load/bytes/sent/{minutes}min"] = float(bytesOut)
     current, peak = memoryUse()
     if current is not None:
-        values["$SYS/broker/heap/current"] = str(current)
-    values["$SYS/broker/heap/maximum"] = str(peak)
+        numbers["$SYS/broker/heap/current"] = current
+    numbers["$SYS/broker/heap/maximum"] = peak
     usage = getattr(broker.store, "usage", None)
     if usage is not None:
         records, size = usage()
-        values["$SYS/broker/store/messages/count"] = str(records)
-        values["$SYS/broker/store/messages/bytes"] = str(size)
+        numbers["$SYS/broker/store/messages/count"] = records
+        numbers["$SYS/broker/store/messages/bytes"] = size
+    return numbers
+
+
+#: The $SYS topics whose values add up over the worker processes of a node
+#: (docs/workers.md): all but the retained count, which every worker holds the same.
+SUMMED_PREFIXES = (
+    "$SYS/broker/clients/",
+    "$SYS/broker/messages/",
+    "$SYS/broker/publish/",
+    "$SYS/broker/bytes/",
+    "$SYS/broker/subscriptions/",
+    "$SYS/broker/load/",
+    "$SYS/broker/heap/",
+    "$SYS/broker/store/",
+)
+
+
+def sysValues(broker: Broker, numbers: dict[str, float] | None = None) -> dict[str, str]:
+    """Topic → value of every $SYS topic, from the broker's counters (or C{numbers},
+    e.g. a node's counters added up over its workers)."""
+    s = broker.stats
+    values = {
+        "$SYS/broker/version": f"RobustMQ {broker.version}",
+        "$SYS/broker/uptime": f"{int(s.uptime())} seconds",
+    }
+    for topic, number in (sysCounters(broker) if numbers is None else numbers).items():
+        values[topic] = f"{number:.2f}" if isinstance(number, float) else str(number)
     return values
 
 

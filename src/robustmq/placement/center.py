@@ -268,6 +268,8 @@ class PlacementCenter:
         self._campaign: Deferred[None] | None = None
         self._watches: list[Any] = []
         self._stopping = False
+        #: While set, no node is declared dead (a node stopping all its workers, see L{quiesce}).
+        self.quiet = False
         #: Incremented when leadership ends: work begun in an earlier term stops.
         self._term = 0
         self._nodes = _PrefixCache("nodes/", NodeInfo)
@@ -665,9 +667,32 @@ class PlacementCenter:
         except LeaseNotFoundError:
             pass
 
+    def quiesce(self) -> None:
+        """Declare no node dead from now on: every member is stopping on purpose.
+
+        A node's worker processes stopping together (docs/workers.md) leave
+        as they stop; declared dead, each would have its persistent sessions
+        adopted by a worker that is stopping too.  Quiet, every worker keeps
+        its own sessions in its own store for the next start.
+        """
+        self.quiet = True
+
+    async def declareDead(self, nodeId: str, why: str) -> None:
+        """Declare C{nodeId} dead now: its process is known to be gone (a worker that
+        exited), so its sessions need not wait for C{heartbeat_timeout} to move."""
+        member = self.members.get(nodeId)
+        await self._declareDead(nodeId, why=why)
+        if member is not None:
+            try:
+                await self.backend.revokeLease(member.lease)
+            except LeaseNotFoundError:
+                pass
+
     async def _declareDead(
         self, nodeId: str, check: bool = False, why: str = "no heartbeat"
     ) -> None:
+        if self.quiet:
+            return
         aliveKey = keyOf("alive", nodeId)
         if check and await self.backend.get(aliveKey) is not None:
             return  # re-registered meanwhile

@@ -23,13 +23,14 @@ from typing import Any, Protocol
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.cred.credentials import UsernamePassword
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import wrapClientTLS
 from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as _Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.spread import pb
 
+from robustmq.addresses import clientEndpoint
 from robustmq.config import ConfigError, PlacementSettings
 from robustmq.placement.errors import NotLeaderError, NotRegisteredError, isRemote
 from robustmq.placement.pbclient import dropFailedConnection, failLoginOnDisconnect
@@ -191,10 +192,8 @@ class _PlacementEndpoint:
         else:
             address = self.servers[self.index % len(self.servers)]
             self.index += 1
-        host, _, port = address.rpartition(":")
-        host = host.strip("[]")
-        endpoint: Any = HostnameEndpoint(self.reactor, host, int(port))
-        if self.cafile:
+        endpoint, host = clientEndpoint(self.reactor, address)
+        if self.cafile and host:
             try:
                 endpoint = wrapClientTLS(self._tlsOptions(host), endpoint)
             except ConfigError:

@@ -9,8 +9,7 @@ C{prepareConnection}; two Twisted behaviours need care there:
 - when C{prepareConnection} fails, ClientService counts the attempt as failed
   (the back-off grows) but leaves the connection open, and its state machine
   has no transition for that connection's later loss: L{dropFailedConnection}
-  closes it without notifying the machine.
-"""
+  closes it without notifying the machine."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ from twisted.logger import Logger
 from twisted.spread import banana, pb
 from zope.interface import implementer
 
+from robustmq.addresses import unixServerEndpoint
 from robustmq.config import ConfigError, Settings
 from robustmq.interfaces import IPlacementBackendPlugin
 from robustmq.placement.center import PlacementCenter
@@ -270,8 +271,18 @@ class PlacementService(Service):
 
     log = Logger()
 
-    def __init__(self, settings: Settings, reactor: Any, backend: Any | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        backend: Any | None = None,
+        address: str = "",
+    ) -> None:
+        """@param address: C{unix:PATH} to listen on a Unix socket instead of
+        C{[placement] bind:port} (a node's private placement center for its
+        worker processes, docs/workers.md)."""
         self.settings = settings
+        self.address = address
         self.reactor = reactor
         placement = settings.placement
         self.checker = ClusterSecretChecker(placement.cluster_secret)
@@ -294,6 +305,8 @@ class PlacementService(Service):
         self.ready: Deferred[None] = Deferred()
 
     def advertise(self) -> str:
+        if self.address:
+            return self.address
         placement = self.settings.placement
         return placement.advertise or f"{placement.bind}:{self.port}"
 
@@ -302,7 +315,9 @@ class PlacementService(Service):
         await self.backend.open()
         endpoint: Any
         handshakeTimeout = None
-        if self.tlsOptions is not None:
+        if self.address:
+            endpoint = unixServerEndpoint(self.reactor, self.address)
+        elif self.tlsOptions is not None:
             endpoint = SSL4ServerEndpoint(
                 self.reactor, placement.port, self.tlsOptions, interface=placement.bind
             )
@@ -319,7 +334,7 @@ class PlacementService(Service):
             handshakeTimeout,
         )
         self.listening = await endpoint.listen(self.factory)
-        self.port = self.listening.getHost().port
+        self.port = getattr(self.listening.getHost(), "port", 0)
         self.center = PlacementCenter(self.backend, placement, self.reactor, self.advertise())
         self.factory.root.portal.realm.center = self.center
         self.center.onStepDown = self.factory.dropAll
@@ -327,11 +342,10 @@ class PlacementService(Service):
         if self.backend.name == "embedded":
             await self.center.becameLeader  # the only placement node: leads at once
         self.log.info(
-            "placement service ({backend}) on {bind}:{port}{tls}",
+            "placement service ({backend}) on {address}{tls}",
             backend=self.backend.name,
-            bind=placement.bind,
-            port=self.port,
-            tls=" (TLS)" if self.tlsOptions is not None else "",
+            address=self.advertise() if self.address else f"{placement.bind}:{self.port}",
+            tls=" (TLS)" if self.tlsOptions is not None and not self.address else "",
         )
         self.ready.callback(None)
 

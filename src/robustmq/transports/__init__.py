@@ -32,24 +32,27 @@ def serverEndpoint(
     reloader: CertificateReloader | None = None,
     key: str = "listeners[?]",
     openTimeout: float = 10.0,
+    fileno: int | None = None,
 ) -> Any:
     """What a listener listens with: an endpoint-like object with C{listen(factory)}.
 
     @param reloader: registers the listener's certificate for SIGHUP reloads.
     @param key: the listener's config key, named in errors (C{listeners[2]}).
     @param openTimeout: seconds a WebSocket client has for its opening handshake.
+    @param fileno: a socket bound by the node to adopt instead of binding one
+        (TCP, or UDP for quic): how worker processes share the node's ports.
     @raise ConfigError: unknown transport, or unusable certificate files.
     """
     transport = listener.transport
     if transport == "tcp":
-        return tcpEndpoint(reactor, listener)
+        return tcpEndpoint(reactor, listener, fileno)
     if transport in ("tls", "wss"):
         from robustmq.transports.tls import ServerTLSContext, TLSServerEndpoint
 
         context = ServerTLSContext(listener, key)
         if reloader is not None:
             reloader.register(context)
-        endpoint: Any = TLSServerEndpoint(tcpEndpoint(reactor, listener), context, listener)
+        endpoint: Any = TLSServerEndpoint(tcpEndpoint(reactor, listener, fileno), context, listener)
         if transport == "tls":
             return endpoint
         from robustmq.transports.websocket import WebSocketServerEndpoint
@@ -59,7 +62,7 @@ def serverEndpoint(
         from robustmq.transports.websocket import WebSocketServerEndpoint
 
         return WebSocketServerEndpoint(
-            tcpEndpoint(reactor, listener), listener, secure=False, openTimeout=openTimeout
+            tcpEndpoint(reactor, listener, fileno), listener, secure=False, openTimeout=openTimeout
         )
     if transport == "quic":
         from robustmq.transports.quic import QuicServerEndpoint, QuicServerSettings
@@ -67,7 +70,7 @@ def serverEndpoint(
         settings = QuicServerSettings(listener, key)
         if reloader is not None:
             reloader.register(settings)
-        return QuicServerEndpoint(reactor, listener, settings)
+        return QuicServerEndpoint(reactor, listener, settings, fileno)
     raise ConfigError(f"{key}.transport: unknown transport {transport!r}")
 
 

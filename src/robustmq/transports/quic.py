@@ -28,6 +28,8 @@ Bounds and back-pressure:
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 from typing import Any
 
 from aioquic.buffer import Buffer
@@ -493,18 +495,32 @@ class QuicListeningPort:
 class QuicServerEndpoint:
     """Listens for QUIC on a listener's UDP address (endpoint-like: C{listen(factory)})."""
 
-    def __init__(self, reactor: Any, listener: ListenerSettings, settings: QuicServerSettings):
+    def __init__(
+        self,
+        reactor: Any,
+        listener: ListenerSettings,
+        settings: QuicServerSettings,
+        fileno: int | None = None,
+    ):
+        """@param fileno: a bound UDP socket to adopt instead of binding one (a
+        worker process of a node, docs/workers.md)."""
         self.reactor = reactor
         self.listener = listener
         self.settings = settings
+        self.fileno = fileno
 
     def listen(self, factory: IProtocolFactory) -> defer.Deferred[IListeningPort]:
         server = QuicServerProtocol(self.reactor, self.listener, self.settings, factory)
         try:
             factory.doStart()
-            udpPort = self.reactor.listenUDP(
-                self.listener.port, server, interface=self.listener.bind
-            )
+            if self.fileno is not None:
+                family = socket.AF_INET6 if ":" in self.listener.bind else socket.AF_INET
+                udpPort = self.reactor.adoptDatagramPort(self.fileno, family, server)
+                os.close(self.fileno)  # adopting duplicated it
+            else:
+                udpPort = self.reactor.listenUDP(
+                    self.listener.port, server, interface=self.listener.bind
+                )
         except Exception:
             return defer.fail()
         return defer.succeed(QuicListeningPort(server, udpPort))
