@@ -119,7 +119,6 @@ def mqttToAmqp(node, count: int, size: int, qos: int, seconds: float) -> float:
     publisher = threading.Thread(
         target=_load,
         args=("pub", node, "amqp/t", count, size, qos, seconds),
-        ),
     )
     publisher.start()
     conn.call_later(seconds, ch.stop_consuming)
