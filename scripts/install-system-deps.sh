@@ -12,6 +12,7 @@ command -v chromium >/dev/null 2>&1 || need="$need chromium"  # dashboard tests 
 command -v amqp-publish >/dev/null 2>&1 || need="$need amqp-tools"
 command -v kcat >/dev/null 2>&1 || need="$need kcat"  # Kafka tests (librdkafka CLI)
 command -v etcd >/dev/null 2>&1 || need="$need etcd-server"  # placement etcd backend tests
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || need="$need iproute2"  # off-loopback tests (network namespaces)
 
 [ -z "$need" ] && exit 0
 
